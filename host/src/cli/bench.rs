@@ -1,0 +1,156 @@
+//! `wasmq bench`: the figures the README reports, measured in one run.
+
+use crate::runtime::{
+    Allocator, CacheSource, CancelToken, Limits, LoadedModule, RunRequest, Runtime, RuntimeConfig,
+    TaskInfo,
+};
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Instantiate + run of a task with a warm cache, per allocator, and
+    /// tasks/s over all cores.
+    Runtime(RuntimeBench),
+}
+
+#[derive(Debug, Args)]
+pub struct RuntimeBench {
+    /// The module to run [default: the `hello` example].
+    #[arg(
+        long,
+        default_value = "examples/target/wasm32-wasip2/release/hello.wasm"
+    )]
+    pub module: PathBuf,
+    #[arg(long, default_value = r#"{"name":"bench"}"#)]
+    pub input: String,
+    /// Sequential runs measured per allocator.
+    #[arg(long, default_value_t = 20_000)]
+    pub iterations: usize,
+    /// Which allocators to measure: `both`, `pooling` or `on-demand`.
+    #[arg(long, default_value = "both")]
+    pub allocator: String,
+    /// How long the all-cores throughput phase lasts.
+    #[arg(long, default_value = "3s", value_parser = crate::runtime::parse_duration)]
+    pub duration: Duration,
+}
+
+pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
+    match cmd {
+        BenchCommand::Runtime(b) => runtime_bench(b).await,
+    }
+}
+
+async fn runtime_bench(b: RuntimeBench) -> anyhow::Result<()> {
+    let bytes = std::fs::read(&b.module)
+        .with_context(|| format!("reading {} (build the examples first)", b.module.display()))?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "module {} ({} bytes), {} sequential runs per allocator, {cores} cores",
+        b.module.display(),
+        bytes.len(),
+        b.iterations
+    );
+    println!(
+        "{:<12} {:>10} {:>10} {:>10} {:>12}",
+        "allocator", "median µs", "p99 µs", "mean µs", "tasks/s"
+    );
+    for (name, allocator) in [
+        ("on-demand", Allocator::OnDemand),
+        ("pooling", Allocator::Pooling),
+    ] {
+        let runtime = Arc::new(Runtime::new(RuntimeConfig {
+            allocator,
+            cache_dir: None,
+            ..RuntimeConfig::default()
+        })?);
+        let (module, _) = runtime.load_bytes(bytes.clone()).await?;
+        let limits = Limits::default();
+        // Warm up: first instantiations fault pages and fill pools.
+        for _ in 0..500 {
+            once(&runtime, &module, &b.input, &limits).await?;
+        }
+        let mut samples = Vec::with_capacity(b.iterations);
+        for _ in 0..b.iterations {
+            let t = Instant::now();
+            once(&runtime, &module, &b.input, &limits).await?;
+            samples.push(t.elapsed());
+        }
+        samples.sort();
+        let median = samples[samples.len() / 2];
+        let p99 = samples[samples.len() * 99 / 100];
+        let mean = samples.iter().sum::<Duration>() / samples.len() as u32;
+
+        let tput = throughput(&runtime, &module, &b.input, cores, b.duration).await?;
+        println!(
+            "{name:<12} {:>10.1} {:>10.1} {:>10.1} {:>12.0}",
+            us(median),
+            us(p99),
+            us(mean),
+            tput
+        );
+    }
+    Ok(())
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+async fn once(
+    runtime: &Runtime,
+    module: &LoadedModule,
+    input: &str,
+    limits: &Limits,
+) -> anyhow::Result<()> {
+    let report = runtime
+        .run(
+            module,
+            CacheSource::Memory,
+            RunRequest {
+                input,
+                limits,
+                task: TaskInfo::local(),
+                cancel: CancelToken::new(),
+                dirs: &[],
+                progress: None,
+            },
+        )
+        .await;
+    if !report.outcome.is_success() {
+        bail!("benchmark task failed: {}", report.outcome);
+    }
+    Ok(())
+}
+
+/// Runs `workers` loops of back-to-back tasks on the multi-thread runtime.
+async fn throughput(
+    runtime: &Arc<Runtime>,
+    module: &Arc<LoadedModule>,
+    input: &str,
+    workers: usize,
+    duration: Duration,
+) -> anyhow::Result<f64> {
+    let start = Instant::now();
+    let mut handles = Vec::new();
+    for _ in 0..workers {
+        let (runtime, module, input) = (runtime.clone(), module.clone(), input.to_string());
+        handles.push(tokio::spawn(async move {
+            let limits = Limits::default();
+            let mut n = 0u64;
+            while start.elapsed() < duration {
+                once(&runtime, &module, &input, &limits).await?;
+                n += 1;
+            }
+            anyhow::Ok(n)
+        }));
+    }
+    let mut total = 0;
+    for h in handles {
+        total += h.await??;
+    }
+    Ok(total as f64 / start.elapsed().as_secs_f64())
+}

@@ -1,0 +1,119 @@
+//! `wasmq run`: one task, in this process, no database.
+
+use super::exit::{self, Exit};
+use crate::runtime::Fuel;
+use crate::runtime::{
+    CancelToken, DirGrant, Limits, LoadError, RunRequest, Runtime, RuntimeConfig, TaskInfo,
+    parse_duration, parse_size,
+};
+use anyhow::Context;
+use clap::Args;
+use std::path::PathBuf;
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The task module (a WebAssembly component targeting `wasmq:task/task`).
+    pub module: PathBuf,
+    /// Input JSON text.
+    #[arg(long, conflicts_with = "input_file")]
+    pub input: Option<String>,
+    /// Read the input JSON from a file (`-` for stdin).
+    #[arg(long)]
+    pub input_file: Option<PathBuf>,
+    /// Fuel budget (`unlimited` or 0 for none) [default: 10_000_000_000].
+    #[arg(long)]
+    pub fuel: Option<Fuel>,
+    /// Memory limit, e.g. 64MiB [default: 256MiB].
+    #[arg(long, value_parser = parse_size)]
+    pub memory: Option<u64>,
+    /// Wall-clock limit, e.g. 500ms, 30s [default: 30s].
+    #[arg(long, value_parser = parse_duration)]
+    pub timeout: Option<std::time::Duration>,
+    /// Let the task read a host directory, HOST[:GUEST] (read-only; repeatable).
+    #[arg(long = "allow-dir", value_name = "HOST[:GUEST]")]
+    pub allow_dir: Vec<DirGrant>,
+    /// Print the full report as JSON instead of just the output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
+    let input = read_input(args.input.as_deref(), args.input_file.as_deref())?;
+    let mut limits = Limits::from_env().map_err(|e| Exit::usage(e.to_string()))?;
+    if let Some(Fuel(f)) = args.fuel {
+        limits.fuel = f;
+    }
+    if let Some(m) = args.memory {
+        limits.memory_bytes = m;
+    }
+    if let Some(t) = args.timeout {
+        limits.timeout = t;
+    }
+    let bytes = std::fs::read(&args.module)
+        .map_err(|e| Exit::usage(format!("cannot read {}: {e}", args.module.display())))?;
+
+    let runtime = Runtime::new(RuntimeConfig::from_env()?).context("starting the runtime")?;
+    let (module, cache) = match runtime.load_bytes(bytes).await {
+        Ok(m) => m,
+        Err(LoadError::Module(e)) => {
+            if args.json {
+                let v = serde_json::json!({"outcome": {
+                    "kind": "invalid-module", "reason": e.reason(), "message": e.to_string()}});
+                println!("{v:#}");
+            }
+            eprintln!("invalid-module ({}): {e}", e.reason());
+            return Ok(exit::INVALID_MODULE);
+        }
+        Err(e) => return Err(e.into()),
+    };
+
+    // Ctrl-C cancels the run the same way a queue cancellation does.
+    let cancel = CancelToken::new();
+    let on_signal = cancel.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            on_signal.cancel();
+        }
+    });
+
+    let report = runtime
+        .run(
+            &module,
+            cache,
+            RunRequest {
+                input: &input,
+                limits: &limits,
+                task: TaskInfo::local(),
+                cancel,
+                dirs: &args.allow_dir,
+                progress: None,
+            },
+        )
+        .await;
+
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else if let Some(out) = &report.output {
+        println!("{out}");
+    }
+    if !report.outcome.is_success() {
+        eprintln!("{}", report.outcome);
+        if !args.json && !report.stderr.is_empty() {
+            eprintln!("--- guest stderr ---\n{}", report.stderr.trim_end());
+        }
+    }
+    Ok(exit::for_outcome(&report.outcome))
+}
+
+/// Reads `--input`/`--input-file` (default `{}`); JSON validity is checked by
+/// the runtime, which reports it as the task's invalid input.
+pub fn read_input(input: Option<&str>, file: Option<&std::path::Path>) -> anyhow::Result<String> {
+    Ok(match (input, file) {
+        (Some(s), _) => s.to_string(),
+        (None, Some(p)) if p.as_os_str() == "-" => std::io::read_to_string(std::io::stdin())
+            .map_err(|e| Exit::usage(format!("cannot read stdin: {e}")))?,
+        (None, Some(p)) => std::fs::read_to_string(p)
+            .map_err(|e| Exit::usage(format!("cannot read {}: {e}", p.display())))?,
+        (None, None) => "{}".to_string(),
+    })
+}

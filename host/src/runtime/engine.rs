@@ -1,0 +1,178 @@
+//! The process-wide wasmtime engine: configuration, the pooling allocator,
+//! and the epoch ticker that makes deadlines and cancellation work.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+/// How often the epoch advances. Deadlines and cancellation are checked, and a
+/// long-running guest yields to other tasks, once per tick.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+/// Component instances the pooling allocator keeps slots for: the most runs
+/// that can be in flight at once in one process.
+pub const DEFAULT_POOL_INSTANCES: u32 = 256;
+/// Largest linear memory (per memory) a pooled slot can hold; per-run limits
+/// may be lower, never higher.
+pub const DEFAULT_POOL_MAX_MEMORY: u64 = 4 << 30;
+/// See [`RuntimeConfig::pool_keep_resident`].
+pub const DEFAULT_POOL_KEEP_RESIDENT: u64 = 1 << 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Allocator {
+    /// Pooling where the OS allows it, on-demand otherwise (with a log line).
+    Auto,
+    Pooling,
+    OnDemand,
+}
+
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    pub allocator: Allocator,
+    pub pool_instances: u32,
+    pub pool_max_memory: u64,
+    /// Where precompiled components are kept; `None` disables the disk cache.
+    pub cache_dir: Option<PathBuf>,
+    /// Bytes of each pooled linear memory kept resident (and zeroed with
+    /// memset) between runs instead of being returned to the kernel.
+    pub pool_keep_resident: u64,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            allocator: Allocator::Auto,
+            pool_instances: DEFAULT_POOL_INSTANCES,
+            pool_max_memory: DEFAULT_POOL_MAX_MEMORY,
+            cache_dir: default_cache_dir(),
+            pool_keep_resident: DEFAULT_POOL_KEEP_RESIDENT,
+        }
+    }
+}
+
+impl RuntimeConfig {
+    /// The defaults overridden by `WASMQ_ALLOCATOR` (`auto`, `pooling`,
+    /// `on-demand`), `WASMQ_POOL_INSTANCES`, `WASMQ_POOL_MAX_MEMORY` and
+    /// `WASMQ_CACHE_DIR` (`off` disables the disk cache).
+    pub fn from_env() -> anyhow::Result<Self> {
+        let mut c = RuntimeConfig::default();
+        if let Ok(v) = std::env::var("WASMQ_ALLOCATOR") {
+            c.allocator = match v.as_str() {
+                "auto" => Allocator::Auto,
+                "pooling" => Allocator::Pooling,
+                "on-demand" => Allocator::OnDemand,
+                other => {
+                    anyhow::bail!("WASMQ_ALLOCATOR=`{other}`: expected auto, pooling or on-demand")
+                }
+            };
+        }
+        if let Ok(v) = std::env::var("WASMQ_POOL_INSTANCES") {
+            c.pool_instances = v
+                .parse()
+                .map_err(|_| anyhow::anyhow!("WASMQ_POOL_INSTANCES=`{v}`: expected a number"))?;
+        }
+        if let Ok(v) = std::env::var("WASMQ_POOL_MAX_MEMORY") {
+            c.pool_max_memory = super::limits::parse_size(&v)?;
+        }
+        if let Ok(v) = std::env::var("WASMQ_POOL_KEEP_RESIDENT") {
+            c.pool_keep_resident = super::limits::parse_size(&v)?;
+        }
+        match std::env::var("WASMQ_CACHE_DIR") {
+            Ok(v) if v == "off" => c.cache_dir = None,
+            Ok(v) if !v.is_empty() => c.cache_dir = Some(PathBuf::from(v)),
+            _ => {}
+        }
+        Ok(c)
+    }
+}
+
+fn default_cache_dir() -> Option<PathBuf> {
+    if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+        return Some(PathBuf::from(x).join("wasmq"));
+    }
+    std::env::var_os("HOME")
+        .filter(|v| !v.is_empty())
+        .map(|h| PathBuf::from(h).join(".cache").join("wasmq"))
+}
+
+fn base_config() -> Config {
+    let mut config = Config::new();
+    config
+        .wasm_component_model(true)
+        .consume_fuel(true)
+        .epoch_interruption(true)
+        .parallel_compilation(true);
+    config
+}
+
+fn pooling_config(rc: &RuntimeConfig) -> PoolingAllocationConfig {
+    let n = rc.pool_instances.max(1);
+    let mut pool = PoolingAllocationConfig::default();
+    pool.total_component_instances(n)
+        // componentize-py and -js components hold dozens of core instances each.
+        .total_core_instances(n * 16)
+        .total_memories(n * 2)
+        .total_tables(n * 16)
+        .total_stacks(n)
+        .max_core_instances_per_component(64)
+        .max_memories_per_component(16)
+        .max_tables_per_component(64)
+        .max_memory_size(rc.pool_max_memory as usize)
+        // Small tasks reuse the same pages: wiping them with memset is cheaper
+        // than handing them back to the kernel and faulting them in again.
+        .linear_memory_keep_resident(rc.pool_keep_resident as usize)
+        .table_keep_resident(1 << 16)
+        // Same for the fiber stacks async calls run on.
+        .async_stack_keep_resident(1 << 17);
+    pool
+}
+
+/// Builds the engine; reports whether the pooling allocator is in use.
+pub(super) fn build_engine(rc: &RuntimeConfig) -> anyhow::Result<(Engine, bool)> {
+    if rc.allocator != Allocator::OnDemand {
+        let mut config = base_config();
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling_config(rc)));
+        match Engine::new(&config) {
+            Ok(engine) => return Ok((engine, true)),
+            Err(e) if rc.allocator == Allocator::Auto => {
+                tracing::warn!(
+                    error = %format!("{e:#}"),
+                    "pooling allocator unavailable; falling back to the on-demand allocator"
+                );
+            }
+            Err(e) => {
+                return Err(anyhow::Error::from(e).context("creating the pooling allocator"));
+            }
+        }
+    }
+    Ok((Engine::new(&base_config())?, false))
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] until dropped.
+pub(super) struct EpochTicker {
+    stop: Arc<AtomicBool>,
+}
+
+impl EpochTicker {
+    pub(super) fn start(engine: Engine) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        std::thread::Builder::new()
+            .name("wasmq-epoch".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    engine.increment_epoch();
+                }
+            })
+            .expect("spawning the epoch thread");
+        EpochTicker { stop }
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}

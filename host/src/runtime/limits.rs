@@ -1,0 +1,180 @@
+//! Per-run resource limits, their defaults, and parsers for the human forms
+//! users type (`256MiB`, `30s`).
+
+use std::time::Duration;
+
+/// Fuel given to a run when nothing else is said: about a few seconds of
+/// straight-line guest code on this class of machine.
+pub const DEFAULT_FUEL: u64 = 10_000_000_000;
+/// Linear memory a run may grow to, summed over all of its memories.
+pub const DEFAULT_MEMORY_BYTES: u64 = 256 * 1024 * 1024;
+/// Wall-clock budget of one run, including time spent blocked in host calls.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest output (JSON text) a task may return.
+pub const DEFAULT_MAX_OUTPUT_BYTES: usize = 1024 * 1024;
+/// How much of the guest's stdout and of its stderr is kept, each.
+pub const DEFAULT_MAX_CAPTURE_BYTES: usize = 64 * 1024;
+/// How much text from the guest's `log()` calls is kept per run.
+pub const DEFAULT_MAX_LOG_BYTES: usize = 64 * 1024;
+
+/// Limits applied to one run of a task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Fuel budget; `None` means unlimited (the wall-clock deadline still applies).
+    pub fuel: Option<u64>,
+    pub memory_bytes: u64,
+    pub timeout: Duration,
+    pub max_output_bytes: usize,
+    pub max_stdout_bytes: usize,
+    pub max_stderr_bytes: usize,
+    pub max_log_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            fuel: Some(DEFAULT_FUEL),
+            memory_bytes: DEFAULT_MEMORY_BYTES,
+            timeout: DEFAULT_TIMEOUT,
+            max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
+            max_stdout_bytes: DEFAULT_MAX_CAPTURE_BYTES,
+            max_stderr_bytes: DEFAULT_MAX_CAPTURE_BYTES,
+            max_log_bytes: DEFAULT_MAX_LOG_BYTES,
+        }
+    }
+}
+
+impl Limits {
+    /// The defaults, overridden by `WASMQ_DEFAULT_FUEL`, `WASMQ_DEFAULT_MEMORY`,
+    /// `WASMQ_DEFAULT_TIMEOUT` and `WASMQ_MAX_OUTPUT` where set.
+    pub fn from_env() -> Result<Limits, LimitError> {
+        let mut limits = Limits::default();
+        if let Some(v) = env("WASMQ_DEFAULT_FUEL") {
+            limits.fuel = parse_fuel(&v)?;
+        }
+        if let Some(v) = env("WASMQ_DEFAULT_MEMORY") {
+            limits.memory_bytes = parse_size(&v)?;
+        }
+        if let Some(v) = env("WASMQ_DEFAULT_TIMEOUT") {
+            limits.timeout = parse_duration(&v)?;
+        }
+        if let Some(v) = env("WASMQ_MAX_OUTPUT") {
+            limits.max_output_bytes = usize::try_from(parse_size(&v)?)
+                .map_err(|_| LimitError::Size(v.clone(), "too large".into()))?;
+        }
+        Ok(limits)
+    }
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum LimitError {
+    #[error("invalid size `{0}`: {1} (examples: 65536, 64KiB, 256MiB, 1GiB)")]
+    Size(String, String),
+    #[error("invalid duration `{0}`: {1} (examples: 500ms, 30s, 2m)")]
+    Duration(String, String),
+    #[error("invalid fuel `{0}`: expected a whole number, or `unlimited`")]
+    Fuel(String),
+}
+
+/// A fuel budget as given on the command line: `None` is unlimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fuel(pub Option<u64>);
+
+impl std::str::FromStr for Fuel {
+    type Err = LimitError;
+    fn from_str(s: &str) -> Result<Self, LimitError> {
+        parse_fuel(s).map(Fuel)
+    }
+}
+
+/// Parses `unlimited`/`0` as no fuel limit, otherwise a whole number
+/// (underscores allowed, as in Rust literals).
+pub fn parse_fuel(text: &str) -> Result<Option<u64>, LimitError> {
+    let t = text.trim();
+    if t.eq_ignore_ascii_case("unlimited") || t == "0" {
+        return Ok(None);
+    }
+    t.replace('_', "")
+        .parse::<u64>()
+        .map(Some)
+        .map_err(|_| LimitError::Fuel(text.to_string()))
+}
+
+/// Parses a byte size: a bare number of bytes, or a number followed by one of
+/// `B`, `K`/`KB`/`KiB`, `M`/`MB`/`MiB`, `G`/`GB`/`GiB` (all binary multiples:
+/// memory is counted in 64 KiB wasm pages, so decimal units would only mislead).
+pub fn parse_size(text: &str) -> Result<u64, LimitError> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '_'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let num: u64 = num
+        .replace('_', "")
+        .parse()
+        .map_err(|_| LimitError::Size(text.to_string(), "expected a number".into()))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        other => {
+            return Err(LimitError::Size(
+                text.to_string(),
+                format!("unknown unit `{other}`"),
+            ));
+        }
+    };
+    num.checked_mul(mult)
+        .ok_or_else(|| LimitError::Size(text.to_string(), "too large".into()))
+}
+
+/// Parses a duration such as `500ms`, `30s`, `2m` or `1h 30m`; a bare number
+/// means seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, LimitError> {
+    let t = text.trim();
+    if !t.is_empty() && t.chars().all(|c| c.is_ascii_digit()) {
+        return t
+            .parse::<u64>()
+            .map(Duration::from_secs)
+            .map_err(|e| LimitError::Duration(text.to_string(), e.to_string()));
+    }
+    humantime::parse_duration(t).map_err(|e| LimitError::Duration(text.to_string(), e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("65536"), Ok(65536));
+        assert_eq!(parse_size("64KiB"), Ok(64 * 1024));
+        assert_eq!(parse_size("256MiB"), Ok(256 << 20));
+        assert_eq!(parse_size("1 GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("32m"), Ok(32 << 20));
+        assert!(parse_size("12 parsecs").is_err());
+        assert!(parse_size("MiB").is_err());
+        assert!(parse_size("99999999999999G").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn fuel() {
+        assert_eq!(parse_fuel("unlimited"), Ok(None));
+        assert_eq!(parse_fuel("0"), Ok(None));
+        assert_eq!(parse_fuel("1_000_000"), Ok(Some(1_000_000)));
+        assert!(parse_fuel("-1").is_err());
+    }
+}

@@ -1,0 +1,199 @@
+//! The sandboxed task runtime: one wasmtime [`Engine`] per process, module
+//! loading with memory and disk caches, and [`Runtime::run`], which runs one
+//! task under fuel, memory and wall-clock limits with nothing granted but
+//! clocks and randomness.
+//!
+//! This module knows nothing of queues or databases: it turns bytes and an
+//! input into a [`RunReport`].
+
+mod cache;
+mod cancel;
+mod capture;
+mod engine;
+mod limits;
+mod module;
+mod outcome;
+mod run;
+mod state;
+
+pub use cancel::CancelToken;
+pub use engine::{
+    Allocator, DEFAULT_POOL_INSTANCES, DEFAULT_POOL_MAX_MEMORY, EPOCH_TICK, RuntimeConfig,
+};
+pub use limits::{
+    DEFAULT_FUEL, DEFAULT_MAX_CAPTURE_BYTES, DEFAULT_MAX_LOG_BYTES, DEFAULT_MAX_OUTPUT_BYTES,
+    DEFAULT_MEMORY_BYTES, DEFAULT_TIMEOUT, Fuel, LimitError, Limits, parse_duration, parse_fuel,
+    parse_size,
+};
+pub use module::{LoadedModule, ModuleError, check_header, sha256_hex};
+pub use outcome::{CacheSource, LogRecord, Outcome, RunReport, TaskErrorKind};
+pub use run::{DirGrant, RunRequest};
+pub use state::{ProgressSink, TaskInfo};
+
+use cache::DiskCache;
+use state::HostState;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use tokio::sync::OnceCell;
+use wasmtime::Engine;
+use wasmtime::component::{HasSelf, Linker};
+
+/// Why a module could not be made ready to run.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Module(#[from] ModuleError),
+    #[error("fetching module {sha256}: {message}")]
+    Fetch { sha256: String, message: String },
+    #[error("module bytes do not match their sha256: expected {expected}, got {actual}")]
+    HashMismatch { expected: String, actual: String },
+    #[error("compiling module {sha256}: the compiler thread failed: {message}")]
+    Join { sha256: String, message: String },
+}
+
+type Slot = Arc<OnceCell<Arc<LoadedModule>>>;
+
+/// The process-wide runtime. Cheap to share behind an `Arc`.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<HostState>,
+    pooling: bool,
+    config: RuntimeConfig,
+    disk: Option<DiskCache>,
+    modules: Mutex<HashMap<String, Slot>>,
+    _ticker: engine::EpochTicker,
+}
+
+impl Runtime {
+    pub fn new(config: RuntimeConfig) -> anyhow::Result<Runtime> {
+        let (engine, pooling) = engine::build_engine(&config)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        state::Task::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
+        let disk = config
+            .cache_dir
+            .clone()
+            .map(|dir| DiskCache::new(dir, &engine));
+        let ticker = engine::EpochTicker::start(engine.clone());
+        Ok(Runtime {
+            engine,
+            linker,
+            pooling,
+            config,
+            disk,
+            modules: Mutex::new(HashMap::new()),
+            _ticker: ticker,
+        })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// True when the pooling allocator is in use.
+    pub fn pooling(&self) -> bool {
+        self.pooling
+    }
+
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.config
+    }
+
+    /// Compiles and links `bytes` without caching in memory: the check done
+    /// before a module is stored. The precompiled artifact is written to the
+    /// disk cache, so the first run elsewhere on this machine does not compile.
+    pub async fn validate(&self, bytes: Vec<u8>) -> Result<String, LoadError> {
+        let sha256 = sha256_hex(&bytes);
+        let loaded = self.compile_and_link(sha256.clone(), bytes).await?;
+        Ok(loaded.sha256.clone())
+    }
+
+    /// Loads a module from its bytes (as `wasmq run` does).
+    pub async fn load_bytes(
+        &self,
+        bytes: Vec<u8>,
+    ) -> Result<(Arc<LoadedModule>, CacheSource), LoadError> {
+        module::check_header(&bytes)?;
+        let sha256 = sha256_hex(&bytes);
+        self.load(&sha256, || async move {
+            Ok::<_, std::convert::Infallible>(bytes)
+        })
+        .await
+    }
+
+    /// Loads the module `sha256`: from memory, else from the disk cache, else by
+    /// calling `fetch` for its bytes and compiling them. Concurrent loads of
+    /// the same module compile it once.
+    pub async fn load<F, Fut, E>(
+        &self,
+        sha256: &str,
+        fetch: F,
+    ) -> Result<(Arc<LoadedModule>, CacheSource), LoadError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Vec<u8>, E>>,
+        E: std::fmt::Display,
+    {
+        let slot = {
+            let mut map = self.modules.lock().unwrap();
+            map.entry(sha256.to_string()).or_default().clone()
+        };
+        if let Some(m) = slot.get() {
+            return Ok((m.clone(), CacheSource::Memory));
+        }
+        let mut source = CacheSource::Memory;
+        let loaded = slot
+            .get_or_try_init(|| async {
+                if let Some(component) = self
+                    .disk
+                    .as_ref()
+                    .and_then(|d| d.load(&self.engine, sha256))
+                {
+                    source = CacheSource::Disk;
+                    let m =
+                        module::link(&self.engine, &self.linker, sha256.to_string(), component)?;
+                    return Ok(Arc::new(m));
+                }
+                source = CacheSource::Compiled;
+                let bytes = fetch().await.map_err(|e| LoadError::Fetch {
+                    sha256: sha256.to_string(),
+                    message: e.to_string(),
+                })?;
+                let actual = sha256_hex(&bytes);
+                if actual != sha256 {
+                    return Err(LoadError::HashMismatch {
+                        expected: sha256.to_string(),
+                        actual,
+                    });
+                }
+                self.compile_and_link(sha256.to_string(), bytes)
+                    .await
+                    .map(Arc::new)
+            })
+            .await?
+            .clone();
+        Ok((loaded, source))
+    }
+
+    async fn compile_and_link(
+        &self,
+        sha256: String,
+        bytes: Vec<u8>,
+    ) -> Result<LoadedModule, LoadError> {
+        let engine = self.engine.clone();
+        // Compiling a large component takes seconds of CPU: keep it off the
+        // async worker threads.
+        let component = tokio::task::spawn_blocking(move || module::compile(&engine, &bytes))
+            .await
+            .map_err(|e| LoadError::Join {
+                sha256: sha256.clone(),
+                message: e.to_string(),
+            })??;
+        let loaded = module::link(&self.engine, &self.linker, sha256, component)?;
+        if let Some(disk) = &self.disk {
+            disk.store(&loaded.sha256, &loaded.component);
+        }
+        Ok(loaded)
+    }
+}

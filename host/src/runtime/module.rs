@@ -1,0 +1,147 @@
+//! Turning bytes into a runnable task module, with a distinct error for each
+//! way a file can fail to be one.
+
+use super::state::{HostState, TaskPre};
+use sha2::{Digest, Sha256};
+use wasmtime::Engine;
+use wasmtime::component::{Component, Linker};
+
+/// Why a file is not a usable task module.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum ModuleError {
+    #[error("empty file: a task module is a WebAssembly component, but this file has 0 bytes")]
+    Empty,
+    #[error("not a WebAssembly file: expected the magic bytes `\\0asm`, found {found}")]
+    NotWasm { found: String },
+    #[error(
+        "this is a core WebAssembly module, not a component: build the task for \
+         wasm32-wasip2 (or wrap it with `wasm-tools component new`)"
+    )]
+    CoreModule,
+    #[error("unsupported WebAssembly version/layer bytes {0}")]
+    UnknownVersion(String),
+    #[error("the component does not compile: {0}")]
+    Compile(String),
+    #[error(
+        "the component does not export `run` (its exports: {exports}); a task must \
+         target the world `wasmq:task/task`"
+    )]
+    MissingExport { exports: String },
+    #[error(
+        "the component's `run` export has the wrong type for the world `wasmq:task/task` \
+         (expected `run: func(input: string) -> result<string, task-error>`): {0}"
+    )]
+    WrongExportType(String),
+    #[error("the component imports something the host does not provide: {0}")]
+    UnsupportedImport(String),
+}
+
+impl ModuleError {
+    /// A short stable code for scripts and tests.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ModuleError::Empty => "empty",
+            ModuleError::NotWasm { .. } => "not-wasm",
+            ModuleError::CoreModule => "core-module",
+            ModuleError::UnknownVersion(_) => "unknown-version",
+            ModuleError::Compile(_) => "compile-error",
+            ModuleError::MissingExport { .. } => "missing-export",
+            ModuleError::WrongExportType(_) => "wrong-export-type",
+            ModuleError::UnsupportedImport(_) => "unsupported-import",
+        }
+    }
+}
+
+/// A module ready to instantiate: compiled, linked and type-checked.
+pub struct LoadedModule {
+    pub sha256: String,
+    pub(super) component: Component,
+    pub(super) pre: TaskPre<HostState>,
+}
+
+impl std::fmt::Debug for LoadedModule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedModule")
+            .field("sha256", &self.sha256)
+            .finish()
+    }
+}
+
+/// Hex SHA-256 of a module's bytes: its identity everywhere in wasmq.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Cheap checks on the header, so that the common mistakes get a precise
+/// message instead of a compiler error.
+pub fn check_header(bytes: &[u8]) -> Result<(), ModuleError> {
+    if bytes.is_empty() {
+        return Err(ModuleError::Empty);
+    }
+    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+        let head = &bytes[..bytes.len().min(4)];
+        return Err(ModuleError::NotWasm {
+            found: format!("{head:02x?}"),
+        });
+    }
+    match &bytes[4..8] {
+        [0x01, 0x00, 0x00, 0x00] => Err(ModuleError::CoreModule),
+        [_, _, 0x01, 0x00] => Ok(()),
+        other => Err(ModuleError::UnknownVersion(format!("{other:02x?}"))),
+    }
+}
+
+pub(super) fn compile(engine: &Engine, bytes: &[u8]) -> Result<Component, ModuleError> {
+    check_header(bytes)?;
+    Component::new(engine, bytes).map_err(|e| ModuleError::Compile(format!("{e:#}")))
+}
+
+/// Links a compiled component against the host and checks its `run` export.
+pub(super) fn link(
+    engine: &Engine,
+    linker: &Linker<HostState>,
+    sha256: String,
+    component: Component,
+) -> Result<LoadedModule, ModuleError> {
+    if component.get_export_index(None, "run").is_none() {
+        let exports: Vec<String> = component
+            .component_type()
+            .exports(engine)
+            .map(|(name, _)| format!("`{name}`"))
+            .collect();
+        let exports = if exports.is_empty() {
+            "none".to_string()
+        } else {
+            exports.join(", ")
+        };
+        return Err(ModuleError::MissingExport { exports });
+    }
+    let pre = linker
+        .instantiate_pre(&component)
+        .map_err(|e| ModuleError::UnsupportedImport(format!("{e:#}")))?;
+    let pre = TaskPre::new(pre).map_err(|e| ModuleError::WrongExportType(format!("{e:#}")))?;
+    Ok(LoadedModule {
+        sha256,
+        component,
+        pre,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_errors_are_distinct() {
+        assert_eq!(check_header(b""), Err(ModuleError::Empty));
+        assert_eq!(
+            check_header(b"hello world").unwrap_err().reason(),
+            "not-wasm"
+        );
+        assert_eq!(
+            check_header(b"\0asm\x01\0\0\0"),
+            Err(ModuleError::CoreModule)
+        );
+        assert!(check_header(b"\0asm\x0d\0\x01\0").is_ok());
+    }
+}

@@ -1,0 +1,359 @@
+//! One run of one task: a fresh store, the sandbox, the limits, and the
+//! classification of whatever happened into an [`Outcome`].
+
+use super::Runtime;
+use super::cancel::CancelToken;
+use super::capture::CapturePipe;
+use super::limits::Limits;
+use super::module::LoadedModule;
+use super::outcome::{CacheSource, Outcome, RunReport, TaskErrorKind};
+use super::state::{HostState, MemoryLimiter, ProgressSink, TaskInfo, WitErrorKind};
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use wasmtime::{Store, Trap, UpdateDeadline};
+use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
+
+/// A host directory the guest may read, mounted at `guest` (read-only).
+#[derive(Debug, Clone)]
+pub struct DirGrant {
+    pub host: PathBuf,
+    pub guest: String,
+}
+
+impl std::str::FromStr for DirGrant {
+    type Err = String;
+    /// `HOST[:GUEST]`; the guest path defaults to the host path.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (host, guest) = match s.split_once(':') {
+            Some((h, g)) => (h, g),
+            None => (s, s),
+        };
+        if host.is_empty() || guest.is_empty() {
+            return Err(format!("`{s}`: expected HOST[:GUEST]"));
+        }
+        Ok(DirGrant {
+            host: PathBuf::from(host),
+            guest: guest.to_string(),
+        })
+    }
+}
+
+/// Everything one run needs besides the module.
+pub struct RunRequest<'a> {
+    pub input: &'a str,
+    pub limits: &'a Limits,
+    pub task: TaskInfo,
+    pub cancel: CancelToken,
+    pub dirs: &'a [DirGrant],
+    pub progress: Option<ProgressSink>,
+}
+
+/// Raised from the epoch callback to stop a running guest.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+enum Interrupted {
+    #[error("deadline reached")]
+    Timeout,
+    #[error("cancelled")]
+    Cancelled,
+}
+
+enum Phase {
+    Instantiate,
+    Call,
+}
+
+impl Runtime {
+    /// Runs `module` once. Never panics on guest behaviour and never returns an
+    /// error: every way a run can end is an [`Outcome`] in the report.
+    pub async fn run(
+        &self,
+        module: &LoadedModule,
+        cache: CacheSource,
+        req: RunRequest<'_>,
+    ) -> RunReport {
+        let started = Instant::now();
+        let limits = req.limits;
+        let mut report = RunReport {
+            outcome: Outcome::Success,
+            output: None,
+            module_sha256: module.sha256.clone(),
+            cache,
+            fuel_used: 0,
+            peak_memory_bytes: 0,
+            wall_time_us: 0,
+            stdout: String::new(),
+            stderr: String::new(),
+            logs: Vec::new(),
+            progress: None,
+        };
+
+        if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(req.input) {
+            report.outcome = Outcome::TaskError {
+                error_kind: TaskErrorKind::InvalidInput,
+                message: format!("input is not valid JSON: {e}"),
+                details: None,
+            };
+            return report;
+        }
+        if self.pooling && limits.memory_bytes > self.config.pool_max_memory {
+            report.outcome = Outcome::HostError {
+                message: format!(
+                    "memory limit of {} bytes is above this host's maximum of {} bytes \
+                     (WASMQ_POOL_MAX_MEMORY)",
+                    limits.memory_bytes, self.config.pool_max_memory
+                ),
+            };
+            return report;
+        }
+
+        let stdout = CapturePipe::new(limits.max_stdout_bytes);
+        let stderr = CapturePipe::new(limits.max_stderr_bytes);
+        let wasi = match build_wasi(&stdout, &stderr, req.dirs) {
+            Ok(w) => w,
+            Err(message) => {
+                report.outcome = Outcome::HostError { message };
+                return report;
+            }
+        };
+
+        let deadline = started + limits.timeout;
+        let deadline_unix_ms = (SystemTime::now() + limits.timeout)
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO)
+            .as_millis() as u64;
+        let limiter =
+            MemoryLimiter::new(usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX));
+        let state = HostState::new(
+            wasi,
+            limiter,
+            req.task,
+            deadline,
+            deadline_unix_ms,
+            req.cancel.clone(),
+            limits.max_log_bytes,
+            req.progress,
+        );
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        let fuel = limits.fuel.unwrap_or(u64::MAX);
+        store.set_fuel(fuel).expect("fuel is enabled on the engine");
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|ctx| {
+            let s = ctx.data();
+            if s.cancel.is_cancelled() {
+                return Err(Interrupted::Cancelled.into());
+            }
+            if Instant::now() >= s.deadline {
+                return Err(Interrupted::Timeout.into());
+            }
+            // Yield each tick so a long guest shares its worker thread.
+            Ok(UpdateDeadline::Yield(1))
+        });
+
+        let mut phase = Phase::Instantiate;
+        let call = async {
+            let instance = module.pre.instantiate_async(&mut store).await?;
+            phase = Phase::Call;
+            instance.call_run(&mut store, req.input).await
+        };
+        // The epoch callback stops guest code; these stop a guest blocked in a
+        // host call (a sleep, a poll), which never reaches an epoch check.
+        let result = tokio::select! {
+            r = call => Ok(r),
+            _ = tokio::time::sleep_until(deadline.into()) => Err(Interrupted::Timeout),
+            _ = req.cancel.cancelled() => Err(Interrupted::Cancelled),
+        };
+
+        report.fuel_used = fuel.saturating_sub(store.get_fuel().unwrap_or(0));
+        report.wall_time_us = started.elapsed().as_micros() as u64;
+        let data = store.data();
+        report.peak_memory_bytes = data.limiter.peak as u64;
+        report.progress = data.progress.clone();
+        report.logs = std::mem::take(&mut store.data_mut().logs.records);
+        let dropped_logs = store.data().logs.dropped;
+        let denied = store.data().limiter.denied;
+        drop(store);
+        if dropped_logs > 0 {
+            report.logs.push(super::outcome::LogRecord {
+                level: "warn",
+                message: format!("[wasmq: {dropped_logs} log lines dropped over the cap]"),
+                at_ms: report.wall_time_us / 1000,
+            });
+        }
+        report.stdout = stdout.text();
+        report.stderr = stderr.text();
+
+        report.outcome = match result {
+            Err(Interrupted::Timeout) => timeout(limits),
+            Err(Interrupted::Cancelled) => cancelled(),
+            Ok(Ok(Ok(output))) => {
+                let checked = check_output(&output, limits.max_output_bytes);
+                if checked.is_success() {
+                    report.output = Some(output);
+                }
+                checked
+            }
+            Ok(Ok(Err(e))) => Outcome::TaskError {
+                error_kind: match e.kind {
+                    WitErrorKind::Permanent => TaskErrorKind::Permanent,
+                    WitErrorKind::Retryable => TaskErrorKind::Retryable,
+                    WitErrorKind::InvalidInput => TaskErrorKind::InvalidInput,
+                },
+                message: e.message,
+                details: e.details,
+            },
+            Ok(Err(e)) => classify_error(e, phase, denied, limits, &report.stderr),
+        };
+        report
+    }
+}
+
+fn build_wasi(
+    stdout: &CapturePipe,
+    stderr: &CapturePipe,
+    dirs: &[DirGrant],
+) -> Result<wasmtime_wasi::WasiCtx, String> {
+    let mut b = WasiCtxBuilder::new();
+    // Nothing is granted unless asked for: no env, no args, no preopens and no
+    // sockets (the default address check already refuses every address; the
+    // flags below also remove name lookup and UDP entirely). Clocks and random
+    // are on by default.
+    b.stdout(stdout.clone())
+        .stderr(stderr.clone())
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false);
+    for d in dirs {
+        b.preopened_dir(&d.host, &d.guest, FsPerms::ReadOnly)
+            .map_err(|e| format!("cannot open --allow-dir {}: {e:#}", d.host.display()))?;
+    }
+    Ok(b.build())
+}
+
+fn timeout(limits: &Limits) -> Outcome {
+    Outcome::Timeout {
+        message: format!(
+            "the task ran past its wall-clock limit of {}",
+            humantime::format_duration(limits.timeout)
+        ),
+    }
+}
+
+fn cancelled() -> Outcome {
+    Outcome::Cancelled {
+        message: "the task was cancelled while running".into(),
+    }
+}
+
+fn check_output(output: &str, cap: usize) -> Outcome {
+    if output.len() > cap {
+        return Outcome::InvalidOutput {
+            message: format!(
+                "output is {} bytes, over the cap of {cap} bytes",
+                output.len()
+            ),
+        };
+    }
+    match serde_json::from_str::<serde::de::IgnoredAny>(output) {
+        Ok(_) => Outcome::Success,
+        Err(e) => Outcome::InvalidOutput {
+            message: format!("output is not valid JSON: {e}"),
+        },
+    }
+}
+
+fn classify_error(
+    e: wasmtime::Error,
+    phase: Phase,
+    denied: Option<usize>,
+    limits: &Limits,
+    stderr: &str,
+) -> Outcome {
+    if let Some(i) = e.downcast_ref::<Interrupted>() {
+        return match i {
+            Interrupted::Timeout => timeout(limits),
+            Interrupted::Cancelled => cancelled(),
+        };
+    }
+    let trap = e.downcast_ref::<Trap>().copied();
+    if trap == Some(Trap::OutOfFuel) {
+        return Outcome::OutOfFuel {
+            message: format!(
+                "the task used all of its fuel ({})",
+                limits.fuel.map_or("unlimited".into(), |f| f.to_string())
+            ),
+        };
+    }
+    if let Some(wanted) = denied {
+        return Outcome::OutOfMemory {
+            message: format!(
+                "the task exceeded its memory limit of {} bytes (it asked for {wanted} bytes)",
+                limits.memory_bytes
+            ),
+        };
+    }
+    let backtrace = e
+        .downcast_ref::<wasmtime::WasmBacktrace>()
+        .map(|bt| bt.to_string())
+        .filter(|s| !s.trim().is_empty());
+    match (trap, phase) {
+        (Some(trap), _) => {
+            let mut message = trap.to_string();
+            if let Some(panic) = panic_message(stderr) {
+                message.push_str(&format!("; {panic}"));
+            }
+            Outcome::Trap { message, backtrace }
+        }
+        (None, Phase::Call) => Outcome::Trap {
+            message: format!("{e:#}"),
+            backtrace,
+        },
+        (None, Phase::Instantiate) => Outcome::HostError {
+            message: format!("instantiating the module: {e:#}"),
+        },
+    }
+}
+
+/// Finds a Rust panic message in the guest's stderr
+/// (`thread '…' panicked at src/lib.rs:5:9:\nmessage`).
+fn panic_message(stderr: &str) -> Option<String> {
+    let start = stderr.find("panicked at ")?;
+    let rest = &stderr[start..];
+    let mut lines = rest.lines();
+    let location = lines.next()?.trim_end_matches(':');
+    let message: Vec<&str> = lines
+        .take_while(|l| !l.starts_with("note: run with `RUST_BACKTRACE"))
+        .collect();
+    Some(format!("guest {location}: {}", message.join("\n")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_rust_panic_messages() {
+        let stderr = "\nthread '<unnamed>' panicked at src/lib.rs:7:5:\nboom\nnote: run with `RUST_BACKTRACE=1` environment variable to display a backtrace\n";
+        assert_eq!(
+            panic_message(stderr).as_deref(),
+            Some("guest panicked at src/lib.rs:7:5: boom")
+        );
+        assert_eq!(panic_message("nothing here"), None);
+    }
+
+    #[test]
+    fn output_checks() {
+        assert!(check_output("{\"a\":1}", 100).is_success());
+        assert_eq!(check_output("{\"a\":1}", 3).kind(), "invalid-output");
+        assert_eq!(check_output("not json", 100).kind(), "invalid-output");
+    }
+
+    #[test]
+    fn dir_grants() {
+        let d: DirGrant = "/data:/in".parse().unwrap();
+        assert_eq!(d.guest, "/in");
+        let d: DirGrant = "/data".parse().unwrap();
+        assert_eq!(d.guest, "/data");
+        assert!("".parse::<DirGrant>().is_err());
+    }
+}

@@ -1,0 +1,59 @@
+//! Helpers shared by the end-to-end tests: the binary, the example modules,
+//! and scratch directories.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The path of a built example module; fails with the command to build them.
+pub fn example(name: &str) -> PathBuf {
+    let p = repo_root()
+        .join("examples/target/wasm32-wasip2/release")
+        .join(format!("{name}.wasm"));
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/build-examples.sh first",
+        p.display()
+    );
+    p
+}
+
+/// A `wasmq` command with a private module cache, so tests do not share state.
+pub fn wasmq(cache_dir: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_wasmq"));
+    c.env("WASMQ_CACHE_DIR", cache_dir)
+        .env_remove("DATABASE_URL")
+        .env("WASMQ_LOG", "warn");
+    c
+}
+
+pub fn code(o: &Output) -> i32 {
+    o.status
+        .code()
+        .unwrap_or_else(|| panic!("killed by a signal: {o:?}"))
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn json(o: &Output) -> serde_json::Value {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}): {}\nstderr: {}",
+            stdout(o),
+            stderr(o)
+        )
+    })
+}

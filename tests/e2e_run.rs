@@ -1,0 +1,374 @@
+//! `wasmq run` against the example modules: every outcome kind, the sandbox,
+//! bad modules and bad input, and the on-disk compile cache.
+
+mod common;
+
+use common::{code, example, json, stderr, stdout, wasmq};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn tmp() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
+
+/// `wasmq run MODULE ARGS… --json` → (exit code, report).
+fn run_json(
+    cache: &std::path::Path,
+    module: &std::path::Path,
+    args: &[&str],
+) -> (i32, serde_json::Value) {
+    let out = wasmq(cache)
+        .arg("run")
+        .arg(module)
+        .args(args)
+        .arg("--json")
+        .output()
+        .unwrap();
+    (code(&out), json(&out))
+}
+
+#[test]
+fn hello_succeeds_and_prints_its_output() {
+    let dir = tmp();
+    let out = wasmq(dir.path())
+        .args(["run"])
+        .arg(example("hello"))
+        .args(["--input", r#"{"name":"Ada"}"#])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(v["greeting"], "Hello, Ada!");
+}
+
+#[test]
+fn add_reads_input_from_a_file() {
+    let dir = tmp();
+    let input = dir.path().join("in.json");
+    std::fs::write(&input, r#"{"a": 2, "b": 40}"#).unwrap();
+    let (c, r) = run_json(
+        dir.path(),
+        &example("add"),
+        &["--input-file", input.to_str().unwrap()],
+    );
+    assert_eq!(c, 0, "{r}");
+    let out: serde_json::Value = serde_json::from_str(r["output"].as_str().unwrap()).unwrap();
+    assert_eq!(out["sum"], 42);
+}
+
+#[test]
+fn report_carries_fuel_memory_time_and_cache() {
+    let dir = tmp();
+    let (c, r) = run_json(
+        dir.path(),
+        &example("hello"),
+        &["--input", r#"{"name":"x"}"#],
+    );
+    assert_eq!(c, 0, "{r}");
+    assert_eq!(r["outcome"]["kind"], "success");
+    assert!(r["fuel_used"].as_u64().unwrap() > 0);
+    assert!(r["peak_memory_bytes"].as_u64().unwrap() >= 65536);
+    assert!(r["wall_time_us"].as_u64().unwrap() > 0);
+    assert_eq!(r["module_sha256"].as_str().unwrap().len(), 64);
+}
+
+#[test]
+fn second_process_loads_the_precompiled_module_from_disk() {
+    let dir = tmp();
+    let (_, first) = run_json(
+        dir.path(),
+        &example("hello"),
+        &["--input", r#"{"name":"a"}"#],
+    );
+    assert_eq!(first["cache"], "compiled");
+    let (c, second) = run_json(
+        dir.path(),
+        &example("hello"),
+        &["--input", r#"{"name":"b"}"#],
+    );
+    assert_eq!(c, 0);
+    assert_eq!(second["cache"], "disk");
+    let cwasm = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "cwasm")
+        })
+        .count();
+    assert_eq!(cwasm, 1);
+}
+
+#[test]
+fn task_errors_keep_their_kind() {
+    let dir = tmp();
+    // flaky on attempt 1 of a task that wants 3: retryable.
+    let (c, r) = run_json(
+        dir.path(),
+        &example("flaky"),
+        &["--input", r#"{"succeed_on_attempt":3}"#],
+    );
+    assert_eq!(c, 11, "{r}");
+    assert_eq!(r["outcome"]["kind"], "task-error");
+    assert_eq!(r["outcome"]["error_kind"], "retryable");
+    // hello without its field: the SDK reports serde's message as invalid input.
+    let (c, r) = run_json(dir.path(), &example("hello"), &["--input", "{}"]);
+    assert_eq!(c, 12, "{r}");
+    assert_eq!(r["outcome"]["error_kind"], "invalid-input");
+    assert!(
+        r["outcome"]["message"].as_str().unwrap().contains("name"),
+        "{r}"
+    );
+}
+
+#[test]
+fn non_json_input_is_refused_before_the_guest_runs() {
+    let dir = tmp();
+    let (c, r) = run_json(dir.path(), &example("hello"), &["--input", "{not json"]);
+    assert_eq!(c, 12, "{r}");
+    assert_eq!(r["outcome"]["error_kind"], "invalid-input");
+    assert!(
+        r["outcome"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("input is not valid JSON")
+    );
+    assert_eq!(r["fuel_used"], 0);
+}
+
+#[test]
+fn panic_is_a_trap_carrying_the_panic_message() {
+    let dir = tmp();
+    let (c, r) = run_json(
+        dir.path(),
+        &example("panicky"),
+        &["--input", r#"{"message":"kaboom 42"}"#],
+    );
+    assert_eq!(c, 20, "{r}");
+    assert_eq!(r["outcome"]["kind"], "trap");
+    let msg = r["outcome"]["message"].as_str().unwrap();
+    assert!(msg.contains("kaboom 42"), "{msg}");
+    assert!(r["stderr"].as_str().unwrap().contains("kaboom 42"));
+}
+
+#[test]
+fn spin_stops_on_fuel() {
+    let dir = tmp();
+    let (c, r) = run_json(
+        dir.path(),
+        &example("spin"),
+        &["--fuel", "50000000", "--timeout", "60s"],
+    );
+    assert_eq!(c, 21, "{r}");
+    assert_eq!(r["outcome"]["kind"], "out-of-fuel");
+    assert_eq!(r["fuel_used"], 50_000_000);
+}
+
+#[test]
+fn spin_with_unlimited_fuel_stops_at_the_deadline() {
+    let dir = tmp();
+    let (c, r) = run_json(
+        dir.path(),
+        &example("spin"),
+        &["--fuel", "unlimited", "--timeout", "500ms"],
+    );
+    assert_eq!(c, 23, "{r}");
+    assert_eq!(r["outcome"]["kind"], "timeout");
+    // The issue's bound: stopped within about twice the deadline.
+    let wall_ms = r["wall_time_us"].as_u64().unwrap() / 1000;
+    assert!((500..1000).contains(&wall_ms), "stopped after {wall_ms} ms");
+}
+
+#[test]
+fn sleepy_blocked_in_a_host_call_stops_at_the_deadline() {
+    let dir = tmp();
+    let (c, r) = run_json(
+        dir.path(),
+        &example("sleepy"),
+        &["--input", r#"{"ms":10000}"#, "--timeout", "100ms"],
+    );
+    assert_eq!(c, 23, "{r}");
+    assert_eq!(r["outcome"]["kind"], "timeout");
+    let wall_ms = r["wall_time_us"].as_u64().unwrap() / 1000;
+    assert!(wall_ms < 5000, "stopped after {wall_ms} ms");
+}
+
+#[test]
+fn sleepy_finishes_within_its_deadline() {
+    let dir = tmp();
+    let (c, r) = run_json(
+        dir.path(),
+        &example("sleepy"),
+        &["--input", r#"{"ms":50}"#, "--timeout", "10s"],
+    );
+    assert_eq!(c, 0, "{r}");
+}
+
+#[test]
+fn hog_runs_out_of_memory_under_32_mib() {
+    let dir = tmp();
+    let (c, r) = run_json(dir.path(), &example("hog"), &["--memory", "32MiB"]);
+    assert_eq!(c, 22, "{r}");
+    assert_eq!(r["outcome"]["kind"], "out-of-memory");
+    assert!(r["peak_memory_bytes"].as_u64().unwrap() <= 32 << 20);
+}
+
+#[test]
+fn escape_gets_nothing() {
+    let dir = tmp();
+    let (c, r) = run_json(dir.path(), &example("escape"), &[]);
+    assert_eq!(c, 0, "{r}");
+    let probes: serde_json::Value = serde_json::from_str(r["output"].as_str().unwrap()).unwrap();
+    let probes = probes.as_object().unwrap();
+    assert!(probes.len() >= 5, "{probes:?}");
+    for (name, probe) in probes {
+        if let Some(ok) = probe.get("ok") {
+            assert_eq!(ok, false, "probe {name} escaped the sandbox: {probe}");
+        }
+    }
+    for name in ["read_passwd", "list_root", "env", "tcp_connect"] {
+        assert!(
+            probes.contains_key(name),
+            "missing probe {name}: {probes:?}"
+        );
+    }
+}
+
+#[test]
+fn allow_dir_grants_read_only_access() {
+    let dir = tmp();
+    let (c, r) = run_json(
+        dir.path(),
+        &example("escape"),
+        &["--allow-dir", "/etc:/etc"],
+    );
+    assert_eq!(c, 0, "{r}");
+    let probes: serde_json::Value = serde_json::from_str(r["output"].as_str().unwrap()).unwrap();
+    assert_eq!(probes["read_passwd"]["ok"], true, "{probes}");
+    assert_eq!(probes["write_file"]["ok"], false, "{probes}");
+}
+
+#[test]
+fn output_over_the_cap_is_invalid_output() {
+    let dir = tmp();
+    let out = wasmq(dir.path())
+        .env("WASMQ_MAX_OUTPUT", "16")
+        .arg("run")
+        .arg(example("hello"))
+        .args(["--input", r#"{"name":"a rather long name"}"#, "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 31, "{}", stderr(&out));
+    assert_eq!(json(&out)["outcome"]["kind"], "invalid-output");
+}
+
+#[test]
+fn ctrl_c_cancels_a_running_task() {
+    let dir = tmp();
+    let child = wasmq(dir.path())
+        .arg("run")
+        .arg(example("spin"))
+        .args(["--fuel", "unlimited", "--timeout", "60s", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    let t = Instant::now();
+    unsafe { libc_kill(child.id() as i32, 2) };
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(code(&out), 24, "{}", stderr(&out));
+    assert_eq!(json(&out)["outcome"]["kind"], "cancelled");
+    assert!(t.elapsed() < Duration::from_secs(10));
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+fn invalid_module(bytes: &[u8]) -> (i32, serde_json::Value, String) {
+    let dir = tmp();
+    let path = dir.path().join("m.wasm");
+    std::fs::write(&path, bytes).unwrap();
+    let out = wasmq(dir.path())
+        .arg("run")
+        .arg(&path)
+        .arg("--json")
+        .output()
+        .unwrap();
+    (code(&out), json(&out), stderr(&out))
+}
+
+#[test]
+fn bad_modules_each_get_their_own_error() {
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("empty", vec![]),
+        (
+            "not-wasm",
+            (0..4096u32)
+                .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+                .collect(),
+        ),
+        ("core-module", b"\0asm\x01\0\0\0".to_vec()),
+        (
+            "wrong-export-type",
+            std::fs::read(example("other_world")).unwrap(),
+        ),
+    ];
+    let mut messages = std::collections::HashSet::new();
+    for (reason, bytes) in cases {
+        let (c, r, err) = invalid_module(&bytes);
+        assert_eq!(c, 30, "{reason}: {r}");
+        assert_eq!(r["outcome"]["kind"], "invalid-module", "{reason}");
+        assert_eq!(r["outcome"]["reason"], reason, "{r}");
+        assert!(err.contains("invalid-module"), "{err}");
+        messages.insert(r["outcome"]["message"].as_str().unwrap().to_string());
+    }
+    assert_eq!(messages.len(), 4);
+}
+
+#[test]
+fn a_truncated_component_does_not_compile() {
+    let bytes = std::fs::read(example("hello")).unwrap();
+    let (c, r, _) = invalid_module(&bytes[..bytes.len() / 2]);
+    assert_eq!(c, 30);
+    assert_eq!(r["outcome"]["reason"], "compile-error");
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let dir = tmp();
+    let out = wasmq(dir.path())
+        .arg("run")
+        .arg(example("hello"))
+        .args(["--memory", "12 parsecs"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 2);
+    assert!(stderr(&out).contains("parsecs"));
+    let out = wasmq(dir.path())
+        .args(["run", "/nonexistent.wasm"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 2);
+    assert!(stderr(&out).contains("/nonexistent.wasm"));
+}
+
+#[test]
+fn the_host_survives_many_bad_runs() {
+    // Not a crash-by-signal in any of them: every outcome is an exit code.
+    let dir = tmp();
+    for m in ["panicky", "hog", "spin"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_wasmq"))
+            .env("WASMQ_CACHE_DIR", dir.path())
+            .arg("run")
+            .arg(example(m))
+            .args(["--memory", "16MiB", "--fuel", "10000000", "--timeout", "5s"])
+            .output()
+            .unwrap();
+        assert!(out.status.code().is_some(), "{m}: {out:?}");
+    }
+}
