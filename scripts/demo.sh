@@ -1,29 +1,47 @@
 #!/usr/bin/env bash
-# The main job on the embedded default: builds wasmq and the example task
-# modules, then runs each example once through `wasmq run`.
+# The main job on the embedded default (a SQLite file, an in-process worker):
+# builds wasmq and the example task modules, pushes the modules, enqueues a
+# mix of tasks (some succeed, one fails, one retries and succeeds, some are
+# cut by their limits), drains the queue with one worker, and prints a summary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/setup.sh
 scripts/build-examples.sh >/dev/null
 cargo build --release --locked -p wasmq
-WASMQ=target/release/wasmq
-EX=examples/target/wasm32-wasip2/release
+WASMQ=$PWD/target/release/wasmq
+EX=$PWD/examples/target/wasm32-wasip2/release
 
-demo() {
-  local name=$1; shift
-  printf '\n$ wasmq run %s %s\n' "$name.wasm" "$*"
-  local code=0
-  "$WASMQ" run "$EX/$name.wasm" "$@" || code=$?
-  echo "(exit code $code)"
-}
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+export DATABASE_URL="sqlite://$work/demo.db"
+export WASMQ_CACHE_DIR="$work/cache"
+export WASMQ_LOG="${WASMQ_LOG:-warn}"
 
-demo hello --input '{"name":"Ada"}'
-demo add --input '{"a":2,"b":40}'
-demo fib --input '{"n":1000000}'
-demo flaky --input '{"succeed_on_attempt":2}'
-demo sleepy --input '{"ms":2000}' --timeout 200ms
-demo spin --fuel 100000000
-demo hog --memory 32MiB
-demo panicky --input '{"message":"boom"}'
-demo escape
+echo "== pushing modules"
+for m in hello add fib flaky sleepy spin hog panicky escape; do
+  "$WASMQ" module push "$EX/$m.wasm" --name "$m"
+done
+
+echo "== enqueueing"
+q() { "$WASMQ" task enqueue --queue demo "$@" >/dev/null; }
+q hello   --input '{"name":"Ada"}'
+q add     --input '{"a":2,"b":40}'
+q fib     --input '{"n":50000000}' --priority 10
+q flaky   --input '{"succeed_on_attempt":3}' --max-attempts 5
+q panicky --input '{"message":"boom"}' --max-attempts 2
+q spin    --fuel 200000000
+q hog     --memory 32MiB
+q sleepy  --input '{"ms":5000}' --timeout 300ms --max-attempts 2
+q escape
+q hello   --input '{"wrong":"field"}'
+q sleepy  --input '{"ms":200}' --delay 1s
+# A bulk of small tasks, for a throughput figure.
+for i in $(seq 1 500); do echo "{\"name\":\"bulk $i\"}"; done >"$work/bulk.jsonl"
+"$WASMQ" task enqueue-batch hello "$work/bulk.jsonl" --queue bulk
+
+echo "== draining with one worker (all queues)"
+"$WASMQ" worker --all-queues --exit-when-idle --backoff-base 100ms
+
+echo "== summary (queue demo)"
+"$WASMQ" task list --queue demo

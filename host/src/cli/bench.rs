@@ -15,6 +15,8 @@ pub enum BenchCommand {
     /// Instantiate + run of a task with a warm cache, per allocator, and
     /// tasks/s over all cores.
     Runtime(RuntimeBench),
+    /// Drain throughput and enqueue→start/done latency on SQLite and PostgreSQL.
+    Queue(super::bench_queue::QueueBench),
 }
 
 #[derive(Debug, Args)]
@@ -38,9 +40,10 @@ pub struct RuntimeBench {
     pub duration: Duration,
 }
 
-pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
+pub async fn run(cmd: BenchCommand, _db: &str) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Runtime(b) => runtime_bench(b).await,
+        BenchCommand::Queue(b) => super::bench_queue::run(b).await,
     }
 }
 

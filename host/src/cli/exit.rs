@@ -39,6 +39,24 @@ pub fn for_outcome(outcome: &Outcome) -> u8 {
     }
 }
 
+/// The exit code for a stored failure kind (`error_kind` of a task).
+pub fn for_kind(kind: &str) -> u8 {
+    match kind {
+        "permanent" => TASK_PERMANENT,
+        "retryable" => TASK_RETRYABLE,
+        "invalid-input" => TASK_INVALID_INPUT,
+        "trap" => TRAP,
+        "out-of-fuel" => OUT_OF_FUEL,
+        "out-of-memory" => OUT_OF_MEMORY,
+        "timeout" => TIMEOUT,
+        "cancelled" => CANCELLED,
+        "invalid-module" => INVALID_MODULE,
+        "invalid-output" => INVALID_OUTPUT,
+        "host-error" | "lease-expired" => HOST_ERROR,
+        _ => INTERNAL,
+    }
+}
+
 /// An error that ends the command with a specific exit code.
 #[derive(Debug)]
 pub struct Exit {

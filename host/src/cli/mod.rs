@@ -1,10 +1,14 @@
 //! The `wasmq` command line. Commands parse their flags here and call the
 //! library; they hold no logic of their own beyond presentation.
 
+mod admin;
 mod bench;
+mod bench_queue;
 pub mod exit;
 mod logging;
 mod run;
+mod table;
+mod worker;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -19,6 +23,15 @@ pub struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = logging::LogFormat::Text, env = "WASMQ_LOG_FORMAT")]
     pub log_format: logging::LogFormat,
+    /// Database: sqlite://PATH or postgres://… (else DATABASE_URL, else sqlite://wasmq.db).
+    #[arg(
+        long,
+        global = true,
+        env = "DATABASE_URL",
+        default_value = "sqlite://wasmq.db",
+        hide_env_values = true
+    )]
+    pub database_url: String,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -27,7 +40,22 @@ pub struct Cli {
 pub enum Command {
     /// Run one task module in this process, without a queue.
     Run(run::RunArgs),
-    /// Measure the runtime (and, later, the queue).
+    /// Apply database migrations (workers and the server also do at start).
+    Migrate,
+    /// Manage task modules.
+    #[command(subcommand)]
+    Module(admin::ModuleCommand),
+    /// Enqueue, inspect and steer tasks.
+    #[command(subcommand)]
+    Task(admin::TaskCommand),
+    /// Lease tasks from the database and run them.
+    Worker(worker::WorkerArgs),
+    /// List workers with their heartbeat age.
+    Workers {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Measure the runtime and the queue.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
 }
@@ -55,10 +83,17 @@ pub fn main() -> ExitCode {
             return ExitCode::from(exit::INTERNAL);
         }
     };
+    let db = cli.database_url.clone();
     let result = rt.block_on(async {
+        let ok = |r: anyhow::Result<()>| r.map(|()| exit::SUCCESS);
         match cli.command {
             Command::Run(args) => run::run(args).await,
-            Command::Bench(cmd) => bench::run(cmd).await.map(|()| exit::SUCCESS),
+            Command::Migrate => ok(admin::migrate(&db).await),
+            Command::Module(cmd) => ok(admin::module(&db, cmd).await),
+            Command::Task(cmd) => admin::task(&db, cmd).await,
+            Command::Worker(args) => ok(worker::run(&db, args).await),
+            Command::Workers { json } => ok(admin::workers(&db, json).await),
+            Command::Bench(cmd) => ok(bench::run(cmd, &db).await),
         }
     });
     // Do not wait for blocked host calls of abandoned guests on the way out.

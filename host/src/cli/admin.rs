@@ -1,0 +1,533 @@
+//! The admin commands: `migrate`, `module …`, `task …`, `workers`.
+
+use super::exit::{self, Exit};
+use super::table::{Table, clip};
+use crate::client::{Client, ClientError, EnqueueRequest};
+use crate::runtime::{Fuel, Runtime, RuntimeConfig, parse_duration, parse_size};
+use crate::store::{CancelOutcome, Store, TaskFilter, TaskLimits, TaskRecord, TaskState};
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use clap::{Args, Subcommand};
+use std::path::PathBuf;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// Turns a client error into the right exit: bad input → 2, the rest → 1.
+pub fn fail(e: ClientError) -> anyhow::Error {
+    if e.is_user_error() {
+        Exit::usage(e.to_string()).into()
+    } else {
+        anyhow::Error::new(e)
+    }
+}
+
+pub async fn connect(url: &str) -> anyhow::Result<Client> {
+    Client::connect(url).await.map_err(fail)
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn ts(t: Option<DateTime<Utc>>) -> String {
+    t.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+        .unwrap_or_else(|| "-".into())
+}
+
+// ---- modules ---------------------------------------------------------------
+
+#[derive(Debug, Subcommand)]
+pub enum ModuleCommand {
+    /// Validate a component against the task world and store it.
+    Push {
+        file: PathBuf,
+        #[arg(long)]
+        name: String,
+        /// Default: the next integer version for this name.
+        #[arg(long)]
+        version: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List stored modules.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one module (`NAME` is the latest version).
+    Show {
+        reference: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete `NAME@VERSION` (or every version of `NAME`).
+    Rm {
+        reference: String,
+        /// Delete even while queued or running tasks use it.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+pub async fn module(db: &str, cmd: ModuleCommand) -> anyhow::Result<()> {
+    let client = connect(db).await?;
+    match cmd {
+        ModuleCommand::Push {
+            file,
+            name,
+            version,
+            json,
+        } => {
+            let bytes = std::fs::read(&file)
+                .map_err(|e| Exit::usage(format!("cannot read {}: {e}", file.display())))?;
+            let runtime = Runtime::new(RuntimeConfig::from_env()?)?;
+            let m = match client
+                .push_module(&runtime, &name, version.as_deref(), bytes)
+                .await
+            {
+                Ok(m) => m,
+                Err(ClientError::Module(e)) => {
+                    return Err(Exit {
+                        code: exit::INVALID_MODULE,
+                        message: format!("{} refused: {e}", file.display()),
+                    }
+                    .into());
+                }
+                Err(e) => return Err(fail(e)),
+            };
+            if json {
+                print_json(&m)?;
+            } else {
+                let note = if m.created { "" } else { " (already stored)" };
+                println!("{}@{} sha256:{}{note}", m.name, m.version, m.sha256);
+            }
+        }
+        ModuleCommand::List { json } => {
+            let ms = client
+                .store()
+                .list_modules()
+                .await
+                .map_err(|e| fail(e.into()))?;
+            if json {
+                return print_json(&ms);
+            }
+            let mut t = Table::new(&["MODULE", "SIZE", "SHA256", "CREATED"]);
+            for m in ms {
+                t.row(vec![
+                    format!("{}@{}", m.name, m.version),
+                    m.size.to_string(),
+                    m.sha256[..16].to_string(),
+                    ts(Some(m.created_at)),
+                ]);
+            }
+            t.print();
+        }
+        ModuleCommand::Show { reference, json } => {
+            let (name, version) = crate::client::parse_reference(&reference).map_err(fail)?;
+            let m = client
+                .store()
+                .resolve_module(name, version)
+                .await
+                .map_err(|e| fail(e.into()))?;
+            if json {
+                return print_json(&m);
+            }
+            println!("module   {}@{}", m.name, m.version);
+            println!("sha256   {}", m.sha256);
+            println!("size     {} bytes", m.size);
+            println!("created  {}", ts(Some(m.created_at)));
+        }
+        ModuleCommand::Rm { reference, force } => {
+            let (name, version) = crate::client::parse_reference(&reference).map_err(fail)?;
+            let n = client
+                .store()
+                .delete_module(name, version, force)
+                .await
+                .map_err(|e| fail(e.into()))?;
+            println!("deleted {n} version(s) of {name}");
+        }
+    }
+    Ok(())
+}
+
+// ---- tasks -------------------------------------------------------------------
+
+#[derive(Debug, Args)]
+pub struct EnqueueArgs {
+    /// `NAME` (latest version) or `NAME@VERSION`.
+    pub module: String,
+    #[arg(long, conflicts_with = "input_file")]
+    pub input: Option<String>,
+    #[arg(long)]
+    pub input_file: Option<PathBuf>,
+    #[arg(long, default_value = crate::client::DEFAULT_QUEUE)]
+    pub queue: String,
+    /// -100..100, higher runs first.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    pub priority: i16,
+    /// Not before this time (RFC 3339).
+    #[arg(long, conflicts_with = "delay")]
+    pub run_after: Option<DateTime<Utc>>,
+    /// Not before this long from now, e.g. 10s.
+    #[arg(long, value_parser = parse_duration)]
+    pub delay: Option<Duration>,
+    #[arg(long, default_value_t = crate::client::DEFAULT_MAX_ATTEMPTS)]
+    pub max_attempts: u32,
+    /// Deduplicate against unfinished tasks with the same key.
+    #[arg(long)]
+    pub unique_key: Option<String>,
+    #[arg(long)]
+    pub fuel: Option<Fuel>,
+    #[arg(long, value_parser = parse_size)]
+    pub memory: Option<u64>,
+    #[arg(long, value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+    /// Follow the task and exit with its outcome.
+    #[arg(long)]
+    pub wait: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TaskCommand {
+    /// Enqueue a task; prints its id.
+    Enqueue(EnqueueArgs),
+    /// Enqueue one task per line of FILE (JSON lines), in one transaction.
+    EnqueueBatch {
+        module: String,
+        file: PathBuf,
+        #[arg(long, default_value = crate::client::DEFAULT_QUEUE)]
+        queue: String,
+        #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+        priority: i16,
+        #[arg(long, default_value_t = crate::client::DEFAULT_MAX_ATTEMPTS)]
+        max_attempts: u32,
+    },
+    /// List tasks, newest first.
+    List {
+        #[arg(long)]
+        state: Option<TaskState>,
+        #[arg(long)]
+        queue: Option<String>,
+        #[arg(long)]
+        module: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[arg(long)]
+        json: bool,
+    },
+    /// A task with its attempts, error, logs and result.
+    Show {
+        id: Uuid,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a queued task, or ask the worker of a running one to stop it.
+    Cancel { id: Uuid },
+    /// Requeue a failed or cancelled task.
+    Retry { id: Uuid },
+    /// Delete finished tasks in STATE older than DURATION.
+    Purge {
+        #[arg(long)]
+        state: TaskState,
+        #[arg(long, value_parser = parse_duration)]
+        older_than: Duration,
+    },
+}
+
+pub async fn task(db: &str, cmd: TaskCommand) -> anyhow::Result<u8> {
+    let client = connect(db).await?;
+    match cmd {
+        TaskCommand::Enqueue(a) => return enqueue(&client, a).await,
+        TaskCommand::EnqueueBatch {
+            module,
+            file,
+            queue,
+            priority,
+            max_attempts,
+        } => {
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| Exit::usage(format!("cannot read {}: {e}", file.display())))?;
+            let mut tasks = Vec::new();
+            for (n, line) in text
+                .lines()
+                .enumerate()
+                .filter(|(_, l)| !l.trim().is_empty())
+            {
+                let mut req = EnqueueRequest::new(module.clone(), line);
+                req.queue = queue.clone();
+                req.priority = priority;
+                req.max_attempts = max_attempts;
+                let task = client
+                    .new_task(req)
+                    .await
+                    .map_err(|e| Exit::usage(format!("{}:{}: {e}", file.display(), n + 1)))?;
+                tasks.push(task);
+            }
+            let out = client
+                .store()
+                .enqueue_batch(&tasks)
+                .await
+                .map_err(|e| fail(e.into()))?;
+            println!("enqueued {} task(s) on queue {queue}", out.len());
+        }
+        TaskCommand::List {
+            state,
+            queue,
+            module,
+            limit,
+            json,
+        } => {
+            let tasks = client
+                .store()
+                .list_tasks(&TaskFilter {
+                    state,
+                    queue,
+                    module,
+                    limit,
+                    before_seq: None,
+                })
+                .await
+                .map_err(|e| fail(e.into()))?;
+            if json {
+                print_json(&tasks)?;
+            } else {
+                print_tasks(&tasks);
+            }
+        }
+        TaskCommand::Show { id, json } => {
+            let t = client.get(id).await.map_err(fail)?;
+            let attempts = client
+                .store()
+                .list_attempts(id)
+                .await
+                .map_err(|e| fail(e.into()))?;
+            if json {
+                return print_json(&serde_json::json!({"task": t, "attempts": attempts}))
+                    .map(|()| exit::SUCCESS);
+            }
+            show_task(&t);
+            println!("\nattempts:");
+            let mut table = Table::new(&[
+                "#", "WORKER", "STARTED", "OUTCOME", "MS", "FUEL", "PEAK MEM", "ERROR",
+            ]);
+            for a in &attempts {
+                table.row(vec![
+                    a.attempt.to_string(),
+                    a.worker_id.clone(),
+                    ts(Some(a.started_at)),
+                    a.outcome.clone().unwrap_or_else(|| "(running)".into()),
+                    a.duration_ms.map_or("-".into(), |d| d.to_string()),
+                    a.fuel_used.map_or("-".into(), |d| d.to_string()),
+                    a.peak_memory.map_or("-".into(), |d| d.to_string()),
+                    clip(a.error_message.as_deref().unwrap_or(""), 60),
+                ]);
+            }
+            table.print();
+            if let Some(logs) = attempts.iter().rev().find_map(|a| a.logs.as_deref()) {
+                println!("\nlogs (last attempt with logs):\n{}", logs.trim_end());
+            }
+        }
+        TaskCommand::Cancel { id } => match client.cancel(id).await.map_err(fail)? {
+            CancelOutcome::Cancelled => println!("{id} cancelled"),
+            CancelOutcome::Requested => {
+                println!("{id} is running: its worker has been asked to stop it")
+            }
+            CancelOutcome::AlreadyFinished(s) => println!("{id} had already finished: {s}"),
+        },
+        TaskCommand::Retry { id } => {
+            let t = client.retry(id).await.map_err(fail)?;
+            println!(
+                "{id} requeued (attempt {} of {})",
+                t.attempt + 1,
+                t.max_attempts
+            );
+        }
+        TaskCommand::Purge { state, older_than } => {
+            let cutoff = Utc::now() - chrono::Duration::from_std(older_than)?;
+            let n = client
+                .store()
+                .purge(state, cutoff)
+                .await
+                .map_err(|e| fail(e.into()))?;
+            println!("purged {n} {state} task(s)");
+        }
+    }
+    Ok(exit::SUCCESS)
+}
+
+async fn enqueue(client: &Client, a: EnqueueArgs) -> anyhow::Result<u8> {
+    let input = super::run::read_input(a.input.as_deref(), a.input_file.as_deref())?;
+    let run_after = match (a.run_after, a.delay) {
+        (Some(t), _) => Some(t),
+        (None, Some(d)) => Some(Utc::now() + chrono::Duration::from_std(d)?),
+        _ => None,
+    };
+    let req = EnqueueRequest {
+        module: a.module,
+        input,
+        queue: a.queue,
+        priority: a.priority,
+        run_after,
+        max_attempts: a.max_attempts,
+        unique_key: a.unique_key,
+        limits: TaskLimits {
+            fuel: a.fuel.map(|Fuel(f)| f.unwrap_or(0)),
+            memory_bytes: a.memory,
+            timeout_ms: a.timeout.map(|d| d.as_millis() as u64),
+        },
+    };
+    let out = client.enqueue(req).await.map_err(fail)?;
+    if !a.wait {
+        if a.json {
+            print_json(&out)?;
+        } else if out.deduplicated {
+            println!(
+                "{} (deduplicated: an unfinished task has this unique key)",
+                out.id
+            );
+        } else {
+            println!("{}", out.id);
+        }
+        return Ok(exit::SUCCESS);
+    }
+    eprintln!("{}", out.id);
+    let t = client
+        .wait(out.id, |t| {
+            let progress = t
+                .progress_percent
+                .map(|p| format!(" {p}%"))
+                .unwrap_or_default();
+            eprintln!(
+                "  {} attempt {}/{}{progress}",
+                t.state, t.attempt, t.max_attempts
+            );
+        })
+        .await
+        .map_err(fail)?;
+    if a.json {
+        print_json(&t)?;
+    } else if let Some(r) = &t.result {
+        println!("{r}");
+    }
+    if let Some(m) = &t.error_message {
+        eprintln!("{}: {}", t.error_kind.as_deref().unwrap_or("error"), m);
+    }
+    Ok(match t.state {
+        TaskState::Succeeded => exit::SUCCESS,
+        TaskState::Cancelled => exit::CANCELLED,
+        _ => exit::for_kind(t.error_kind.as_deref().unwrap_or("")),
+    })
+}
+
+fn print_tasks(tasks: &[TaskRecord]) {
+    let mut t = Table::new(&[
+        "ID",
+        "MODULE",
+        "QUEUE",
+        "PRI",
+        "STATE",
+        "ATTEMPT",
+        "RESULT / ERROR",
+    ]);
+    for task in tasks {
+        let detail = match (&task.result, &task.error_message) {
+            (Some(r), _) if task.state == TaskState::Succeeded => r.clone(),
+            (_, Some(e)) => format!("{}: {}", task.error_kind.as_deref().unwrap_or("error"), e),
+            _ => String::new(),
+        };
+        t.row(vec![
+            task.id.to_string(),
+            format!("{}@{}", task.module_name, task.module_version),
+            task.queue.clone(),
+            task.priority.to_string(),
+            task.state.to_string(),
+            format!("{}/{}", task.attempt, task.max_attempts),
+            clip(&detail, 70),
+        ]);
+    }
+    t.print();
+}
+
+fn show_task(t: &TaskRecord) {
+    println!("task      {}", t.id);
+    println!(
+        "module    {}@{} (sha256 {})",
+        t.module_name, t.module_version, t.module_sha256
+    );
+    println!("queue     {} (priority {})", t.queue, t.priority);
+    println!("state     {}", t.state);
+    println!("attempt   {} of {}", t.attempt, t.max_attempts);
+    println!("enqueued  {}", ts(Some(t.enqueued_at)));
+    println!("run after {}", ts(Some(t.run_after)));
+    println!("started   {}", ts(t.started_at));
+    println!("finished  {}", ts(t.finished_at));
+    if let Some(o) = &t.lease_owner {
+        println!("lease     {o} until {}", ts(t.lease_expires_at));
+    }
+    if t.cancel_requested {
+        println!("cancel    requested");
+    }
+    println!("input     {}", clip(&t.input, 200));
+    if let Some(r) = &t.result {
+        println!("result    {r}");
+    }
+    if let Some(e) = &t.error_message {
+        println!(
+            "error     {}: {e}",
+            t.error_kind.as_deref().unwrap_or("error")
+        );
+    }
+}
+
+// ---- workers -------------------------------------------------------------------
+
+pub async fn workers(db: &str, json: bool) -> anyhow::Result<()> {
+    let client = connect(db).await?;
+    let ws = client
+        .store()
+        .list_workers()
+        .await
+        .map_err(|e| fail(e.into()))?;
+    if json {
+        return print_json(&ws);
+    }
+    let now = Utc::now();
+    let mut t = Table::new(&[
+        "WORKER",
+        "MODE",
+        "QUEUES",
+        "CONC",
+        "RUNNING",
+        "HEARTBEAT AGO",
+        "STATUS",
+    ]);
+    for w in ws {
+        t.row(vec![
+            w.id,
+            w.mode,
+            w.queues.to_string(),
+            w.concurrency.to_string(),
+            w.running_tasks.to_string(),
+            format!(
+                "{:.1}s",
+                (now - w.last_heartbeat_at).num_milliseconds() as f64 / 1000.0
+            ),
+            if w.stopped_at.is_some() {
+                "stopped".into()
+            } else {
+                "alive".into()
+            },
+        ]);
+    }
+    t.print();
+    Ok(())
+}
+
+pub async fn migrate(db: &str) -> anyhow::Result<()> {
+    connect(db).await.context("migrating")?;
+    println!("database is up to date");
+    Ok(())
+}

@@ -1,0 +1,148 @@
+//! `wasmq worker`: lease and run tasks until SIGTERM/SIGINT.
+
+use super::admin::connect;
+use crate::runtime::{Fuel, Limits, Runtime, RuntimeConfig, parse_duration, parse_size};
+use crate::store::QueueSelector;
+use crate::worker::{Executor, Mode, RetryPolicy, Worker, WorkerConfig};
+use clap::Args;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// Run up to --concurrency tasks at once in this process (the default).
+    #[arg(long, conflicts_with = "sync")]
+    pub local: bool,
+    /// Run one task at a time on the worker's own thread.
+    #[arg(long)]
+    pub sync: bool,
+    /// Comma-separated queues to serve [default: default].
+    #[arg(long, conflicts_with = "all_queues")]
+    pub queues: Option<String>,
+    /// Serve every queue.
+    #[arg(long)]
+    pub all_queues: bool,
+    /// Tasks running at once [default: number of cores; 1 with --sync].
+    #[arg(long)]
+    pub concurrency: Option<u32>,
+    /// Tasks claimed ahead of free slots [default: 4 × concurrency; 0 with --sync].
+    #[arg(long)]
+    pub prefetch: Option<u32>,
+    /// Lease length [default: 30s, or WASMQ_LEASE].
+    #[arg(long, value_parser = parse_duration)]
+    pub lease: Option<Duration>,
+    /// Grace period for in-flight tasks at shutdown [default: 30s, or WASMQ_GRACE].
+    #[arg(long, value_parser = parse_duration)]
+    pub grace: Option<Duration>,
+    /// Poll interval when no wake-up event arrives [default: 1s].
+    #[arg(long, value_parser = parse_duration)]
+    pub poll_interval: Option<Duration>,
+    /// First retry delay [default: 1s, or WASMQ_BACKOFF_BASE].
+    #[arg(long, value_parser = parse_duration)]
+    pub backoff_base: Option<Duration>,
+    /// Longest retry delay [default: 10m, or WASMQ_BACKOFF_CAP].
+    #[arg(long, value_parser = parse_duration)]
+    pub backoff_cap: Option<Duration>,
+    /// Default fuel for tasks that set none.
+    #[arg(long)]
+    pub fuel: Option<Fuel>,
+    /// Default memory limit for tasks that set none.
+    #[arg(long, value_parser = parse_size)]
+    pub memory: Option<u64>,
+    /// Default wall-clock limit for tasks that set none.
+    #[arg(long, value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+    /// Exit once no task is queued or running on the served queues.
+    #[arg(long)]
+    pub exit_when_idle: bool,
+}
+
+impl WorkerArgs {
+    pub fn mode(&self) -> Mode {
+        if self.sync { Mode::Sync } else { Mode::Local }
+    }
+}
+
+pub async fn run(db: &str, a: WorkerArgs) -> anyhow::Result<()> {
+    let client = connect(db).await?;
+    let mut cfg = WorkerConfig::new(a.mode());
+    if a.all_queues {
+        cfg.queues = QueueSelector::All;
+    } else if let Some(q) = &a.queues {
+        cfg.queues = QueueSelector::parse(q);
+    }
+    if let Some(c) = a.concurrency {
+        anyhow::ensure!(
+            c > 0,
+            super::exit::Exit::usage("--concurrency must be at least 1")
+        );
+        cfg.concurrency = if a.sync { 1 } else { c };
+        cfg.prefetch = cfg.concurrency * 4;
+    }
+    if a.sync {
+        cfg.prefetch = 0;
+    }
+    if let Some(p) = a.prefetch {
+        cfg.prefetch = p;
+    }
+    if let Some(l) = a.lease {
+        cfg.lease = l;
+    }
+    if let Some(g) = a.grace {
+        cfg.grace = g;
+    }
+    if let Some(p) = a.poll_interval {
+        cfg.poll_interval = p;
+    }
+    cfg.exit_when_idle = a.exit_when_idle;
+
+    let mut policy = RetryPolicy::from_env();
+    if let Some(b) = a.backoff_base {
+        policy.base = b;
+    }
+    if let Some(c) = a.backoff_cap {
+        policy.cap = c;
+    }
+    let mut defaults = Limits::from_env().map_err(|e| super::exit::Exit::usage(e.to_string()))?;
+    if let Some(Fuel(f)) = a.fuel {
+        defaults.fuel = f;
+    }
+    if let Some(m) = a.memory {
+        defaults.memory_bytes = m;
+    }
+    if let Some(t) = a.timeout {
+        defaults.timeout = t;
+    }
+
+    let runtime = Arc::new(Runtime::new(RuntimeConfig::from_env()?)?);
+    let worker = Worker::new(
+        Executor {
+            runtime,
+            store: client.store().clone(),
+            defaults,
+            policy,
+        },
+        cfg,
+    );
+    let stats = worker.run(shutdown_signal()).await?;
+    if a.exit_when_idle {
+        let secs = stats.elapsed.as_secs_f64();
+        println!(
+            "processed {} task(s) in {secs:.2}s ({:.0} tasks/s), {} succeeded",
+            stats.completed,
+            stats.completed as f64 / secs.max(1e-9),
+            stats.succeeded
+        );
+    }
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,194 @@
+//! The Rust client API: push modules, enqueue tasks, follow and steer them.
+//! The `wasmq` CLI is built on it.
+
+use crate::runtime::{LoadError, Runtime, sha256_hex};
+use crate::store::{
+    AnyStore, CancelOutcome, EnqueueOutcome, ModuleRecord, NewTask, Store, StoreError, TaskLimits,
+    TaskRecord,
+};
+use chrono::{DateTime, Utc};
+use std::time::Duration;
+use uuid::Uuid;
+
+pub use crate::store::DEFAULT_MAX_ATTEMPTS;
+/// The queue used when none is named.
+pub const DEFAULT_QUEUE: &str = "default";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("invalid module: {0}")]
+    Module(#[from] LoadError),
+    #[error("input is not valid JSON: {0}")]
+    InvalidInput(String),
+    #[error("invalid module reference `{0}`: expected NAME or NAME@VERSION")]
+    BadReference(String),
+}
+
+impl ClientError {
+    /// True when the caller's input was at fault (as opposed to the database).
+    pub fn is_user_error(&self) -> bool {
+        !matches!(
+            self,
+            ClientError::Store(StoreError::Database(_) | StoreError::Migrate(_))
+        )
+    }
+}
+
+/// What to enqueue.
+#[derive(Debug, Clone)]
+pub struct EnqueueRequest {
+    /// `NAME` (the latest version) or `NAME@VERSION`.
+    pub module: String,
+    pub input: String,
+    pub queue: String,
+    pub priority: i16,
+    pub run_after: Option<DateTime<Utc>>,
+    pub max_attempts: u32,
+    pub unique_key: Option<String>,
+    pub limits: TaskLimits,
+}
+
+impl EnqueueRequest {
+    pub fn new(module: impl Into<String>, input: impl Into<String>) -> Self {
+        EnqueueRequest {
+            module: module.into(),
+            input: input.into(),
+            queue: DEFAULT_QUEUE.into(),
+            priority: 0,
+            run_after: None,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            unique_key: None,
+            limits: TaskLimits::default(),
+        }
+    }
+}
+
+/// Splits `NAME[@VERSION]`.
+pub fn parse_reference(reference: &str) -> Result<(&str, Option<&str>), ClientError> {
+    let (name, version) = match reference.split_once('@') {
+        Some((n, v)) => (n, Some(v)),
+        None => (reference, None),
+    };
+    if name.is_empty() || version.is_some_and(str::is_empty) {
+        return Err(ClientError::BadReference(reference.to_string()));
+    }
+    Ok((name, version))
+}
+
+#[derive(Clone, Debug)]
+pub struct Client {
+    store: AnyStore,
+}
+
+impl Client {
+    /// Connects and applies migrations.
+    pub async fn connect(url: &str) -> Result<Client, ClientError> {
+        let store = AnyStore::connect(url).await?;
+        store.migrate().await?;
+        Ok(Client { store })
+    }
+
+    pub fn from_store(store: AnyStore) -> Client {
+        Client { store }
+    }
+
+    pub fn store(&self) -> &AnyStore {
+        &self.store
+    }
+
+    /// Validates `bytes` against the task world (compiling them, which also
+    /// fills the local precompiled cache), then stores them.
+    pub async fn push_module(
+        &self,
+        runtime: &Runtime,
+        name: &str,
+        version: Option<&str>,
+        bytes: Vec<u8>,
+    ) -> Result<ModuleRecord, ClientError> {
+        if name.is_empty() || name.contains('@') {
+            return Err(ClientError::BadReference(name.to_string()));
+        }
+        let sha256 = sha256_hex(&bytes);
+        runtime.validate(bytes.clone()).await?;
+        Ok(self
+            .store
+            .push_module(name, version, &bytes, &sha256)
+            .await?)
+    }
+
+    pub async fn enqueue(&self, req: EnqueueRequest) -> Result<EnqueueOutcome, ClientError> {
+        let task = self.new_task(req).await?;
+        Ok(self.store.enqueue(task).await?)
+    }
+
+    /// Resolves the module and checks the input; the task is not stored.
+    pub async fn new_task(&self, req: EnqueueRequest) -> Result<NewTask, ClientError> {
+        serde_json::from_str::<serde::de::IgnoredAny>(&req.input)
+            .map_err(|e| ClientError::InvalidInput(e.to_string()))?;
+        let (name, version) = parse_reference(&req.module)?;
+        let module = self.store.resolve_module(name, version).await?;
+        let mut task = NewTask::new(&module, req.input)
+            .queue(req.queue)
+            .priority(req.priority)
+            .max_attempts(req.max_attempts)
+            .limits(req.limits);
+        if let Some(at) = req.run_after {
+            task = task.run_after(at);
+        }
+        if let Some(k) = req.unique_key {
+            task = task.unique_key(k);
+        }
+        Ok(task)
+    }
+
+    pub async fn get(&self, id: Uuid) -> Result<TaskRecord, ClientError> {
+        Ok(self.store.get_task(id).await?)
+    }
+
+    /// Polls `id` until it reaches a terminal state, calling `on_change` with
+    /// each new view of it (state, attempt or progress changed).
+    pub async fn wait(
+        &self,
+        id: Uuid,
+        mut on_change: impl FnMut(&TaskRecord),
+    ) -> Result<TaskRecord, ClientError> {
+        let mut last: Option<(String, u32, Option<u8>)> = None;
+        let mut delay = Duration::from_millis(20);
+        loop {
+            let t = self.store.get_task(id).await?;
+            let key = (t.state.as_str().to_string(), t.attempt, t.progress_percent);
+            if last.as_ref() != Some(&key) {
+                on_change(&t);
+                last = Some(key);
+            }
+            if t.state.is_terminal() {
+                return Ok(t);
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_millis(250));
+        }
+    }
+
+    pub async fn cancel(&self, id: Uuid) -> Result<CancelOutcome, ClientError> {
+        Ok(self.store.request_cancel(id).await?)
+    }
+
+    pub async fn retry(&self, id: Uuid) -> Result<TaskRecord, ClientError> {
+        Ok(self.store.retry(id).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references() {
+        assert_eq!(parse_reference("hello").unwrap(), ("hello", None));
+        assert_eq!(parse_reference("hello@2").unwrap(), ("hello", Some("2")));
+        assert!(parse_reference("@2").is_err());
+        assert!(parse_reference("hello@").is_err());
+    }
+}

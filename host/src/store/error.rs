@@ -1,0 +1,54 @@
+use uuid::Uuid;
+
+use super::model::TaskState;
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Errors of the task store. Each message is one line naming the problem.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{what} not found")]
+    NotFound { what: String },
+
+    #[error("cannot {action} task {id}: it is {from}")]
+    IllegalTransition {
+        id: Uuid,
+        from: TaskState,
+        action: &'static str,
+    },
+
+    #[error(
+        "module {module} is used by {tasks} queued or running task(s); wait for them, cancel them, or force the deletion"
+    )]
+    ModuleInUse { module: String, tasks: u64 },
+
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+
+    /// The write conflicts with existing data (e.g. `name@version` already
+    /// holds other bytes).
+    #[error("conflict: {0}")]
+    Conflict(String),
+
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+impl StoreError {
+    pub(crate) fn not_found(what: impl Into<String>) -> Self {
+        StoreError::NotFound { what: what.into() }
+    }
+
+    pub(crate) fn invalid(message: impl Into<String>) -> Self {
+        StoreError::InvalidArgument(message.into())
+    }
+
+    /// A value read from the database that the domain types cannot hold,
+    /// e.g. an unknown state string: the row was written by something else.
+    pub(crate) fn corrupt(message: impl Into<String>) -> Self {
+        StoreError::Database(sqlx::Error::Decode(message.into().into()))
+    }
+}

@@ -1,0 +1,404 @@
+//! The task store: modules, tasks, attempts and workers in SQL.
+//!
+//! One interface ([`Store`]) with one implementation per backend
+//! ([`SqliteStore`], [`PgStore`]) and [`AnyStore`] to pick one from a URL.
+//! This module knows nothing of the runtime or of Ray; they know nothing of
+//! the SQL.
+//!
+//! Guarantees every backend provides:
+//! - every state change is one conditional write that checks the current
+//!   state; changes of running tasks are also fenced on the lease owner and
+//!   the attempt number, so a worker that lost its lease cannot overwrite
+//!   newer state (see [`model`] for the state diagram);
+//! - a task leased by a worker that stops heartbeating is found by
+//!   [`Store::expired_leases`] and put back (or failed) by [`Store::expire`];
+//! - claims and completions work in batches, each batch one transaction with
+//!   durable commits.
+
+/// Columns of a full task row, in the order both backends select them
+/// (a macro so that it can be `concat!`ed into static SQL).
+macro_rules! task_columns {
+    () => {
+        "seq, id, module_name, module_version, module_sha256, queue, priority, input, state, \
+         run_after, attempt, max_attempts, fuel, memory_bytes, timeout_ms, unique_key, \
+         lease_owner, lease_expires_at, cancel_requested, result, error_kind, error_message, \
+         error_logs, progress_percent, progress_message, enqueued_at, started_at, finished_at, \
+         parent_id, ray_submission_id, updated_at"
+    };
+}
+
+mod error;
+pub mod model;
+mod notify;
+mod postgres;
+mod shared;
+mod sqlite;
+
+use std::future::Future;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+pub use error::{Result, StoreError};
+pub use model::*;
+pub use notify::Listener;
+pub use postgres::PgStore;
+pub use sqlite::SqliteStore;
+
+/// Connection pool size used by [`AnyStore::connect`].
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 10;
+
+/// Operations on the task store. Implemented by each backend and by
+/// [`AnyStore`]. All futures are `Send` so a worker can spawn them on a
+/// multi-threaded runtime.
+pub trait Store: Clone + Send + Sync + 'static {
+    /// `"sqlite"` or `"postgres"`.
+    fn backend_name(&self) -> &'static str;
+
+    /// Applies pending migrations. Idempotent, and safe when several
+    /// processes start at once.
+    fn migrate(&self) -> impl Future<Output = Result<()>> + Send;
+
+    /// One round trip to the database (`SELECT 1`).
+    fn ping(&self) -> impl Future<Output = Result<()>> + Send;
+
+    /// Closes the connection pool; later calls fail.
+    fn close(&self) -> impl Future<Output = ()> + Send;
+
+    // ---- modules -------------------------------------------------------
+
+    /// Stores module bytes as `name@version`. The caller computes `sha256`
+    /// (lowercase hex) and validates the module.
+    ///
+    /// Without `version`: if these bytes are already stored under `name`, that
+    /// row is returned (`created: false`); otherwise the version is the next
+    /// integer for that name ("1", "2", …). With `version`: an existing
+    /// `name@version` holding the same bytes is returned, one holding other
+    /// bytes is a [`StoreError::Conflict`].
+    fn push_module(
+        &self,
+        name: &str,
+        version: Option<&str>,
+        bytes: &[u8],
+        sha256: &str,
+    ) -> impl Future<Output = Result<ModuleRecord>> + Send;
+
+    /// `name@version`, or the latest version of `name` (highest id).
+    fn resolve_module(
+        &self,
+        name: &str,
+        version: Option<&str>,
+    ) -> impl Future<Output = Result<ModuleRecord>> + Send;
+
+    fn module_bytes(&self, sha256: &str) -> impl Future<Output = Result<Vec<u8>>> + Send;
+
+    /// All module versions, by name then age.
+    fn list_modules(&self) -> impl Future<Output = Result<Vec<ModuleRecord>>> + Send;
+
+    /// Deletes `name@version` (all versions of `name` when `version` is
+    /// `None`) and returns how many versions were deleted. Refused with
+    /// [`StoreError::ModuleInUse`] while queued or running tasks use it,
+    /// unless `force`. The bytes are removed once neither a module version nor
+    /// any task row (whatever its state) refers to them; tasks already queued
+    /// therefore still run after a forced delete, and [`Store::purge`]
+    /// collects the bytes later.
+    fn delete_module(
+        &self,
+        name: &str,
+        version: Option<&str>,
+        force: bool,
+    ) -> impl Future<Output = Result<u64>> + Send;
+
+    // ---- enqueue -------------------------------------------------------
+
+    fn enqueue(&self, task: NewTask) -> impl Future<Output = Result<EnqueueOutcome>> + Send;
+
+    /// Inserts many tasks in one transaction; outcomes are in input order.
+    /// Either all are stored or none.
+    fn enqueue_batch(
+        &self,
+        tasks: &[NewTask],
+    ) -> impl Future<Output = Result<Vec<EnqueueOutcome>>> + Send;
+
+    // ---- reads ---------------------------------------------------------
+
+    fn get_task(&self, id: Uuid) -> impl Future<Output = Result<TaskRecord>> + Send;
+
+    /// Newest first.
+    fn list_tasks(
+        &self,
+        filter: &TaskFilter,
+    ) -> impl Future<Output = Result<Vec<TaskRecord>>> + Send;
+
+    /// Oldest first.
+    fn list_attempts(
+        &self,
+        task_id: Uuid,
+    ) -> impl Future<Output = Result<Vec<AttemptRecord>>> + Send;
+
+    fn queue_stats(&self) -> impl Future<Output = Result<Vec<QueueStat>>> + Send;
+
+    // ---- the worker's loop ---------------------------------------------
+
+    /// Leases up to `limit` due queued tasks to `worker_id` for `lease`,
+    /// highest priority first, then earliest `run_after`, then enqueue order;
+    /// opens an attempt row for each. Returned in that order.
+    fn claim(
+        &self,
+        worker_id: &str,
+        queues: &QueueSelector,
+        limit: u32,
+        lease: Duration,
+    ) -> impl Future<Output = Result<Vec<ClaimedTask>>> + Send;
+
+    /// Ends attempts, all in one transaction. `result[i]` is true when
+    /// `completions[i]` was applied, false when it was fenced off because the
+    /// task is no longer running under this worker and attempt (the lease was
+    /// reaped, the task re-claimed, …); a fenced row changes nothing.
+    /// Retry and Release of a task whose cancellation was requested end in
+    /// `cancelled`.
+    fn complete(
+        &self,
+        worker_id: &str,
+        completions: &[Completion],
+    ) -> impl Future<Output = Result<Vec<bool>>> + Send;
+
+    /// Records that the worker is alive and extends the lease of all its
+    /// running tasks to now + `lease`. Returns the ids of those tasks whose
+    /// cancellation was requested.
+    fn heartbeat(
+        &self,
+        worker_id: &str,
+        lease: Duration,
+    ) -> impl Future<Output = Result<Vec<Uuid>>> + Send;
+
+    /// Running tasks whose lease has run out, oldest lease first.
+    fn expired_leases(&self, limit: u32) -> impl Future<Output = Result<Vec<ExpiredTask>>> + Send;
+
+    /// Takes an expired task back from its silent worker: `Retry` requeues it,
+    /// `Fail` fails it (the caller applies its retry policy). The lost attempt
+    /// is recorded with outcome `lease-expired`. Returns false (and changes
+    /// nothing) unless the task is still running in `attempt` with an expired
+    /// lease.
+    fn expire(
+        &self,
+        task_id: Uuid,
+        attempt: u32,
+        transition: Transition,
+    ) -> impl Future<Output = Result<bool>> + Send;
+
+    // ---- operator actions ------------------------------------------------
+
+    /// Cancels a queued task at once; asks the worker of a running one to
+    /// stop it.
+    fn request_cancel(&self, id: Uuid) -> impl Future<Output = Result<CancelOutcome>> + Send;
+
+    /// Requeues a failed or cancelled task now, keeping its attempt history
+    /// and counter; grants one more attempt if they were used up.
+    fn retry(&self, id: Uuid) -> impl Future<Output = Result<TaskRecord>> + Send;
+
+    /// Deletes tasks (and their attempts) in terminal `state` that finished
+    /// before `older_than`. Returns how many.
+    fn purge(
+        &self,
+        state: TaskState,
+        older_than: DateTime<Utc>,
+    ) -> impl Future<Output = Result<u64>> + Send;
+
+    // ---- workers -------------------------------------------------------
+
+    /// Inserts or refreshes the worker row (heartbeat now, not stopped).
+    fn register_worker(&self, info: &WorkerInfo) -> impl Future<Output = Result<()>> + Send;
+
+    fn stop_worker(&self, id: &str) -> impl Future<Output = Result<()>> + Send;
+
+    /// Marks workers silent for longer than `silent_for` as stopped; returns
+    /// how many.
+    fn mark_stale_workers(&self, silent_for: Duration) -> impl Future<Output = Result<u64>> + Send;
+
+    /// Newest first.
+    fn list_workers(&self) -> impl Future<Output = Result<Vec<WorkerRecord>>> + Send;
+
+    // ---- events --------------------------------------------------------
+
+    /// Subscribes to wake-up events ([`StoreEvent`]). On PostgreSQL the
+    /// listener holds one connection of the pool for its lifetime.
+    fn listen(&self) -> impl Future<Output = Result<Listener>> + Send;
+}
+
+/// A store of either backend, chosen by URL. Cheap to clone.
+#[derive(Clone)]
+pub enum AnyStore {
+    Sqlite(SqliteStore),
+    Postgres(PgStore),
+}
+
+impl std::fmt::Debug for AnyStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AnyStore({})", self.backend_name())
+    }
+}
+
+impl AnyStore {
+    /// Connects to `sqlite://PATH` (created if missing), `sqlite::memory:`,
+    /// or `postgres://…` / `postgresql://…`. Does not migrate.
+    pub async fn connect(url: &str) -> Result<AnyStore> {
+        Self::connect_with(url, DEFAULT_MAX_CONNECTIONS).await
+    }
+
+    /// [`AnyStore::connect`] with a pool of at most `max_connections`.
+    pub async fn connect_with(url: &str, max_connections: u32) -> Result<AnyStore> {
+        if url.starts_with("sqlite:") {
+            Ok(AnyStore::Sqlite(
+                SqliteStore::connect_with(url, max_connections).await?,
+            ))
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(AnyStore::Postgres(
+                PgStore::connect_with(url, max_connections).await?,
+            ))
+        } else {
+            // Never echo the URL: it may hold a password.
+            let scheme = url.split(':').next().unwrap_or_default();
+            Err(StoreError::invalid(format!(
+                "unsupported database URL scheme {scheme:?}: use sqlite://PATH, sqlite::memory: or postgres://…"
+            )))
+        }
+    }
+}
+
+/// Forwards a trait method to the backend.
+macro_rules! dispatch {
+    ($self:ident, $store:ident => $call:expr) => {
+        match $self {
+            AnyStore::Sqlite($store) => $call,
+            AnyStore::Postgres($store) => $call,
+        }
+    };
+}
+
+impl Store for AnyStore {
+    fn backend_name(&self) -> &'static str {
+        dispatch!(self, s => s.backend_name())
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        dispatch!(self, s => s.migrate().await)
+    }
+
+    async fn ping(&self) -> Result<()> {
+        dispatch!(self, s => s.ping().await)
+    }
+
+    async fn close(&self) {
+        dispatch!(self, s => s.close().await)
+    }
+
+    async fn push_module(
+        &self,
+        name: &str,
+        version: Option<&str>,
+        bytes: &[u8],
+        sha256: &str,
+    ) -> Result<ModuleRecord> {
+        dispatch!(self, s => s.push_module(name, version, bytes, sha256).await)
+    }
+
+    async fn resolve_module(&self, name: &str, version: Option<&str>) -> Result<ModuleRecord> {
+        dispatch!(self, s => s.resolve_module(name, version).await)
+    }
+
+    async fn module_bytes(&self, sha256: &str) -> Result<Vec<u8>> {
+        dispatch!(self, s => s.module_bytes(sha256).await)
+    }
+
+    async fn list_modules(&self) -> Result<Vec<ModuleRecord>> {
+        dispatch!(self, s => s.list_modules().await)
+    }
+
+    async fn delete_module(&self, name: &str, version: Option<&str>, force: bool) -> Result<u64> {
+        dispatch!(self, s => s.delete_module(name, version, force).await)
+    }
+
+    async fn enqueue(&self, task: NewTask) -> Result<EnqueueOutcome> {
+        dispatch!(self, s => s.enqueue(task).await)
+    }
+
+    async fn enqueue_batch(&self, tasks: &[NewTask]) -> Result<Vec<EnqueueOutcome>> {
+        dispatch!(self, s => s.enqueue_batch(tasks).await)
+    }
+
+    async fn get_task(&self, id: Uuid) -> Result<TaskRecord> {
+        dispatch!(self, s => s.get_task(id).await)
+    }
+
+    async fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>> {
+        dispatch!(self, s => s.list_tasks(filter).await)
+    }
+
+    async fn list_attempts(&self, task_id: Uuid) -> Result<Vec<AttemptRecord>> {
+        dispatch!(self, s => s.list_attempts(task_id).await)
+    }
+
+    async fn queue_stats(&self) -> Result<Vec<QueueStat>> {
+        dispatch!(self, s => s.queue_stats().await)
+    }
+
+    async fn claim(
+        &self,
+        worker_id: &str,
+        queues: &QueueSelector,
+        limit: u32,
+        lease: Duration,
+    ) -> Result<Vec<ClaimedTask>> {
+        dispatch!(self, s => s.claim(worker_id, queues, limit, lease).await)
+    }
+
+    async fn complete(&self, worker_id: &str, completions: &[Completion]) -> Result<Vec<bool>> {
+        dispatch!(self, s => s.complete(worker_id, completions).await)
+    }
+
+    async fn heartbeat(&self, worker_id: &str, lease: Duration) -> Result<Vec<Uuid>> {
+        dispatch!(self, s => s.heartbeat(worker_id, lease).await)
+    }
+
+    async fn expired_leases(&self, limit: u32) -> Result<Vec<ExpiredTask>> {
+        dispatch!(self, s => s.expired_leases(limit).await)
+    }
+
+    async fn expire(&self, task_id: Uuid, attempt: u32, transition: Transition) -> Result<bool> {
+        dispatch!(self, s => s.expire(task_id, attempt, transition).await)
+    }
+
+    async fn request_cancel(&self, id: Uuid) -> Result<CancelOutcome> {
+        dispatch!(self, s => s.request_cancel(id).await)
+    }
+
+    async fn retry(&self, id: Uuid) -> Result<TaskRecord> {
+        dispatch!(self, s => s.retry(id).await)
+    }
+
+    async fn purge(&self, state: TaskState, older_than: DateTime<Utc>) -> Result<u64> {
+        dispatch!(self, s => s.purge(state, older_than).await)
+    }
+
+    async fn register_worker(&self, info: &WorkerInfo) -> Result<()> {
+        dispatch!(self, s => s.register_worker(info).await)
+    }
+
+    async fn stop_worker(&self, id: &str) -> Result<()> {
+        dispatch!(self, s => s.stop_worker(id).await)
+    }
+
+    async fn mark_stale_workers(&self, silent_for: Duration) -> Result<u64> {
+        dispatch!(self, s => s.mark_stale_workers(silent_for).await)
+    }
+
+    async fn list_workers(&self) -> Result<Vec<WorkerRecord>> {
+        dispatch!(self, s => s.list_workers().await)
+    }
+
+    async fn listen(&self) -> Result<Listener> {
+        dispatch!(self, s => s.listen().await)
+    }
+}

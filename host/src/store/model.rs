@@ -1,0 +1,516 @@
+//! Domain types of the task store.
+//!
+//! # Task states
+//!
+//! ```text
+//!                         enqueue
+//!                            │
+//!                            ▼
+//!    retry (manual)    ┌───────────┐   cancel
+//!   ┌─────────────────▶│   queued  │─────────────────────────────────────┐
+//!   │                  └───────────┘                                     │
+//!   │                     │     ▲ retry (backoff)                        │
+//!   │                     │     │ release (shutdown; the attempt         │
+//!   │                claim│     │   is not spent)                        │
+//!   │                     │     │ lease expired (reaper)                 │
+//!   │                     ▼     │                                        │
+//!   │                  ┌───────────┐                                     │
+//!   │                  │  running  │                                     │
+//!   │                  └─────┬─────┘                                     │
+//!   │            ┌───────────┼───────────┐                               │
+//!   │     succeed│       fail│           │ cancel (the worker stopped    │
+//!   │            │           │           │ it, or a requeue found a      │
+//!   │            ▼           ▼           ▼ cancel request pending)       │
+//!   │      ┌───────────┐ ┌────────┐ ┌───────────┐                        │
+//!   │      │ succeeded │ │ failed │ │ cancelled │◀───────────────────────┘
+//!   │      └───────────┘ └────────┘ └───────────┘
+//!   │                        │            │
+//!   └────────────────────────┴────────────┘
+//!
+//!   succeeded, failed and cancelled are terminal; only they can be purged.
+//! ```
+//!
+//! A reaper takes a running task whose lease expired back from its silent
+//! worker: requeued, or failed when its attempts are used up.
+//!
+//! Every arrow is a conditional write that checks the current state (claims
+//! and completions do so for a whole batch in one statement). Arrows out of
+//! `running` are also fenced on the lease owner and the attempt
+//! number, so a worker that lost its lease cannot overwrite newer state.
+//! Cancelling a running task only sets `cancel_requested`; the owning worker
+//! learns it from its heartbeat (or a [`StoreEvent::CancelRequested`]) and
+//! finishes the task as cancelled. A requeue (retry, release, lease expiry) of
+//! a task whose cancellation was requested ends in `cancelled` instead, so a
+//! cancel request is never lost.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use uuid::Uuid;
+
+/// Lifecycle state of a task; see the module documentation for the diagram.
+/// Ordered by lifecycle (queued < running < succeeded < failed < cancelled).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskState {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl TaskState {
+    pub const ALL: [TaskState; 5] = [
+        TaskState::Queued,
+        TaskState::Running,
+        TaskState::Succeeded,
+        TaskState::Failed,
+        TaskState::Cancelled,
+    ];
+
+    /// The spelling used in the database and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Queued => "queued",
+            TaskState::Running => "running",
+            TaskState::Succeeded => "succeeded",
+            TaskState::Failed => "failed",
+            TaskState::Cancelled => "cancelled",
+        }
+    }
+
+    /// Succeeded, failed and cancelled tasks never run again by themselves.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            TaskState::Succeeded | TaskState::Failed | TaskState::Cancelled
+        )
+    }
+}
+
+impl fmt::Display for TaskState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Error of [`TaskState::from_str`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseTaskStateError(pub String);
+
+impl fmt::Display for ParseTaskStateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "unknown task state {:?} (expected queued, running, succeeded, failed or cancelled)",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for ParseTaskStateError {}
+
+impl FromStr for TaskState {
+    type Err = ParseTaskStateError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        TaskState::ALL
+            .into_iter()
+            .find(|state| state.as_str() == s)
+            .ok_or_else(|| ParseTaskStateError(s.to_owned()))
+    }
+}
+
+/// Attempt outcome kinds recorded in `attempts.outcome` (and used as the
+/// task's `error_kind` when no more specific kind is given).
+pub mod outcome {
+    pub const SUCCESS: &str = "success";
+    pub const TASK_ERROR: &str = "task-error";
+    pub const TRAP: &str = "trap";
+    pub const OUT_OF_FUEL: &str = "out-of-fuel";
+    pub const OUT_OF_MEMORY: &str = "out-of-memory";
+    pub const TIMEOUT: &str = "timeout";
+    pub const CANCELLED: &str = "cancelled";
+    pub const INVALID_MODULE: &str = "invalid-module";
+    pub const INVALID_OUTPUT: &str = "invalid-output";
+    pub const HOST_ERROR: &str = "host-error";
+    pub const LEASE_EXPIRED: &str = "lease-expired";
+    pub const SHUTDOWN: &str = "shutdown";
+}
+
+/// A stored module version. `NAME` alone means the latest version (highest id).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ModuleRecord {
+    pub name: String,
+    pub version: String,
+    pub sha256: String,
+    pub size: u64,
+    pub created_at: DateTime<Utc>,
+    /// `push_module` only: false when an existing row was returned.
+    pub created: bool,
+}
+
+impl ModuleRecord {
+    /// `name@version`.
+    pub fn reference(&self) -> String {
+        format!("{}@{}", self.name, self.version)
+    }
+}
+
+/// Per-task resource limits; `None` means "the worker's default".
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct TaskLimits {
+    pub fuel: Option<u64>,
+    pub memory_bytes: Option<u64>,
+    pub timeout_ms: Option<u64>,
+}
+
+/// Default for [`NewTask::max_attempts`].
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+
+/// A task to enqueue. Build it with [`NewTask::new`] and the setters.
+#[derive(Debug, Clone, Serialize)]
+pub struct NewTask {
+    /// Generated by the caller (UUIDv7 by default, so ids sort by time).
+    pub id: Uuid,
+    pub module_name: String,
+    pub module_version: String,
+    pub module_sha256: String,
+    pub queue: String,
+    /// -100..=100, higher runs first.
+    pub priority: i16,
+    /// JSON text, stored verbatim.
+    pub input: String,
+    /// `None` = now.
+    pub run_after: Option<DateTime<Utc>>,
+    pub max_attempts: u32,
+    pub limits: TaskLimits,
+    /// At most one queued or running task per key.
+    pub unique_key: Option<String>,
+    pub parent_id: Option<Uuid>,
+}
+
+impl NewTask {
+    /// A task for `module` with JSON `input` on the `default` queue.
+    pub fn new(module: &ModuleRecord, input: impl Into<String>) -> Self {
+        NewTask {
+            id: Uuid::now_v7(),
+            module_name: module.name.clone(),
+            module_version: module.version.clone(),
+            module_sha256: module.sha256.clone(),
+            queue: "default".to_owned(),
+            priority: 0,
+            input: input.into(),
+            run_after: None,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            limits: TaskLimits::default(),
+            unique_key: None,
+            parent_id: None,
+        }
+    }
+
+    pub fn queue(mut self, queue: impl Into<String>) -> Self {
+        self.queue = queue.into();
+        self
+    }
+
+    pub fn priority(mut self, priority: i16) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    pub fn run_after(mut self, at: DateTime<Utc>) -> Self {
+        self.run_after = Some(at);
+        self
+    }
+
+    pub fn max_attempts(mut self, max_attempts: u32) -> Self {
+        self.max_attempts = max_attempts;
+        self
+    }
+
+    pub fn limits(mut self, limits: TaskLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    pub fn unique_key(mut self, key: impl Into<String>) -> Self {
+        self.unique_key = Some(key.into());
+        self
+    }
+
+    pub fn parent(mut self, parent_id: Uuid) -> Self {
+        self.parent_id = Some(parent_id);
+        self
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct EnqueueOutcome {
+    pub id: Uuid,
+    /// True when an unfinished task with the same unique key already existed;
+    /// `id` is then that task's id and nothing was inserted.
+    pub deduplicated: bool,
+}
+
+/// A task row, all columns.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TaskRecord {
+    pub id: Uuid,
+    /// Enqueue order; also the cursor of [`TaskFilter::before_seq`].
+    pub seq: i64,
+    pub module_name: String,
+    pub module_version: String,
+    pub module_sha256: String,
+    pub queue: String,
+    pub priority: i16,
+    pub input: String,
+    pub state: TaskState,
+    pub run_after: DateTime<Utc>,
+    /// Attempts started so far (0 before the first claim).
+    pub attempt: u32,
+    pub max_attempts: u32,
+    pub limits: TaskLimits,
+    pub unique_key: Option<String>,
+    pub lease_owner: Option<String>,
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    pub cancel_requested: bool,
+    pub result: Option<String>,
+    pub error_kind: Option<String>,
+    pub error_message: Option<String>,
+    pub error_logs: Option<String>,
+    pub progress_percent: Option<u8>,
+    pub progress_message: Option<String>,
+    pub enqueued_at: DateTime<Utc>,
+    /// Start of the current or last attempt.
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub parent_id: Option<Uuid>,
+    pub ray_submission_id: Option<String>,
+    /// Last write to the row other than a lease extension.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Default and maximum of [`TaskFilter::limit`].
+pub const DEFAULT_LIST_LIMIT: u32 = 100;
+pub const MAX_LIST_LIMIT: u32 = 10_000;
+
+/// Selection for `list_tasks`; results are newest first (descending seq).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskFilter {
+    pub state: Option<TaskState>,
+    pub queue: Option<String>,
+    /// Module name (any version).
+    pub module: Option<String>,
+    /// 1..=[`MAX_LIST_LIMIT`]; 0 means [`DEFAULT_LIST_LIMIT`].
+    pub limit: u32,
+    /// Only tasks with `seq < before_seq`: pass the last seq of a page to get the next.
+    pub before_seq: Option<i64>,
+}
+
+impl Default for TaskFilter {
+    fn default() -> Self {
+        TaskFilter {
+            state: None,
+            queue: None,
+            module: None,
+            limit: DEFAULT_LIST_LIMIT,
+            before_seq: None,
+        }
+    }
+}
+
+/// One row of the attempts history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AttemptRecord {
+    pub id: i64,
+    pub task_id: Uuid,
+    pub attempt: u32,
+    pub worker_id: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    /// One of [`outcome`]'s kinds; `None` while the attempt runs.
+    pub outcome: Option<String>,
+    pub error_message: Option<String>,
+    pub logs: Option<String>,
+    pub fuel_used: Option<u64>,
+    pub peak_memory: Option<u64>,
+    pub duration_ms: Option<u64>,
+    pub ray_submission_id: Option<String>,
+}
+
+/// Task count per (queue, state).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct QueueStat {
+    pub queue: String,
+    pub state: TaskState,
+    pub count: u64,
+    /// For `queued` only: the oldest `enqueued_at` among those tasks.
+    pub oldest_queued_at: Option<DateTime<Utc>>,
+}
+
+/// Which queues a worker serves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum QueueSelector {
+    All,
+    Named(Vec<String>),
+}
+
+impl QueueSelector {
+    /// Parses `*` or a comma-separated list of queue names.
+    pub fn parse(s: &str) -> Self {
+        let s = s.trim();
+        if s == "*" {
+            return QueueSelector::All;
+        }
+        QueueSelector::Named(
+            s.split(',')
+                .map(str::trim)
+                .filter(|q| !q.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        )
+    }
+
+    pub fn matches(&self, queue: &str) -> bool {
+        match self {
+            QueueSelector::All => true,
+            QueueSelector::Named(names) => names.iter().any(|n| n == queue),
+        }
+    }
+}
+
+impl fmt::Display for QueueSelector {
+    /// `*` or the comma-separated names; the inverse of [`QueueSelector::parse`].
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            QueueSelector::All => f.write_str("*"),
+            QueueSelector::Named(names) => f.write_str(&names.join(",")),
+        }
+    }
+}
+
+/// A task leased to a worker by `claim`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ClaimedTask {
+    pub id: Uuid,
+    pub module_name: String,
+    pub module_version: String,
+    pub module_sha256: String,
+    pub queue: String,
+    pub priority: i16,
+    pub input: String,
+    /// The number of this attempt, starting at 1. Pass it back in [`Completion`].
+    pub attempt: u32,
+    pub max_attempts: u32,
+    pub limits: TaskLimits,
+    pub enqueued_at: DateTime<Utc>,
+    pub lease_expires_at: DateTime<Utc>,
+    pub cancel_requested: bool,
+}
+
+/// What happened during one attempt; stored in its `attempts` row.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct AttemptReport {
+    /// One of [`outcome`]'s kinds.
+    pub outcome: String,
+    /// Stored as the task's `error_kind`; defaults to `outcome` when the task
+    /// did not succeed.
+    pub error_kind: Option<String>,
+    pub error_message: Option<String>,
+    pub logs: Option<String>,
+    pub fuel_used: Option<u64>,
+    pub peak_memory: Option<u64>,
+    pub duration_ms: u64,
+}
+
+/// Where a running task goes when its attempt ends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum Transition {
+    /// → succeeded, with the result JSON text.
+    Succeed { result: String },
+    /// → queued again at `run_after`; the attempt counts.
+    Retry { run_after: DateTime<Utc> },
+    /// → failed.
+    Fail,
+    /// → cancelled.
+    Cancel,
+    /// → queued now without spending the attempt (graceful shutdown); the
+    /// attempt row is recorded with outcome `shutdown`.
+    Release,
+}
+
+/// The end of one attempt, reported by the worker that holds the lease.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Completion {
+    pub task_id: Uuid,
+    /// [`ClaimedTask::attempt`]: the fencing token.
+    pub attempt: u32,
+    pub report: AttemptReport,
+    pub transition: Transition,
+}
+
+/// A running task whose lease ran out (its worker stopped heartbeating).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ExpiredTask {
+    pub id: Uuid,
+    pub attempt: u32,
+    pub max_attempts: u32,
+    pub lease_owner: String,
+    pub queue: String,
+}
+
+/// Result of `request_cancel`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum CancelOutcome {
+    /// The task was queued and is now cancelled.
+    Cancelled,
+    /// The task is running; its worker has been asked to stop it.
+    Requested,
+    /// Nothing to do: the task had already finished in this state.
+    AlreadyFinished(TaskState),
+}
+
+/// What a worker registers about itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WorkerInfo {
+    pub id: String,
+    pub hostname: String,
+    pub pid: u32,
+    /// Execution mode, e.g. `local` or `ray`.
+    pub mode: String,
+    pub queues: QueueSelector,
+    pub concurrency: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WorkerRecord {
+    pub id: String,
+    pub hostname: String,
+    pub pid: u32,
+    pub mode: String,
+    pub queues: QueueSelector,
+    pub concurrency: u32,
+    pub started_at: DateTime<Utc>,
+    pub last_heartbeat_at: DateTime<Utc>,
+    pub stopped_at: Option<DateTime<Utc>>,
+    /// Tasks currently leased to this worker.
+    pub running_tasks: u64,
+}
+
+/// Wake-up hints for workers. They are hints only: a worker must still poll
+/// now and then, because events can be lost (see [`StoreEvent::Missed`]) and,
+/// on SQLite, only reach listeners in the same process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum StoreEvent {
+    /// A task became claimable on `queue` (enqueued, retried or released).
+    TaskAvailable { queue: String },
+    /// Cancellation of running task `id` was requested.
+    CancelRequested { id: Uuid },
+    /// Events may have been lost (the listener reconnected or fell behind):
+    /// poll the database now.
+    Missed,
+}

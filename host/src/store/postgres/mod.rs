@@ -1,0 +1,807 @@
+//! PostgreSQL backend: many workers on many hosts.
+//!
+//! - Times come from the server (`now()`), so worker clocks do not matter
+//!   for leases and due times.
+//! - Claims use `FOR UPDATE SKIP LOCKED` so concurrent workers never wait for
+//!   each other's rows; claim and completion batches are one statement each
+//!   (arrays through `UNNEST`), which keeps commits — the real cost with
+//!   durable commits — at one per batch.
+//! - Wake-ups use LISTEN/NOTIFY, sent in the same transaction as the change.
+//! - Durability settings (fsync, synchronous_commit) are the server's; this
+//!   code never relaxes them.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
+use sqlx::{AssertSqlSafe, PgConnection, Postgres, QueryBuilder, Row};
+use uuid::Uuid;
+
+mod rows;
+#[macro_use]
+mod sql;
+
+use self::rows::*;
+use self::sql::*;
+use super::notify::{CANCEL_CHANNEL, Listener, TASK_CHANNEL};
+use super::shared::*;
+use super::*;
+
+static MIGRATOR: Migrator = sqlx::migrate!("../migrations/postgres");
+
+/// How often an enqueue re-inserts a task whose unique-key holder finished
+/// between the conflict and the lookup (each round sees newer data).
+const DEDUP_ROUNDS: usize = 5;
+
+#[derive(Clone, Debug)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    pub async fn connect(url: &str) -> Result<Self> {
+        Self::connect_with(url, DEFAULT_MAX_CONNECTIONS).await
+    }
+
+    pub async fn connect_with(url: &str, max_connections: u32) -> Result<Self> {
+        Self::open(PgConnectOptions::from_str(url)?, max_connections).await
+    }
+
+    /// Opens a pool with explicit options (e.g. a `search_path`).
+    pub async fn open(options: PgConnectOptions, max_connections: u32) -> Result<Self> {
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .connect_with(options)
+            .await?;
+        Ok(PgStore { pool })
+    }
+
+    pub fn from_pool(pool: PgPool) -> Self {
+        PgStore { pool }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    async fn task_state(&self, id: Uuid) -> Result<TaskState> {
+        let state: Option<String> = sqlx::query_scalar("SELECT state FROM tasks WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        match state {
+            Some(state) => parse_state(&state),
+            None => Err(StoreError::not_found(format!("task {id}"))),
+        }
+    }
+}
+
+/// Sends one notification per distinct queue, inside the caller's transaction
+/// (PostgreSQL delivers them at commit, or never on rollback).
+async fn notify_queues(conn: &mut PgConnection, queues: BTreeSet<String>) -> Result<()> {
+    if queues.is_empty() {
+        return Ok(());
+    }
+    let queues: Vec<String> = queues.into_iter().collect();
+    sqlx::query("SELECT pg_notify($1, q) FROM unnest($2::text[]) AS q")
+        .bind(TASK_CHANNEL)
+        .bind(queues)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+fn is_fk_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.is_foreign_key_violation())
+}
+
+/// Column arrays for `INSERT_TASKS`.
+#[derive(Default)]
+struct TaskColumns<'a> {
+    id: Vec<Uuid>,
+    module_name: Vec<&'a str>,
+    module_version: Vec<&'a str>,
+    module_sha256: Vec<&'a str>,
+    queue: Vec<&'a str>,
+    priority: Vec<i16>,
+    input: Vec<&'a str>,
+    run_after: Vec<Option<DateTime<Utc>>>,
+    max_attempts: Vec<i32>,
+    fuel: Vec<Option<i64>>,
+    memory_bytes: Vec<Option<i64>>,
+    timeout_ms: Vec<Option<i64>>,
+    unique_key: Vec<Option<&'a str>>,
+    parent_id: Vec<Option<Uuid>>,
+}
+
+impl<'a> TaskColumns<'a> {
+    fn new<'t: 'a>(tasks: impl Iterator<Item = &'t NewTask>) -> Result<Self> {
+        let mut c = TaskColumns::default();
+        for t in tasks {
+            c.id.push(t.id);
+            c.module_name.push(&t.module_name);
+            c.module_version.push(&t.module_version);
+            c.module_sha256.push(&t.module_sha256);
+            c.queue.push(&t.queue);
+            c.priority.push(t.priority);
+            c.input.push(&t.input);
+            c.run_after.push(t.run_after);
+            c.max_attempts.push(to_i32(t.max_attempts, "max_attempts")?);
+            c.fuel.push(limit_to_i64(t.limits.fuel, "fuel")?);
+            c.memory_bytes
+                .push(limit_to_i64(t.limits.memory_bytes, "memory_bytes")?);
+            c.timeout_ms
+                .push(limit_to_i64(t.limits.timeout_ms, "timeout_ms")?);
+            c.unique_key.push(t.unique_key.as_deref());
+            c.parent_id.push(t.parent_id);
+        }
+        Ok(c)
+    }
+
+    async fn insert(self, conn: &mut PgConnection) -> std::result::Result<Vec<Uuid>, sqlx::Error> {
+        sqlx::query_scalar(INSERT_TASKS)
+            .bind(self.id)
+            .bind(self.module_name)
+            .bind(self.module_version)
+            .bind(self.module_sha256)
+            .bind(self.queue)
+            .bind(self.priority)
+            .bind(self.input)
+            .bind(self.run_after)
+            .bind(self.max_attempts)
+            .bind(self.fuel)
+            .bind(self.memory_bytes)
+            .bind(self.timeout_ms)
+            .bind(self.unique_key)
+            .bind(self.parent_id)
+            .fetch_all(conn)
+            .await
+    }
+}
+
+impl Store for PgStore {
+    fn backend_name(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        // sqlx holds a session advisory lock for the whole run, so concurrent
+        // starts apply each migration once.
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn push_module(
+        &self,
+        name: &str,
+        version: Option<&str>,
+        bytes: &[u8],
+        sha256: &str,
+    ) -> Result<ModuleRecord> {
+        validate_module_ref(name, version)?;
+        validate_sha256(sha256)?;
+        let size = to_i64(bytes.len() as u64, "module size")?;
+        let mut tx = self.pool.begin().await?;
+        // Serialises pushes of one name, so "next version" cannot be taken twice.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('wasmq.module:' || $1, 0))")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+
+        let existing = match version {
+            None => {
+                sqlx::query(concat!(
+                    module_select!(),
+                    " WHERE m.name = $1 AND m.sha256 = $2 ORDER BY m.id DESC LIMIT 1"
+                ))
+                .bind(name)
+                .bind(sha256)
+                .fetch_optional(&mut *tx)
+                .await?
+            }
+            Some(version) => {
+                sqlx::query(concat!(
+                    module_select!(),
+                    " WHERE m.name = $1 AND m.version = $2"
+                ))
+                .bind(name)
+                .bind(version)
+                .fetch_optional(&mut *tx)
+                .await?
+            }
+        };
+        if let Some(row) = existing {
+            let record = module_from_row(&row, false)?;
+            if record.sha256 == sha256 {
+                return Ok(record);
+            }
+            return Err(StoreError::Conflict(format!(
+                "module {} already exists with sha256 {}; the pushed bytes have sha256 {sha256}",
+                record.reference(),
+                record.sha256
+            )));
+        }
+
+        let version = match version {
+            Some(version) => version.to_owned(),
+            None => {
+                let versions: Vec<String> =
+                    sqlx::query_scalar("SELECT version FROM modules WHERE name = $1")
+                        .bind(name)
+                        .fetch_all(&mut *tx)
+                        .await?;
+                next_version(versions.iter().map(String::as_str))
+            }
+        };
+        sqlx::query(
+            "INSERT INTO module_blobs (sha256, size, bytes) VALUES ($1, $2, $3) \
+             ON CONFLICT (sha256) DO NOTHING",
+        )
+        .bind(sha256)
+        .bind(size)
+        .bind(bytes)
+        .execute(&mut *tx)
+        .await?;
+        let created_at: DateTime<Utc> = sqlx::query_scalar(
+            "INSERT INTO modules (name, version, sha256) VALUES ($1, $2, $3) RETURNING created_at",
+        )
+        .bind(name)
+        .bind(&version)
+        .bind(sha256)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(ModuleRecord {
+            name: name.to_owned(),
+            version,
+            sha256: sha256.to_owned(),
+            size: bytes.len() as u64,
+            created_at,
+            created: true,
+        })
+    }
+
+    async fn resolve_module(&self, name: &str, version: Option<&str>) -> Result<ModuleRecord> {
+        validate_module_ref(name, version)?;
+        let row = sqlx::query(concat!(
+            module_select!(),
+            " WHERE m.name = $1 AND ($2::text IS NULL OR m.version = $2) \
+              ORDER BY m.id DESC LIMIT 1"
+        ))
+        .bind(name)
+        .bind(version)
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            Some(row) => module_from_row(&row, false),
+            None => Err(StoreError::not_found(format!(
+                "module {}",
+                module_ref(name, version)
+            ))),
+        }
+    }
+
+    async fn module_bytes(&self, sha256: &str) -> Result<Vec<u8>> {
+        let bytes: Option<Vec<u8>> =
+            sqlx::query_scalar("SELECT bytes FROM module_blobs WHERE sha256 = $1")
+                .bind(sha256)
+                .fetch_optional(&self.pool)
+                .await?;
+        bytes.ok_or_else(|| StoreError::not_found(format!("module bytes with sha256 {sha256}")))
+    }
+
+    async fn list_modules(&self) -> Result<Vec<ModuleRecord>> {
+        let rows = sqlx::query(concat!(module_select!(), " ORDER BY m.name, m.id"))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|row| module_from_row(row, false)).collect()
+    }
+
+    async fn delete_module(&self, name: &str, version: Option<&str>, force: bool) -> Result<u64> {
+        validate_module_ref(name, version)?;
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('wasmq.module:' || $1, 0))")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        if !force {
+            let in_use: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM tasks t \
+                 WHERE t.state IN ('queued', 'running') AND t.module_name = $1 \
+                   AND ($2::text IS NULL OR t.module_version = $2) \
+                   AND EXISTS (SELECT 1 FROM modules m WHERE m.name = t.module_name \
+                               AND m.version = t.module_version AND m.sha256 = t.module_sha256)",
+            )
+            .bind(name)
+            .bind(version)
+            .fetch_one(&mut *tx)
+            .await?;
+            if in_use > 0 {
+                return Err(StoreError::ModuleInUse {
+                    module: module_ref(name, version),
+                    tasks: from_i64(in_use, "task count")?,
+                });
+            }
+        }
+        let deleted = sqlx::query(
+            "DELETE FROM modules WHERE name = $1 AND ($2::text IS NULL OR version = $2)",
+        )
+        .bind(name)
+        .bind(version)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if deleted == 0 {
+            return Err(StoreError::not_found(format!(
+                "module {}",
+                module_ref(name, version)
+            )));
+        }
+        sqlx::query(GC_BLOBS).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(deleted)
+    }
+
+    async fn enqueue(&self, task: NewTask) -> Result<EnqueueOutcome> {
+        let mut outcomes = self.enqueue_batch(std::slice::from_ref(&task)).await?;
+        Ok(outcomes.remove(0))
+    }
+
+    async fn enqueue_batch(&self, tasks: &[NewTask]) -> Result<Vec<EnqueueOutcome>> {
+        for task in tasks {
+            validate_new_task(task)?;
+        }
+        if tasks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.pool.begin().await?;
+        let mut outcomes: Vec<Option<EnqueueOutcome>> = vec![None; tasks.len()];
+        let mut pending: Vec<usize> = (0..tasks.len()).collect();
+        for _ in 0..DEDUP_ROUNDS {
+            let columns = TaskColumns::new(pending.iter().map(|&i| &tasks[i]))?;
+            let inserted: HashSet<Uuid> = match columns.insert(&mut tx).await {
+                Ok(ids) => ids.into_iter().collect(),
+                Err(e) if is_fk_violation(&e) => return Err(unknown_module_bytes(tasks)),
+                Err(e) => return Err(e.into()),
+            };
+            let mut conflicted = Vec::new();
+            for &i in &pending {
+                if inserted.contains(&tasks[i].id) {
+                    outcomes[i] = Some(EnqueueOutcome {
+                        id: tasks[i].id,
+                        deduplicated: false,
+                    });
+                } else {
+                    conflicted.push(i);
+                }
+            }
+            if conflicted.is_empty() {
+                pending.clear();
+                break;
+            }
+            // Only the unique-key index is an ON CONFLICT target.
+            let keys: Vec<&str> = conflicted
+                .iter()
+                .filter_map(|&i| tasks[i].unique_key.as_deref())
+                .collect();
+            let holders: HashMap<String, Uuid> = sqlx::query_as(
+                "SELECT unique_key, id FROM tasks \
+                 WHERE unique_key = ANY($1) AND state IN ('queued', 'running')",
+            )
+            .bind(keys)
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .collect();
+            pending.clear();
+            for i in conflicted {
+                match tasks[i].unique_key.as_ref().and_then(|k| holders.get(k)) {
+                    Some(&id) => {
+                        outcomes[i] = Some(EnqueueOutcome {
+                            id,
+                            deduplicated: true,
+                        })
+                    }
+                    // The holder finished meanwhile: insert again.
+                    None => pending.push(i),
+                }
+            }
+            if pending.is_empty() {
+                break;
+            }
+        }
+        if !pending.is_empty() {
+            return Err(StoreError::Conflict(format!(
+                "unique key {:?} keeps changing hands; try again",
+                tasks[pending[0]].unique_key
+            )));
+        }
+        let outcomes: Vec<EnqueueOutcome> = outcomes
+            .into_iter()
+            .map(|o| o.expect("every task has an outcome"))
+            .collect();
+        let queues: BTreeSet<String> = tasks
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, outcome)| !outcome.deduplicated)
+            .map(|(task, _)| task.queue.clone())
+            .collect();
+        notify_queues(&mut tx, queues).await?;
+        tx.commit().await?;
+        Ok(outcomes)
+    }
+
+    async fn get_task(&self, id: Uuid) -> Result<TaskRecord> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            task_columns!(),
+            " FROM tasks WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            Some(row) => task_from_row(&row),
+            None => Err(StoreError::not_found(format!("task {id}"))),
+        }
+    }
+
+    async fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>> {
+        let limit = list_limit(filter.limit)?;
+        let mut qb: QueryBuilder<Postgres> = QueryBuilder::new(concat!(
+            "SELECT ",
+            task_columns!(),
+            " FROM tasks WHERE true"
+        ));
+        if let Some(state) = filter.state {
+            qb.push(" AND state = ").push_bind(state.as_str());
+        }
+        if let Some(queue) = &filter.queue {
+            qb.push(" AND queue = ").push_bind(queue.clone());
+        }
+        if let Some(module) = &filter.module {
+            qb.push(" AND module_name = ").push_bind(module.clone());
+        }
+        if let Some(before) = filter.before_seq {
+            qb.push(" AND seq < ").push_bind(before);
+        }
+        qb.push(" ORDER BY seq DESC LIMIT ").push_bind(limit);
+        let rows = qb.build().fetch_all(&self.pool).await?;
+        rows.iter().map(task_from_row).collect()
+    }
+
+    async fn list_attempts(&self, task_id: Uuid) -> Result<Vec<AttemptRecord>> {
+        let rows = sqlx::query(
+            "SELECT id, task_id, attempt, worker_id, started_at, finished_at, outcome, \
+                 error_message, logs, fuel_used, peak_memory, duration_ms, ray_submission_id \
+             FROM attempts WHERE task_id = $1 ORDER BY id",
+        )
+        .bind(task_id)
+        .fetch_all(&self.pool)
+        .await?;
+        if rows.is_empty() {
+            // Distinguish "never ran" from "no such task".
+            self.task_state(task_id).await?;
+        }
+        rows.iter().map(attempt_from_row).collect()
+    }
+
+    async fn queue_stats(&self) -> Result<Vec<QueueStat>> {
+        let rows = sqlx::query(
+            "SELECT queue, state, count(*) AS n, \
+                 min(enqueued_at) FILTER (WHERE state = 'queued') AS oldest \
+             FROM tasks GROUP BY queue, state",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut stats = rows
+            .iter()
+            .map(|row| {
+                Ok(QueueStat {
+                    queue: row.try_get("queue")?,
+                    state: parse_state(row.try_get("state")?)?,
+                    count: from_i64(row.try_get("n")?, "count")?,
+                    oldest_queued_at: row.try_get("oldest")?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        sort_stats(&mut stats);
+        Ok(stats)
+    }
+
+    async fn claim(
+        &self,
+        worker_id: &str,
+        queues: &QueueSelector,
+        limit: u32,
+        lease: Duration,
+    ) -> Result<Vec<ClaimedTask>> {
+        validate_worker_id(worker_id)?;
+        let limit = validate_limit(limit)?;
+        let lease = lease_micros(lease)?;
+        // A single queue gets `queue = $4` so the claim index also yields the
+        // order; `= ANY` over several queues needs a top-N sort instead.
+        let clause = match queues {
+            QueueSelector::All => "",
+            QueueSelector::Named(names) if names.is_empty() => return Ok(Vec::new()),
+            QueueSelector::Named(names) if names.len() == 1 => "AND queue = $4",
+            QueueSelector::Named(_) => "AND queue = ANY($4)",
+        };
+        let sql = CLAIM_TEMPLATE.replace("{queues}", clause);
+        let mut query = sqlx::query(AssertSqlSafe(sql))
+            .bind(worker_id)
+            .bind(lease)
+            .bind(limit);
+        match queues {
+            QueueSelector::Named(names) if names.len() == 1 => query = query.bind(&names[0]),
+            QueueSelector::Named(names) => query = query.bind(names),
+            QueueSelector::All => {}
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|row| {
+                Ok(ClaimedTask {
+                    id: row.try_get("id")?,
+                    module_name: row.try_get("module_name")?,
+                    module_version: row.try_get("module_version")?,
+                    module_sha256: row.try_get("module_sha256")?,
+                    queue: row.try_get("queue")?,
+                    priority: row.try_get("priority")?,
+                    input: row.try_get("input")?,
+                    attempt: to_u32(row.try_get::<i32, _>("attempt")?.into(), "attempt")?,
+                    max_attempts: to_u32(
+                        row.try_get::<i32, _>("max_attempts")?.into(),
+                        "max_attempts",
+                    )?,
+                    limits: limits_from_row(row)?,
+                    enqueued_at: row.try_get("enqueued_at")?,
+                    lease_expires_at: row.try_get("lease_expires_at")?,
+                    cancel_requested: row.try_get("cancel_requested")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn complete(&self, worker_id: &str, completions: &[Completion]) -> Result<Vec<bool>> {
+        validate_worker_id(worker_id)?;
+        let plans = completion_plans(completions)?;
+        if plans.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(COMPLETE)
+            .bind(worker_id)
+            .bind(plans.iter().map(|p| p.task_id).collect::<Vec<_>>())
+            .bind(plans.iter().map(|p| p.attempt).collect::<Vec<_>>())
+            .bind(plans.iter().map(|p| p.target.as_str()).collect::<Vec<_>>())
+            .bind(plans.iter().map(|p| p.result).collect::<Vec<_>>())
+            .bind(plans.iter().map(|p| p.set_error).collect::<Vec<_>>())
+            .bind(plans.iter().map(|p| p.error_kind).collect::<Vec<_>>())
+            .bind(plans.iter().map(|p| p.error_message).collect::<Vec<_>>())
+            .bind(plans.iter().map(|p| p.error_logs).collect::<Vec<_>>())
+            .bind(plans.iter().map(|p| p.run_after).collect::<Vec<_>>())
+            .bind(plans.iter().map(|p| p.release).collect::<Vec<_>>())
+            .bind(plans.iter().map(|p| p.outcome).collect::<Vec<_>>())
+            .bind(plans.iter().map(|p| p.attempt_message).collect::<Vec<_>>())
+            .bind(plans.iter().map(|p| p.logs).collect::<Vec<_>>())
+            .bind(plans.iter().map(|p| p.fuel_used).collect::<Vec<_>>())
+            .bind(plans.iter().map(|p| p.peak_memory).collect::<Vec<_>>())
+            .bind(plans.iter().map(|p| p.duration_ms).collect::<Vec<_>>())
+            .bind(TASK_CHANNEL)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut applied = HashSet::with_capacity(rows.len());
+        for row in &rows {
+            let attempt: i32 = row.try_get("attempt")?;
+            applied.insert((
+                row.try_get::<Uuid, _>("id")?,
+                to_u32(attempt.into(), "attempt")?,
+            ));
+        }
+        Ok(applied_flags(completions, applied))
+    }
+
+    async fn heartbeat(&self, worker_id: &str, lease: Duration) -> Result<Vec<Uuid>> {
+        validate_worker_id(worker_id)?;
+        let lease = lease_micros(lease)?;
+        let ids: Vec<Uuid> = sqlx::query_scalar(HEARTBEAT)
+            .bind(worker_id)
+            .bind(lease)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(ids)
+    }
+
+    async fn expired_leases(&self, limit: u32) -> Result<Vec<ExpiredTask>> {
+        let limit = validate_limit(limit)?;
+        let rows = sqlx::query(
+            "SELECT id, attempt, max_attempts, lease_owner, queue FROM tasks \
+             WHERE state = 'running' AND lease_expires_at < now() \
+             ORDER BY lease_expires_at LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(ExpiredTask {
+                    id: row.try_get("id")?,
+                    attempt: to_u32(row.try_get::<i32, _>("attempt")?.into(), "attempt")?,
+                    max_attempts: to_u32(
+                        row.try_get::<i32, _>("max_attempts")?.into(),
+                        "max_attempts",
+                    )?,
+                    lease_owner: row.try_get("lease_owner")?,
+                    queue: row.try_get("queue")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn expire(&self, task_id: Uuid, attempt: u32, transition: Transition) -> Result<bool> {
+        let (target, run_after) = expire_target(&transition)?;
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(EXPIRE)
+            .bind(task_id)
+            .bind(to_i32(attempt, "attempt")?)
+            .bind(target.as_str())
+            .bind(run_after)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(row) = row else { return Ok(false) };
+        let state: &str = row.try_get("state")?;
+        if state == TaskState::Queued.as_str() && row.try_get::<bool, _>("due")? {
+            notify_queues(&mut tx, BTreeSet::from([row.try_get("queue")?])).await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn request_cancel(&self, id: Uuid) -> Result<CancelOutcome> {
+        let mut tx = self.pool.begin().await?;
+        let state: Option<String> = sqlx::query_scalar(REQUEST_CANCEL)
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let outcome = match state.as_deref().map(parse_state).transpose()? {
+            Some(TaskState::Cancelled) => CancelOutcome::Cancelled,
+            Some(_) => {
+                sqlx::query("SELECT pg_notify($1, $2)")
+                    .bind(CANCEL_CHANNEL)
+                    .bind(id.to_string())
+                    .execute(&mut *tx)
+                    .await?;
+                CancelOutcome::Requested
+            }
+            None => {
+                drop(tx);
+                return Ok(CancelOutcome::AlreadyFinished(self.task_state(id).await?));
+            }
+        };
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    async fn retry(&self, id: Uuid) -> Result<TaskRecord> {
+        let mut tx = self.pool.begin().await?;
+        let row = match sqlx::query(RETRY_TASK)
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await
+        {
+            Ok(row) => row,
+            Err(e) if is_unique_violation(&e) => return Err(unique_key_taken(id)),
+            Err(e) => return Err(e.into()),
+        };
+        let Some(row) = row else {
+            drop(tx);
+            let from = self.task_state(id).await?;
+            return Err(StoreError::IllegalTransition {
+                id,
+                from,
+                action: "retry",
+            });
+        };
+        let task = task_from_row(&row)?;
+        notify_queues(&mut tx, BTreeSet::from([task.queue.clone()])).await?;
+        tx.commit().await?;
+        Ok(task)
+    }
+
+    async fn purge(&self, state: TaskState, older_than: DateTime<Utc>) -> Result<u64> {
+        validate_purge_state(state)?;
+        let mut tx = self.pool.begin().await?;
+        let deleted = sqlx::query("DELETE FROM tasks WHERE state = $1 AND finished_at < $2")
+            .bind(state.as_str())
+            .bind(older_than)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if deleted > 0 {
+            sqlx::query(GC_BLOBS).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(deleted)
+    }
+
+    async fn register_worker(&self, info: &WorkerInfo) -> Result<()> {
+        validate_worker_id(&info.id)?;
+        sqlx::query(
+            "INSERT INTO workers (id, hostname, pid, mode, queues, concurrency) \
+             VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT (id) DO UPDATE SET hostname = excluded.hostname, pid = excluded.pid, \
+                 mode = excluded.mode, queues = excluded.queues, \
+                 concurrency = excluded.concurrency, started_at = now(), \
+                 last_heartbeat_at = now(), stopped_at = NULL",
+        )
+        .bind(&info.id)
+        .bind(&info.hostname)
+        .bind(i64::from(info.pid))
+        .bind(&info.mode)
+        .bind(info.queues.to_string())
+        .bind(to_i32(info.concurrency, "concurrency")?)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn stop_worker(&self, id: &str) -> Result<()> {
+        let found = sqlx::query(
+            "UPDATE workers SET stopped_at = coalesce(stopped_at, now()) WHERE id = $1",
+        )
+        .bind(id)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if found == 0 {
+            return Err(StoreError::not_found(format!("worker {id}")));
+        }
+        Ok(())
+    }
+
+    async fn mark_stale_workers(&self, silent_for: Duration) -> Result<u64> {
+        let micros = i64::try_from(silent_for.as_micros()).unwrap_or(i64::MAX / 2);
+        let marked = sqlx::query(
+            "UPDATE workers SET stopped_at = now() \
+             WHERE stopped_at IS NULL \
+               AND last_heartbeat_at < now() - $1::float8 * interval '1 microsecond'",
+        )
+        .bind(micros)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(marked)
+    }
+
+    async fn list_workers(&self) -> Result<Vec<WorkerRecord>> {
+        let rows = sqlx::query(
+            "SELECT w.id, w.hostname, w.pid, w.mode, w.queues, w.concurrency, w.started_at, \
+                 w.last_heartbeat_at, w.stopped_at, \
+                 (SELECT count(*) FROM tasks t \
+                  WHERE t.state = 'running' AND t.lease_owner = w.id) AS running_tasks \
+             FROM workers w ORDER BY w.started_at DESC, w.id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(worker_from_row).collect()
+    }
+
+    async fn listen(&self) -> Result<Listener> {
+        Listener::postgres(PgListener::connect_with(&self.pool).await?).await
+    }
+}

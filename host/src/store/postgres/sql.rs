@@ -1,0 +1,172 @@
+//! PostgreSQL statements used more than once or too long to read inline.
+
+macro_rules! module_select {
+    () => {
+        "SELECT m.name, m.version, m.sha256, b.size, m.created_at \
+         FROM modules m JOIN module_blobs b ON b.sha256 = m.sha256"
+    };
+}
+
+/// Blobs that neither a module version nor any task refers to.
+pub(super) const GC_BLOBS: &str = "DELETE FROM module_blobs b \
+     WHERE NOT EXISTS (SELECT 1 FROM modules m WHERE m.sha256 = b.sha256) \
+       AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.module_sha256 = b.sha256)";
+
+/// `now() + micros`, as SQL over a bigint parameter.
+macro_rules! plus_micros {
+    ($param:literal) => {
+        concat!("(now() + ", $param, "::float8 * interval '1 microsecond')")
+    };
+}
+
+pub(super) const INSERT_TASKS: &str = "INSERT INTO tasks (id, module_name, module_version, module_sha256, \
+         queue, priority, input, state, run_after, max_attempts, fuel, memory_bytes, timeout_ms, \
+         unique_key, parent_id) \
+     SELECT u.id, u.module_name, u.module_version, u.module_sha256, u.queue, u.priority, \
+         u.input, 'queued', coalesce(u.run_after, now()), u.max_attempts, u.fuel, \
+         u.memory_bytes, u.timeout_ms, u.unique_key, u.parent_id \
+     FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int2[], \
+                 $7::text[], $8::timestamptz[], $9::int4[], $10::int8[], $11::int8[], \
+                 $12::int8[], $13::text[], $14::uuid[]) \
+          WITH ORDINALITY AS u(id, module_name, module_version, module_sha256, queue, priority, \
+                 input, run_after, max_attempts, fuel, memory_bytes, timeout_ms, unique_key, \
+                 parent_id, ord) \
+     ORDER BY u.ord \
+     ON CONFLICT (unique_key) WHERE state IN ('queued', 'running') DO NOTHING \
+     RETURNING id";
+
+/// $1 worker, $2 lease µs, $3 limit, $4 queue(s); `{queues}` is one of three
+/// fixed clauses. One statement: pick, lease and open the attempt rows.
+/// `= ANY(ARRAY(…))` rather than a join with `picked`: the planner cannot
+/// know that `picked` is small and would hash-join it against a sequential
+/// scan of the whole table.
+pub(super) const CLAIM_TEMPLATE: &str = concat!(
+    "WITH picked AS ( \
+         SELECT id FROM tasks \
+         WHERE state = 'queued' AND run_after <= now() {queues} \
+         ORDER BY priority DESC, run_after, seq \
+         LIMIT $3 \
+         FOR UPDATE SKIP LOCKED \
+     ), claimed AS ( \
+         UPDATE tasks t \
+         SET state = 'running', attempt = t.attempt + 1, lease_owner = $1, \
+             lease_expires_at = ",
+    plus_micros!("$2"),
+    ", started_at = now(), updated_at = now() \
+         WHERE t.id = ANY(ARRAY(SELECT id FROM picked)) \
+         RETURNING t.seq, t.id, t.module_name, t.module_version, t.module_sha256, t.queue, \
+             t.priority, t.input, t.run_after, t.attempt, t.max_attempts, t.fuel, \
+             t.memory_bytes, t.timeout_ms, t.enqueued_at, t.lease_expires_at, \
+             t.cancel_requested \
+     ), opened AS ( \
+         INSERT INTO attempts (task_id, attempt, worker_id, started_at) \
+         SELECT id, attempt, $1, now() FROM claimed \
+     ) \
+     SELECT * FROM claimed ORDER BY priority DESC, run_after, seq"
+);
+
+/// One statement (and so one round trip and one commit) for a whole
+/// completion batch; see `FinishPlan` for the meaning of the columns. $1 is
+/// the worker, $18 the task channel. `notified` wakes workers for tasks that are claimable again at
+/// once; a plain SELECT CTE only runs when referenced, hence the count.
+pub(super) const COMPLETE: &str = "WITH c AS ( \
+         SELECT * FROM UNNEST($2::uuid[], $3::int4[], $4::text[], $5::text[], $6::bool[], \
+                 $7::text[], $8::text[], $9::text[], $10::timestamptz[], $11::bool[], \
+                 $12::text[], $13::text[], $14::text[], $15::int8[], $16::int8[], $17::int8[]) \
+             AS c(task_id, attempt, target, result, set_error, error_kind, error_message, \
+                 error_logs, run_after, release, outcome, attempt_message, logs, fuel_used, \
+                 peak_memory, duration_ms) \
+     ), done AS ( \
+         UPDATE tasks t SET \
+             state = CASE WHEN c.target = 'queued' AND t.cancel_requested THEN 'cancelled' \
+                          ELSE c.target END, \
+             result = c.result, \
+             error_kind = CASE WHEN c.set_error THEN c.error_kind ELSE t.error_kind END, \
+             error_message = CASE WHEN c.set_error THEN c.error_message \
+                                  ELSE t.error_message END, \
+             error_logs = CASE WHEN c.set_error THEN c.error_logs ELSE t.error_logs END, \
+             run_after = CASE WHEN c.target = 'queued' THEN coalesce(c.run_after, now()) \
+                              ELSE t.run_after END, \
+             attempt = CASE WHEN c.release THEN t.attempt - 1 ELSE t.attempt END, \
+             lease_owner = NULL, lease_expires_at = NULL, \
+             finished_at = CASE WHEN c.target = 'queued' AND NOT t.cancel_requested THEN NULL \
+                                ELSE now() END, \
+             updated_at = now() \
+         FROM c \
+         WHERE t.id = c.task_id AND t.state = 'running' AND t.lease_owner = $1 \
+           AND t.attempt = c.attempt AND t.id = ANY($2) \
+         RETURNING t.id, c.attempt, t.queue, t.state, t.run_after <= now() AS due \
+     ), closed AS ( \
+         UPDATE attempts a SET finished_at = now(), outcome = c.outcome, \
+             error_message = c.attempt_message, logs = c.logs, fuel_used = c.fuel_used, \
+             peak_memory = c.peak_memory, duration_ms = c.duration_ms \
+         FROM c JOIN done d ON d.id = c.task_id AND d.attempt = c.attempt \
+         WHERE a.task_id = c.task_id AND a.attempt = c.attempt AND a.finished_at IS NULL \
+     ), notified AS ( \
+         SELECT pg_notify($18, q.queue) \
+         FROM (SELECT DISTINCT queue FROM done WHERE state = 'queued' AND due) AS q \
+     ) \
+     SELECT id, attempt, (SELECT count(*) FROM notified) AS notified FROM done";
+
+/// SKIP LOCKED: a row locked right now is being completed or cancelled; its
+/// lease is extended by the next heartbeat if it is still running then.
+/// Never waiting also keeps heartbeats out of any lock cycle.
+pub(super) const HEARTBEAT: &str = concat!(
+    "WITH w AS ( \
+         UPDATE workers SET last_heartbeat_at = now(), stopped_at = NULL WHERE id = $1 \
+     ), t AS ( \
+         UPDATE tasks SET lease_expires_at = ",
+    plus_micros!("$2"),
+    " WHERE id = ANY(ARRAY(SELECT id FROM tasks WHERE state = 'running' AND lease_owner = $1 \
+                              FOR UPDATE SKIP LOCKED)) \
+           AND state = 'running' AND lease_owner = $1 \
+         RETURNING id, cancel_requested \
+     ) \
+     SELECT id FROM t WHERE cancel_requested"
+);
+
+/// $1 id, $2 attempt, $3 target, $4 run_after.
+pub(super) const EXPIRE: &str = "WITH t AS ( \
+         UPDATE tasks SET \
+             state = CASE WHEN $3::text = 'queued' AND cancel_requested THEN 'cancelled' \
+                          ELSE $3::text END, \
+             run_after = CASE WHEN $3::text = 'queued' THEN coalesce($4, now()) \
+                              ELSE run_after END, \
+             result = NULL, \
+             error_kind = 'lease-expired', \
+             error_message = 'lease expired (worker ' || lease_owner || ' stopped heartbeating)', \
+             error_logs = NULL, \
+             lease_owner = NULL, lease_expires_at = NULL, \
+             finished_at = CASE WHEN $3::text = 'queued' AND NOT cancel_requested THEN NULL \
+                                ELSE now() END, \
+             updated_at = now() \
+         WHERE id = $1 AND state = 'running' AND attempt = $2 AND lease_expires_at < now() \
+         RETURNING id, queue, state, error_message, run_after <= now() AS due \
+     ), a AS ( \
+         UPDATE attempts a SET finished_at = now(), outcome = 'lease-expired', \
+             error_message = t.error_message, \
+             duration_ms = (extract(epoch FROM now() - a.started_at) * 1000)::bigint \
+         FROM t WHERE a.task_id = t.id AND a.attempt = $2 AND a.finished_at IS NULL \
+     ) \
+     SELECT queue, state, due FROM t";
+
+pub(super) const REQUEST_CANCEL: &str = "UPDATE tasks SET \
+         state = CASE WHEN state = 'queued' THEN 'cancelled' ELSE state END, \
+         cancel_requested = (state = 'running') OR cancel_requested, \
+         finished_at = CASE WHEN state = 'queued' THEN now() ELSE finished_at END, \
+         error_kind = CASE WHEN state = 'queued' THEN 'cancelled' ELSE error_kind END, \
+         error_message = CASE WHEN state = 'queued' THEN 'cancelled while queued' \
+                              ELSE error_message END, \
+         updated_at = now() \
+     WHERE id = $1 AND state IN ('queued', 'running') \
+     RETURNING state";
+
+pub(super) const RETRY_TASK: &str = concat!(
+    "UPDATE tasks SET state = 'queued', run_after = now(), result = NULL, error_kind = NULL, \
+         error_message = NULL, error_logs = NULL, finished_at = NULL, cancel_requested = false, \
+         progress_percent = NULL, progress_message = NULL, \
+         max_attempts = greatest(max_attempts, attempt + 1), updated_at = now() \
+     WHERE id = $1 AND state IN ('failed', 'cancelled') \
+     RETURNING ",
+    task_columns!()
+);

@@ -1,0 +1,337 @@
+//! What both backends share besides the SQL: argument validation, value
+//! conversion, and the column values a completion writes.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::error::{Result, StoreError};
+use super::model::*;
+
+/// Upper bound of queue names, unique keys, module names and versions.
+const MAX_NAME_LEN: usize = 200;
+
+fn validate_name(kind: &str, value: &str) -> Result<()> {
+    if value.is_empty() {
+        return Err(StoreError::invalid(format!("{kind} must not be empty")));
+    }
+    if value.len() > MAX_NAME_LEN {
+        return Err(StoreError::invalid(format!(
+            "{kind} is longer than {MAX_NAME_LEN} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// Queue names end up in comma-separated worker queue lists and in
+/// notification payloads, so keep them plain.
+pub(crate) fn validate_queue(queue: &str) -> Result<()> {
+    validate_name("queue name", queue)?;
+    if queue == "*" || queue.contains(',') || queue.chars().any(char::is_whitespace) {
+        return Err(StoreError::invalid(format!(
+            "queue name {queue:?} must not be '*' or contain commas or whitespace"
+        )));
+    }
+    Ok(())
+}
+
+/// `@` separates name and version on the command line.
+pub(crate) fn validate_module_ref(name: &str, version: Option<&str>) -> Result<()> {
+    for (kind, value) in [("module name", Some(name)), ("module version", version)] {
+        let Some(value) = value else { continue };
+        validate_name(kind, value)?;
+        if value.contains('@') || value.chars().any(char::is_whitespace) {
+            return Err(StoreError::invalid(format!(
+                "{kind} {value:?} must not contain '@' or whitespace"
+            )));
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn validate_sha256(sha256: &str) -> Result<()> {
+    if sha256.len() != 64
+        || !sha256
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    {
+        return Err(StoreError::invalid(format!(
+            "sha256 {sha256:?} is not 64 lowercase hex digits"
+        )));
+    }
+    Ok(())
+}
+
+pub(crate) fn validate_new_task(task: &NewTask) -> Result<()> {
+    validate_queue(&task.queue)?;
+    validate_module_ref(&task.module_name, Some(&task.module_version))?;
+    validate_sha256(&task.module_sha256)?;
+    if !(-100..=100).contains(&task.priority) {
+        return Err(StoreError::invalid(format!(
+            "priority {} is outside -100..=100",
+            task.priority
+        )));
+    }
+    if task.max_attempts == 0 {
+        return Err(StoreError::invalid("max_attempts must be at least 1"));
+    }
+    to_i32(task.max_attempts, "max_attempts")?;
+    if let Some(key) = &task.unique_key {
+        validate_name("unique key", key)?;
+    }
+    limit_to_i64(task.limits.fuel, "fuel")?;
+    limit_to_i64(task.limits.memory_bytes, "memory_bytes")?;
+    limit_to_i64(task.limits.timeout_ms, "timeout_ms")?;
+    // Input is stored verbatim, but it must be JSON: the guest gets it as such.
+    if serde_json::from_str::<serde::de::IgnoredAny>(&task.input).is_err() {
+        return Err(StoreError::invalid(format!(
+            "input of task {} is not valid JSON",
+            task.id
+        )));
+    }
+    Ok(())
+}
+
+pub(crate) fn validate_worker_id(worker_id: &str) -> Result<()> {
+    validate_name("worker id", worker_id)
+}
+
+/// Terminal states only: purging live tasks would lose work.
+pub(crate) fn validate_purge_state(state: TaskState) -> Result<()> {
+    if !state.is_terminal() {
+        return Err(StoreError::invalid(format!(
+            "cannot purge {state} tasks: only succeeded, failed or cancelled tasks can be purged"
+        )));
+    }
+    Ok(())
+}
+
+pub(crate) fn list_limit(limit: u32) -> Result<i64> {
+    match limit {
+        0 => Ok(i64::from(DEFAULT_LIST_LIMIT)),
+        1..=MAX_LIST_LIMIT => Ok(i64::from(limit)),
+        _ => Err(StoreError::invalid(format!(
+            "limit {limit} is above the maximum of {MAX_LIST_LIMIT}"
+        ))),
+    }
+}
+
+/// Queues by name, states in lifecycle order.
+pub(crate) fn sort_stats(stats: &mut [QueueStat]) {
+    stats.sort_by(|a, b| a.queue.cmp(&b.queue).then(a.state.cmp(&b.state)));
+}
+
+/// An enqueue referred to module bytes that are not stored (never pushed,
+/// or deleted meanwhile).
+pub(crate) fn unknown_module_bytes(tasks: &[NewTask]) -> StoreError {
+    let shas: std::collections::BTreeSet<&str> =
+        tasks.iter().map(|t| t.module_sha256.as_str()).collect();
+    StoreError::not_found(format!(
+        "module bytes with sha256 {}",
+        shas.into_iter().collect::<Vec<_>>().join(", ")
+    ))
+}
+
+pub(crate) fn unique_key_taken(id: Uuid) -> StoreError {
+    StoreError::Conflict(format!(
+        "cannot retry task {id}: another queued or running task has its unique key"
+    ))
+}
+
+/// Plans for a completion batch. A task may appear once per batch: a second
+/// entry could only be a caller bug, and its outcome would be ambiguous.
+pub(crate) fn completion_plans(completions: &[Completion]) -> Result<Vec<FinishPlan<'_>>> {
+    let mut seen = std::collections::HashSet::with_capacity(completions.len());
+    completions
+        .iter()
+        .map(|c| {
+            if !seen.insert(c.task_id) {
+                return Err(StoreError::invalid(format!(
+                    "task {} appears twice in one completion batch",
+                    c.task_id
+                )));
+            }
+            FinishPlan::new(c)
+        })
+        .collect()
+}
+
+pub(crate) fn validate_limit(limit: u32) -> Result<i64> {
+    if limit == 0 {
+        return Err(StoreError::invalid("limit must be at least 1"));
+    }
+    Ok(i64::from(limit))
+}
+
+/// Lease lengths in microseconds; zero or absurd leases are caller bugs.
+pub(crate) fn lease_micros(lease: Duration) -> Result<i64> {
+    let micros = i64::try_from(lease.as_micros()).unwrap_or(i64::MAX);
+    if micros <= 0 || lease > Duration::from_secs(7 * 24 * 3600) {
+        return Err(StoreError::invalid(format!(
+            "lease {lease:?} must be between 1 µs and 7 days"
+        )));
+    }
+    Ok(micros)
+}
+
+pub(crate) fn to_i32(value: u32, what: &str) -> Result<i32> {
+    i32::try_from(value).map_err(|_| StoreError::invalid(format!("{what} {value} is too large")))
+}
+
+pub(crate) fn to_i64(value: u64, what: &str) -> Result<i64> {
+    i64::try_from(value).map_err(|_| StoreError::invalid(format!("{what} {value} is too large")))
+}
+
+pub(crate) fn limit_to_i64(value: Option<u64>, what: &str) -> Result<Option<i64>> {
+    value.map(|v| to_i64(v, what)).transpose()
+}
+
+/// Decoding: negative counters in the database mean the row was not written
+/// by this code.
+pub(crate) fn from_i64(value: i64, what: &str) -> Result<u64> {
+    u64::try_from(value).map_err(|_| StoreError::corrupt(format!("negative {what} {value}")))
+}
+
+pub(crate) fn from_i64_opt(value: Option<i64>, what: &str) -> Result<Option<u64>> {
+    value.map(|v| from_i64(v, what)).transpose()
+}
+
+pub(crate) fn to_u32(value: i64, what: &str) -> Result<u32> {
+    u32::try_from(value).map_err(|_| StoreError::corrupt(format!("{what} {value} out of range")))
+}
+
+pub(crate) fn parse_state(s: &str) -> Result<TaskState> {
+    s.parse()
+        .map_err(|e: ParseTaskStateError| StoreError::corrupt(e.to_string()))
+}
+
+pub(crate) fn parse_progress(value: Option<i64>) -> Result<Option<u8>> {
+    value
+        .map(|v| {
+            u8::try_from(v)
+                .map_err(|_| StoreError::corrupt(format!("progress_percent {v} out of range")))
+        })
+        .transpose()
+}
+
+/// Next automatic version: one more than the highest purely numeric version.
+pub(crate) fn next_version<'a>(existing: impl IntoIterator<Item = &'a str>) -> String {
+    let max = existing
+        .into_iter()
+        .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+        .filter_map(|v| v.parse::<u64>().ok())
+        .max()
+        .unwrap_or(0);
+    (max + 1).to_string()
+}
+
+/// `name@version`, or `name` for "any/latest version".
+pub(crate) fn module_ref(name: &str, version: Option<&str>) -> String {
+    match version {
+        Some(version) => format!("{name}@{version}"),
+        None => name.to_owned(),
+    }
+}
+
+/// Column values for ending one attempt, the same on every backend.
+/// `target` is where the task goes; a `queued` target becomes `cancelled` in
+/// SQL when a cancellation is pending.
+pub(crate) struct FinishPlan<'a> {
+    pub task_id: Uuid,
+    pub attempt: i32,
+    pub target: TaskState,
+    pub result: Option<&'a str>,
+    /// False keeps the task's previous error fields (Release).
+    pub set_error: bool,
+    pub error_kind: Option<&'a str>,
+    pub error_message: Option<&'a str>,
+    pub error_logs: Option<&'a str>,
+    /// Queued targets only; `None` = now.
+    pub run_after: Option<DateTime<Utc>>,
+    /// Release: the attempt is not spent (`attempt - 1`).
+    pub release: bool,
+    // The attempt row:
+    pub outcome: &'a str,
+    pub attempt_message: Option<&'a str>,
+    pub logs: Option<&'a str>,
+    pub fuel_used: Option<i64>,
+    pub peak_memory: Option<i64>,
+    pub duration_ms: i64,
+}
+
+impl<'a> FinishPlan<'a> {
+    pub(crate) fn new(c: &'a Completion) -> Result<FinishPlan<'a>> {
+        let r = &c.report;
+        let error_kind = Some(r.error_kind.as_deref().unwrap_or(r.outcome.as_str()));
+        let mut plan = FinishPlan {
+            task_id: c.task_id,
+            attempt: to_i32(c.attempt, "attempt")?,
+            target: TaskState::Failed,
+            result: None,
+            set_error: true,
+            error_kind,
+            error_message: r.error_message.as_deref(),
+            error_logs: r.logs.as_deref(),
+            run_after: None,
+            release: false,
+            outcome: &r.outcome,
+            attempt_message: r.error_message.as_deref(),
+            logs: r.logs.as_deref(),
+            fuel_used: limit_to_i64(r.fuel_used, "fuel_used")?,
+            peak_memory: limit_to_i64(r.peak_memory, "peak_memory")?,
+            duration_ms: to_i64(r.duration_ms, "duration_ms")?,
+        };
+        match &c.transition {
+            Transition::Succeed { result } => {
+                plan.target = TaskState::Succeeded;
+                plan.result = Some(result);
+                // A success clears the error of an earlier attempt.
+                plan.error_kind = None;
+                plan.error_message = None;
+                plan.error_logs = None;
+            }
+            Transition::Retry { run_after } => {
+                plan.target = TaskState::Queued;
+                plan.run_after = Some(*run_after);
+            }
+            Transition::Fail => plan.target = TaskState::Failed,
+            Transition::Cancel => plan.target = TaskState::Cancelled,
+            Transition::Release => {
+                plan.target = TaskState::Queued;
+                plan.set_error = false;
+                plan.release = true;
+                plan.outcome = outcome::SHUTDOWN;
+            }
+        }
+        if plan.outcome.is_empty() {
+            return Err(StoreError::invalid(format!(
+                "completion of task {} has an empty outcome",
+                c.task_id
+            )));
+        }
+        Ok(plan)
+    }
+}
+
+/// Where an expired task goes: `queued` at a time, or `failed`.
+pub(crate) fn expire_target(transition: &Transition) -> Result<(TaskState, Option<DateTime<Utc>>)> {
+    match transition {
+        Transition::Retry { run_after } => Ok((TaskState::Queued, Some(*run_after))),
+        Transition::Fail => Ok((TaskState::Failed, None)),
+        other => Err(StoreError::invalid(format!(
+            "an expired lease can only be retried or failed, not {other:?}"
+        ))),
+    }
+}
+
+/// Maps each completion to "applied?" given the applied (task, attempt) pairs.
+pub(crate) fn applied_flags(
+    completions: &[Completion],
+    applied: std::collections::HashSet<(Uuid, u32)>,
+) -> Vec<bool> {
+    completions
+        .iter()
+        .map(|c| applied.contains(&(c.task_id, c.attempt)))
+        .collect()
+}

@@ -1,0 +1,901 @@
+//! SQLite backend: one database file shared by the workers of one machine.
+//!
+//! - WAL journal, `synchronous=FULL` (a commit is durable when it returns),
+//!   foreign keys on, a long busy timeout.
+//! - Every multi-statement write runs in a `BEGIN IMMEDIATE` transaction: it
+//!   takes the write lock up front, so processes sharing the file wait for
+//!   each other (busy timeout) instead of failing with `SQLITE_BUSY` when a
+//!   read transaction cannot be upgraded.
+//! - Within one process writers also queue on an async mutex: SQLite's busy
+//!   handler waits by sleeping (up to 100 ms a turn), which would waste most
+//!   of the time a single-writer database has.
+//! - Times are INTEGER unix microseconds, taken from this process's clock.
+//! - Events reach listeners of this process only; other processes poll.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use rand::Rng;
+use sqlx::migrate::Migrator;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{AssertSqlSafe, ConnectOptions, Connection, QueryBuilder, Row, Sqlite, Transaction};
+use tokio::sync::{Mutex, OwnedMutexGuard};
+use uuid::Uuid;
+
+mod rows;
+#[macro_use]
+mod sql;
+
+use self::rows::*;
+use self::sql::*;
+use super::notify::{Listener, LocalEvents};
+use super::shared::*;
+use super::*;
+
+static MIGRATOR: Migrator = sqlx::migrate!("../migrations/sqlite");
+
+/// How long a writer waits for another process's write transaction.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// SQLite primary result codes (the low byte of extended codes).
+const SQLITE_BUSY: i32 = 5;
+const SQLITE_LOCKED: i32 = 6;
+
+#[derive(Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+    write_gate: Arc<Mutex<()>>,
+    events: LocalEvents,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").finish_non_exhaustive()
+    }
+}
+
+/// A `BEGIN IMMEDIATE` transaction plus this process's writer turn.
+/// Dropping it rolls back.
+struct WriteTx {
+    // Field order matters: the transaction ends before the turn is passed on.
+    tx: Transaction<'static, Sqlite>,
+    _turn: OwnedMutexGuard<()>,
+}
+
+impl WriteTx {
+    async fn commit(self) -> Result<()> {
+        self.tx.commit().await?;
+        Ok(())
+    }
+}
+
+impl SqliteStore {
+    /// Opens `sqlite://PATH` (created if missing) or `sqlite::memory:`.
+    pub async fn connect(url: &str) -> Result<Self> {
+        Self::connect_with(url, DEFAULT_MAX_CONNECTIONS).await
+    }
+
+    pub async fn connect_with(url: &str, max_connections: u32) -> Result<Self> {
+        let options = SqliteConnectOptions::from_str(url)?;
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        Self::open(options, in_memory, max_connections).await
+    }
+
+    /// Opens with explicit options; the durability settings are applied on
+    /// top of them.
+    pub async fn open(
+        options: SqliteConnectOptions,
+        in_memory: bool,
+        max_connections: u32,
+    ) -> Result<Self> {
+        let options = options
+            .create_if_missing(true)
+            .foreign_keys(true)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(BUSY_TIMEOUT);
+        let pool_options = SqlitePoolOptions::new().acquire_timeout(BUSY_TIMEOUT * 2);
+        let pool = if in_memory {
+            // A shared in-memory database lives as long as one connection does.
+            pool_options
+                .max_connections(1)
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None)
+                .connect_with(options)
+                .await?
+        } else {
+            enable_wal(&options).await?;
+            pool_options
+                .max_connections(max_connections.max(1))
+                .connect_with(options)
+                .await?
+        };
+        Ok(SqliteStore {
+            pool,
+            write_gate: Arc::new(Mutex::new(())),
+            events: LocalEvents::new(),
+        })
+    }
+
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    async fn begin_write(&self) -> Result<WriteTx> {
+        let turn = self.write_gate.clone().lock_owned().await;
+        let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        Ok(WriteTx { tx, _turn: turn })
+    }
+
+    async fn task_state(&self, id: Uuid) -> Result<TaskState> {
+        let state: Option<String> = sqlx::query_scalar("SELECT state FROM tasks WHERE id = ?1")
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        match state {
+            Some(state) => parse_state(&state),
+            None => Err(StoreError::not_found(format!("task {id}"))),
+        }
+    }
+}
+
+/// Switches the file to WAL once, before the pool opens. Changing the journal
+/// mode needs an exclusive lock that SQLite does not wait for with the busy
+/// timeout, so two processes opening a fresh file at once must retry here.
+/// WAL is persistent; the pool's connections then need no journal pragma.
+async fn enable_wal(options: &SqliteConnectOptions) -> Result<()> {
+    let deadline = Instant::now() + BUSY_TIMEOUT;
+    loop {
+        let attempt = async {
+            let mut conn = options
+                .clone()
+                .journal_mode(SqliteJournalMode::Wal)
+                .connect()
+                .await?;
+            let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+                .fetch_one(&mut conn)
+                .await?;
+            conn.close().await?;
+            Ok::<_, sqlx::Error>(mode)
+        }
+        .await;
+        match attempt {
+            Ok(mode) if mode.eq_ignore_ascii_case("wal") => return Ok(()),
+            Ok(mode) => {
+                return Err(StoreError::invalid(format!(
+                    "SQLite database cannot use WAL journal mode (it reports {mode:?})"
+                )));
+            }
+            Err(e) if is_busy(&e) && Instant::now() < deadline => {
+                let pause = Duration::from_millis(rand::thread_rng().gen_range(5..50));
+                tokio::time::sleep(pause).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+fn is_busy(e: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(db) = e else {
+        return false;
+    };
+    db.code()
+        .and_then(|code| code.parse::<i32>().ok())
+        .is_some_and(|code| matches!(code & 0xff, SQLITE_BUSY | SQLITE_LOCKED))
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+fn is_fk_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.is_foreign_key_violation())
+}
+
+impl Store for SqliteStore {
+    fn backend_name(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        // The whole run holds the write lock (sqlx's migration lock is a no-op
+        // on SQLite), so a second process starting at the same time waits,
+        // then finds every migration applied. sqlx runs each migration in a
+        // savepoint of this transaction. `run_direct` is what `Migrator::run`
+        // calls once it has a connection; sqlx exposes it because `run` on a
+        // borrowed connection inside a `Send` future trips rustc's
+        // higher-ranked lifetime check ("Acquire is not general enough").
+        let mut w = self.begin_write().await?;
+        MIGRATOR.run_direct(None, &mut *w.tx, false).await?;
+        w.commit().await
+    }
+
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn push_module(
+        &self,
+        name: &str,
+        version: Option<&str>,
+        bytes: &[u8],
+        sha256: &str,
+    ) -> Result<ModuleRecord> {
+        validate_module_ref(name, version)?;
+        validate_sha256(sha256)?;
+        let size = to_i64(bytes.len() as u64, "module size")?;
+        let now = us(Utc::now());
+        let mut w = self.begin_write().await?;
+
+        let existing = match version {
+            None => {
+                sqlx::query(concat!(
+                    module_select!(),
+                    " WHERE m.name = ?1 AND m.sha256 = ?2 ORDER BY m.id DESC LIMIT 1",
+                ))
+                .bind(name)
+                .bind(sha256)
+                .fetch_optional(&mut *w.tx)
+                .await?
+            }
+            Some(version) => {
+                sqlx::query(concat!(
+                    module_select!(),
+                    " WHERE m.name = ?1 AND m.version = ?2",
+                ))
+                .bind(name)
+                .bind(version)
+                .fetch_optional(&mut *w.tx)
+                .await?
+            }
+        };
+        if let Some(row) = existing {
+            let record = module_from_row(&row, false)?;
+            if record.sha256 == sha256 {
+                return Ok(record);
+            }
+            return Err(StoreError::Conflict(format!(
+                "module {} already exists with sha256 {}; the pushed bytes have sha256 {sha256}",
+                record.reference(),
+                record.sha256
+            )));
+        }
+
+        let version = match version {
+            Some(version) => version.to_owned(),
+            None => {
+                let versions: Vec<String> =
+                    sqlx::query_scalar("SELECT version FROM modules WHERE name = ?1")
+                        .bind(name)
+                        .fetch_all(&mut *w.tx)
+                        .await?;
+                next_version(versions.iter().map(String::as_str))
+            }
+        };
+        sqlx::query(
+            "INSERT INTO module_blobs (sha256, size, bytes, created_at) VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT (sha256) DO NOTHING",
+        )
+        .bind(sha256)
+        .bind(size)
+        .bind(bytes)
+        .bind(now)
+        .execute(&mut *w.tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO modules (name, version, sha256, created_at) VALUES (?1, ?2, ?3, ?4)",
+        )
+        .bind(name)
+        .bind(&version)
+        .bind(sha256)
+        .bind(now)
+        .execute(&mut *w.tx)
+        .await?;
+        w.commit().await?;
+        Ok(ModuleRecord {
+            name: name.to_owned(),
+            version,
+            sha256: sha256.to_owned(),
+            size: bytes.len() as u64,
+            created_at: ts(now)?,
+            created: true,
+        })
+    }
+
+    async fn resolve_module(&self, name: &str, version: Option<&str>) -> Result<ModuleRecord> {
+        validate_module_ref(name, version)?;
+        let row = sqlx::query(concat!(
+            module_select!(),
+            " WHERE m.name = ?1 AND (?2 IS NULL OR m.version = ?2) ORDER BY m.id DESC LIMIT 1",
+        ))
+        .bind(name)
+        .bind(version)
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            Some(row) => module_from_row(&row, false),
+            None => Err(StoreError::not_found(format!(
+                "module {}",
+                module_ref(name, version)
+            ))),
+        }
+    }
+
+    async fn module_bytes(&self, sha256: &str) -> Result<Vec<u8>> {
+        let bytes: Option<Vec<u8>> =
+            sqlx::query_scalar("SELECT bytes FROM module_blobs WHERE sha256 = ?1")
+                .bind(sha256)
+                .fetch_optional(&self.pool)
+                .await?;
+        bytes.ok_or_else(|| StoreError::not_found(format!("module bytes with sha256 {sha256}")))
+    }
+
+    async fn list_modules(&self) -> Result<Vec<ModuleRecord>> {
+        let rows = sqlx::query(concat!(module_select!(), " ORDER BY m.name, m.id"))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|row| module_from_row(row, false)).collect()
+    }
+
+    async fn delete_module(&self, name: &str, version: Option<&str>, force: bool) -> Result<u64> {
+        validate_module_ref(name, version)?;
+        let mut w = self.begin_write().await?;
+        if !force {
+            let in_use: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM tasks t \
+                 WHERE t.state IN ('queued', 'running') AND t.module_name = ?1 \
+                   AND (?2 IS NULL OR t.module_version = ?2) \
+                   AND EXISTS (SELECT 1 FROM modules m WHERE m.name = t.module_name \
+                               AND m.version = t.module_version AND m.sha256 = t.module_sha256)",
+            )
+            .bind(name)
+            .bind(version)
+            .fetch_one(&mut *w.tx)
+            .await?;
+            if in_use > 0 {
+                return Err(StoreError::ModuleInUse {
+                    module: module_ref(name, version),
+                    tasks: from_i64(in_use, "task count")?,
+                });
+            }
+        }
+        let deleted =
+            sqlx::query("DELETE FROM modules WHERE name = ?1 AND (?2 IS NULL OR version = ?2)")
+                .bind(name)
+                .bind(version)
+                .execute(&mut *w.tx)
+                .await?
+                .rows_affected();
+        if deleted == 0 {
+            return Err(StoreError::not_found(format!(
+                "module {}",
+                module_ref(name, version)
+            )));
+        }
+        sqlx::query(GC_BLOBS).execute(&mut *w.tx).await?;
+        w.commit().await?;
+        Ok(deleted)
+    }
+
+    async fn enqueue(&self, task: NewTask) -> Result<EnqueueOutcome> {
+        let mut outcomes = self.enqueue_batch(std::slice::from_ref(&task)).await?;
+        Ok(outcomes.remove(0))
+    }
+
+    async fn enqueue_batch(&self, tasks: &[NewTask]) -> Result<Vec<EnqueueOutcome>> {
+        for task in tasks {
+            validate_new_task(task)?;
+        }
+        if tasks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = us(Utc::now());
+        let rows = tasks
+            .iter()
+            .map(|t| TaskRow::new(t, now))
+            .collect::<Result<Vec<_>>>()?;
+        let mut w = self.begin_write().await?;
+        let inserted: Vec<String> = match sqlx::query_scalar(INSERT_TASKS)
+            .bind(to_json(&rows))
+            .bind(now)
+            .fetch_all(&mut *w.tx)
+            .await
+        {
+            Ok(ids) => ids,
+            Err(e) if is_fk_violation(&e) => return Err(unknown_module_bytes(tasks)),
+            Err(e) => return Err(e.into()),
+        };
+        let inserted: HashSet<Uuid> = inserted.iter().map(|id| uuid(id)).collect::<Result<_>>()?;
+        // Only the unique-key index is an ON CONFLICT target, and this
+        // transaction holds the write lock: the holders are still there.
+        let keys: Vec<&str> = tasks
+            .iter()
+            .filter(|t| !inserted.contains(&t.id))
+            .filter_map(|t| t.unique_key.as_deref())
+            .collect();
+        let mut holders = HashMap::new();
+        if !keys.is_empty() {
+            let rows: Vec<(String, String)> = sqlx::query_as(
+                "SELECT unique_key, id FROM tasks \
+                 WHERE unique_key IN (SELECT value FROM json_each(?1)) \
+                   AND state IN ('queued', 'running')",
+            )
+            .bind(to_json(&keys))
+            .fetch_all(&mut *w.tx)
+            .await?;
+            for (key, id) in rows {
+                holders.insert(key, uuid(&id)?);
+            }
+        }
+        w.commit().await?;
+
+        let mut outcomes = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            let outcome = if inserted.contains(&task.id) {
+                EnqueueOutcome {
+                    id: task.id,
+                    deduplicated: false,
+                }
+            } else {
+                let holder = task.unique_key.as_ref().and_then(|k| holders.get(k));
+                EnqueueOutcome {
+                    id: *holder.ok_or_else(|| {
+                        StoreError::corrupt(format!(
+                            "task {} was neither inserted nor deduplicated",
+                            task.id
+                        ))
+                    })?,
+                    deduplicated: true,
+                }
+            };
+            outcomes.push(outcome);
+        }
+        let queues: BTreeSet<&str> = tasks
+            .iter()
+            .filter(|t| inserted.contains(&t.id))
+            .map(|t| t.queue.as_str())
+            .collect();
+        for queue in queues {
+            self.events.send(StoreEvent::TaskAvailable {
+                queue: queue.to_owned(),
+            });
+        }
+        Ok(outcomes)
+    }
+
+    async fn get_task(&self, id: Uuid) -> Result<TaskRecord> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            task_columns!(),
+            " FROM tasks WHERE id = ?1"
+        ))
+        .bind(id.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            Some(row) => task_from_row(&row),
+            None => Err(StoreError::not_found(format!("task {id}"))),
+        }
+    }
+
+    async fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>> {
+        let limit = list_limit(filter.limit)?;
+        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(concat!(
+            "SELECT ",
+            task_columns!(),
+            " FROM tasks WHERE 1 = 1"
+        ));
+        if let Some(state) = filter.state {
+            qb.push(" AND state = ").push_bind(state.as_str());
+        }
+        if let Some(queue) = &filter.queue {
+            qb.push(" AND queue = ").push_bind(queue.clone());
+        }
+        if let Some(module) = &filter.module {
+            qb.push(" AND module_name = ").push_bind(module.clone());
+        }
+        if let Some(before) = filter.before_seq {
+            qb.push(" AND seq < ").push_bind(before);
+        }
+        qb.push(" ORDER BY seq DESC LIMIT ").push_bind(limit);
+        let rows = qb.build().fetch_all(&self.pool).await?;
+        rows.iter().map(task_from_row).collect()
+    }
+
+    async fn list_attempts(&self, task_id: Uuid) -> Result<Vec<AttemptRecord>> {
+        let rows = sqlx::query(
+            "SELECT id, task_id, attempt, worker_id, started_at, finished_at, outcome, \
+                 error_message, logs, fuel_used, peak_memory, duration_ms, ray_submission_id \
+             FROM attempts WHERE task_id = ?1 ORDER BY id",
+        )
+        .bind(task_id.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        if rows.is_empty() {
+            // Distinguish "never ran" from "no such task".
+            self.task_state(task_id).await?;
+        }
+        rows.iter().map(attempt_from_row).collect()
+    }
+
+    async fn queue_stats(&self) -> Result<Vec<QueueStat>> {
+        let rows = sqlx::query(
+            "SELECT queue, state, count(*) AS n, \
+                 min(CASE WHEN state = 'queued' THEN enqueued_at END) AS oldest \
+             FROM tasks GROUP BY queue, state",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut stats = rows
+            .iter()
+            .map(|row| {
+                Ok(QueueStat {
+                    queue: row.try_get("queue")?,
+                    state: parse_state(row.try_get("state")?)?,
+                    count: from_i64(row.try_get("n")?, "count")?,
+                    oldest_queued_at: ts_opt(row.try_get("oldest")?)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        sort_stats(&mut stats);
+        Ok(stats)
+    }
+
+    async fn claim(
+        &self,
+        worker_id: &str,
+        queues: &QueueSelector,
+        limit: u32,
+        lease: Duration,
+    ) -> Result<Vec<ClaimedTask>> {
+        validate_worker_id(worker_id)?;
+        let limit = validate_limit(limit)?;
+        let lease = lease_micros(lease)?;
+        let (clause, queue_arg) = match queues {
+            QueueSelector::All => ("", None),
+            QueueSelector::Named(names) if names.is_empty() => return Ok(Vec::new()),
+            QueueSelector::Named(names) if names.len() == 1 => {
+                ("AND queue = ?5", Some(names[0].clone()))
+            }
+            QueueSelector::Named(names) => (
+                "AND queue IN (SELECT value FROM json_each(?5))",
+                Some(to_json(names)),
+            ),
+        };
+        let sql = CLAIM_TEMPLATE.replace("{queues}", clause);
+        let now = us(Utc::now());
+        let mut w = self.begin_write().await?;
+        let mut query = sqlx::query(AssertSqlSafe(sql))
+            .bind(worker_id)
+            .bind(now.saturating_add(lease))
+            .bind(now)
+            .bind(limit);
+        if let Some(queue_arg) = queue_arg {
+            query = query.bind(queue_arg);
+        }
+        let rows = query.fetch_all(&mut *w.tx).await?;
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut claimed = Vec::with_capacity(rows.len());
+        let mut seqs = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let seq: i64 = row.try_get("seq")?;
+            let run_after = ts(row.try_get("run_after")?)?;
+            seqs.push(seq);
+            claimed.push((
+                seq,
+                run_after,
+                ClaimedTask {
+                    id: uuid(row.try_get("id")?)?,
+                    module_name: row.try_get("module_name")?,
+                    module_version: row.try_get("module_version")?,
+                    module_sha256: row.try_get("module_sha256")?,
+                    queue: row.try_get("queue")?,
+                    priority: row.try_get("priority")?,
+                    input: row.try_get("input")?,
+                    attempt: to_u32(row.try_get("attempt")?, "attempt")?,
+                    max_attempts: to_u32(row.try_get("max_attempts")?, "max_attempts")?,
+                    limits: limits_from_row(row)?,
+                    enqueued_at: ts(row.try_get("enqueued_at")?)?,
+                    lease_expires_at: ts(row.try_get("lease_expires_at")?)?,
+                    cancel_requested: row.try_get("cancel_requested")?,
+                },
+            ));
+        }
+        sqlx::query(OPEN_ATTEMPTS)
+            .bind(worker_id)
+            .bind(now)
+            .bind(to_json(&seqs))
+            .execute(&mut *w.tx)
+            .await?;
+        w.commit().await?;
+        // RETURNING has no defined order; hand tasks out in claim order.
+        claimed.sort_by_key(|(seq, run_after, task)| (Reverse(task.priority), *run_after, *seq));
+        Ok(claimed.into_iter().map(|(_, _, task)| task).collect())
+    }
+
+    async fn complete(&self, worker_id: &str, completions: &[Completion]) -> Result<Vec<bool>> {
+        validate_worker_id(worker_id)?;
+        let plans = completion_plans(completions)?;
+        if plans.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = us(Utc::now());
+        let rows: Vec<FinishRow<'_>> = plans.iter().map(|p| FinishRow::new(p, now)).collect();
+        let mut w = self.begin_write().await?;
+        let updated = sqlx::query(FINISH_TASKS)
+            .bind(to_json(&rows))
+            .bind(now)
+            .bind(worker_id)
+            .fetch_all(&mut *w.tx)
+            .await?;
+        let mut applied_ids = HashSet::with_capacity(updated.len());
+        let mut requeued = BTreeSet::new();
+        for row in &updated {
+            applied_ids.insert(uuid(row.try_get("id")?)?);
+            let state: &str = row.try_get("state")?;
+            let run_after: i64 = row.try_get("run_after")?;
+            if state == TaskState::Queued.as_str() && run_after <= now {
+                requeued.insert(row.try_get::<String, _>("queue")?);
+            }
+        }
+        if !applied_ids.is_empty() {
+            let applied_rows: Vec<&FinishRow<'_>> = rows
+                .iter()
+                .filter(|r| applied_ids.contains(&r.id))
+                .collect();
+            sqlx::query(CLOSE_ATTEMPTS)
+                .bind(to_json(&applied_rows))
+                .bind(now)
+                .execute(&mut *w.tx)
+                .await?;
+        }
+        w.commit().await?;
+        for queue in requeued {
+            self.events.send(StoreEvent::TaskAvailable { queue });
+        }
+        // Task ids are unique within a batch, so the id identifies the entry.
+        let applied = completions
+            .iter()
+            .filter(|c| applied_ids.contains(&c.task_id))
+            .map(|c| (c.task_id, c.attempt))
+            .collect();
+        Ok(applied_flags(completions, applied))
+    }
+
+    async fn heartbeat(&self, worker_id: &str, lease: Duration) -> Result<Vec<Uuid>> {
+        validate_worker_id(worker_id)?;
+        let lease = lease_micros(lease)?;
+        let now = us(Utc::now());
+        let mut w = self.begin_write().await?;
+        sqlx::query("UPDATE workers SET last_heartbeat_at = ?1, stopped_at = NULL WHERE id = ?2")
+            .bind(now)
+            .bind(worker_id)
+            .execute(&mut *w.tx)
+            .await?;
+        let rows: Vec<(String, bool)> = sqlx::query_as(
+            "UPDATE tasks SET lease_expires_at = ?1 \
+             WHERE state = 'running' AND lease_owner = ?2 \
+             RETURNING id, cancel_requested",
+        )
+        .bind(now.saturating_add(lease))
+        .bind(worker_id)
+        .fetch_all(&mut *w.tx)
+        .await?;
+        w.commit().await?;
+        rows.iter()
+            .filter(|(_, cancel)| *cancel)
+            .map(|(id, _)| uuid(id))
+            .collect()
+    }
+
+    async fn expired_leases(&self, limit: u32) -> Result<Vec<ExpiredTask>> {
+        let limit = validate_limit(limit)?;
+        let rows = sqlx::query(
+            "SELECT id, attempt, max_attempts, lease_owner, queue FROM tasks \
+             WHERE state = 'running' AND lease_expires_at < ?1 \
+             ORDER BY lease_expires_at LIMIT ?2",
+        )
+        .bind(us(Utc::now()))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(ExpiredTask {
+                    id: uuid(row.try_get("id")?)?,
+                    attempt: to_u32(row.try_get("attempt")?, "attempt")?,
+                    max_attempts: to_u32(row.try_get("max_attempts")?, "max_attempts")?,
+                    lease_owner: row.try_get("lease_owner")?,
+                    queue: row.try_get("queue")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn expire(&self, task_id: Uuid, attempt: u32, transition: Transition) -> Result<bool> {
+        let (target, run_after) = expire_target(&transition)?;
+        let attempt = to_i32(attempt, "attempt")?;
+        let now = us(Utc::now());
+        let id = task_id.to_string();
+        let mut w = self.begin_write().await?;
+        let row = sqlx::query(EXPIRE_TASK)
+            .bind(target.as_str())
+            .bind(run_after.map_or(now, us))
+            .bind(now)
+            .bind(&id)
+            .bind(attempt)
+            .fetch_optional(&mut *w.tx)
+            .await?;
+        let Some(row) = row else { return Ok(false) };
+        let message: String = row.try_get("error_message")?;
+        sqlx::query(CLOSE_EXPIRED_ATTEMPT)
+            .bind(now)
+            .bind(&message)
+            .bind(&id)
+            .bind(attempt)
+            .execute(&mut *w.tx)
+            .await?;
+        w.commit().await?;
+        let state: &str = row.try_get("state")?;
+        let due: i64 = row.try_get("run_after")?;
+        if state == TaskState::Queued.as_str() && due <= now {
+            self.events.send(StoreEvent::TaskAvailable {
+                queue: row.try_get("queue")?,
+            });
+        }
+        Ok(true)
+    }
+
+    async fn request_cancel(&self, id: Uuid) -> Result<CancelOutcome> {
+        let now = us(Utc::now());
+        let mut w = self.begin_write().await?;
+        let state: Option<String> = sqlx::query_scalar(REQUEST_CANCEL)
+            .bind(now)
+            .bind(id.to_string())
+            .fetch_optional(&mut *w.tx)
+            .await?;
+        w.commit().await?;
+        match state.as_deref().map(parse_state).transpose()? {
+            Some(TaskState::Cancelled) => Ok(CancelOutcome::Cancelled),
+            Some(_) => {
+                self.events.send(StoreEvent::CancelRequested { id });
+                Ok(CancelOutcome::Requested)
+            }
+            None => Ok(CancelOutcome::AlreadyFinished(self.task_state(id).await?)),
+        }
+    }
+
+    async fn retry(&self, id: Uuid) -> Result<TaskRecord> {
+        let now = us(Utc::now());
+        let mut w = self.begin_write().await?;
+        let row = sqlx::query(RETRY_TASK)
+            .bind(now)
+            .bind(id.to_string())
+            .fetch_optional(&mut *w.tx)
+            .await;
+        let row = match row {
+            Ok(row) => row,
+            Err(e) if is_unique_violation(&e) => return Err(unique_key_taken(id)),
+            Err(e) => return Err(e.into()),
+        };
+        let Some(row) = row else {
+            drop(w);
+            let from = self.task_state(id).await?;
+            return Err(StoreError::IllegalTransition {
+                id,
+                from,
+                action: "retry",
+            });
+        };
+        let task = task_from_row(&row)?;
+        w.commit().await?;
+        self.events.send(StoreEvent::TaskAvailable {
+            queue: task.queue.clone(),
+        });
+        Ok(task)
+    }
+
+    async fn purge(&self, state: TaskState, older_than: DateTime<Utc>) -> Result<u64> {
+        validate_purge_state(state)?;
+        let mut w = self.begin_write().await?;
+        let deleted = sqlx::query("DELETE FROM tasks WHERE state = ?1 AND finished_at < ?2")
+            .bind(state.as_str())
+            .bind(us(older_than))
+            .execute(&mut *w.tx)
+            .await?
+            .rows_affected();
+        if deleted > 0 {
+            sqlx::query(GC_BLOBS).execute(&mut *w.tx).await?;
+        }
+        w.commit().await?;
+        Ok(deleted)
+    }
+
+    async fn register_worker(&self, info: &WorkerInfo) -> Result<()> {
+        validate_worker_id(&info.id)?;
+        let now = us(Utc::now());
+        let mut w = self.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO workers (id, hostname, pid, mode, queues, concurrency, started_at, \
+                 last_heartbeat_at, stopped_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, NULL) \
+             ON CONFLICT (id) DO UPDATE SET hostname = excluded.hostname, pid = excluded.pid, \
+                 mode = excluded.mode, queues = excluded.queues, \
+                 concurrency = excluded.concurrency, started_at = excluded.started_at, \
+                 last_heartbeat_at = excluded.last_heartbeat_at, stopped_at = NULL",
+        )
+        .bind(&info.id)
+        .bind(&info.hostname)
+        .bind(i64::from(info.pid))
+        .bind(&info.mode)
+        .bind(info.queues.to_string())
+        .bind(i64::from(info.concurrency))
+        .bind(now)
+        .execute(&mut *w.tx)
+        .await?;
+        w.commit().await
+    }
+
+    async fn stop_worker(&self, id: &str) -> Result<()> {
+        let mut w = self.begin_write().await?;
+        let found =
+            sqlx::query("UPDATE workers SET stopped_at = coalesce(stopped_at, ?1) WHERE id = ?2")
+                .bind(us(Utc::now()))
+                .bind(id)
+                .execute(&mut *w.tx)
+                .await?
+                .rows_affected();
+        w.commit().await?;
+        if found == 0 {
+            return Err(StoreError::not_found(format!("worker {id}")));
+        }
+        Ok(())
+    }
+
+    async fn mark_stale_workers(&self, silent_for: Duration) -> Result<u64> {
+        let now = Utc::now();
+        let cutoff = us(now) - i64::try_from(silent_for.as_micros()).unwrap_or(i64::MAX / 2);
+        let mut w = self.begin_write().await?;
+        let marked = sqlx::query(
+            "UPDATE workers SET stopped_at = ?1 \
+             WHERE stopped_at IS NULL AND last_heartbeat_at < ?2",
+        )
+        .bind(us(now))
+        .bind(cutoff)
+        .execute(&mut *w.tx)
+        .await?
+        .rows_affected();
+        w.commit().await?;
+        Ok(marked)
+    }
+
+    async fn list_workers(&self) -> Result<Vec<WorkerRecord>> {
+        let rows = sqlx::query(
+            "SELECT w.id, w.hostname, w.pid, w.mode, w.queues, w.concurrency, w.started_at, \
+                 w.last_heartbeat_at, w.stopped_at, \
+                 (SELECT count(*) FROM tasks t \
+                  WHERE t.state = 'running' AND t.lease_owner = w.id) AS running_tasks \
+             FROM workers w ORDER BY w.started_at DESC, w.id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(worker_from_row).collect()
+    }
+
+    async fn listen(&self) -> Result<Listener> {
+        Ok(self.events.listener())
+    }
+}

@@ -1,0 +1,102 @@
+//! Worker settings: named defaults, each overridable by an environment variable
+//! and by a flag of `wasmq worker`.
+
+use crate::store::QueueSelector;
+use std::time::Duration;
+
+/// How long a claimed task stays leased without a heartbeat.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+/// How often the reaper looks for expired leases.
+pub const DEFAULT_REAPER_INTERVAL: Duration = Duration::from_secs(10);
+/// How often an idle worker polls when no wake-up event arrives.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// How long in-flight tasks may finish after SIGTERM/SIGINT before they are
+/// interrupted and requeued.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
+/// Most tasks claimed in one statement.
+pub const DEFAULT_CLAIM_BATCH: u32 = 256;
+/// Most completions written in one transaction.
+pub const DEFAULT_COMPLETE_BATCH: usize = 512;
+
+/// Which execution mode the worker runs tasks in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Up to `concurrency` tasks at once on the async runtime.
+    Local,
+    /// One task at a time on the worker's own thread.
+    Sync,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Local => "local",
+            Mode::Sync => "sync",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub mode: Mode,
+    pub queues: QueueSelector,
+    /// Tasks running at once.
+    pub concurrency: u32,
+    /// Tasks claimed ahead of a free slot, so short tasks do not wait for a
+    /// database round trip each. Prefetched tasks are leased (and
+    /// heartbeated) like running ones.
+    pub prefetch: u32,
+    pub lease: Duration,
+    pub reaper_interval: Duration,
+    pub poll_interval: Duration,
+    pub grace: Duration,
+    pub claim_batch: u32,
+    pub complete_batch: usize,
+    /// Exit once no task is queued or running on the worker's queues.
+    pub exit_when_idle: bool,
+}
+
+impl WorkerConfig {
+    pub fn new(mode: Mode) -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+        let concurrency = match mode {
+            Mode::Local => cores,
+            Mode::Sync => 1,
+        };
+        WorkerConfig {
+            mode,
+            queues: QueueSelector::Named(vec!["default".into()]),
+            concurrency,
+            prefetch: concurrency * 4,
+            lease: env_duration("WASMQ_LEASE").unwrap_or(DEFAULT_LEASE),
+            reaper_interval: env_duration("WASMQ_REAPER_INTERVAL")
+                .unwrap_or(DEFAULT_REAPER_INTERVAL),
+            poll_interval: env_duration("WASMQ_POLL_INTERVAL").unwrap_or(DEFAULT_POLL_INTERVAL),
+            grace: env_duration("WASMQ_GRACE").unwrap_or(DEFAULT_GRACE),
+            claim_batch: DEFAULT_CLAIM_BATCH,
+            complete_batch: DEFAULT_COMPLETE_BATCH,
+            exit_when_idle: false,
+        }
+    }
+
+    /// Heartbeats come three times per lease, so two may be lost in a row.
+    pub fn heartbeat_interval(&self) -> Duration {
+        self.lease / 3
+    }
+
+    /// A worker silent for this long is marked stopped.
+    pub fn stale_after(&self) -> Duration {
+        self.lease * 3
+    }
+}
+
+pub(crate) fn env_duration(name: &str) -> Option<Duration> {
+    let v = std::env::var(name).ok()?;
+    match crate::runtime::parse_duration(&v) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            tracing::warn!(variable = name, error = %e, "ignoring invalid setting");
+            None
+        }
+    }
+}

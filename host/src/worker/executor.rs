@@ -1,0 +1,206 @@
+//! Runs one claimed task in-process and turns the report into a completion.
+
+use super::retry::RetryPolicy;
+use crate::runtime::{
+    CancelToken, Limits, LoadError, Outcome, RunReport, RunRequest, Runtime, TaskErrorKind,
+    TaskInfo,
+};
+use crate::store::{AnyStore, AttemptReport, ClaimedTask, Completion, Store, Transition};
+use chrono::Utc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Most bytes of guest logs and stderr stored with one attempt.
+pub const MAX_STORED_LOGS: usize = 64 * 1024;
+
+/// What the executor needs, shared by every task of a worker.
+pub struct Executor {
+    pub runtime: Arc<Runtime>,
+    pub store: AnyStore,
+    pub defaults: Limits,
+    pub policy: RetryPolicy,
+}
+
+impl Executor {
+    /// Runs `task` to the end of its attempt. `shutdown` tells an interrupted
+    /// run apart from a cancelled one: interrupted tasks are released without
+    /// spending the attempt.
+    pub async fn execute(
+        &self,
+        task: &ClaimedTask,
+        cancel: CancelToken,
+        shutdown: &CancelToken,
+    ) -> Completion {
+        let started = Instant::now();
+        let limits = self.limits_for(task);
+        let store = self.store.clone();
+        let sha = task.module_sha256.clone();
+        let report = match self
+            .runtime
+            .load(&task.module_sha256, || async move {
+                store.module_bytes(&sha).await
+            })
+            .await
+        {
+            Ok((module, cache)) => {
+                self.runtime
+                    .run(
+                        &module,
+                        cache,
+                        RunRequest {
+                            input: &task.input,
+                            limits: &limits,
+                            task: TaskInfo {
+                                task_id: task.id.to_string(),
+                                attempt: task.attempt,
+                                max_attempts: task.max_attempts,
+                                queue: task.queue.clone(),
+                            },
+                            cancel,
+                            dirs: &[],
+                            progress: None,
+                        },
+                    )
+                    .await
+            }
+            Err(e) => failed_load(task, e),
+        };
+        let interrupted = shutdown.is_cancelled() && report.outcome.kind() == "cancelled";
+        self.complete(task, report, interrupted, started.elapsed())
+    }
+
+    fn limits_for(&self, task: &ClaimedTask) -> Limits {
+        let mut l = self.defaults.clone();
+        if let Some(f) = task.limits.fuel {
+            l.fuel = (f > 0).then_some(f);
+        }
+        if let Some(m) = task.limits.memory_bytes {
+            l.memory_bytes = m;
+        }
+        if let Some(t) = task.limits.timeout_ms {
+            l.timeout = Duration::from_millis(t);
+        }
+        l
+    }
+
+    /// Maps an outcome onto the state machine, applying the retry policy.
+    pub fn complete(
+        &self,
+        task: &ClaimedTask,
+        report: RunReport,
+        interrupted: bool,
+        elapsed: Duration,
+    ) -> Completion {
+        let kind = retry_kind(&report.outcome);
+        let transition = if interrupted {
+            Transition::Release
+        } else {
+            match &report.outcome {
+                Outcome::Success => Transition::Succeed {
+                    result: report.output.clone().unwrap_or_else(|| "null".into()),
+                },
+                Outcome::Cancelled { .. } => Transition::Cancel,
+                _ => match self.policy.decide(&kind, task.attempt, task.max_attempts) {
+                    Some(delay) => Transition::Retry {
+                        run_after: Utc::now()
+                            + chrono::Duration::from_std(delay).unwrap_or_default(),
+                    },
+                    None => Transition::Fail,
+                },
+            }
+        };
+        Completion {
+            task_id: task.id,
+            attempt: task.attempt,
+            report: attempt_report(&report, elapsed),
+            transition,
+        }
+    }
+}
+
+/// The key the retry policy uses: the outcome kind, or `task-error:<kind>`.
+pub fn retry_kind(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::TaskError { error_kind, .. } => format!("task-error:{}", error_kind.as_str()),
+        other => other.kind().to_string(),
+    }
+}
+
+fn attempt_report(report: &RunReport, elapsed: Duration) -> AttemptReport {
+    let error_kind = match &report.outcome {
+        Outcome::Success => None,
+        Outcome::TaskError { error_kind, .. } => Some(match error_kind {
+            TaskErrorKind::Permanent => "permanent".to_string(),
+            TaskErrorKind::Retryable => "retryable".to_string(),
+            TaskErrorKind::InvalidInput => "invalid-input".to_string(),
+        }),
+        other => Some(other.kind().to_string()),
+    };
+    let mut error_message = report.outcome.message().map(str::to_owned);
+    if let (
+        Some(m),
+        Outcome::Trap {
+            backtrace: Some(bt),
+            ..
+        },
+    ) = (&mut error_message, &report.outcome)
+    {
+        m.push('\n');
+        m.push_str(bt);
+    }
+    AttemptReport {
+        outcome: report.outcome.kind().to_string(),
+        error_kind,
+        error_message,
+        logs: stored_logs(report),
+        fuel_used: Some(report.fuel_used),
+        peak_memory: Some(report.peak_memory_bytes),
+        duration_ms: elapsed.as_millis() as u64,
+    }
+}
+
+/// The guest's `log()` lines, then its stdout and stderr, bounded.
+fn stored_logs(report: &RunReport) -> Option<String> {
+    let mut s = report.logs_text();
+    for (name, text) in [("stdout", &report.stdout), ("stderr", &report.stderr)] {
+        if !text.is_empty() {
+            s.push_str(&format!("--- {name} ---\n{}\n", text.trim_end()));
+        }
+    }
+    if s.is_empty() {
+        return None;
+    }
+    if s.len() > MAX_STORED_LOGS {
+        let mut cut = MAX_STORED_LOGS;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push_str("\n[wasmq: logs truncated]");
+    }
+    Some(s)
+}
+
+fn failed_load(task: &ClaimedTask, e: LoadError) -> RunReport {
+    let outcome = match e {
+        LoadError::Module(m) => Outcome::InvalidModule {
+            message: m.to_string(),
+        },
+        other => Outcome::HostError {
+            message: other.to_string(),
+        },
+    };
+    RunReport {
+        outcome,
+        output: None,
+        module_sha256: task.module_sha256.clone(),
+        cache: crate::runtime::CacheSource::Compiled,
+        fuel_used: 0,
+        peak_memory_bytes: 0,
+        wall_time_us: 0,
+        stdout: String::new(),
+        stderr: String::new(),
+        logs: Vec::new(),
+        progress: None,
+    }
+}

@@ -1,0 +1,26 @@
+//! The worker: leases tasks from the store and runs them.
+//!
+//! One worker process runs these concurrent loops:
+//! - **claim**: leases up to `concurrency + prefetch` tasks in batches
+//!   (woken by LISTEN/NOTIFY on PostgreSQL, an in-process signal on SQLite,
+//!   a freed slot, or the poll interval);
+//! - **jobs**: one per claimed task, at most `concurrency` running;
+//! - **completer**: writes finished attempts in batches, one transaction each;
+//! - **heartbeat**: every third of the lease, extends the leases of all the
+//!   worker's tasks in one statement and learns of cancellations;
+//! - **reaper**: takes back tasks whose worker stopped heartbeating, and marks
+//!   silent workers stopped;
+//! - **listener**: turns database events into wake-ups and cancellations.
+
+mod config;
+mod executor;
+mod retry;
+mod run;
+
+pub use config::{
+    DEFAULT_CLAIM_BATCH, DEFAULT_COMPLETE_BATCH, DEFAULT_GRACE, DEFAULT_LEASE,
+    DEFAULT_POLL_INTERVAL, DEFAULT_REAPER_INTERVAL, Mode, WorkerConfig,
+};
+pub use executor::{Executor, MAX_STORED_LOGS, retry_kind};
+pub use retry::{DEFAULT_BACKOFF_BASE, DEFAULT_BACKOFF_CAP, DEFAULT_RETRY_ON, RetryPolicy};
+pub use run::{Worker, WorkerStats};

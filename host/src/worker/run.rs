@@ -1,0 +1,502 @@
+//! The worker's loops; see the module documentation of [`super`].
+
+use super::config::WorkerConfig;
+use super::executor::Executor;
+use crate::runtime::CancelToken;
+use crate::store::{
+    AnyStore, ClaimedTask, Completion, Store, StoreEvent, TaskState, Transition, WorkerInfo,
+};
+use chrono::Utc;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::task::JoinSet;
+use tracing::{Instrument, debug, info, info_span, warn};
+use uuid::Uuid;
+
+/// Counts of what a worker did, returned when it stops.
+#[derive(Debug, Clone, Default)]
+pub struct WorkerStats {
+    pub completed: u64,
+    pub succeeded: u64,
+    /// Completions refused because the task's lease had been taken over.
+    pub fenced: u64,
+    pub elapsed: Duration,
+}
+
+pub struct Worker {
+    id: String,
+    config: WorkerConfig,
+    exec: Arc<Executor>,
+}
+
+struct Shared {
+    id: String,
+    store: AnyStore,
+    config: WorkerConfig,
+    inflight: Mutex<HashMap<Uuid, CancelToken>>,
+    /// Set when shutdown begins: stop claiming, release tasks not started.
+    shutdown: CancelToken,
+    /// Set when the grace period is over: interrupt running tasks.
+    interrupt: CancelToken,
+    wake: Notify,
+    claim_slots: Arc<Semaphore>,
+    run_slots: Arc<Semaphore>,
+    completed: AtomicU64,
+    succeeded: AtomicU64,
+    fenced: AtomicU64,
+}
+
+type Done = (Completion, OwnedSemaphorePermit);
+
+impl Worker {
+    pub fn new(exec: Executor, config: WorkerConfig) -> Worker {
+        let host = hostname();
+        let short = Uuid::new_v4().simple().to_string();
+        Worker {
+            id: format!("{host}-{}-{}", std::process::id(), &short[..8]),
+            config,
+            exec: Arc::new(exec),
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Runs until `stop` resolves (or, with `exit_when_idle`, until no work is
+    /// left), then shuts down gracefully: no new claims, in-flight tasks get
+    /// the grace period, the rest are interrupted and released.
+    pub async fn run(self, stop: impl Future<Output = ()> + Send) -> anyhow::Result<WorkerStats> {
+        let started = Instant::now();
+        let store = self.exec.store.clone();
+        let cfg = self.config.clone();
+        store
+            .register_worker(&WorkerInfo {
+                id: self.id.clone(),
+                hostname: hostname(),
+                pid: std::process::id(),
+                mode: cfg.mode.as_str().into(),
+                queues: cfg.queues.clone(),
+                concurrency: cfg.concurrency,
+            })
+            .await?;
+        info!(worker = %self.id, mode = cfg.mode.as_str(), queues = %cfg.queues,
+            concurrency = cfg.concurrency, prefetch = cfg.prefetch, backend = store.backend_name(),
+            "worker started");
+
+        let shared = Arc::new(Shared {
+            id: self.id.clone(),
+            store: store.clone(),
+            inflight: Mutex::new(HashMap::new()),
+            shutdown: CancelToken::new(),
+            interrupt: CancelToken::new(),
+            wake: Notify::new(),
+            claim_slots: Arc::new(Semaphore::new((cfg.concurrency + cfg.prefetch) as usize)),
+            run_slots: Arc::new(Semaphore::new(cfg.concurrency as usize)),
+            completed: AtomicU64::new(0),
+            succeeded: AtomicU64::new(0),
+            fenced: AtomicU64::new(0),
+            config: cfg.clone(),
+        });
+        let (done_tx, done_rx) = mpsc::unbounded_channel::<Done>();
+
+        let mut background = JoinSet::new();
+        background.spawn(heartbeat(shared.clone()));
+        background.spawn(reaper(shared.clone(), self.exec.clone()));
+        background.spawn(listener(shared.clone()));
+        let completer = tokio::spawn(completer(shared.clone(), done_rx));
+
+        let mut jobs = JoinSet::new();
+        {
+            // Stopping only raises the flag: a claim in progress completes, so
+            // no task is left leased without a job to run or release it.
+            let claim = claim_loop(&shared, &self.exec, &done_tx, &mut jobs);
+            tokio::pin!(claim, stop);
+            tokio::select! {
+                r = &mut claim => r?,
+                () = &mut stop => {
+                    info!(worker = %self.id, "stop requested: finishing in-flight tasks");
+                    shared.shutdown.cancel();
+                    claim.await?;
+                }
+            }
+        }
+
+        // Graceful shutdown.
+        shared.shutdown.cancel();
+        let drained = tokio::time::timeout(cfg.grace, async {
+            while jobs.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            let n = shared.inflight.lock().unwrap().len();
+            warn!(worker = %self.id, tasks = n, grace = ?cfg.grace,
+                "grace period over: interrupting and requeueing the remaining tasks");
+            shared.interrupt.cancel();
+            for token in shared.inflight.lock().unwrap().values() {
+                token.cancel();
+            }
+            while jobs.join_next().await.is_some() {}
+        }
+        drop(done_tx);
+        completer.await?;
+        background.abort_all();
+        if let Err(e) = store.stop_worker(&self.id).await {
+            warn!(worker = %self.id, error = %e, "could not mark the worker stopped");
+        }
+        let stats = WorkerStats {
+            completed: shared.completed.load(Ordering::Relaxed),
+            succeeded: shared.succeeded.load(Ordering::Relaxed),
+            fenced: shared.fenced.load(Ordering::Relaxed),
+            elapsed: started.elapsed(),
+        };
+        info!(worker = %self.id, completed = stats.completed, succeeded = stats.succeeded,
+            "worker stopped");
+        Ok(stats)
+    }
+}
+
+async fn claim_loop(
+    shared: &Arc<Shared>,
+    exec: &Arc<Executor>,
+    done_tx: &mpsc::UnboundedSender<Done>,
+    jobs: &mut JoinSet<()>,
+) -> anyhow::Result<()> {
+    let cfg = &shared.config;
+    let mut db_backoff = Duration::from_millis(100);
+    loop {
+        while jobs.try_join_next().is_some() {}
+        if shared.shutdown.is_cancelled() {
+            return Ok(());
+        }
+        // Claim in large batches: wait until a quarter of the slots are free,
+        // unless the tasks still held are too few to keep every runner busy.
+        let total = cfg.concurrency + cfg.prefetch;
+        let available = shared.claim_slots.available_permits() as u32;
+        let held = total - available;
+        let free = if available >= (total / 4).max(1) || held <= cfg.concurrency {
+            available.min(cfg.claim_batch)
+        } else {
+            0
+        };
+        if free == 0 {
+            tokio::select! {
+                () = shared.wake.notified() => {}
+                () = shared.shutdown.cancelled() => {}
+            }
+            continue;
+        }
+        let tasks = match shared
+            .store
+            .claim(&shared.id, &cfg.queues, free, cfg.lease)
+            .await
+        {
+            Ok(t) => {
+                db_backoff = Duration::from_millis(100);
+                t
+            }
+            Err(e) => {
+                warn!(worker = %shared.id, error = %e, "claiming failed; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(db_backoff) => {}
+                    () = shared.shutdown.cancelled() => {}
+                }
+                db_backoff = (db_backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        let got = tasks.len() as u32;
+        for task in tasks {
+            let permit = shared
+                .claim_slots
+                .clone()
+                .try_acquire_owned()
+                .expect("only the claim loop takes claim slots");
+            jobs.spawn(job(
+                shared.clone(),
+                exec.clone(),
+                task,
+                permit,
+                done_tx.clone(),
+            ));
+        }
+        if got == free {
+            continue;
+        }
+        if cfg.exit_when_idle && got == 0 && is_idle(shared).await {
+            info!(worker = %shared.id, "no work left: exiting");
+            while jobs.join_next().await.is_some() {}
+            return Ok(());
+        }
+        tokio::select! {
+            () = shared.wake.notified() => {}
+            () = tokio::time::sleep(cfg.poll_interval) => {}
+            () = shared.shutdown.cancelled() => {}
+        }
+    }
+}
+
+/// Nothing in flight here and nothing queued or running on our queues.
+async fn is_idle(shared: &Shared) -> bool {
+    let total = (shared.config.concurrency + shared.config.prefetch) as usize;
+    if shared.claim_slots.available_permits() < total {
+        return false;
+    }
+    match shared.store.queue_stats().await {
+        Ok(stats) => !stats.iter().any(|s| {
+            shared.config.queues.matches(&s.queue)
+                && matches!(s.state, TaskState::Queued | TaskState::Running)
+                && s.count > 0
+        }),
+        Err(_) => false,
+    }
+}
+
+async fn job(
+    shared: Arc<Shared>,
+    exec: Arc<Executor>,
+    task: ClaimedTask,
+    claim_permit: OwnedSemaphorePermit,
+    done_tx: mpsc::UnboundedSender<Done>,
+) {
+    let span = info_span!("task", task_id = %task.id, attempt = task.attempt,
+        module = %format!("{}@{}", task.module_name, task.module_version),
+        queue = %task.queue, worker = %shared.id);
+    async {
+        let cancel = CancelToken::new();
+        if task.cancel_requested {
+            cancel.cancel();
+        }
+        shared
+            .inflight
+            .lock()
+            .unwrap()
+            .insert(task.id, cancel.clone());
+        let completion = tokio::select! {
+            biased;
+            () = shared.shutdown.cancelled() => release(&task),
+            permit = shared.run_slots.clone().acquire_owned() => {
+                let _running = permit.expect("the run semaphore is never closed");
+                if shared.shutdown.is_cancelled() {
+                    release(&task)
+                } else {
+                    exec.execute(&task, cancel, &shared.interrupt).await
+                }
+            }
+        };
+        shared.inflight.lock().unwrap().remove(&task.id);
+        log_end(&completion);
+        // The claim slot is freed once the completion is written.
+        let _ = done_tx.send((completion, claim_permit));
+    }
+    .instrument(span)
+    .await
+}
+
+/// Gives a task back untouched (shutdown before it started).
+fn release(task: &ClaimedTask) -> Completion {
+    Completion {
+        task_id: task.id,
+        attempt: task.attempt,
+        report: crate::store::AttemptReport {
+            outcome: "shutdown".into(),
+            error_message: Some("the worker shut down before running the task".into()),
+            ..Default::default()
+        },
+        transition: Transition::Release,
+    }
+}
+
+fn log_end(c: &Completion) {
+    let r = &c.report;
+    match &c.transition {
+        Transition::Succeed { .. } => {
+            debug!(outcome = %r.outcome, duration_ms = r.duration_ms, fuel = r.fuel_used, "task succeeded")
+        }
+        Transition::Retry { run_after } => {
+            info!(outcome = %r.outcome, error = r.error_message.as_deref().unwrap_or(""),
+            retry_at = %run_after, "attempt failed; will retry")
+        }
+        Transition::Fail => {
+            info!(outcome = %r.outcome, error = r.error_message.as_deref().unwrap_or(""), "task failed")
+        }
+        Transition::Cancel => info!("task cancelled"),
+        Transition::Release => info!("task released for another worker"),
+    }
+}
+
+/// Writes completions in batches. A failed write is retried with backoff; if
+/// the database stays away, the leases run out and a reaper requeues the
+/// tasks, so nothing is lost.
+async fn completer(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Done>) {
+    const MAX_WRITE_TRIES: u32 = 20;
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < shared.config.complete_batch {
+            match rx.try_recv() {
+                Ok(d) => batch.push(d),
+                Err(_) => break,
+            }
+        }
+        let (completions, permits): (Vec<Completion>, Vec<OwnedSemaphorePermit>) =
+            batch.into_iter().unzip();
+        let mut delay = Duration::from_millis(100);
+        for attempt in 1..=MAX_WRITE_TRIES {
+            match shared.store.complete(&shared.id, &completions).await {
+                Ok(applied) => {
+                    wake_for_retries(&shared, &completions);
+                    for (c, ok) in completions.iter().zip(&applied) {
+                        if !ok {
+                            shared.fenced.fetch_add(1, Ordering::Relaxed);
+                            warn!(task_id = %c.task_id, attempt = c.attempt,
+                                "completion refused: the task's lease was taken over by another worker");
+                        } else if matches!(c.transition, Transition::Succeed { .. }) {
+                            shared.succeeded.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    shared
+                        .completed
+                        .fetch_add(completions.len() as u64, Ordering::Relaxed);
+                    break;
+                }
+                Err(e) if attempt < MAX_WRITE_TRIES => {
+                    warn!(worker = %shared.id, error = %e, tasks = completions.len(),
+                        "writing completions failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => warn!(worker = %shared.id, error = %e, tasks = completions.len(),
+                    "giving up writing completions; their leases will expire and be reaped"),
+            }
+        }
+        drop(permits);
+        shared.wake.notify_one();
+    }
+}
+
+/// Retries become claimable at their `run_after`: wake the claim loop then
+/// rather than at the next poll.
+fn wake_for_retries(shared: &Arc<Shared>, completions: &[Completion]) {
+    let first = completions
+        .iter()
+        .filter_map(|c| match c.transition {
+            Transition::Retry { run_after } => Some(run_after),
+            _ => None,
+        })
+        .min();
+    if let Some(at) = first {
+        let wait = (at - Utc::now()).to_std().unwrap_or_default();
+        if wait < shared.config.poll_interval {
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(wait).await;
+                shared.wake.notify_one();
+            });
+        }
+    }
+}
+
+async fn heartbeat(shared: Arc<Shared>) {
+    let every = shared.config.heartbeat_interval();
+    loop {
+        tokio::time::sleep(every).await;
+        match shared
+            .store
+            .heartbeat(&shared.id, shared.config.lease)
+            .await
+        {
+            Ok(cancelled) => {
+                for id in cancelled {
+                    cancel_inflight(&shared, id);
+                }
+            }
+            Err(e) => warn!(worker = %shared.id, error = %e, "heartbeat failed"),
+        }
+    }
+}
+
+fn cancel_inflight(shared: &Shared, id: Uuid) {
+    if let Some(token) = shared.inflight.lock().unwrap().get(&id) {
+        if !token.is_cancelled() {
+            info!(task_id = %id, "cancellation requested: interrupting the task");
+        }
+        token.cancel();
+    }
+}
+
+async fn reaper(shared: Arc<Shared>, exec: Arc<Executor>) {
+    let mut tick = tokio::time::interval(shared.config.reaper_interval);
+    loop {
+        tick.tick().await;
+        if let Err(e) = reap_once(&shared, &exec).await {
+            warn!(worker = %shared.id, error = %e, "reaper pass failed");
+        }
+    }
+}
+
+async fn reap_once(shared: &Shared, exec: &Executor) -> anyhow::Result<()> {
+    let store = &shared.store;
+    for t in store.expired_leases(100).await? {
+        let transition = match exec
+            .policy
+            .decide("lease-expired", t.attempt, t.max_attempts)
+        {
+            Some(delay) => Transition::Retry {
+                run_after: Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default(),
+            },
+            None => Transition::Fail,
+        };
+        if store.expire(t.id, t.attempt, transition.clone()).await? {
+            warn!(task_id = %t.id, attempt = t.attempt, lost_worker = %t.lease_owner,
+                requeued = matches!(transition, Transition::Retry { .. }),
+                "took back a task whose worker stopped heartbeating");
+        }
+    }
+    let stale = store
+        .mark_stale_workers(shared.config.stale_after())
+        .await?;
+    if stale > 0 {
+        info!(workers = stale, "marked silent workers stopped");
+    }
+    Ok(())
+}
+
+async fn listener(shared: Arc<Shared>) {
+    loop {
+        let mut l = match shared.store.listen().await {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(error = %e, "cannot listen for events; polling only for now");
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                continue;
+            }
+        };
+        loop {
+            match l.recv().await {
+                Ok(StoreEvent::TaskAvailable { queue }) => {
+                    if shared.config.queues.matches(&queue) {
+                        shared.wake.notify_one();
+                    }
+                }
+                Ok(StoreEvent::CancelRequested { id }) => cancel_inflight(&shared, id),
+                Ok(StoreEvent::Missed) => shared.wake.notify_one(),
+                Err(e) => {
+                    debug!(error = %e, "event listener lost its connection");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
