@@ -15,7 +15,8 @@ build_rust() {
         rustup target add "$RUST_TARGET" >/dev/null 2>&1
     fi
     cargo build --release --target "$RUST_TARGET" \
-        --manifest-path examples/Cargo.toml --workspace
+        --manifest-path examples/Cargo.toml --workspace \
+        --target-dir examples/target
 
     local out="examples/target/$RUST_TARGET/release"
     local wasm

@@ -3,7 +3,7 @@
 
 use crate::client::{Client, EnqueueRequest};
 use crate::runtime::{Limits, Runtime, RuntimeConfig};
-use crate::store::{AnyStore, PgStore, Store, TaskState};
+use crate::store::{AnyStore, NewTask, PgStore, Store, TaskState};
 use crate::worker::{Executor, Mode, RetryPolicy, Worker, WorkerConfig};
 use anyhow::Context;
 use clap::Args;
@@ -99,16 +99,10 @@ async fn measure(
         .await?;
 
     // (a) Drain: everything enqueued first, then one worker until idle.
+    let module = store.resolve_module("hello", None).await?;
     let mut batch = Vec::with_capacity(1000);
     for i in 0..b.tasks {
-        batch.push(
-            client
-                .new_task(EnqueueRequest::new(
-                    "hello",
-                    format!(r#"{{"name":"t{i}"}}"#),
-                ))
-                .await?,
-        );
+        batch.push(NewTask::new(&module, format!(r#"{{"name":"t{i}"}}"#)));
         if batch.len() == 1000 || i + 1 == b.tasks {
             store.enqueue_batch(&batch).await?;
             batch.clear();

@@ -15,7 +15,7 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
-pub use wasmq::task::types::{ErrorKind as WitErrorKind, LogLevel, TaskContext};
+pub use self::wasmq::task::types::{ErrorKind as WitErrorKind, LogLevel, TaskContext};
 
 /// Receives progress reports as the guest makes them (the worker stores them).
 pub type ProgressSink = Arc<dyn Fn(u8, &str) + Send + Sync>;
@@ -92,9 +92,9 @@ impl WasiView for HostState {
     }
 }
 
-impl wasmq::task::types::Host for HostState {}
+impl self::wasmq::task::types::Host for HostState {}
 
-impl wasmq::task::host::Host for HostState {
+impl self::wasmq::task::host::Host for HostState {
     fn log(&mut self, level: LogLevel, message: String) {
         let at_ms = self.started.elapsed().as_millis() as u64;
         self.logs.push(level_name(level), message, at_ms);

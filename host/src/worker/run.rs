@@ -44,13 +44,17 @@ struct Shared {
     interrupt: CancelToken,
     wake: Notify,
     claim_slots: Arc<Semaphore>,
-    run_slots: Arc<Semaphore>,
     completed: AtomicU64,
     succeeded: AtomicU64,
     fenced: AtomicU64,
 }
 
 type Done = (Completion, OwnedSemaphorePermit);
+
+/// How long the completer waits to fill a batch once it holds one completion.
+const COMPLETE_LINGER: Duration = Duration::from_millis(2);
+/// A claimed task waiting for a runner, with its cancel token and claim slot.
+type Work = (ClaimedTask, CancelToken, OwnedSemaphorePermit);
 
 impl Worker {
     pub fn new(exec: Executor, config: WorkerConfig) -> Worker {
@@ -96,7 +100,6 @@ impl Worker {
             interrupt: CancelToken::new(),
             wake: Notify::new(),
             claim_slots: Arc::new(Semaphore::new((cfg.concurrency + cfg.prefetch) as usize)),
-            run_slots: Arc::new(Semaphore::new(cfg.concurrency as usize)),
             completed: AtomicU64::new(0),
             succeeded: AtomicU64::new(0),
             fenced: AtomicU64::new(0),
@@ -110,11 +113,24 @@ impl Worker {
         background.spawn(listener(shared.clone()));
         let completer = tokio::spawn(completer(shared.clone(), done_rx));
 
-        let mut jobs = JoinSet::new();
+        // A fixed pool of runners pulls claimed tasks from one local queue:
+        // while work is buffered they never park, so a short task costs no
+        // thread wake-up.
+        let (work_tx, work_rx) = mpsc::unbounded_channel::<Work>();
+        let work_rx = Arc::new(tokio::sync::Mutex::new(work_rx));
+        let mut runners = JoinSet::new();
+        for _ in 0..cfg.concurrency {
+            runners.spawn(runner(
+                shared.clone(),
+                self.exec.clone(),
+                work_rx.clone(),
+                done_tx.clone(),
+            ));
+        }
         {
             // Stopping only raises the flag: a claim in progress completes, so
-            // no task is left leased without a job to run or release it.
-            let claim = claim_loop(&shared, &self.exec, &done_tx, &mut jobs);
+            // no task is left leased without a runner to run or release it.
+            let claim = claim_loop(&shared, &work_tx);
             tokio::pin!(claim, stop);
             tokio::select! {
                 r = &mut claim => r?,
@@ -126,10 +142,12 @@ impl Worker {
             }
         }
 
-        // Graceful shutdown.
+        // Graceful shutdown: runners release what is still buffered and
+        // finish what runs, within the grace period.
         shared.shutdown.cancel();
+        drop(work_tx);
         let drained = tokio::time::timeout(cfg.grace, async {
-            while jobs.join_next().await.is_some() {}
+            while runners.join_next().await.is_some() {}
         })
         .await;
         if drained.is_err() {
@@ -140,7 +158,7 @@ impl Worker {
             for token in shared.inflight.lock().unwrap().values() {
                 token.cancel();
             }
-            while jobs.join_next().await.is_some() {}
+            while runners.join_next().await.is_some() {}
         }
         drop(done_tx);
         completer.await?;
@@ -162,14 +180,11 @@ impl Worker {
 
 async fn claim_loop(
     shared: &Arc<Shared>,
-    exec: &Arc<Executor>,
-    done_tx: &mpsc::UnboundedSender<Done>,
-    jobs: &mut JoinSet<()>,
+    work_tx: &mpsc::UnboundedSender<Work>,
 ) -> anyhow::Result<()> {
     let cfg = &shared.config;
     let mut db_backoff = Duration::from_millis(100);
     loop {
-        while jobs.try_join_next().is_some() {}
         if shared.shutdown.is_cancelled() {
             return Ok(());
         }
@@ -216,20 +231,24 @@ async fn claim_loop(
                 .clone()
                 .try_acquire_owned()
                 .expect("only the claim loop takes claim slots");
-            jobs.spawn(job(
-                shared.clone(),
-                exec.clone(),
-                task,
-                permit,
-                done_tx.clone(),
-            ));
+            let cancel = CancelToken::new();
+            if task.cancel_requested {
+                cancel.cancel();
+            }
+            shared
+                .inflight
+                .lock()
+                .unwrap()
+                .insert(task.id, cancel.clone());
+            if work_tx.send((task, cancel, permit)).is_err() {
+                anyhow::bail!("all task runners stopped");
+            }
         }
         if got == free {
             continue;
         }
         if cfg.exit_when_idle && got == 0 && is_idle(shared).await {
             info!(worker = %shared.id, "no work left: exiting");
-            while jobs.join_next().await.is_some() {}
             return Ok(());
         }
         tokio::select! {
@@ -256,45 +275,35 @@ async fn is_idle(shared: &Shared) -> bool {
     }
 }
 
-async fn job(
+async fn runner(
     shared: Arc<Shared>,
     exec: Arc<Executor>,
-    task: ClaimedTask,
-    claim_permit: OwnedSemaphorePermit,
+    work: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Work>>>,
     done_tx: mpsc::UnboundedSender<Done>,
 ) {
-    let span = info_span!("task", task_id = %task.id, attempt = task.attempt,
-        module = %format!("{}@{}", task.module_name, task.module_version),
-        queue = %task.queue, worker = %shared.id);
-    async {
-        let cancel = CancelToken::new();
-        if task.cancel_requested {
-            cancel.cancel();
-        }
-        shared
-            .inflight
-            .lock()
-            .unwrap()
-            .insert(task.id, cancel.clone());
-        let completion = tokio::select! {
-            biased;
-            () = shared.shutdown.cancelled() => release(&task),
-            permit = shared.run_slots.clone().acquire_owned() => {
-                let _running = permit.expect("the run semaphore is never closed");
-                if shared.shutdown.is_cancelled() {
-                    release(&task)
-                } else {
-                    exec.execute(&task, cancel, &shared.interrupt).await
-                }
-            }
+    loop {
+        let next = work.lock().await.recv().await;
+        let Some((task, cancel, claim_permit)) = next else {
+            return;
         };
+        let span = info_span!("task", task_id = %task.id, attempt = task.attempt,
+            module = %format_args!("{}@{}", task.module_name, task.module_version),
+            queue = %task.queue, worker = %shared.id);
+        let completion = async {
+            let c = if shared.shutdown.is_cancelled() {
+                release(&task)
+            } else {
+                exec.execute(&task, cancel, &shared.interrupt).await
+            };
+            log_end(&c);
+            c
+        }
+        .instrument(span)
+        .await;
         shared.inflight.lock().unwrap().remove(&task.id);
-        log_end(&completion);
         // The claim slot is freed once the completion is written.
         let _ = done_tx.send((completion, claim_permit));
     }
-    .instrument(span)
-    .await
 }
 
 /// Gives a task back untouched (shutdown before it started).
@@ -335,11 +344,20 @@ fn log_end(c: &Completion) {
 async fn completer(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Done>) {
     const MAX_WRITE_TRIES: u32 = 20;
     while let Some(first) = rx.recv().await {
+        // Linger briefly for more: each write is a durable commit, so fewer,
+        // larger batches are what lets short tasks drain fast.
         let mut batch = vec![first];
+        let until = tokio::time::Instant::now() + COMPLETE_LINGER;
         while batch.len() < shared.config.complete_batch {
             match rx.try_recv() {
                 Ok(d) => batch.push(d),
-                Err(_) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    match tokio::time::timeout_at(until, rx.recv()).await {
+                        Ok(Some(d)) => batch.push(d),
+                        Ok(None) | Err(_) => break,
+                    }
+                }
             }
         }
         let (completions, permits): (Vec<Completion>, Vec<OwnedSemaphorePermit>) =
@@ -348,6 +366,7 @@ async fn completer(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Done>) {
         for attempt in 1..=MAX_WRITE_TRIES {
             match shared.store.complete(&shared.id, &completions).await {
                 Ok(applied) => {
+                    debug!(tasks = completions.len(), "completions written");
                     wake_for_retries(&shared, &completions);
                     for (c, ok) in completions.iter().zip(&applied) {
                         if !ok {
@@ -452,7 +471,8 @@ async fn reap_once(shared: &Shared, exec: &Executor) -> anyhow::Result<()> {
         };
         if store.expire(t.id, t.attempt, transition.clone()).await? {
             warn!(task_id = %t.id, attempt = t.attempt, lost_worker = %t.lease_owner,
-                requeued = matches!(transition, Transition::Retry { .. }),
+                // A pending cancel request turns a requeue into `cancelled`.
+                retry_planned = matches!(transition, Transition::Retry { .. }),
                 "took back a task whose worker stopped heartbeating");
         }
     }

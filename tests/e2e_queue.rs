@@ -1,0 +1,1115 @@
+//! The queue end to end: real `wasmq worker` processes leasing tasks from a
+//! real database, steered with the real CLI.
+//!
+//! Every scenario is one function taking an [`Env`]; `on_both_backends!`
+//! instantiates it as `NAME::sqlite` (a fresh temp file) and `NAME::postgres`
+//! (a fresh schema in `WASMQ_TEST_PG_URL`, default
+//! `postgres://postgres@127.0.0.1:5432/test`, dropped afterwards). When
+//! PostgreSQL is unreachable the PostgreSQL variants print a skip line and
+//! pass, unless `CI=true`, where they fail.
+//!
+//! Workers run as child processes owned by a [`WorkerProc`] guard that kills
+//! them when the test ends (also on panic); their stdout and stderr go to files
+//! that assertion messages quote.
+
+mod common;
+
+use common::{code, example, stderr, stdout, wasmq};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, TimeDelta, Utc};
+use rand::Rng;
+use sqlx::Connection;
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+use uuid::Uuid;
+use wasmq::store::{AnyStore, AttemptRecord, NewTask, Store, TaskFilter, TaskRecord, TaskState};
+
+const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// One isolated database, a private module cache and a scratch directory.
+struct Env {
+    backend: Backend,
+    dir: tempfile::TempDir,
+    /// The URL every `wasmq` process of this test uses.
+    url: String,
+    pg: Option<PgEnv>,
+    rt: tokio::runtime::Runtime,
+    /// The test's own view of the database, through the library.
+    store: AnyStore,
+    workers_started: usize,
+}
+
+struct PgEnv {
+    /// The server URL as given (no schema, no application name).
+    base_url: String,
+    schema: String,
+}
+
+impl PgEnv {
+    /// The URL of this test's schema, with connections named `app`.
+    fn url(&self, app: &str) -> String {
+        let sep = if self.base_url.contains('?') {
+            '&'
+        } else {
+            '?'
+        };
+        // libpq-style `options` (sqlx 0.9 parses it from the URL).
+        format!(
+            "{}{sep}options=-c%20search_path%3D{}&application_name={app}",
+            self.base_url, self.schema
+        )
+    }
+}
+
+impl Env {
+    /// A fresh environment, or `None` when PostgreSQL is wanted but
+    /// unreachable outside CI.
+    fn new(backend: Backend) -> Option<Env> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("cache")).unwrap();
+        let (url, pg) = match backend {
+            Backend::Sqlite => (format!("sqlite://{}/wasmq.db", dir.path().display()), None),
+            Backend::Postgres => {
+                let pg = rt.block_on(pg_env())?;
+                (pg.url(&format!("e2e-test-{}", pg.schema)), Some(pg))
+            }
+        };
+        let store = rt.block_on(async {
+            let s = AnyStore::connect_with(&url, 4).await.expect("connect");
+            s.migrate().await.expect("migrate");
+            s
+        });
+        Some(Env {
+            backend,
+            dir,
+            url,
+            pg,
+            rt,
+            store,
+            workers_started: 0,
+        })
+    }
+
+    fn cache(&self) -> PathBuf {
+        self.dir.path().join("cache")
+    }
+
+    /// `wasmq --database-url URL ARGS…`, not yet run.
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = wasmq(&self.cache());
+        c.arg("--database-url").arg(&self.url).args(args);
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    /// Runs a command that must succeed; returns its stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert_eq!(
+            code(&out),
+            0,
+            "wasmq {args:?} failed\nstdout: {}\nstderr: {}",
+            stdout(&out),
+            stderr(&out)
+        );
+        stdout(&out)
+    }
+
+    /// `wasmq module push` of example `name` under the same name.
+    fn push(&self, name: &str) {
+        let file = example(name);
+        let out = self.ok(&["module", "push", file.to_str().unwrap(), "--name", name]);
+        assert!(out.starts_with(&format!("{name}@1 sha256:")), "{out}");
+    }
+
+    /// `wasmq task enqueue MODULE --input INPUT EXTRA…` → the new task's id.
+    fn enqueue(&self, module: &str, input: &str, extra: &[&str]) -> Uuid {
+        let mut args = vec!["task", "enqueue", module, "--input", input];
+        args.extend_from_slice(extra);
+        let out = self.ok(&args);
+        Uuid::parse_str(out.trim()).unwrap_or_else(|e| panic!("not a task id ({e}): {out:?}"))
+    }
+
+    /// `wasmq task enqueue … --json` → (id, deduplicated).
+    fn enqueue_json(&self, module: &str, input: &str, extra: &[&str]) -> (Uuid, bool) {
+        let mut args = vec!["task", "enqueue", module, "--input", input, "--json"];
+        args.extend_from_slice(extra);
+        let out = self.ok(&args);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        (
+            Uuid::parse_str(v["id"].as_str().unwrap()).unwrap(),
+            v["deduplicated"].as_bool().unwrap(),
+        )
+    }
+
+    fn task(&self, id: Uuid) -> TaskRecord {
+        self.rt.block_on(self.store.get_task(id)).unwrap()
+    }
+
+    fn attempts(&self, id: Uuid) -> Vec<AttemptRecord> {
+        self.rt.block_on(self.store.list_attempts(id)).unwrap()
+    }
+
+    fn all_tasks(&self) -> Vec<TaskRecord> {
+        self.rt
+            .block_on(self.store.list_tasks(&TaskFilter {
+                limit: 10_000,
+                ..TaskFilter::default()
+            }))
+            .unwrap()
+    }
+
+    /// One integer from SQL that both backends understand.
+    fn count(&self, sql: &'static str) -> i64 {
+        self.rt.block_on(async {
+            match &self.store {
+                AnyStore::Sqlite(s) => sqlx::query_scalar::<_, i64>(sql)
+                    .fetch_one(s.pool())
+                    .await
+                    .unwrap(),
+                AnyStore::Postgres(s) => sqlx::query_scalar::<_, i64>(sql)
+                    .fetch_one(s.pool())
+                    .await
+                    .unwrap(),
+            }
+        })
+    }
+
+    /// Polls task `id` every 50 ms until `pred` holds; panics after `within`.
+    fn wait_task(
+        &self,
+        id: Uuid,
+        within: Duration,
+        what: &str,
+        workers: &[&WorkerProc],
+        pred: impl Fn(&TaskRecord) -> bool,
+    ) -> TaskRecord {
+        let deadline = Instant::now() + within;
+        loop {
+            let t = self.task(id);
+            if pred(&t) {
+                return t;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "task {id} not {what} after {within:?}: {t:#?}\nattempts: {:#?}\n{}",
+                    self.attempts(id),
+                    logs_of(workers)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until task `id` is running (leased) under some worker.
+    fn wait_running(&self, id: Uuid, workers: &[&WorkerProc]) -> TaskRecord {
+        self.wait_task(id, Duration::from_secs(20), "running", workers, |t| {
+            t.state == TaskState::Running
+        })
+    }
+
+    /// Starts `wasmq worker ARGS…` with `env` added to its environment.
+    fn worker(&mut self, args: &[&str], env: &[(&str, &str)]) -> WorkerProc {
+        self.worker_at(&self.url.clone(), args, env)
+    }
+
+    /// [`Env::worker`] against an explicit database URL.
+    fn worker_at(&mut self, url: &str, args: &[&str], env: &[(&str, &str)]) -> WorkerProc {
+        self.workers_started += 1;
+        let name = format!("worker-{}", self.workers_started);
+        let out_path = self.dir.path().join(format!("{name}.out"));
+        let err_path = self.dir.path().join(format!("{name}.err"));
+        let mut c = wasmq(&self.cache());
+        c.arg("--database-url")
+            .arg(url)
+            .arg("worker")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out_path).unwrap())
+            .stderr(std::fs::File::create(&err_path).unwrap());
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let child = c.spawn().expect("spawn wasmq worker");
+        WorkerProc {
+            name,
+            args: args.iter().map(|s| s.to_string()).collect(),
+            child,
+            status: None,
+            out_path,
+            err_path,
+        }
+    }
+
+    /// A library handle on the same database, for bulk enqueues.
+    fn new_tasks(&self, module: &str, inputs: impl Iterator<Item = String>) -> Vec<NewTask> {
+        let m = self
+            .rt
+            .block_on(self.store.resolve_module(module, None))
+            .unwrap();
+        inputs.map(|input| NewTask::new(&m, input)).collect()
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let pg = self.pg.take();
+        let store = self.store.clone();
+        self.rt.block_on(async move {
+            store.close().await;
+            if let Some(pg) = pg {
+                drop_schema(&pg).await;
+            }
+        });
+    }
+}
+
+async fn pg_admin(base_url: &str) -> Result<PgConnection, String> {
+    let opts = PgConnectOptions::from_str(base_url).map_err(|e| e.to_string())?;
+    tokio::time::timeout(Duration::from_secs(5), PgConnection::connect_with(&opts))
+        .await
+        .map_err(|_| "timed out".to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()))
+}
+
+async fn pg_env() -> Option<PgEnv> {
+    let base_url = std::env::var("WASMQ_TEST_PG_URL").unwrap_or_else(|_| DEFAULT_PG_URL.into());
+    let mut conn = match pg_admin(&base_url).await {
+        Ok(c) => c,
+        // Never print the URL: it may carry a password.
+        Err(e) if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("PostgreSQL is unreachable ({e}) and CI=true: failing")
+        }
+        Err(e) => {
+            eprintln!("SKIPPED: PostgreSQL is unreachable ({e}); set WASMQ_TEST_PG_URL");
+            return None;
+        }
+    };
+    let schema = format!("e2e_{:016x}", rand::thread_rng().r#gen::<u64>());
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+        .execute(&mut conn)
+        .await
+        .expect("create the test schema");
+    conn.close().await.ok();
+    Some(PgEnv { base_url, schema })
+}
+
+async fn drop_schema(pg: &PgEnv) {
+    let result = async {
+        let mut conn = pg_admin(&pg.base_url).await?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "SET lock_timeout = '10s'; DROP SCHEMA IF EXISTS {} CASCADE",
+            pg.schema
+        )))
+        .execute(&mut conn)
+        .await
+        .map_err(|e| e.to_string())?;
+        conn.close().await.ok();
+        Ok::<_, String>(())
+    }
+    .await;
+    if let Err(e) = result {
+        eprintln!("could not drop test schema {}: {e}", pg.schema);
+    }
+}
+
+/// A `wasmq worker` child process, killed (SIGKILL) when dropped.
+struct WorkerProc {
+    name: String,
+    args: Vec<String>,
+    child: Child,
+    status: Option<ExitStatus>,
+    out_path: PathBuf,
+    err_path: PathBuf,
+}
+
+impl WorkerProc {
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    fn signal(&self, sig: i32) {
+        assert!(self.status.is_none(), "{} already exited", self.name);
+        let rc = unsafe { libc::kill(self.pid(), sig) };
+        assert_eq!(rc, 0, "kill({}, {sig}) failed", self.pid());
+    }
+
+    fn is_running(&mut self) -> bool {
+        if self.status.is_none() {
+            self.status = self.child.try_wait().unwrap();
+        }
+        self.status.is_none()
+    }
+
+    /// Waits for the process to exit; panics (with its logs) after `within`.
+    fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        let deadline = Instant::now() + within;
+        while self.is_running() {
+            if Instant::now() > deadline {
+                panic!(
+                    "{} did not exit within {within:?}\n{}",
+                    self.name,
+                    self.logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.status.unwrap()
+    }
+
+    /// Waits for the process to exit with code 0; returns its stdout.
+    fn wait_success(&mut self, within: Duration) -> String {
+        let st = self.wait_exit(within);
+        assert_eq!(
+            st.code(),
+            Some(0),
+            "{} exited with {st}\n{}",
+            self.name,
+            self.logs()
+        );
+        self.stdout()
+    }
+
+    /// SIGKILL, like a crashed host.
+    fn kill9(&mut self) {
+        self.signal(libc::SIGKILL);
+        let st = self.wait_exit(Duration::from_secs(10));
+        assert_eq!(st.code(), None, "{st}");
+    }
+
+    fn stdout(&self) -> String {
+        std::fs::read_to_string(&self.out_path).unwrap_or_default()
+    }
+
+    fn logs(&self) -> String {
+        format!(
+            "--- {} {:?} stdout ---\n{}\n--- {} stderr ---\n{}",
+            self.name,
+            self.args,
+            self.stdout(),
+            self.name,
+            std::fs::read_to_string(&self.err_path).unwrap_or_default()
+        )
+    }
+}
+
+impl Drop for WorkerProc {
+    fn drop(&mut self) {
+        if self.is_running() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn logs_of(workers: &[&WorkerProc]) -> String {
+    workers
+        .iter()
+        .map(|w| w.logs())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `processed N task(s) in …` → N.
+fn processed(stdout: &str) -> u64 {
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("processed "))
+        .unwrap_or_else(|| panic!("no `processed` line in {stdout:?}"));
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+fn outcomes(attempts: &[AttemptRecord]) -> Vec<&str> {
+    attempts
+        .iter()
+        .map(|a| a.outcome.as_deref().unwrap_or("(running)"))
+        .collect()
+}
+
+fn ms(d: TimeDelta) -> i64 {
+    d.num_milliseconds()
+}
+
+fn run_on(backend: Backend, test: fn(&mut Env)) {
+    if let Some(mut env) = Env::new(backend) {
+        test(&mut env);
+    }
+}
+
+/// Instantiates each scenario for both backends: `name::sqlite`, `name::postgres`.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn sqlite() {
+                super::run_on(super::Backend::Sqlite, super::$name)
+            }
+            #[test]
+            fn postgres() {
+                super::run_on(super::Backend::Postgres, super::$name)
+            }
+        }
+    )*};
+}
+
+on_both_backends!(
+    four_workers_run_2000_tasks_exactly_once,
+    killed_worker_task_is_reaped_and_rerun,
+    cancel_queued_and_running_tasks,
+    flaky_task_is_retried_with_backoff,
+    sigterm_requeues_unfinished_task_without_spending_an_attempt,
+    sigterm_lets_a_short_task_finish_within_grace,
+    unique_key_deduplicates_unfinished_tasks,
+    run_after_is_honoured,
+    higher_priority_runs_first,
+    enqueue_wait_exits_with_the_outcome,
+    bad_enqueue_input_is_refused,
+);
+
+// ---- scenarios ------------------------------------------------------------------
+
+/// Four worker processes drain 2,000 `hello` tasks; each task runs exactly once.
+fn four_workers_run_2000_tasks_exactly_once(env: &mut Env) {
+    const N: usize = 2000;
+    env.push("hello");
+    let tasks = env.new_tasks("hello", (0..N).map(|i| format!(r#"{{"name":"t{i}"}}"#)));
+    let expected: HashMap<Uuid, String> = tasks
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.id, format!(r#"{{"greeting":"Hello, t{i}!"}}"#)))
+        .collect();
+    let t0 = Instant::now();
+    for chunk in tasks.chunks(500) {
+        let out = env.rt.block_on(env.store.enqueue_batch(chunk)).unwrap();
+        assert!(out.iter().all(|o| !o.deduplicated));
+    }
+    eprintln!(
+        "[{:?}] enqueued {N} tasks in {:?}",
+        env.backend,
+        t0.elapsed()
+    );
+
+    let t0 = Instant::now();
+    let mut workers: Vec<WorkerProc> = (0..4)
+        .map(|_| {
+            env.worker(
+                &[
+                    "--exit-when-idle",
+                    "--concurrency",
+                    "2",
+                    "--poll-interval",
+                    "200ms",
+                ],
+                &[],
+            )
+        })
+        .collect();
+    let mut total = 0;
+    for w in &mut workers {
+        let out = w.wait_success(Duration::from_secs(150));
+        total += processed(&out);
+    }
+    eprintln!(
+        "[{:?}] 4 workers drained {N} tasks in {:?}",
+        env.backend,
+        t0.elapsed()
+    );
+    let refs: Vec<&WorkerProc> = workers.iter().collect();
+    assert_eq!(
+        total,
+        N as u64,
+        "completions reported by the workers\n{}",
+        logs_of(&refs)
+    );
+
+    let all = env.all_tasks();
+    assert_eq!(all.len(), N);
+    for t in &all {
+        assert!(
+            t.state == TaskState::Succeeded && t.attempt == 1,
+            "task not succeeded exactly once: {t:#?}"
+        );
+        assert_eq!(
+            t.result.as_deref(),
+            Some(expected[&t.id].as_str()),
+            "{t:#?}"
+        );
+    }
+    assert_eq!(env.count("SELECT count(*) FROM attempts"), N as i64);
+    assert_eq!(
+        env.count("SELECT count(*) FROM attempts WHERE outcome = 'success' AND attempt = 1"),
+        N as i64
+    );
+    assert_eq!(
+        env.count("SELECT count(*) FROM (SELECT task_id FROM attempts GROUP BY task_id HAVING count(*) <> 1) AS x"),
+        0
+    );
+    assert_eq!(
+        env.count("SELECT count(DISTINCT task_id) FROM attempts"),
+        N as i64
+    );
+    // Claims come in batches of at most concurrency + prefetch (10), so no
+    // worker can take everything: the run really was shared.
+    let sharing = env.count("SELECT count(DISTINCT worker_id) FROM attempts");
+    assert!(
+        sharing >= 2,
+        "only {sharing} worker(s) ran tasks\n{}",
+        logs_of(&refs)
+    );
+}
+
+/// A worker killed with SIGKILL mid-task: another worker's reaper takes the
+/// task back once the lease expires and runs it again.
+fn killed_worker_task_is_reaped_and_rerun(env: &mut Env) {
+    env.push("sleepy");
+    let id = env.enqueue("sleepy", r#"{"ms":3000}"#, &[]);
+    let mut first = env.worker(&["--lease", "2s", "--poll-interval", "200ms"], &[]);
+    let t = env.wait_running(id, &[&first]);
+    assert_eq!(t.attempt, 1);
+    let first_owner = t.lease_owner.clone().unwrap();
+    std::thread::sleep(Duration::from_millis(300)); // well inside the guest's sleep
+    first.kill9();
+    assert_eq!(
+        env.task(id).state,
+        TaskState::Running,
+        "still leased by the dead worker"
+    );
+
+    let mut second = env.worker(
+        &[
+            "--exit-when-idle",
+            "--lease",
+            "2s",
+            "--poll-interval",
+            "200ms",
+            "--backoff-base",
+            "100ms",
+        ],
+        &[("WASMQ_REAPER_INTERVAL", "500ms")],
+    );
+    second.wait_success(Duration::from_secs(30));
+    let t = env.task(id);
+    assert_eq!(t.state, TaskState::Succeeded, "{t:#?}\n{}", second.logs());
+    assert_eq!(t.attempt, 2);
+    assert_eq!(t.result.as_deref(), Some(r#"{"slept_ms":3000}"#));
+    let a = env.attempts(id);
+    assert_eq!(outcomes(&a), ["lease-expired", "success"], "{a:#?}");
+    assert_eq!((a[0].attempt, a[1].attempt), (1, 2));
+    assert_eq!(a[0].worker_id, first_owner);
+    assert_ne!(a[1].worker_id, first_owner);
+    // The same history through `wasmq task show --json`.
+    let shown: serde_json::Value =
+        serde_json::from_str(&env.ok(&["task", "show", &id.to_string(), "--json"])).unwrap();
+    assert_eq!(shown["task"]["state"], "succeeded");
+    assert_eq!(shown["task"]["attempt"], 2);
+    assert_eq!(shown["attempts"][0]["outcome"], "lease-expired");
+    assert_eq!(shown["attempts"][1]["outcome"], "success");
+    assert!(
+        shown["attempts"][1]["duration_ms"].as_u64().unwrap() >= 3000,
+        "{shown}"
+    );
+    // The lease ran out before the task was taken back.
+    assert!(
+        a[1].started_at - a[0].started_at >= TimeDelta::milliseconds(1900),
+        "{a:#?}"
+    );
+}
+
+/// A queued task is cancelled at once; a running one is interrupted by its
+/// worker, which keeps running.
+fn cancel_queued_and_running_tasks(env: &mut Env) {
+    env.push("hello");
+    env.push("spin");
+    let queued = env.enqueue("hello", r#"{"name":"x"}"#, &["--delay", "1h"]);
+    let out = env.ok(&["task", "cancel", &queued.to_string()]);
+    assert!(out.contains("cancelled"), "{out}");
+    let t = env.task(queued);
+    assert_eq!(t.state, TaskState::Cancelled);
+    assert_eq!(t.attempt, 0);
+    assert!(env.attempts(queued).is_empty());
+
+    let id = env.enqueue("spin", "{}", &["--fuel", "unlimited", "--timeout", "60s"]);
+    // Heartbeats (lease / 3) carry cancel requests across processes.
+    let mut w = env.worker(&["--lease", "3s", "--poll-interval", "200ms"], &[]);
+    env.wait_running(id, &[&w]);
+    std::thread::sleep(Duration::from_millis(200));
+    let out = env.ok(&["task", "cancel", &id.to_string()]);
+    assert!(out.contains("asked to stop"), "{out}");
+    let t = env.wait_task(id, Duration::from_secs(15), "cancelled", &[&w], |t| {
+        t.state.is_terminal()
+    });
+    assert_eq!(t.state, TaskState::Cancelled, "{t:#?}");
+    assert_eq!(t.attempt, 1);
+    let a = env.attempts(id);
+    assert_eq!(outcomes(&a), ["cancelled"], "{a:#?}");
+    assert!(w.is_running(), "the worker died\n{}", w.logs());
+
+    w.signal(libc::SIGTERM);
+    w.wait_success(Duration::from_secs(15));
+
+    let listed: serde_json::Value =
+        serde_json::from_str(&env.ok(&["task", "list", "--state", "cancelled", "--json"])).unwrap();
+    let mut ids: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap())
+        .collect();
+    ids.sort();
+    let mut want = [queued.to_string(), id.to_string()];
+    want.sort();
+    assert_eq!(ids, want);
+}
+
+/// `flaky` fails twice with a retryable error, then succeeds; retries wait
+/// for the backoff.
+fn flaky_task_is_retried_with_backoff(env: &mut Env) {
+    env.push("flaky");
+    let id = env.enqueue(
+        "flaky",
+        r#"{"succeed_on_attempt":3}"#,
+        &["--max-attempts", "5"],
+    );
+    let mut w = env.worker(
+        &[
+            "--exit-when-idle",
+            "--backoff-base",
+            "200ms",
+            "--poll-interval",
+            "200ms",
+        ],
+        &[],
+    );
+    w.wait_success(Duration::from_secs(30));
+    let t = env.task(id);
+    assert_eq!(t.state, TaskState::Succeeded, "{t:#?}");
+    assert_eq!(t.attempt, 3);
+    assert_eq!(t.result.as_deref(), Some(r#"{"attempt":3}"#));
+    let a = env.attempts(id);
+    assert_eq!(
+        outcomes(&a),
+        ["task-error", "task-error", "success"],
+        "{a:#?}"
+    );
+    assert_eq!(a.iter().map(|a| a.attempt).collect::<Vec<_>>(), [1, 2, 3]);
+    assert!(
+        a[0].error_message.as_deref().unwrap().contains("attempt 1"),
+        "{a:#?}"
+    );
+    // Backoff with equal jitter: retry n waits 200ms·2^(n-1) · [0.5, 1].
+    let gap1 = ms(a[1].started_at - a[0].started_at);
+    let gap2 = ms(a[2].started_at - a[1].started_at);
+    assert!(gap1 >= 100, "first retry after {gap1} ms: {a:#?}");
+    assert!(gap2 >= 200, "second retry after {gap2} ms: {a:#?}");
+}
+
+/// SIGTERM with a task that outlives the grace period: the worker exits 0
+/// and the task goes back to the queue without spending its attempt; another
+/// worker picks it up.
+fn sigterm_requeues_unfinished_task_without_spending_an_attempt(env: &mut Env) {
+    env.push("sleepy");
+    let id = env.enqueue("sleepy", r#"{"ms":20000}"#, &[]);
+    let mut w = env.worker(&["--grace", "1s", "--poll-interval", "200ms"], &[]);
+    env.wait_running(id, &[&w]);
+    std::thread::sleep(Duration::from_millis(200));
+    let t0 = Instant::now();
+    w.signal(libc::SIGTERM);
+    w.wait_success(Duration::from_secs(10));
+    let took = t0.elapsed();
+    assert!(
+        took < Duration::from_secs(8),
+        "shutdown took {took:?}\n{}",
+        w.logs()
+    );
+    let t = env.task(id);
+    assert_eq!(t.state, TaskState::Queued, "{t:#?}\n{}", w.logs());
+    assert_eq!(
+        t.attempt, 0,
+        "the interrupted attempt must not count: {t:#?}"
+    );
+    assert!(t.lease_owner.is_none());
+    let a = env.attempts(id);
+    assert_eq!(outcomes(&a), ["shutdown"], "{a:#?}");
+    assert_eq!(a[0].attempt, 1);
+
+    // A new worker takes it (as attempt 1 again); stop that one too.
+    let mut w2 = env.worker(&["--grace", "1s", "--poll-interval", "200ms"], &[]);
+    let t = env.wait_running(id, &[&w2]);
+    assert_eq!(t.attempt, 1);
+    assert_ne!(t.lease_owner.as_deref(), Some(a[0].worker_id.as_str()));
+    w2.signal(libc::SIGTERM);
+    w2.wait_success(Duration::from_secs(10));
+    let t = env.task(id);
+    assert_eq!((t.state, t.attempt), (TaskState::Queued, 0), "{t:#?}");
+    assert_eq!(outcomes(&env.attempts(id)), ["shutdown", "shutdown"]);
+}
+
+/// SIGTERM while a short task runs, with a long grace period: the task
+/// finishes and the worker exits 0.
+fn sigterm_lets_a_short_task_finish_within_grace(env: &mut Env) {
+    env.push("sleepy");
+    let id = env.enqueue("sleepy", r#"{"ms":1500}"#, &[]);
+    let mut w = env.worker(&["--grace", "10s", "--poll-interval", "200ms"], &[]);
+    env.wait_running(id, &[&w]);
+    w.signal(libc::SIGTERM);
+    w.wait_success(Duration::from_secs(12));
+    let t = env.task(id);
+    assert_eq!(t.state, TaskState::Succeeded, "{t:#?}\n{}", w.logs());
+    assert_eq!(t.attempt, 1);
+    assert_eq!(outcomes(&env.attempts(id)), ["success"]);
+}
+
+/// Enqueues with one unique key share the unfinished task; once it has
+/// finished, the key is free again.
+fn unique_key_deduplicates_unfinished_tasks(env: &mut Env) {
+    env.push("hello");
+    let (a, dedup) = env.enqueue_json("hello", r#"{"name":"a"}"#, &["--unique-key", "k1"]);
+    assert!(!dedup);
+    let (b, dedup) = env.enqueue_json("hello", r#"{"name":"b"}"#, &["--unique-key", "k1"]);
+    assert!(dedup);
+    assert_eq!(a, b);
+    // The plain output names the existing id too.
+    let out = env.ok(&[
+        "task",
+        "enqueue",
+        "hello",
+        "--input",
+        "{\"name\":\"c\"}",
+        "--unique-key",
+        "k1",
+    ]);
+    assert!(
+        out.starts_with(&a.to_string()) && out.contains("deduplicated"),
+        "{out}"
+    );
+    assert_eq!(env.all_tasks().len(), 1);
+
+    let mut w = env.worker(&["--exit-when-idle", "--poll-interval", "200ms"], &[]);
+    w.wait_success(Duration::from_secs(30));
+    let t = env.task(a);
+    assert_eq!(t.state, TaskState::Succeeded);
+    assert_eq!(t.result.as_deref(), Some(r#"{"greeting":"Hello, a!"}"#));
+
+    let (c, dedup) = env.enqueue_json("hello", r#"{"name":"c"}"#, &["--unique-key", "k1"]);
+    assert!(!dedup);
+    assert_ne!(c, a);
+    assert_eq!(env.task(c).state, TaskState::Queued);
+}
+
+/// A delayed task does not start before its run_after.
+fn run_after_is_honoured(env: &mut Env) {
+    env.push("hello");
+    let delayed = env.enqueue("hello", r#"{"name":"later"}"#, &["--delay", "3s"]);
+    let now = env.enqueue("hello", r#"{"name":"now"}"#, &[]);
+    let mut w = env.worker(&["--exit-when-idle", "--poll-interval", "200ms"], &[]);
+    w.wait_success(Duration::from_secs(30));
+    let d = env.task(delayed);
+    let n = env.task(now);
+    assert_eq!(
+        (d.state, n.state),
+        (TaskState::Succeeded, TaskState::Succeeded)
+    );
+    let started = d.started_at.unwrap();
+    assert!(started >= d.run_after, "{d:#?}");
+    // run_after is taken just before the row is written: allow a little slack.
+    assert!(
+        started - d.enqueued_at >= TimeDelta::milliseconds(2900),
+        "started {} ms after enqueue: {d:#?}",
+        ms(started - d.enqueued_at)
+    );
+    assert!(n.started_at.unwrap() < started);
+}
+
+/// With one slot and no prefetch, tasks run by priority, highest first.
+fn higher_priority_runs_first(env: &mut Env) {
+    env.push("hello");
+    let low = env.enqueue("hello", r#"{"name":"low"}"#, &["--priority", "-10"]);
+    let high = env.enqueue("hello", r#"{"name":"high"}"#, &["--priority", "50"]);
+    let mid = env.enqueue("hello", r#"{"name":"mid"}"#, &["--priority", "0"]);
+    let mut w = env.worker(
+        &[
+            "--exit-when-idle",
+            "--concurrency",
+            "1",
+            "--prefetch",
+            "0",
+            "--poll-interval",
+            "200ms",
+        ],
+        &[],
+    );
+    w.wait_success(Duration::from_secs(30));
+    let start = |id| -> DateTime<Utc> {
+        let a = env.attempts(id);
+        assert_eq!(outcomes(&a), ["success"], "{a:#?}");
+        a[0].started_at
+    };
+    let (h, m, l) = (start(high), start(mid), start(low));
+    assert!(h < m && m < l, "high {h}, mid {m}, low {l}");
+}
+
+/// `task enqueue --wait` follows the task and exits with its outcome's code.
+fn enqueue_wait_exits_with_the_outcome(env: &mut Env) {
+    env.push("hello");
+    env.push("flaky");
+    env.push("spin");
+    let w = env.worker(&["--lease", "3s", "--poll-interval", "200ms"], &[]);
+
+    let out = env.run(&[
+        "task",
+        "enqueue",
+        "hello",
+        "--input",
+        r#"{"name":"W"}"#,
+        "--wait",
+    ]);
+    assert_eq!(code(&out), 0, "{}\n{}", stderr(&out), w.logs());
+    assert_eq!(stdout(&out).trim(), r#"{"greeting":"Hello, W!"}"#);
+
+    // A retryable error with no attempts left: exit 11.
+    let out = env.run(&[
+        "task",
+        "enqueue",
+        "flaky",
+        "--input",
+        r#"{"succeed_on_attempt":3}"#,
+        "--max-attempts",
+        "1",
+        "--wait",
+    ]);
+    assert_eq!(code(&out), 11, "{}\n{}", stderr(&out), w.logs());
+    assert!(stderr(&out).contains("retryable"), "{}", stderr(&out));
+
+    // Cancelled while followed: exit 24.
+    let mut follower = env
+        .cmd(&[
+            "task",
+            "enqueue",
+            "spin",
+            "--input",
+            "{}",
+            "--fuel",
+            "unlimited",
+            "--timeout",
+            "60s",
+            "--wait",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let id = loop {
+        let running = env
+            .all_tasks()
+            .into_iter()
+            .find(|t| t.module_name == "spin" && t.state == TaskState::Running);
+        if let Some(t) = running {
+            break t.id;
+        }
+        if Instant::now() > deadline {
+            let _ = follower.kill();
+            panic!("spin never ran\n{}", w.logs());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    env.ok(&["task", "cancel", &id.to_string()]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(st) = follower.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = follower.kill();
+            panic!(
+                "`enqueue --wait` did not return after the cancel\n{}",
+                w.logs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(24));
+}
+
+/// Bad enqueue input: exit 2, one line naming the problem, nothing stored.
+fn bad_enqueue_input_is_refused(env: &mut Env) {
+    env.push("hello");
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &["task", "enqueue", "nosuchmodule", "--input", "{}"],
+            "nosuchmodule",
+        ),
+        (
+            &["task", "enqueue", "hello", "--input", "{not json"],
+            "JSON",
+        ),
+        (
+            &[
+                "task",
+                "enqueue",
+                "hello",
+                "--input",
+                "{}",
+                "--priority",
+                "500",
+            ],
+            "priority",
+        ),
+        (
+            &[
+                "task",
+                "enqueue",
+                "hello",
+                "--input",
+                "{}",
+                "--delay",
+                "10parsecs",
+            ],
+            "10parsecs",
+        ),
+        (&["task", "enqueue", "hello@7", "--input", "{}"], "hello"),
+    ];
+    for (args, needle) in cases {
+        let out = env.run(args);
+        let err = stderr(&out);
+        assert_eq!(
+            code(&out),
+            2,
+            "{args:?}: stdout {} stderr {err}",
+            stdout(&out)
+        );
+        assert!(
+            err.contains(needle),
+            "{args:?}: {needle:?} not named in {err:?}"
+        );
+        assert!(stdout(&out).is_empty(), "{args:?}: {}", stdout(&out));
+    }
+    // The errors that are not clap's own are one line.
+    for args in [&cases[0].0, &cases[1].0, &cases[2].0] {
+        let err = stderr(&env.run(args));
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err:?}");
+    }
+    assert!(env.all_tasks().is_empty());
+}
+
+// ---- PostgreSQL only -------------------------------------------------------------
+
+/// Killing the worker's database connections mid-run: it reconnects and every
+/// task still runs exactly once.
+#[test]
+fn postgres_worker_survives_terminated_connections() {
+    run_on(Backend::Postgres, |env| {
+        const N: usize = 200;
+        env.push("sleepy");
+        let tasks = env.new_tasks("sleepy", (0..N).map(|_| r#"{"ms":20}"#.to_string()));
+        env.rt.block_on(env.store.enqueue_batch(&tasks)).unwrap();
+
+        let pg = env.pg.as_ref().unwrap();
+        let app = format!("e2e-worker-{}", pg.schema);
+        let url = pg.url(&app);
+        let base_url = pg.base_url.clone();
+        let mut w = env.worker_at(
+            &url,
+            &[
+                "--exit-when-idle",
+                "--concurrency",
+                "2",
+                "--lease",
+                "5s",
+                "--poll-interval",
+                "200ms",
+            ],
+            &[("WASMQ_REAPER_INTERVAL", "500ms")],
+        );
+        let terminate = |env: &Env| -> i64 {
+            env.rt.block_on(async {
+                let mut conn = pg_admin(&base_url).await.unwrap();
+                let n: i64 = sqlx::query_scalar(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                     WHERE application_name = $1 AND pid <> pg_backend_pid()",
+                )
+                .bind(&app)
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+                conn.close().await.ok();
+                n
+            })
+        };
+        let mut killed = Vec::new();
+        for threshold in [30, 90] {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while env.count("SELECT count(*) FROM tasks WHERE state = 'succeeded'") < threshold {
+                assert!(w.is_running(), "worker exited early\n{}", w.logs());
+                assert!(Instant::now() < deadline, "no progress\n{}", w.logs());
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            killed.push(terminate(env));
+        }
+        eprintln!("terminated {killed:?} worker backends");
+        assert!(
+            killed.iter().all(|&n| n > 0),
+            "found no worker backends: {killed:?}"
+        );
+
+        let out = w.wait_success(Duration::from_secs(90));
+        assert_eq!(processed(&out), N as u64, "{}", w.logs());
+        assert_eq!(
+            env.count("SELECT count(*) FROM tasks WHERE state = 'succeeded' AND attempt = 1"),
+            N as i64,
+            "{}",
+            w.logs()
+        );
+        assert_eq!(
+            env.count("SELECT count(*) FROM attempts"),
+            N as i64,
+            "{}",
+            w.logs()
+        );
+        assert_eq!(
+            env.count("SELECT count(*) FROM attempts WHERE outcome = 'success'"),
+            N as i64
+        );
+    });
+}
+
+#[test]
+fn pg_url_options_select_the_schema() {
+    // The mechanism every PostgreSQL test relies on: `options=-c search_path=…`
+    // in the URL puts wasmq's tables in the test's schema, not in public.
+    run_on(Backend::Postgres, |env| {
+        let schema = env.pg.as_ref().unwrap().schema.clone();
+        let base_url = env.pg.as_ref().unwrap().base_url.clone();
+        env.ok(&["migrate"]);
+        let n: i64 = env.rt.block_on(async {
+            let mut conn = pg_admin(&base_url).await.unwrap();
+            sqlx::query_scalar(
+                "SELECT count(*) FROM information_schema.tables \
+                 WHERE table_schema = $1 AND table_name IN ('tasks', 'attempts', 'modules')",
+            )
+            .bind(&schema)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap()
+        });
+        assert_eq!(n, 3);
+    });
+}
