@@ -479,6 +479,7 @@ on_both_backends!(
     sigterm_lets_a_short_task_finish_within_grace,
     unique_key_deduplicates_unfinished_tasks,
     run_after_is_honoured,
+    progress_is_stored,
     higher_priority_runs_first,
     enqueue_wait_exits_with_the_outcome,
     bad_enqueue_input_is_refused,
@@ -836,6 +837,19 @@ fn run_after_is_honoured(env: &mut Env) {
         ms(started - d.enqueued_at)
     );
     assert!(n.started_at.unwrap() < started);
+}
+
+/// A guest's progress() reports are stored on the task row.
+fn progress_is_stored(env: &mut Env) {
+    env.push("fib");
+    let id = env.enqueue("fib", r#"{"n":300000000}"#, &["--fuel", "unlimited"]);
+    let mut w = env.worker(&["--exit-when-idle", "--poll-interval", "200ms"], &[]);
+    w.wait_success(Duration::from_secs(60));
+    let t = env.task(id);
+    assert_eq!(t.state, TaskState::Succeeded, "{t:#?}");
+    let percent = t.progress_percent.expect("progress was stored");
+    assert!(percent >= 10, "{t:#?}");
+    assert!(t.progress_message.is_some(), "{t:#?}");
 }
 
 /// With one slot and no prefetch, tasks run by priority, highest first.

@@ -317,6 +317,11 @@ fn bad_modules_each_get_their_own_error() {
             "wrong-export-type",
             std::fs::read(example("other_world")).unwrap(),
         ),
+        ("missing-export", std::fs::read(example("no_run")).unwrap()),
+        (
+            "unsupported-import",
+            std::fs::read(example("needs_import")).unwrap(),
+        ),
     ];
     let mut messages = std::collections::HashSet::new();
     for (reason, bytes) in cases {
@@ -327,7 +332,7 @@ fn bad_modules_each_get_their_own_error() {
         assert!(err.contains("invalid-module"), "{err}");
         messages.insert(r["outcome"]["message"].as_str().unwrap().to_string());
     }
-    assert_eq!(messages.len(), 4);
+    assert_eq!(messages.len(), 6);
 }
 
 #[test]

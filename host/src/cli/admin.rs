@@ -396,10 +396,11 @@ async fn enqueue(client: &Client, a: EnqueueArgs) -> anyhow::Result<u8> {
     eprintln!("{}", out.id);
     let t = client
         .wait(out.id, |t| {
-            let progress = t
-                .progress_percent
-                .map(|p| format!(" {p}%"))
-                .unwrap_or_default();
+            let progress = match (t.progress_percent, &t.progress_message) {
+                (Some(p), Some(m)) => format!(" {p}% {m}"),
+                (Some(p), None) => format!(" {p}%"),
+                _ => String::new(),
+            };
             eprintln!(
                 "  {} attempt {}/{}{progress}",
                 t.state, t.attempt, t.max_attempts
@@ -460,6 +461,12 @@ fn show_task(t: &TaskRecord) {
     println!("queue     {} (priority {})", t.queue, t.priority);
     println!("state     {}", t.state);
     println!("attempt   {} of {}", t.attempt, t.max_attempts);
+    if let Some(p) = t.progress_percent {
+        println!(
+            "progress  {p}% {}",
+            t.progress_message.as_deref().unwrap_or("")
+        );
+    }
     println!("enqueued  {}", ts(Some(t.enqueued_at)));
     println!("run after {}", ts(Some(t.run_after)));
     println!("started   {}", ts(t.started_at));

@@ -188,6 +188,18 @@ pub trait Store: Clone + Send + Sync + 'static {
         transition: Transition,
     ) -> impl Future<Output = Result<bool>> + Send;
 
+    /// Records a running task's progress, as reported by its guest. Fenced
+    /// like a completion: returns false (and changes nothing) unless the task
+    /// is still running under `worker_id` in `attempt`.
+    fn set_progress(
+        &self,
+        worker_id: &str,
+        task_id: Uuid,
+        attempt: u32,
+        percent: u8,
+        message: &str,
+    ) -> impl Future<Output = Result<bool>> + Send;
+
     // ---- operator actions ------------------------------------------------
 
     /// Cancels a queued task at once; asks the worker of a running one to
@@ -368,6 +380,17 @@ impl Store for AnyStore {
 
     async fn expire(&self, task_id: Uuid, attempt: u32, transition: Transition) -> Result<bool> {
         dispatch!(self, s => s.expire(task_id, attempt, transition).await)
+    }
+
+    async fn set_progress(
+        &self,
+        worker_id: &str,
+        task_id: Uuid,
+        attempt: u32,
+        percent: u8,
+        message: &str,
+    ) -> Result<bool> {
+        dispatch!(self, s => s.set_progress(worker_id, task_id, attempt, percent, message).await)
     }
 
     async fn request_cancel(&self, id: Uuid) -> Result<CancelOutcome> {

@@ -2,16 +2,19 @@
 
 use super::retry::RetryPolicy;
 use crate::runtime::{
-    CancelToken, Limits, LoadError, Outcome, RunReport, RunRequest, Runtime, TaskErrorKind,
-    TaskInfo,
+    CancelToken, Limits, LoadError, Outcome, ProgressSink, RunReport, RunRequest, Runtime,
+    TaskErrorKind, TaskInfo,
 };
 use crate::store::{AnyStore, AttemptReport, ClaimedTask, Completion, Store, Transition};
 use chrono::Utc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Most bytes of guest logs and stderr stored with one attempt.
 pub const MAX_STORED_LOGS: usize = 64 * 1024;
+/// Progress reports closer together than this are not stored (but the one
+/// that reaches 100% always is).
+pub const PROGRESS_MIN_INTERVAL: Duration = Duration::from_millis(250);
 
 /// What the executor needs, shared by every task of a worker.
 pub struct Executor {
@@ -27,6 +30,7 @@ impl Executor {
     /// spending the attempt.
     pub async fn execute(
         &self,
+        worker_id: &str,
         task: &ClaimedTask,
         cancel: CancelToken,
         shutdown: &CancelToken,
@@ -58,7 +62,7 @@ impl Executor {
                             },
                             cancel,
                             dirs: &[],
-                            progress: None,
+                            progress: Some(self.progress_sink(worker_id, task)),
                         },
                     )
                     .await
@@ -67,6 +71,36 @@ impl Executor {
         };
         let interrupted = shutdown.is_cancelled() && report.outcome.kind() == "cancelled";
         self.complete(task, report, interrupted, started.elapsed())
+    }
+
+    /// Stores the guest's progress reports in the background, throttled, so
+    /// a chatty guest never waits for the database.
+    fn progress_sink(&self, worker_id: &str, task: &ClaimedTask) -> ProgressSink {
+        let store = self.store.clone();
+        let worker = worker_id.to_string();
+        let (id, attempt) = (task.id, task.attempt);
+        let last: Mutex<Option<Instant>> = Mutex::new(None);
+        Arc::new(move |percent: u8, message: &str| {
+            {
+                let mut last = last.lock().unwrap();
+                if percent < 100 && last.is_some_and(|t| t.elapsed() < PROGRESS_MIN_INTERVAL) {
+                    return;
+                }
+                *last = Some(Instant::now());
+            }
+            let Ok(handle) = tokio::runtime::Handle::try_current() else {
+                return;
+            };
+            let (store, worker, message) = (store.clone(), worker.clone(), message.to_string());
+            handle.spawn(async move {
+                if let Err(e) = store
+                    .set_progress(&worker, id, attempt, percent, &message)
+                    .await
+                {
+                    tracing::debug!(task_id = %id, error = %e, "could not store progress");
+                }
+            });
+        })
     }
 
     fn limits_for(&self, task: &ClaimedTask) -> Limits {

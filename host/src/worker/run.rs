@@ -293,7 +293,8 @@ async fn runner(
             let c = if shared.shutdown.is_cancelled() {
                 release(&task)
             } else {
-                exec.execute(&task, cancel, &shared.interrupt).await
+                exec.execute(&shared.id, &task, cancel, &shared.interrupt)
+                    .await
             };
             log_end(&c);
             c

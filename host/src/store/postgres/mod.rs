@@ -760,6 +760,29 @@ impl Store for PgStore {
         Ok(())
     }
 
+    async fn set_progress(
+        &self,
+        worker_id: &str,
+        task_id: Uuid,
+        attempt: u32,
+        percent: u8,
+        message: &str,
+    ) -> Result<bool> {
+        let n = sqlx::query(
+            "UPDATE tasks SET progress_percent = $1, progress_message = $2 \
+             WHERE id = $3 AND state = 'running' AND lease_owner = $4 AND attempt = $5",
+        )
+        .bind(i16::from(percent.min(100)))
+        .bind(message)
+        .bind(task_id)
+        .bind(worker_id)
+        .bind(attempt as i32)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
     async fn stop_worker(&self, id: &str) -> Result<()> {
         let found = sqlx::query(
             "UPDATE workers SET stopped_at = coalesce(stopped_at, now()) WHERE id = $1",

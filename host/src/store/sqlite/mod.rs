@@ -849,6 +849,31 @@ impl Store for SqliteStore {
         w.commit().await
     }
 
+    async fn set_progress(
+        &self,
+        worker_id: &str,
+        task_id: Uuid,
+        attempt: u32,
+        percent: u8,
+        message: &str,
+    ) -> Result<bool> {
+        let mut w = self.begin_write().await?;
+        let n = sqlx::query(
+            "UPDATE tasks SET progress_percent = ?1, progress_message = ?2 \
+             WHERE id = ?3 AND state = 'running' AND lease_owner = ?4 AND attempt = ?5",
+        )
+        .bind(i64::from(percent.min(100)))
+        .bind(message)
+        .bind(task_id.to_string())
+        .bind(worker_id)
+        .bind(i64::from(attempt))
+        .execute(&mut *w.tx)
+        .await?
+        .rows_affected();
+        w.commit().await?;
+        Ok(n == 1)
+    }
+
     async fn stop_worker(&self, id: &str) -> Result<()> {
         let mut w = self.begin_write().await?;
         let found =
