@@ -40,7 +40,7 @@ pub struct Cli {
 pub enum Command {
     /// Run one task module in this process, without a queue.
     Run(run::RunArgs),
-    /// Apply database migrations (workers and the server also do at start).
+    /// Apply database migrations (every command that opens the database also does).
     Migrate,
     /// Manage task modules.
     #[command(subcommand)]
