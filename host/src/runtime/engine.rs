@@ -16,8 +16,12 @@ pub const DEFAULT_POOL_INSTANCES: u32 = 256;
 /// Largest linear memory (per memory) a pooled slot can hold; per-run limits
 /// may be lower, never higher.
 pub const DEFAULT_POOL_MAX_MEMORY: u64 = 4 << 30;
-/// See [`RuntimeConfig::pool_keep_resident`].
-pub const DEFAULT_POOL_KEEP_RESIDENT: u64 = 1 << 20;
+/// See [`RuntimeConfig::pool_keep_resident`]. Larger than a small task's
+/// whole memory (a Rust task starts at 17 wasm pages, just over 1 MiB): any
+/// part beyond it is handed back with `madvise`, and each of those costs a
+/// TLB shootdown on every core running the process, which measured as a
+/// third of the queue's drain rate on 2 cores.
+pub const DEFAULT_POOL_KEEP_RESIDENT: u64 = 4 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Allocator {
