@@ -1,10 +1,11 @@
 //! The admin commands: `migrate`, `module …`, `task …`, `workers`.
 
 use super::exit::{self, Exit};
+use super::limits::LimitArgs;
 use super::table::{Table, clip};
 use crate::client::{Client, ClientError, EnqueueRequest};
-use crate::runtime::{Fuel, Runtime, RuntimeConfig, parse_duration, parse_size};
-use crate::store::{CancelOutcome, Store, TaskFilter, TaskLimits, TaskRecord, TaskState};
+use crate::runtime::{Runtime, RuntimeConfig, parse_duration};
+use crate::store::{CancelOutcome, Store, TaskFilter, TaskRecord, TaskState};
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
@@ -177,12 +178,9 @@ pub struct EnqueueArgs {
     /// Deduplicate against unfinished tasks with the same key.
     #[arg(long)]
     pub unique_key: Option<String>,
-    #[arg(long)]
-    pub fuel: Option<Fuel>,
-    #[arg(long, value_parser = parse_size)]
-    pub memory: Option<u64>,
-    #[arg(long, value_parser = parse_duration)]
-    pub timeout: Option<Duration>,
+    /// Limits of this task (default: the worker's).
+    #[command(flatten)]
+    pub limits: LimitArgs,
     /// Follow the task and exit with its outcome.
     #[arg(long)]
     pub wait: bool,
@@ -373,11 +371,7 @@ async fn enqueue(client: &Client, a: EnqueueArgs) -> anyhow::Result<u8> {
         run_after,
         max_attempts: a.max_attempts,
         unique_key: a.unique_key,
-        limits: TaskLimits {
-            fuel: a.fuel.map(|Fuel(f)| f.unwrap_or(0)),
-            memory_bytes: a.memory,
-            timeout_ms: a.timeout.map(|d| d.as_millis() as u64),
-        },
+        limits: a.limits.task_limits(),
     };
     let out = client.enqueue(req).await.map_err(fail)?;
     if !a.wait {

@@ -5,6 +5,7 @@ mod admin;
 mod bench;
 mod bench_queue;
 pub mod exit;
+mod limits;
 mod logging;
 mod run;
 mod table;

@@ -1,10 +1,9 @@
 //! `wasmq run`: one task, in this process, no database.
 
 use super::exit::{self, Exit};
-use crate::runtime::Fuel;
+use super::limits::LimitArgs;
 use crate::runtime::{
-    CancelToken, DirGrant, Limits, LoadError, RunRequest, Runtime, RuntimeConfig, TaskInfo,
-    parse_duration, parse_size,
+    CancelToken, DirGrant, LoadError, RunRequest, Runtime, RuntimeConfig, TaskInfo,
 };
 use anyhow::Context;
 use clap::Args;
@@ -20,15 +19,8 @@ pub struct RunArgs {
     /// Read the input JSON from a file (`-` for stdin).
     #[arg(long)]
     pub input_file: Option<PathBuf>,
-    /// Fuel budget (`unlimited` or 0 for none) [default: 10_000_000_000].
-    #[arg(long)]
-    pub fuel: Option<Fuel>,
-    /// Memory limit, e.g. 64MiB [default: 256MiB].
-    #[arg(long, value_parser = parse_size)]
-    pub memory: Option<u64>,
-    /// Wall-clock limit, e.g. 500ms, 30s [default: 30s].
-    #[arg(long, value_parser = parse_duration)]
-    pub timeout: Option<std::time::Duration>,
+    #[command(flatten)]
+    pub limits: LimitArgs,
     /// Let the task read a host directory, HOST[:GUEST] (read-only; repeatable).
     #[arg(long = "allow-dir", value_name = "HOST[:GUEST]")]
     pub allow_dir: Vec<DirGrant>,
@@ -39,16 +31,7 @@ pub struct RunArgs {
 
 pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     let input = read_input(args.input.as_deref(), args.input_file.as_deref())?;
-    let mut limits = Limits::from_env().map_err(|e| Exit::usage(e.to_string()))?;
-    if let Some(Fuel(f)) = args.fuel {
-        limits.fuel = f;
-    }
-    if let Some(m) = args.memory {
-        limits.memory_bytes = m;
-    }
-    if let Some(t) = args.timeout {
-        limits.timeout = t;
-    }
+    let limits = args.limits.limits()?;
     let bytes = std::fs::read(&args.module)
         .map_err(|e| Exit::usage(format!("cannot read {}: {e}", args.module.display())))?;
 

@@ -1,7 +1,8 @@
 //! `wasmq worker`: lease and run tasks until SIGTERM/SIGINT.
 
 use super::admin::connect;
-use crate::runtime::{Fuel, Limits, Runtime, RuntimeConfig, parse_duration, parse_size};
+use super::limits::LimitArgs;
+use crate::runtime::{Runtime, RuntimeConfig, parse_duration};
 use crate::store::QueueSelector;
 use crate::worker::{Executor, Mode, RetryPolicy, Worker, WorkerConfig};
 use clap::Args;
@@ -43,15 +44,9 @@ pub struct WorkerArgs {
     /// Longest retry delay [default: 10m, or WASMQ_BACKOFF_CAP].
     #[arg(long, value_parser = parse_duration)]
     pub backoff_cap: Option<Duration>,
-    /// Default fuel for tasks that set none.
-    #[arg(long)]
-    pub fuel: Option<Fuel>,
-    /// Default memory limit for tasks that set none.
-    #[arg(long, value_parser = parse_size)]
-    pub memory: Option<u64>,
-    /// Default wall-clock limit for tasks that set none.
-    #[arg(long, value_parser = parse_duration)]
-    pub timeout: Option<Duration>,
+    /// Defaults for tasks that set no limits of their own.
+    #[command(flatten)]
+    pub limits: LimitArgs,
     /// Exit once no task is queued or running on the served queues.
     #[arg(long)]
     pub exit_when_idle: bool,
@@ -103,16 +98,7 @@ pub async fn run(db: &str, a: WorkerArgs) -> anyhow::Result<()> {
     if let Some(c) = a.backoff_cap {
         policy.cap = c;
     }
-    let mut defaults = Limits::from_env().map_err(|e| super::exit::Exit::usage(e.to_string()))?;
-    if let Some(Fuel(f)) = a.fuel {
-        defaults.fuel = f;
-    }
-    if let Some(m) = a.memory {
-        defaults.memory_bytes = m;
-    }
-    if let Some(t) = a.timeout {
-        defaults.timeout = t;
-    }
+    let defaults = a.limits.limits()?;
 
     let runtime = Arc::new(Runtime::new(RuntimeConfig::from_env()?)?);
     let worker = Worker::new(

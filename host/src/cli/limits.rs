@@ -1,0 +1,48 @@
+//! The `--fuel`, `--memory` and `--timeout` flags shared by `run`, `worker`
+//! and `task enqueue`.
+
+use super::exit::Exit;
+use crate::runtime::{Fuel, Limits, parse_duration, parse_size};
+use crate::store::TaskLimits;
+use clap::Args;
+use std::time::Duration;
+
+#[derive(Debug, Args)]
+pub struct LimitArgs {
+    /// Fuel per run, or `unlimited` [default: WASMQ_DEFAULT_FUEL, else 10_000_000_000].
+    #[arg(long)]
+    pub fuel: Option<Fuel>,
+    /// Memory per run, e.g. 64MiB [default: WASMQ_DEFAULT_MEMORY, else 256MiB].
+    #[arg(long, value_parser = parse_size)]
+    pub memory: Option<u64>,
+    /// Wall clock per run, e.g. 500ms, 30s [default: WASMQ_DEFAULT_TIMEOUT, else 30s].
+    #[arg(long, value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+}
+
+impl LimitArgs {
+    /// The environment's defaults with these flags applied.
+    pub fn limits(&self) -> anyhow::Result<Limits> {
+        let mut limits = Limits::from_env().map_err(|e| Exit::usage(e.to_string()))?;
+        if let Some(Fuel(f)) = self.fuel {
+            limits.fuel = f;
+        }
+        if let Some(m) = self.memory {
+            limits.memory_bytes = m;
+        }
+        if let Some(t) = self.timeout {
+            limits.timeout = t;
+        }
+        Ok(limits)
+    }
+
+    /// Per-task overrides as stored with a task (`None` = the worker's default;
+    /// fuel 0 = unlimited).
+    pub fn task_limits(&self) -> TaskLimits {
+        TaskLimits {
+            fuel: self.fuel.map(|Fuel(f)| f.unwrap_or(0)),
+            memory_bytes: self.memory,
+            timeout_ms: self.timeout.map(|d| d.as_millis() as u64),
+        }
+    }
+}
