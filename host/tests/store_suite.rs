@@ -1146,6 +1146,7 @@ async fn lease_expiry_retry_and_fail(h: Harness) {
             max_attempts: 4,
             lease_owner: "w-dead".into(),
             queue: "q".into(),
+            module: m.reference(),
         }
     );
     assert_eq!(s.expired_leases(1).await.unwrap().len(), 1);

@@ -461,6 +461,8 @@ pub struct ExpiredTask {
     pub max_attempts: u32,
     pub lease_owner: String,
     pub queue: String,
+    /// `name@version`, for the log line about the lost attempt.
+    pub module: String,
 }
 
 /// Result of `request_cancel`.

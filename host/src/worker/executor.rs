@@ -9,6 +9,7 @@ use crate::store::{AnyStore, AttemptReport, ClaimedTask, Completion, Store, Tran
 use chrono::Utc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 /// Most bytes of guest logs and stderr stored with one attempt.
 pub const MAX_STORED_LOGS: usize = 64 * 1024;
@@ -36,6 +37,14 @@ impl Executor {
         shutdown: &CancelToken,
     ) -> Completion {
         let started = Instant::now();
+        let metrics = crate::metrics::global();
+        let _running = metrics.in_flight_guard();
+        if task.attempt == 1 {
+            let wait = (Utc::now() - task.enqueued_at).to_std().unwrap_or_default();
+            metrics
+                .queue_wait
+                .observe(&[&task.queue], wait.as_secs_f64());
+        }
         let limits = self.limits_for(task);
         let store = self.store.clone();
         let sha = task.module_sha256.clone();
@@ -70,7 +79,14 @@ impl Executor {
             Err(e) => failed_load(task, e),
         };
         let interrupted = shutdown.is_cancelled() && report.outcome.kind() == "cancelled";
-        self.complete(task, report, interrupted, started.elapsed())
+        let elapsed = started.elapsed();
+        let outcome = if interrupted {
+            "shutdown"
+        } else {
+            report.outcome.kind()
+        };
+        metrics.attempt_finished(outcome, &task.module_name, elapsed, report.fuel_used);
+        self.complete(task, report, interrupted, elapsed)
     }
 
     /// Stores the guest's progress reports in the background, throttled, so
@@ -80,6 +96,9 @@ impl Executor {
         let worker = worker_id.to_string();
         let (id, attempt) = (task.id, task.attempt);
         let last: Mutex<Option<Instant>> = Mutex::new(None);
+        // The task's span, so that a line about storing progress carries
+        // the task's fields like every other line about it.
+        let span = tracing::Span::current();
         Arc::new(move |percent: u8, message: &str| {
             {
                 let mut last = last.lock().unwrap();
@@ -92,14 +111,17 @@ impl Executor {
                 return;
             };
             let (store, worker, message) = (store.clone(), worker.clone(), message.to_string());
-            handle.spawn(async move {
-                if let Err(e) = store
-                    .set_progress(&worker, id, attempt, percent, &message)
-                    .await
-                {
-                    tracing::debug!(task_id = %id, error = %e, "could not store progress");
+            handle.spawn(
+                async move {
+                    if let Err(e) = store
+                        .set_progress(&worker, id, attempt, percent, &message)
+                        .await
+                    {
+                        tracing::debug!(error = %e, "could not store progress");
+                    }
                 }
-            });
+                .instrument(span.clone()),
+            );
         })
     }
 

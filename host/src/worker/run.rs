@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, Span, debug, info, info_span, warn};
 use uuid::Uuid;
 
 /// Counts of what a worker did, returned when it stops.
@@ -37,7 +37,7 @@ struct Shared {
     id: String,
     store: AnyStore,
     config: WorkerConfig,
-    inflight: Mutex<HashMap<Uuid, CancelToken>>,
+    inflight: Mutex<HashMap<Uuid, InFlight>>,
     /// Set when shutdown begins: stop claiming, release tasks not started.
     shutdown: CancelToken,
     /// Set when the grace period is over: interrupt running tasks.
@@ -49,12 +49,20 @@ struct Shared {
     fenced: AtomicU64,
 }
 
-type Done = (Completion, OwnedSemaphorePermit);
+/// A claimed task not yet written back: its cancel token, and the span
+/// that puts its id, attempt, module, queue and worker on every log line
+/// about it, wherever the line is written.
+struct InFlight {
+    cancel: CancelToken,
+    span: Span,
+}
+
+type Done = (Completion, Span, OwnedSemaphorePermit);
 
 /// How long the completer waits to fill a batch once it holds one completion.
 const COMPLETE_LINGER: Duration = Duration::from_millis(2);
-/// A claimed task waiting for a runner, with its cancel token and claim slot.
-type Work = (ClaimedTask, CancelToken, OwnedSemaphorePermit);
+/// A claimed task waiting for a runner, with its cancel token, span and claim slot.
+type Work = (ClaimedTask, CancelToken, Span, OwnedSemaphorePermit);
 
 impl Worker {
     pub fn new(exec: Executor, config: WorkerConfig) -> Worker {
@@ -88,6 +96,7 @@ impl Worker {
                 concurrency: cfg.concurrency,
             })
             .await?;
+        crate::metrics::global().heartbeat(&self.id);
         info!(worker = %self.id, mode = cfg.mode.as_str(), queues = %cfg.queues,
             concurrency = cfg.concurrency, prefetch = cfg.prefetch, backend = store.backend_name(),
             "worker started");
@@ -155,14 +164,15 @@ impl Worker {
             warn!(worker = %self.id, tasks = n, grace = ?cfg.grace,
                 "grace period over: interrupting and requeueing the remaining tasks");
             shared.interrupt.cancel();
-            for token in shared.inflight.lock().unwrap().values() {
-                token.cancel();
+            for t in shared.inflight.lock().unwrap().values() {
+                t.cancel.cancel();
             }
             while runners.join_next().await.is_some() {}
         }
         drop(done_tx);
         completer.await?;
         background.abort_all();
+        crate::metrics::global().forget_worker(&self.id);
         if let Err(e) = store.stop_worker(&self.id).await {
             warn!(worker = %self.id, error = %e, "could not mark the worker stopped");
         }
@@ -235,12 +245,21 @@ async fn claim_loop(
             if task.cancel_requested {
                 cancel.cancel();
             }
-            shared
-                .inflight
-                .lock()
-                .unwrap()
-                .insert(task.id, cancel.clone());
-            if work_tx.send((task, cancel, permit)).is_err() {
+            let span = task_span(
+                task.id,
+                task.attempt,
+                &format!("{}@{}", task.module_name, task.module_version),
+                &task.queue,
+                &shared.id,
+            );
+            shared.inflight.lock().unwrap().insert(
+                task.id,
+                InFlight {
+                    cancel: cancel.clone(),
+                    span: span.clone(),
+                },
+            );
+            if work_tx.send((task, cancel, span, permit)).is_err() {
                 anyhow::bail!("all task runners stopped");
             }
         }
@@ -283,12 +302,9 @@ async fn runner(
 ) {
     loop {
         let next = work.lock().await.recv().await;
-        let Some((task, cancel, claim_permit)) = next else {
+        let Some((task, cancel, span, claim_permit)) = next else {
             return;
         };
-        let span = info_span!("task", task_id = %task.id, attempt = task.attempt,
-            module = %format_args!("{}@{}", task.module_name, task.module_version),
-            queue = %task.queue, worker = %shared.id);
         let completion = async {
             let c = if shared.shutdown.is_cancelled() {
                 release(&task)
@@ -299,11 +315,11 @@ async fn runner(
             log_end(&c);
             c
         }
-        .instrument(span)
+        .instrument(span.clone())
         .await;
         shared.inflight.lock().unwrap().remove(&task.id);
         // The claim slot is freed once the completion is written.
-        let _ = done_tx.send((completion, claim_permit));
+        let _ = done_tx.send((completion, span, claim_permit));
     }
 }
 
@@ -361,19 +377,25 @@ async fn completer(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Done>) {
                 }
             }
         }
-        let (completions, permits): (Vec<Completion>, Vec<OwnedSemaphorePermit>) =
-            batch.into_iter().unzip();
+        let mut completions = Vec::with_capacity(batch.len());
+        let mut spans = Vec::with_capacity(batch.len());
+        let mut permits = Vec::with_capacity(batch.len());
+        for (c, span, permit) in batch {
+            completions.push(c);
+            spans.push(span);
+            permits.push(permit);
+        }
         let mut delay = Duration::from_millis(100);
         for attempt in 1..=MAX_WRITE_TRIES {
             match shared.store.complete(&shared.id, &completions).await {
                 Ok(applied) => {
                     debug!(tasks = completions.len(), "completions written");
                     wake_for_retries(&shared, &completions);
-                    for (c, ok) in completions.iter().zip(&applied) {
+                    for ((c, ok), span) in completions.iter().zip(&applied).zip(&spans) {
                         if !ok {
                             shared.fenced.fetch_add(1, Ordering::Relaxed);
-                            warn!(task_id = %c.task_id, attempt = c.attempt,
-                                "completion refused: the task's lease was taken over by another worker");
+                            span.in_scope(|| warn!(
+                                "completion refused: the task's lease was taken over by another worker"));
                         } else if matches!(c.transition, Transition::Succeed { .. }) {
                             shared.succeeded.fetch_add(1, Ordering::Relaxed);
                         }
@@ -430,6 +452,7 @@ async fn heartbeat(shared: Arc<Shared>) {
             .await
         {
             Ok(cancelled) => {
+                crate::metrics::global().heartbeat(&shared.id);
                 for id in cancelled {
                     cancel_inflight(&shared, id);
                 }
@@ -440,11 +463,12 @@ async fn heartbeat(shared: Arc<Shared>) {
 }
 
 fn cancel_inflight(shared: &Shared, id: Uuid) {
-    if let Some(token) = shared.inflight.lock().unwrap().get(&id) {
-        if !token.is_cancelled() {
-            info!(task_id = %id, "cancellation requested: interrupting the task");
+    if let Some(t) = shared.inflight.lock().unwrap().get(&id) {
+        if !t.cancel.is_cancelled() {
+            t.span
+                .in_scope(|| info!("cancellation requested: interrupting the task"));
         }
-        token.cancel();
+        t.cancel.cancel();
     }
 }
 
@@ -471,10 +495,12 @@ async fn reap_once(shared: &Shared, exec: &Executor) -> anyhow::Result<()> {
             None => Transition::Fail,
         };
         if store.expire(t.id, t.attempt, transition.clone()).await? {
-            warn!(task_id = %t.id, attempt = t.attempt, lost_worker = %t.lease_owner,
-                // A pending cancel request turns a requeue into `cancelled`.
-                retry_planned = matches!(transition, Transition::Retry { .. }),
-                "took back a task whose worker stopped heartbeating");
+            task_span(t.id, t.attempt, &t.module, &t.queue, &shared.id).in_scope(|| {
+                warn!(lost_worker = %t.lease_owner,
+                    // A pending cancel request turns a requeue into `cancelled`.
+                    retry_planned = matches!(transition, Transition::Retry { .. }),
+                    "took back a task whose worker stopped heartbeating")
+            });
         }
     }
     let stale = store
@@ -512,6 +538,12 @@ async fn listener(shared: Arc<Shared>) {
             }
         }
     }
+}
+
+/// The span of every log line about one attempt of a task: with
+/// `--log-format json` its fields appear on each such line.
+fn task_span(id: Uuid, attempt: u32, module: &str, queue: &str, worker: &str) -> Span {
+    info_span!("task", task_id = %id, attempt, module, queue, worker)
 }
 
 fn hostname() -> String {

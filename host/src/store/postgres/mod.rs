@@ -630,7 +630,8 @@ impl Store for PgStore {
     async fn expired_leases(&self, limit: u32) -> Result<Vec<ExpiredTask>> {
         let limit = validate_limit(limit)?;
         let rows = sqlx::query(
-            "SELECT id, attempt, max_attempts, lease_owner, queue FROM tasks \
+            "SELECT id, attempt, max_attempts, lease_owner, queue, \
+                 module_name || '@' || module_version AS module FROM tasks \
              WHERE state = 'running' AND lease_expires_at < now() \
              ORDER BY lease_expires_at LIMIT $1",
         )
@@ -648,6 +649,7 @@ impl Store for PgStore {
                     )?,
                     lease_owner: row.try_get("lease_owner")?,
                     queue: row.try_get("queue")?,
+                    module: row.try_get("module")?,
                 })
             })
             .collect()

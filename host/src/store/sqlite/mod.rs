@@ -704,7 +704,8 @@ impl Store for SqliteStore {
     async fn expired_leases(&self, limit: u32) -> Result<Vec<ExpiredTask>> {
         let limit = validate_limit(limit)?;
         let rows = sqlx::query(
-            "SELECT id, attempt, max_attempts, lease_owner, queue FROM tasks \
+            "SELECT id, attempt, max_attempts, lease_owner, queue, \
+                 module_name || '@' || module_version AS module FROM tasks \
              WHERE state = 'running' AND lease_expires_at < ?1 \
              ORDER BY lease_expires_at LIMIT ?2",
         )
@@ -720,6 +721,7 @@ impl Store for SqliteStore {
                     max_attempts: to_u32(row.try_get("max_attempts")?, "max_attempts")?,
                     lease_owner: row.try_get("lease_owner")?,
                     queue: row.try_get("queue")?,
+                    module: row.try_get("module")?,
                 })
             })
             .collect()
