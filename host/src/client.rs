@@ -10,7 +10,12 @@ use chrono::{DateTime, Utc};
 use std::time::Duration;
 use uuid::Uuid;
 
+mod batcher;
+
 pub use crate::store::DEFAULT_MAX_ATTEMPTS;
+pub use batcher::{
+    BatchConfig, DEFAULT_BATCH_IN_FLIGHT, DEFAULT_BATCH_LINGER, DEFAULT_BATCH_MAX, EnqueueBatcher,
+};
 /// The queue used when none is named.
 pub const DEFAULT_QUEUE: &str = "default";
 
@@ -24,6 +29,8 @@ pub enum ClientError {
     InvalidInput(String),
     #[error("invalid module reference `{0}`: expected NAME or NAME@VERSION")]
     BadReference(String),
+    #[error("{0}")]
+    Unavailable(&'static str),
 }
 
 impl ClientError {
@@ -32,6 +39,7 @@ impl ClientError {
         !matches!(
             self,
             ClientError::Store(StoreError::Database(_) | StoreError::Migrate(_))
+                | ClientError::Unavailable(_)
         )
     }
 }
@@ -129,18 +137,7 @@ impl Client {
             .map_err(|e| ClientError::InvalidInput(e.to_string()))?;
         let (name, version) = parse_reference(&req.module)?;
         let module = self.store.resolve_module(name, version).await?;
-        let mut task = NewTask::new(&module, req.input)
-            .queue(req.queue)
-            .priority(req.priority)
-            .max_attempts(req.max_attempts)
-            .limits(req.limits);
-        if let Some(at) = req.run_after {
-            task = task.run_after(at);
-        }
-        if let Some(k) = req.unique_key {
-            task = task.unique_key(k);
-        }
-        Ok(task)
+        Ok(batcher::new_task_for(&module, req))
     }
 
     pub async fn get(&self, id: Uuid) -> Result<TaskRecord, ClientError> {
