@@ -14,27 +14,17 @@
 
 mod common;
 
-use common::{code, example, stderr, stdout, wasmq};
+use common::pg::{PgEnv, drop_schema, pg_admin, pg_env};
+use common::{Backend, code, example, stderr, stdout, wasmq};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeDelta, Utc};
-use rand::Rng;
 use sqlx::Connection;
-use sqlx::postgres::{PgConnectOptions, PgConnection};
 use uuid::Uuid;
 use wasmq::store::{AnyStore, AttemptRecord, NewTask, Store, TaskFilter, TaskRecord, TaskState};
-
-const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Backend {
-    Sqlite,
-    Postgres,
-}
 
 /// One isolated database, a private module cache and a scratch directory.
 struct Env {
@@ -47,28 +37,6 @@ struct Env {
     /// The test's own view of the database, through the library.
     store: AnyStore,
     workers_started: usize,
-}
-
-struct PgEnv {
-    /// The server URL as given (no schema, no application name).
-    base_url: String,
-    schema: String,
-}
-
-impl PgEnv {
-    /// The URL of this test's schema, with connections named `app`.
-    fn url(&self, app: &str) -> String {
-        let sep = if self.base_url.contains('?') {
-            '&'
-        } else {
-            '?'
-        };
-        // libpq-style `options` (sqlx 0.9 parses it from the URL).
-        format!(
-            "{}{sep}options=-c%20search_path%3D{}&application_name={app}",
-            self.base_url, self.schema
-        )
-    }
 }
 
 impl Env {
@@ -282,55 +250,6 @@ impl Drop for Env {
     }
 }
 
-async fn pg_admin(base_url: &str) -> Result<PgConnection, String> {
-    let opts = PgConnectOptions::from_str(base_url).map_err(|e| e.to_string())?;
-    tokio::time::timeout(Duration::from_secs(5), PgConnection::connect_with(&opts))
-        .await
-        .map_err(|_| "timed out".to_string())
-        .and_then(|r| r.map_err(|e| e.to_string()))
-}
-
-async fn pg_env() -> Option<PgEnv> {
-    let base_url = std::env::var("WASMQ_TEST_PG_URL").unwrap_or_else(|_| DEFAULT_PG_URL.into());
-    let mut conn = match pg_admin(&base_url).await {
-        Ok(c) => c,
-        // Never print the URL: it may carry a password.
-        Err(e) if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("PostgreSQL is unreachable ({e}) and CI=true: failing")
-        }
-        Err(e) => {
-            eprintln!("SKIPPED: PostgreSQL is unreachable ({e}); set WASMQ_TEST_PG_URL");
-            return None;
-        }
-    };
-    let schema = format!("e2e_{:016x}", rand::thread_rng().r#gen::<u64>());
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
-        .execute(&mut conn)
-        .await
-        .expect("create the test schema");
-    conn.close().await.ok();
-    Some(PgEnv { base_url, schema })
-}
-
-async fn drop_schema(pg: &PgEnv) {
-    let result = async {
-        let mut conn = pg_admin(&pg.base_url).await?;
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-            "SET lock_timeout = '10s'; DROP SCHEMA IF EXISTS {} CASCADE",
-            pg.schema
-        )))
-        .execute(&mut conn)
-        .await
-        .map_err(|e| e.to_string())?;
-        conn.close().await.ok();
-        Ok::<_, String>(())
-    }
-    .await;
-    if let Err(e) = result {
-        eprintln!("could not drop test schema {}: {e}", pg.schema);
-    }
-}
-
 /// A `wasmq worker` child process, killed (SIGKILL) when dropped.
 struct WorkerProc {
     name: String,
@@ -452,22 +371,6 @@ fn run_on(backend: Backend, test: fn(&mut Env)) {
     if let Some(mut env) = Env::new(backend) {
         test(&mut env);
     }
-}
-
-/// Instantiates each scenario for both backends: `name::sqlite`, `name::postgres`.
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[test]
-            fn sqlite() {
-                super::run_on(super::Backend::Sqlite, super::$name)
-            }
-            #[test]
-            fn postgres() {
-                super::run_on(super::Backend::Postgres, super::$name)
-            }
-        }
-    )*};
 }
 
 on_both_backends!(

@@ -2,6 +2,34 @@
 //! and scratch directories.
 #![allow(dead_code)]
 
+pub mod pg;
+
+/// The database an end-to-end scenario runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Instantiates each scenario for both backends: `name::sqlite`,
+/// `name::postgres`. The test file defines `run_on(Backend, fn(&mut Env))`,
+/// which skips (or, with `CI=true`, fails) when PostgreSQL is unreachable.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn sqlite() {
+                super::run_on($crate::common::Backend::Sqlite, super::$name)
+            }
+            #[test]
+            fn postgres() {
+                super::run_on($crate::common::Backend::Postgres, super::$name)
+            }
+        }
+    )*};
+}
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

@@ -24,6 +24,12 @@ struct Output {
 
 fn run(ctx: &Context, input: Input) -> Result<Output, TaskError> {
     let attempt = ctx.attempt();
+    // One log line per attempt: stored with the attempt, shown by
+    // `wasmq task show` and the dashboard.
+    ctx.log_info(format!(
+        "flaky: attempt {attempt}, succeeding on attempt {}",
+        input.succeed_on_attempt
+    ));
     if attempt < input.succeed_on_attempt {
         return Err(TaskError::retryable(format!(
             "attempt {attempt} of {}: not yet (succeeds on attempt {})",

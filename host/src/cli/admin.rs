@@ -324,8 +324,11 @@ pub async fn task(db: &str, cmd: TaskCommand) -> anyhow::Result<u8> {
                 ]);
             }
             table.print();
-            if let Some(logs) = attempts.iter().rev().find_map(|a| a.logs.as_deref()) {
-                println!("\nlogs (last attempt with logs):\n{}", logs.trim_end());
+            // Each attempt's guest log() lines, then its stdout and stderr.
+            for a in &attempts {
+                if let Some(logs) = a.logs.as_deref().filter(|l| !l.is_empty()) {
+                    println!("\nlogs of attempt {}:\n{}", a.attempt, logs.trim_end());
+                }
             }
         }
         TaskCommand::Cancel { id } => match client.cancel(id).await.map_err(fail)? {

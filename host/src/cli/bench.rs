@@ -17,6 +17,8 @@ pub enum BenchCommand {
     Runtime(RuntimeBench),
     /// Drain throughput and enqueue→start/done latency on SQLite and PostgreSQL.
     Queue(super::bench_queue::QueueBench),
+    /// Enqueues/s and latency through the HTTP API while workers drain.
+    Api(super::bench_api::ApiBench),
 }
 
 #[derive(Debug, Args)]
@@ -44,6 +46,7 @@ pub async fn run(cmd: BenchCommand, _db: &str) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Runtime(b) => runtime_bench(b).await,
         BenchCommand::Queue(b) => super::bench_queue::run(b).await,
+        BenchCommand::Api(b) => super::bench_api::run(b).await,
     }
 }
 

@@ -3,11 +3,13 @@
 
 mod admin;
 mod bench;
+mod bench_api;
 mod bench_queue;
 pub mod exit;
 mod limits;
 mod logging;
 mod run;
+mod serve;
 mod table;
 mod worker;
 
@@ -56,6 +58,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Serve the HTTP API, /metrics and the web dashboard.
+    Serve(serve::ServeArgs),
     /// Measure the runtime and the queue.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -94,6 +98,7 @@ pub fn main() -> ExitCode {
             Command::Task(cmd) => admin::task(&db, cmd).await,
             Command::Worker(args) => ok(worker::run(&db, args).await),
             Command::Workers { json } => ok(admin::workers(&db, json).await),
+            Command::Serve(args) => ok(serve::run(&db, args).await),
             Command::Bench(cmd) => ok(bench::run(cmd, &db).await),
         }
     });

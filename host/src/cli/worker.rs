@@ -50,6 +50,9 @@ pub struct WorkerArgs {
     /// Exit once no task is queued or running on the served queues.
     #[arg(long)]
     pub exit_when_idle: bool,
+    /// Serve this worker's Prometheus metrics at http://ADDR/metrics.
+    #[arg(long, env = "WASMQ_METRICS_LISTEN")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl WorkerArgs {
@@ -60,6 +63,10 @@ impl WorkerArgs {
 
 pub async fn run(db: &str, a: WorkerArgs) -> anyhow::Result<()> {
     let client = connect(db).await?;
+    let _metrics = match a.metrics_listen {
+        Some(addr) => Some(crate::api::serve_worker_metrics(addr).await?),
+        None => None,
+    };
     let mut cfg = WorkerConfig::new(a.mode());
     if a.all_queues {
         cfg.queues = QueueSelector::All;

@@ -1,0 +1,1032 @@
+//! The HTTP API, `/metrics`, JSON logs and the web dashboard end to end: the
+//! real `wasmq serve` and `wasmq worker` binaries against a real database.
+//!
+//! Scenarios run on both backends (`NAME::sqlite`, `NAME::postgres`, as in
+//! `e2e_queue`); PostgreSQL variants skip when the server is unreachable,
+//! except with `CI=true`, where they fail. Servers listen on port 0 and print
+//! the address they got. `promtool` (Debian's `prometheus`) and Chromium with
+//! ChromeDriver (`chromium`, `chromium-driver`) are installed by
+//! scripts/setup.sh; when missing, their checks fail under `CI=true` and
+//! skip otherwise.
+
+mod common;
+
+use common::pg::{PgEnv, drop_schema, pg_env};
+use common::{Backend, example, wasmq};
+use reqwest::blocking::{Client as Http, multipart};
+use serde_json::{Value, json};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The API token of the servers started here; must never reach a log.
+const TOKEN: &str = "e2e-secret-token-5f0c2a9d41b7";
+
+struct Env {
+    backend: Backend,
+    dir: tempfile::TempDir,
+    url: String,
+    pg: Option<PgEnv>,
+    rt: tokio::runtime::Runtime,
+    started: usize,
+}
+
+impl Env {
+    fn new(backend: Backend) -> Option<Env> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("cache")).unwrap();
+        let (url, pg) = match backend {
+            Backend::Sqlite => (format!("sqlite://{}/wasmq.db", dir.path().display()), None),
+            Backend::Postgres => {
+                let pg = rt.block_on(pg_env())?;
+                (pg.url(&format!("e2e-api-{}", pg.schema)), Some(pg))
+            }
+        };
+        Some(Env {
+            backend,
+            dir,
+            url,
+            pg,
+            rt,
+            started: 0,
+        })
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = wasmq(&self.dir.path().join("cache"));
+        c.arg("--database-url").arg(&self.url).args(args);
+        c.env_remove("WASMQ_API_TOKEN");
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    /// Starts `wasmq ARGS…` in the background, output to files.
+    fn spawn(&mut self, args: &[&str], env: &[(&str, &str)]) -> Proc {
+        self.started += 1;
+        let name = format!("{}-{}", args[0], self.started);
+        let out_path = self.dir.path().join(format!("{name}.out"));
+        let err_path = self.dir.path().join(format!("{name}.err"));
+        let mut c = self.cmd(args);
+        c.stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out_path).unwrap())
+            .stderr(std::fs::File::create(&err_path).unwrap());
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        Proc {
+            name,
+            child: c.spawn().expect("spawn wasmq"),
+            out_path,
+            err_path,
+        }
+    }
+
+    /// `wasmq serve --listen 127.0.0.1:0 ARGS…` with the test token.
+    fn serve(&mut self, args: &[&str]) -> Server {
+        let mut all = vec!["serve", "--listen", "127.0.0.1:0"];
+        all.extend_from_slice(args);
+        let proc = self.spawn(&all, &[("WASMQ_API_TOKEN", TOKEN), ("WASMQ_LOG", "debug")]);
+        let base = proc.wait_line("listening on ", Duration::from_secs(60));
+        Server {
+            base: base.trim().to_string(),
+            proc,
+            http: Http::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
+        }
+    }
+
+    /// `wasmq worker --all-queues --metrics-listen 127.0.0.1:0 ARGS…`.
+    fn worker(&mut self, args: &[&str], env: &[(&str, &str)]) -> (Proc, String) {
+        let mut all = vec![
+            "worker",
+            "--all-queues",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--backoff-base",
+            "50ms",
+            "--backoff-cap",
+            "100ms",
+        ];
+        all.extend_from_slice(args);
+        let p = self.spawn(&all, env);
+        let metrics = p.wait_line("metrics on ", Duration::from_secs(60));
+        (p, metrics.trim().to_string())
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if let Some(pg) = self.pg.take() {
+            self.rt.block_on(drop_schema(&pg));
+        }
+    }
+}
+
+/// A child process, killed when dropped.
+struct Proc {
+    name: String,
+    child: Child,
+    out_path: PathBuf,
+    err_path: PathBuf,
+}
+
+impl Proc {
+    fn stdout(&self) -> String {
+        std::fs::read_to_string(&self.out_path).unwrap_or_default()
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.err_path).unwrap_or_default()
+    }
+
+    /// The rest of the first stdout line containing `marker`, once it appears.
+    fn wait_line(&self, marker: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(l) = self.stdout().lines().find(|l| l.contains(marker)) {
+                let rest = &l[l.find(marker).unwrap() + marker.len()..];
+                return rest.trim_end_matches("/metrics").to_string();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} printed no {marker:?} within {within:?}\nstdout: {}\nstderr: {}",
+                self.name,
+                self.stdout(),
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Server {
+    base: String,
+    proc: Proc,
+    http: Http,
+}
+
+/// A response: status and body (JSON when it parses, else a string).
+#[derive(Debug)]
+struct Resp {
+    status: u16,
+    body: Value,
+    headers: reqwest::header::HeaderMap,
+}
+
+impl Resp {
+    fn kind(&self) -> &str {
+        self.body["error"]["kind"].as_str().unwrap_or("")
+    }
+}
+
+impl Server {
+    fn send(&self, r: reqwest::blocking::RequestBuilder) -> Resp {
+        let resp = r.send().expect("request");
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let text = resp.text().unwrap();
+        Resp {
+            status,
+            body: serde_json::from_str(&text).unwrap_or(Value::String(text)),
+            headers,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn get(&self, path: &str) -> Resp {
+        self.send(self.http.get(self.url(path)).bearer_auth(TOKEN))
+    }
+
+    fn post(&self, path: &str, body: Value) -> Resp {
+        self.send(
+            self.http
+                .post(self.url(path))
+                .bearer_auth(TOKEN)
+                .json(&body),
+        )
+    }
+
+    fn delete(&self, path: &str) -> Resp {
+        self.send(self.http.delete(self.url(path)).bearer_auth(TOKEN))
+    }
+
+    fn upload_raw(&self, name: &str, bytes: Vec<u8>) -> Resp {
+        self.send(
+            self.http
+                .post(self.url(&format!("/api/v1/modules?name={name}")))
+                .bearer_auth(TOKEN)
+                .header("content-type", "application/wasm")
+                .body(bytes),
+        )
+    }
+
+    fn upload_form(&self, name: &str, bytes: Vec<u8>) -> Resp {
+        let form = multipart::Form::new()
+            .text("name", name.to_string())
+            .part("file", multipart::Part::bytes(bytes).file_name("m.wasm"));
+        self.send(
+            self.http
+                .post(self.url("/api/v1/modules"))
+                .bearer_auth(TOKEN)
+                .multipart(form),
+        )
+    }
+
+    fn enqueue(&self, body: Value) -> String {
+        let r = self.post("/api/v1/tasks", body);
+        assert_eq!(r.status, 201, "{r:?}");
+        r.body["id"].as_str().unwrap().to_string()
+    }
+
+    /// Polls a task until `pred` holds (30 s).
+    fn wait_task(&self, id: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let r = self.get(&format!("/api/v1/tasks/{id}"));
+            assert_eq!(r.status, 200, "{r:?}");
+            if pred(&r.body) {
+                return r.body;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "task {id} not {what}: {:#}\nserver stderr: {}",
+                r.body,
+                self.proc.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn wait_state(&self, id: &str, state: &str) -> Value {
+        self.wait_task(id, state, |t| t["state"] == state)
+    }
+}
+
+fn read(path: PathBuf) -> Vec<u8> {
+    std::fs::read(path).unwrap()
+}
+
+fn ci() -> bool {
+    std::env::var("CI").as_deref() == Ok("true")
+}
+
+/// A tool the test needs: its path, or `None` (skip) outside CI.
+fn tool(path: &str, package: &str) -> Option<PathBuf> {
+    let p = Path::new(path);
+    if p.exists() {
+        return Some(p.to_path_buf());
+    }
+    if ci() {
+        panic!("{path} is missing and CI=true: run scripts/setup.sh (Debian package {package})");
+    }
+    eprintln!(
+        "SKIPPED: {path} is missing (Debian package {package}; scripts/setup.sh installs it)"
+    );
+    None
+}
+
+fn run_on(backend: Backend, test: fn(&mut Env)) {
+    if let Some(mut env) = Env::new(backend) {
+        test(&mut env);
+    }
+}
+
+on_both_backends!(
+    api_auth_modules_tasks_and_errors,
+    metrics_pass_promtool,
+    dashboard_in_headless_chromium,
+);
+
+// ---- scenarios ------------------------------------------------------------------
+
+/// The whole API surface with auth, the error statuses, and a real worker.
+fn api_auth_modules_tasks_and_errors(env: &mut Env) {
+    let s = env.serve(&[
+        "--log-format",
+        "json",
+        "--max-module-size",
+        "1MiB",
+        "--max-body-size",
+        "64KiB",
+    ]);
+
+    // Auth: none → 401, wrong → 403, another scheme → 401; probes are open.
+    let r = s.send(s.http.get(s.url("/api/v1/modules")));
+    assert_eq!((r.status, r.kind()), (401, "unauthorized"), "{r:?}");
+    assert_eq!(r.headers["www-authenticate"], "Bearer");
+    let r = s.send(
+        s.http
+            .get(s.url("/api/v1/tasks"))
+            .bearer_auth("not-the-token"),
+    );
+    assert_eq!((r.status, r.kind()), (403, "forbidden"), "{r:?}");
+    let r = s.send(
+        s.http
+            .get(s.url("/api/v1/tasks"))
+            .basic_auth("u", Some(TOKEN)),
+    );
+    assert_eq!(r.status, 401, "{r:?}");
+    assert_eq!(s.send(s.http.get(s.url("/metrics"))).status, 401);
+    assert_eq!(s.send(s.http.get(s.url("/healthz"))).status, 200);
+    let r = s.send(s.http.get(s.url("/readyz")));
+    assert_eq!(
+        (r.status, &r.body["status"]),
+        (200, &json!("ready")),
+        "{r:?}"
+    );
+
+    // Modules: raw and multipart uploads, idempotent by content.
+    let r = s.upload_raw("hello", read(example("hello")));
+    assert_eq!(r.status, 201, "{r:?}");
+    assert_eq!(
+        (&r.body["version"], &r.body["created"]),
+        (&json!("1"), &json!(true))
+    );
+    let r = s.upload_raw("hello", read(example("hello")));
+    assert_eq!(
+        (r.status, &r.body["created"]),
+        (200, &json!(false)),
+        "{r:?}"
+    );
+    let r = s.upload_form("flaky", read(example("flaky")));
+    assert_eq!((r.status, &r.body["name"]), (201, &json!("flaky")), "{r:?}");
+    // Bad modules: 400 naming the reason.
+    let r = s.upload_raw("junk", b"this is not webassembly".to_vec());
+    assert_eq!((r.status, r.kind()), (400, "invalid-module"), "{r:?}");
+    assert!(
+        r.body["error"]["message"].as_str().unwrap().len() > 20,
+        "{r:?}"
+    );
+    let r = s.upload_form("other", read(example("other_world")));
+    assert_eq!((r.status, r.kind()), (400, "invalid-module"), "{r:?}");
+    let r = s.upload_raw("", read(example("hello")));
+    assert_eq!(r.status, 400, "{r:?}");
+    // Over the size limit, raw and multipart: 413.
+    let r = s.upload_raw("big", vec![0u8; 2 << 20]);
+    assert_eq!((r.status, r.kind()), (413, "too-large"), "{r:?}");
+    let r = s.upload_form("big", vec![0u8; 2 << 20]);
+    assert_eq!((r.status, r.kind()), (413, "too-large"), "{r:?}");
+
+    let r = s.get("/api/v1/modules");
+    let names: Vec<&str> = r.body["modules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["flaky", "hello"], "{r:?}");
+    assert_eq!(s.get("/api/v1/modules/hello@1").body["version"], "1");
+    let r = s.get("/api/v1/modules/nope");
+    assert_eq!((r.status, r.kind()), (404, "not-found"), "{r:?}");
+
+    // Enqueue: bad input is 400, unknown module 404, too large 413.
+    let r = s.post("/api/v1/tasks", json!({"module": "nope"}));
+    assert_eq!((r.status, r.kind()), (404, "not-found"), "{r:?}");
+    let r = s.post("/api/v1/tasks", json!({"module": "hello", "colour": 1}));
+    assert_eq!(r.status, 400, "{r:?}");
+    let r = s.post(
+        "/api/v1/tasks",
+        json!({"module": "hello", "priority": 1000}),
+    );
+    assert_eq!(r.status, 400, "{r:?}");
+    let r = s.send(
+        s.http
+            .post(s.url("/api/v1/tasks"))
+            .bearer_auth(TOKEN)
+            .header("content-type", "application/json")
+            .body("{\"module\": "),
+    );
+    assert_eq!(r.status, 400, "{r:?}");
+    let r = s.post(
+        "/api/v1/tasks",
+        json!({"module": "hello", "input": {"name": "x".repeat(100_000)}}),
+    );
+    assert_eq!((r.status, r.kind()), (413, "too-large"), "{r:?}");
+
+    // Six queued tasks; list them two pages of four, newest first.
+    let mut ids: Vec<String> = (0..6)
+        .map(|i| s.enqueue(json!({"module": "hello", "input": {"name": format!("t{i}")}})))
+        .collect();
+    let p1 = s.get("/api/v1/tasks?limit=4");
+    assert_eq!(p1.status, 200, "{p1:?}");
+    let before = p1.body["next_before"].as_i64().expect("a next page");
+    let p2 = s.get(&format!("/api/v1/tasks?limit=4&before={before}"));
+    assert!(p2.body["next_before"].is_null(), "{p2:?}");
+    let listed: Vec<String> = [&p1, &p2]
+        .iter()
+        .flat_map(|p| p.body["tasks"].as_array().unwrap().clone())
+        .map(|t| t["id"].as_str().unwrap().to_string())
+        .collect();
+    ids.reverse();
+    assert_eq!(listed, ids, "pages, newest first");
+    let r = s.get("/api/v1/tasks?state=queued&module=hello&queue=default");
+    assert_eq!(r.body["tasks"].as_array().unwrap().len(), 6);
+    assert_eq!(s.get("/api/v1/tasks?state=bogus").status, 400);
+    assert_eq!(s.get("/api/v1/tasks?limit=0").status, 400);
+
+    let t = s.get(&format!("/api/v1/tasks/{}", ids[0]));
+    assert_eq!(
+        (&t.body["state"], &t.body["input"]),
+        (&json!("queued"), &json!({"name": "t5"}))
+    );
+    let r = s.get("/api/v1/tasks/0191d6a4-0000-7000-8000-000000000000");
+    assert_eq!((r.status, r.kind()), (404, "not-found"), "{r:?}");
+    assert_eq!(s.get("/api/v1/tasks/not-a-uuid").status, 400);
+    let r = s.get("/api/v1/nothing-here");
+    assert_eq!((r.status, r.kind()), (404, "no-route"), "{r:?}");
+
+    // Cancel and retry, and their illegal transitions (409).
+    let id = &ids[0];
+    let r = s.post(&format!("/api/v1/tasks/{id}/cancel"), json!({}));
+    assert_eq!(
+        (r.status, &r.body["outcome"]),
+        (200, &json!("cancelled")),
+        "{r:?}"
+    );
+    let r = s.post(&format!("/api/v1/tasks/{id}/cancel"), json!({}));
+    assert_eq!((r.status, r.kind()), (409, "illegal-transition"), "{r:?}");
+    let r = s.post(&format!("/api/v1/tasks/{id}/retry"), json!({}));
+    assert_eq!(
+        (r.status, &r.body["state"]),
+        (200, &json!("queued")),
+        "{r:?}"
+    );
+    let r = s.post(&format!("/api/v1/tasks/{id}/retry"), json!({}));
+    assert_eq!((r.status, r.kind()), (409, "illegal-transition"), "{r:?}");
+    let r = s.delete("/api/v1/modules/hello");
+    assert_eq!((r.status, r.kind()), (409, "module-in-use"), "{r:?}");
+
+    // A real worker drains them; a flaky task leaves two attempts with logs.
+    let flaky = s.enqueue(json!({"module": "flaky", "input": {"succeed_on_attempt": 2}}));
+    let (worker, _) = env.worker(&[], &[]);
+    for id in &ids {
+        let t = s.wait_state(id, "succeeded");
+        assert!(
+            t["result"]["greeting"]
+                .as_str()
+                .unwrap()
+                .starts_with("Hello, t"),
+            "{t}"
+        );
+    }
+    s.wait_state(&flaky, "succeeded");
+    let a = s.get(&format!("/api/v1/tasks/{flaky}/attempts"));
+    let outcomes: Vec<&str> = a.body["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["task-error", "success"], "{a:?}");
+    let l = s.get(&format!("/api/v1/tasks/{flaky}/logs"));
+    for (i, attempt) in l.body["attempts"].as_array().unwrap().iter().enumerate() {
+        assert!(
+            attempt["logs"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("flaky: attempt {}", i + 1)),
+            "{l:?}"
+        );
+    }
+    assert_eq!(
+        s.get("/api/v1/tasks/00000000-0000-0000-0000-000000000000/logs")
+            .status,
+        404
+    );
+
+    let w = s.get("/api/v1/workers");
+    let workers = w.body["workers"].as_array().unwrap();
+    assert_eq!(workers.len(), 1, "{w:?}");
+    assert_eq!(workers[0]["alive"], true);
+    assert!(workers[0]["heartbeat_age_seconds"].as_f64().unwrap() < 60.0);
+    let q = s.get("/api/v1/queues");
+    let default = &q.body["queues"][0];
+    assert_eq!(
+        (&default["queue"], &default["counts"]["succeeded"]),
+        (&json!("default"), &json!(7)),
+        "{q:?}"
+    );
+    assert_eq!(default["counts"]["queued"], 0);
+
+    // Every documented operation without path parameters answers.
+    let doc = s.get("/api/v1/openapi.json");
+    assert_eq!(doc.body["openapi"], "3.1.0");
+    for (path, ops) in doc.body["paths"].as_object().unwrap() {
+        if ops.get("get").is_some() && !path.contains('{') {
+            assert_eq!(s.get(path).status, 200, "GET {path}");
+        }
+    }
+    for p in [
+        "/api/v1/tasks/{id}/cancel",
+        "/api/v1/modules/{reference}",
+        "/api/v1/queues",
+    ] {
+        assert!(doc.body["paths"][p].is_object(), "{p} undocumented");
+    }
+
+    drop(worker);
+    let logs = s.proc.stderr();
+    assert!(!logs.is_empty());
+    assert!(!logs.contains(TOKEN), "the token reached the server's log");
+    for line in logs.lines() {
+        serde_json::from_str::<Value>(line)
+            .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+    }
+}
+
+/// Both `/metrics` documents pass `promtool check metrics` and hold the
+/// series the issue asks for, zero-valued ones included.
+fn metrics_pass_promtool(env: &mut Env) {
+    let Some(promtool) = tool("/usr/bin/promtool", "prometheus") else {
+        return;
+    };
+    let s = env.serve(&[]);
+    assert_eq!(s.upload_raw("hello", read(example("hello"))).status, 201);
+    assert_eq!(s.upload_raw("flaky", read(example("flaky"))).status, 201);
+    let (_worker, metrics_base) = env.worker(&[], &[]);
+    let mut ids: Vec<String> = (0..3)
+        .map(|i| s.enqueue(json!({"module": "hello", "input": {"name": format!("m{i}")}})))
+        .collect();
+    ids.push(s.enqueue(json!({"module": "flaky", "input": {"succeed_on_attempt": 2}})));
+    for id in &ids {
+        s.wait_state(id, "succeeded");
+    }
+
+    let api = s.get("/metrics");
+    assert_eq!(api.status, 200, "{api:?}");
+    assert!(
+        api.headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
+    );
+    let api = api.body.as_str().unwrap().to_string();
+    let worker = s
+        .http
+        .get(format!("{metrics_base}/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    for (name, text) in [("api", &api), ("worker", &worker)] {
+        let mut p = Command::new(&promtool)
+            .args(["check", "metrics"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        p.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+        let out = p.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "promtool rejects the {name} metrics: {}{}\n{text}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let has = |text: &str, line: &str| {
+        assert!(
+            text.lines().any(|l| l == line),
+            "no line {line:?} in\n{text}"
+        );
+    };
+    let has_prefix = |text: &str, prefix: &str| {
+        assert!(
+            text.lines().any(|l| l.starts_with(prefix)),
+            "no {prefix:?} in\n{text}"
+        );
+    };
+    has(&api, r#"wasmq_tasks{queue="default",state="succeeded"} 4"#);
+    has(&api, r#"wasmq_tasks{queue="default",state="running"} 0"#);
+    has(&api, r#"wasmq_tasks{queue="default",state="cancelled"} 0"#);
+    has(
+        &api,
+        r#"wasmq_queue_oldest_queued_age_seconds{queue="default"} 0"#,
+    );
+    has(
+        &api,
+        r#"wasmq_http_requests_total{method="POST",route="/api/v1/tasks",status="201"} 4"#,
+    );
+    has(&api, r#"wasmq_tasks_enqueued_total{queue="default"} 4"#);
+    has(&api, "wasmq_workers_alive 1");
+    has_prefix(&api, "wasmq_worker_heartbeat_age_seconds{worker=\"");
+    has_prefix(
+        &api,
+        "wasmq_http_request_duration_seconds_bucket{route=\"/api/v1/tasks\",le=\"+Inf\"}",
+    );
+
+    has(
+        &worker,
+        r#"wasmq_tasks_finished_total{outcome="success",module="hello"} 3"#,
+    );
+    has(
+        &worker,
+        r#"wasmq_tasks_finished_total{outcome="success",module="flaky"} 1"#,
+    );
+    has(
+        &worker,
+        r#"wasmq_tasks_finished_total{outcome="task-error",module="flaky"} 1"#,
+    );
+    has(
+        &worker,
+        r#"wasmq_task_run_duration_seconds_count{module="hello"} 3"#,
+    );
+    has(
+        &worker,
+        r#"wasmq_task_queue_wait_seconds_count{queue="default"} 4"#,
+    );
+    has(&worker, r#"wasmq_task_fuel_used_count{module="flaky"} 2"#);
+    has_prefix(
+        &worker,
+        r#"wasmq_task_fuel_used_bucket{module="hello",le="+Inf"} 3"#,
+    );
+    has(&worker, "wasmq_tasks_in_flight 0");
+    has_prefix(&worker, "wasmq_worker_heartbeat_age_seconds{worker=\"");
+}
+
+/// The dashboard in headless Chromium: log in, see a task enqueued through
+/// the API (with markup in its input and queue that must stay text), cancel
+/// it with the button, and see its state change. Saves a screenshot.
+fn dashboard_in_headless_chromium(env: &mut Env) {
+    let (Some(chromium), Some(driver)) = (
+        tool("/usr/bin/chromium", "chromium"),
+        tool("/usr/bin/chromedriver", "chromium-driver"),
+    ) else {
+        return;
+    };
+    let s = env.serve(&["--ray-dashboard-url", "http://127.0.0.1:8265"]);
+    assert_eq!(s.upload_raw("hello", read(example("hello"))).status, 201);
+    let xss =
+        "<img src=x onerror=\"document.title='pwned'\"><script>document.title='pwned'</script>";
+    let queue = "q<i>x</i>";
+    let id = s.enqueue(json!({"module": "hello", "queue": queue, "input": {"name": xss}}));
+
+    let wd = WebDriver::start(&driver, &chromium, env.dir.path());
+    // Not logged in: the dashboard asks for the token.
+    wd.go(&format!("{}/", s.base));
+    assert!(wd.current_url().contains("/login"), "{}", wd.current_url());
+    wd.type_into("#token", TOKEN);
+    wd.click("#login");
+    wd.wait_for("h1", |t| t == "Overview");
+    let cell = format!(r#"a[data-queue="{queue}"][data-state="queued"]"#);
+    assert_eq!(wd.text(&cell), "1");
+
+    wd.go(&format!("{}/tasks", s.base));
+    wd.click(&format!(r#"a[data-task="{id}"]"#));
+    wd.wait_for("#task-state", |t| t == "queued");
+    let (title, injected, shown): (String, u64, String) = {
+        let v = wd.script(
+            "return [document.title, document.querySelectorAll('main img, main script, main i').length, \
+             document.querySelector('pre').textContent]",
+        );
+        (
+            v[0].as_str().unwrap().into(),
+            v[1].as_u64().unwrap(),
+            v[2].as_str().unwrap().into(),
+        )
+    };
+    assert!(!title.contains("pwned"), "{title}");
+    assert_eq!(injected, 0, "user data became markup");
+    assert!(
+        shown.contains("<img src=x"),
+        "the input is shown as text: {shown}"
+    );
+
+    wd.click("#cancel");
+    wd.wait_for("#task-state", |t| t == "cancelled");
+    let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("dashboard-task-{:?}.png", env.backend).to_lowercase());
+    wd.screenshot(&shot);
+    println!("dashboard screenshot: {}", shot.display());
+
+    // The API agrees, and the overview moved the task to `cancelled`.
+    assert_eq!(
+        s.get(&format!("/api/v1/tasks/{id}")).body["state"],
+        "cancelled"
+    );
+    wd.go(&format!("{}/", s.base));
+    let cell = format!(r#"a[data-queue="{queue}"][data-state="cancelled"]"#);
+    assert_eq!(wd.text(&cell), "1");
+    for page in ["/modules", "/workers", "/tasks?state=cancelled"] {
+        wd.go(&format!("{}{page}", s.base));
+        wd.wait_for("h1", |t| !t.is_empty() && t != "Error");
+    }
+    wd.screenshot(
+        &shot.with_file_name(format!("dashboard-overview-{:?}.png", env.backend).to_lowercase()),
+    );
+}
+
+// ---- plain-process checks (no database server needed) ---------------------------
+
+/// Without a token, `serve` refuses non-loopback addresses and says why; on
+/// loopback it starts and warns that it has no authentication.
+#[test]
+fn serve_refuses_non_loopback_without_token() {
+    let mut env = Env::new(Backend::Sqlite).unwrap();
+    for addr in ["0.0.0.0:0", "[::]:0"] {
+        let out = env.run(&["serve", "--listen", addr]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains("refusing to listen") && err.contains("loopback"),
+            "{err}"
+        );
+    }
+    let p = env.spawn(&["serve", "--listen", "127.0.0.1:0"], &[]);
+    p.wait_line("listening on ", Duration::from_secs(60));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !p.stderr().contains("no API token") {
+        assert!(Instant::now() < deadline, "no warning: {}", p.stderr());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `--log-format json`: every line about a task carries its id, attempt,
+/// module, queue and worker; `task show` prints each attempt's guest logs.
+#[test]
+fn json_logs_carry_task_fields_and_task_show_prints_logs() {
+    let mut env = Env::new(Backend::Sqlite).unwrap();
+    let push = env.run(&[
+        "module",
+        "push",
+        example("flaky").to_str().unwrap(),
+        "--name",
+        "flaky",
+    ]);
+    assert!(push.status.success(), "{push:?}");
+    let out = env.run(&[
+        "task",
+        "enqueue",
+        "flaky",
+        "--input",
+        r#"{"succeed_on_attempt":3}"#,
+    ]);
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let mut w = env.spawn(
+        &[
+            "--log-format",
+            "json",
+            "worker",
+            "--exit-when-idle",
+            "--backoff-base",
+            "20ms",
+            "--backoff-cap",
+            "50ms",
+        ],
+        &[("WASMQ_LOG", "debug")],
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while w.child.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "worker did not exit: {}",
+            w.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let logs = w.stderr();
+    let mut about_task = 0;
+    for line in logs.lines() {
+        let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        if !line.contains(&id) {
+            continue;
+        }
+        about_task += 1;
+        let span = &v["span"];
+        for field in ["task_id", "attempt", "module", "queue", "worker"] {
+            assert!(!span[field].is_null(), "no {field} in {line}");
+        }
+        assert_eq!(span["task_id"], id.as_str());
+        assert_eq!(span["module"], "flaky@1");
+    }
+    assert!(
+        about_task >= 3,
+        "{about_task} lines about the task:\n{logs}"
+    );
+
+    let show = env.run(&["task", "show", &id]);
+    let text = String::from_utf8_lossy(&show.stdout);
+    for n in 1..=3 {
+        assert!(
+            text.contains(&format!("flaky: attempt {n}, succeeding on attempt 3")),
+            "{text}"
+        );
+    }
+}
+
+// ---- a minimal WebDriver client (ChromeDriver speaks it over HTTP) -------------
+
+struct WebDriver {
+    http: Http,
+    /// `http://127.0.0.1:PORT/session/ID`.
+    base: String,
+    driver: Child,
+}
+
+impl WebDriver {
+    fn start(driver: &Path, chromium: &Path, scratch: &Path) -> WebDriver {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let child = Command::new(driver)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start chromedriver");
+        let http = Http::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap();
+        let base = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while http
+            .get(format!("{base}/status"))
+            .send()
+            .map(|r| !r.status().is_success())
+            .unwrap_or(true)
+        {
+            assert!(Instant::now() < deadline, "chromedriver did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let profile = scratch.join("chromium-profile");
+        let caps = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": chromium,
+                "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                    "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                    "--disable-sync", "--disable-dev-shm-usage", "--window-size=1280,900",
+                    format!("--user-data-dir={}", profile.display())]
+            }
+        }}});
+        let v: Value = http
+            .post(format!("{base}/session"))
+            .json(&caps)
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        let session = v["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no session: {v}"))
+            .to_string();
+        WebDriver {
+            http,
+            base: format!("{base}/session/{session}"),
+            driver: child,
+        }
+    }
+
+    fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let mut r = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let v: Value = r.send().unwrap().json().unwrap();
+        if v["value"]["error"].is_string() {
+            panic!("webdriver {path}: {}", v["value"]);
+        }
+        v["value"].clone()
+    }
+
+    fn go(&self, url: &str) {
+        self.call(reqwest::Method::POST, "/url", Some(json!({ "url": url })));
+    }
+
+    fn current_url(&self) -> String {
+        self.call(reqwest::Method::GET, "/url", None)
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    fn find(&self, css: &str) -> Option<String> {
+        let mut r = self.http.post(format!("{}/element", self.base));
+        r = r.json(&json!({"using": "css selector", "value": css}));
+        let v: Value = r.send().unwrap().json().unwrap();
+        v["value"]["element-6066-11e4-a52e-4f735466cecf"]
+            .as_str()
+            .map(str::to_string)
+    }
+
+    fn element(&self, css: &str) -> String {
+        self.find(css)
+            .unwrap_or_else(|| panic!("no element {css} on {}", self.current_url()))
+    }
+
+    fn text(&self, css: &str) -> String {
+        let e = self.element(css);
+        self.call(reqwest::Method::GET, &format!("/element/{e}/text"), None)
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    fn click(&self, css: &str) {
+        let e = self.element(css);
+        self.call(
+            reqwest::Method::POST,
+            &format!("/element/{e}/click"),
+            Some(json!({})),
+        );
+    }
+
+    fn type_into(&self, css: &str, text: &str) {
+        let e = self.element(css);
+        self.call(
+            reqwest::Method::POST,
+            &format!("/element/{e}/value"),
+            Some(json!({ "text": text })),
+        );
+    }
+
+    fn script(&self, js: &str) -> Value {
+        self.call(
+            reqwest::Method::POST,
+            "/execute/sync",
+            Some(json!({"script": js, "args": []})),
+        )
+    }
+
+    /// Polls until the element exists and its text satisfies `pred` (10 s).
+    fn wait_for(&self, css: &str, pred: impl Fn(&str) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if self.find(css).is_some() {
+                let t = self.text(css);
+                if pred(&t) {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{css} never matched on {}",
+                self.current_url()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn screenshot(&self, path: &Path) {
+        let b64 = self.call(reqwest::Method::GET, "/screenshot", None);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, base64_decode(b64.as_str().unwrap())).unwrap();
+    }
+}
+
+impl Drop for WebDriver {
+    fn drop(&mut self) {
+        let _ = self.http.delete(&self.base).send();
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    let value = |c: u8| -> u32 {
+        match c {
+            b'A'..=b'Z' => (c - b'A') as u32,
+            b'a'..=b'z' => (c - b'a' + 26) as u32,
+            b'0'..=b'9' => (c - b'0' + 52) as u32,
+            b'+' => 62,
+            b'/' => 63,
+            _ => panic!("not base64: {c}"),
+        }
+    };
+    let clean: Vec<u8> = s
+        .bytes()
+        .filter(|&c| c != b'=' && !c.is_ascii_whitespace())
+        .collect();
+    let mut out = Vec::with_capacity(clean.len() * 3 / 4);
+    for chunk in clean.chunks(4) {
+        let mut n = 0u32;
+        for (i, &c) in chunk.iter().enumerate() {
+            n |= value(c) << (18 - 6 * i);
+        }
+        out.extend_from_slice(&n.to_be_bytes()[1..chunk.len()]);
+    }
+    out
+}
