@@ -267,19 +267,37 @@ fn output_over_the_cap_is_invalid_output() {
 #[test]
 fn ctrl_c_cancels_a_running_task() {
     let dir = tmp();
-    let child = wasmq(dir.path())
+    let mut child = wasmq(dir.path())
         .arg("run")
         .arg(example("spin"))
         .args(["--fuel", "unlimited", "--timeout", "60s", "--json"])
+        .env("WASMQ_LOG", "info")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(700));
+    // Signal only once the run has started (a fixed sleep raced the start
+    // on a loaded machine); the rest of stderr is kept for the assertion.
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        let n = std::io::BufRead::read_line(&mut err, &mut line).unwrap();
+        assert!(n > 0, "wasmq run ended before it started the task: {seen}");
+        seen.push_str(&line);
+        if line.contains("Ctrl-C cancels") {
+            break;
+        }
+    }
     let t = Instant::now();
     unsafe { libc_kill(child.id() as i32, 2) };
+    let rest = std::thread::spawn(move || {
+        std::io::Read::read_to_string(&mut err, &mut seen).unwrap();
+        seen
+    });
     let out = child.wait_with_output().unwrap();
-    assert_eq!(code(&out), 24, "{}", stderr(&out));
+    let err = rest.join().unwrap();
+    assert_eq!(code(&out), 24, "{err}");
     assert_eq!(json(&out)["outcome"]["kind"], "cancelled");
     assert!(t.elapsed() < Duration::from_secs(10));
 }

@@ -50,14 +50,19 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         Err(e) => return Err(e.into()),
     };
 
-    // Ctrl-C cancels the run the same way a queue cancellation does.
+    // Ctrl-C cancels the run the same way a queue cancellation does. The
+    // handler is installed before the guest starts (not lazily in the spawned
+    // task), so an early SIGINT cancels instead of killing the process.
     let cancel = CancelToken::new();
     let on_signal = cancel.clone();
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("installing the SIGINT handler")?;
     tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
+        if interrupt.recv().await.is_some() {
             on_signal.cancel();
         }
     });
+    tracing::info!(module = %args.module.display(), "running; Ctrl-C cancels");
 
     let report = runtime
         .run(
