@@ -19,6 +19,9 @@ pub enum BenchCommand {
     Queue(super::bench_queue::QueueBench),
     /// Enqueues/s and latency through the HTTP API while workers drain.
     Api(super::bench_api::ApiBench),
+    /// Cold starts of one module: the first compile, a load from the disk
+    /// cache in a fresh runtime, and a whole new `wasmq run` process.
+    Cold(super::bench_cold::ColdBench),
 }
 
 #[derive(Debug, Args)]
@@ -42,15 +45,28 @@ pub struct RuntimeBench {
     pub duration: Duration,
 }
 
+impl RuntimeBench {
+    fn allocator_selected(&self, name: &str) -> bool {
+        self.allocator == "both" || self.allocator == name
+    }
+}
+
 pub async fn run(cmd: BenchCommand, _db: &str) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Runtime(b) => runtime_bench(b).await,
         BenchCommand::Queue(b) => super::bench_queue::run(b).await,
         BenchCommand::Api(b) => super::bench_api::run(b).await,
+        BenchCommand::Cold(b) => super::bench_cold::run(b).await,
     }
 }
 
 async fn runtime_bench(b: RuntimeBench) -> anyhow::Result<()> {
+    if !["both", "pooling", "on-demand"].contains(&b.allocator.as_str()) {
+        bail!(
+            "--allocator `{}`: expected both, pooling or on-demand",
+            b.allocator
+        );
+    }
     let bytes = std::fs::read(&b.module)
         .with_context(|| format!("reading {} (build the examples first)", b.module.display()))?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -64,13 +80,19 @@ async fn runtime_bench(b: RuntimeBench) -> anyhow::Result<()> {
         "{:<12} {:>10} {:>10} {:>10} {:>12}",
         "allocator", "median µs", "p99 µs", "mean µs", "tasks/s"
     );
+    // A private disk cache: a large (Python, JavaScript) component is
+    // compiled once for both allocators, and nothing outside is reused.
+    let cache = tempfile::tempdir()?;
     for (name, allocator) in [
         ("on-demand", Allocator::OnDemand),
         ("pooling", Allocator::Pooling),
     ] {
+        if !b.allocator_selected(name) {
+            continue;
+        }
         let runtime = Arc::new(Runtime::new(RuntimeConfig {
             allocator,
-            cache_dir: None,
+            cache_dir: Some(cache.path().to_path_buf()),
             ..RuntimeConfig::default()
         })?);
         let (module, _) = runtime.load_bytes(bytes.clone()).await?;

@@ -4,6 +4,7 @@
 mod admin;
 mod bench;
 mod bench_api;
+mod bench_cold;
 mod bench_queue;
 pub mod exit;
 mod limits;

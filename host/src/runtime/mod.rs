@@ -103,8 +103,20 @@ impl Runtime {
     /// Compiles and links `bytes` without caching in memory: the check done
     /// before a module is stored. The precompiled artifact is written to the
     /// disk cache, so the first run elsewhere on this machine does not compile.
+    ///
+    /// A module already in the disk cache is only linked: its artifact was
+    /// compiled from these very bytes (the name binds their hash), and a
+    /// Python or JavaScript component takes about 10 s to compile again.
     pub async fn validate(&self, bytes: Vec<u8>) -> Result<String, LoadError> {
         let sha256 = sha256_hex(&bytes);
+        if let Some(component) = self
+            .disk
+            .as_ref()
+            .and_then(|d| d.load(&self.engine, &sha256))
+        {
+            module::link(&self.engine, &self.linker, sha256.clone(), component)?;
+            return Ok(sha256);
+        }
         let loaded = self.compile_and_link(sha256.clone(), bytes).await?;
         Ok(loaded.sha256.clone())
     }
