@@ -1,13 +1,27 @@
 #!/usr/bin/env bash
-# Builds every example task (and the test fixtures built alongside them) as
-# WebAssembly components, then lists the artifacts.
+# Builds every example task in every language (and the test fixtures built
+# alongside them) as WebAssembly components, then lists the artifacts.
 #
-# Usage: scripts/build-examples.sh    (from any directory)
+#   Rust        examples/target/wasm32-wasip2/release/NAME.wasm   (cargo)
+#   Python      examples/target/wasm/python-NAME.wasm             (componentize-py)
+#   JavaScript  examples/target/wasm/js-NAME.wasm                 (componentize-js)
+#   C           examples/target/wasm/c-NAME.wasm                  (clang, wit-bindgen, wasm-tools)
+#
+# Python and JavaScript builds take 10-25 s each, so a component is rebuilt
+# only when one of its inputs changed (its sources, the SDK, the WIT, the
+# tool's version): a `.inputs` file next to it records their hash.
+#
+# Usage: scripts/build-examples.sh [rust|python|js|c]...   (default: all; from any directory)
+# The tools come from scripts/setup.sh.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 
 RUST_TARGET=wasm32-wasip2
+OUT=examples/target/wasm
+VENV="${WASMQ_VENV:-$HOME/.cache/wasmq/venv}"
+# Keep in step with scripts/setup.sh.
+WASI_ADAPTER_VERSION=48.0.8
 
 # Rust tasks: one cargo workspace, examples/Cargo.toml.
 build_rust() {
@@ -25,4 +39,132 @@ build_rust() {
     done
 }
 
-build_rust
+# up_to_date OUTPUT TOOL-VERSION INPUT...: true when OUTPUT exists and was
+# built from exactly these inputs; otherwise records what the caller is about
+# to build from, in "$stamp_next", for `stamp` to commit after a success.
+up_to_date() {
+    local output=$1 version=$2
+    shift 2
+    stamp_next=$(
+        {
+            echo "$version"
+            find "$@" -type f -not -name '*.md' -not -path '*/node_modules/*' -not -path '*/__pycache__/*' \
+                -print0 | LC_ALL=C sort -z | xargs -0 sha256sum
+        } | sha256sum | cut -d' ' -f1
+    )
+    [ -f "$output" ] && [ "$(cat "$output.inputs" 2>/dev/null)" = "$stamp_next" ]
+}
+
+stamp() { echo "$stamp_next" >"$1.inputs"; }
+
+report() { printf '%8s  %s%s\n' "$(wc -c <"$1")" "$1" "${2:-}"; }
+
+# Python tasks: examples/python/NAME/app.py with the SDK in guest-sdk/python.
+build_python() {
+    local cpy="$VENV/bin/componentize-py"
+    [ -x "$cpy" ] || { echo "build-examples: $cpy missing: run scripts/setup.sh" >&2; return 1; }
+    local version dir name output
+    version=$("$cpy" --version)
+    for dir in examples/python/*/; do
+        name=$(basename "$dir")
+        output="$OUT/python-$name.wasm"
+        if up_to_date "$output" "$version" "$dir" guest-sdk/python wit; then
+            report "$output" "  (unchanged)"
+            continue
+        fi
+        # componentize-py imports the app at build time to snapshot it; keep
+        # its bytecode out of the source tree.
+        PYTHONDONTWRITEBYTECODE=1 "$cpy" -d wit -w task componentize app \
+            -p "$dir" -p guest-sdk/python -o "$output.tmp" >/dev/null
+        mv "$output.tmp" "$output"
+        stamp "$output"
+        report "$output"
+    done
+}
+
+# JavaScript tasks: examples/js/NAME/task.js with the SDK in guest-sdk/js.
+# `-d http fetch-event` keeps wasi:http out of the component's imports, since
+# the host does not link it (and tasks get no network).
+build_js() {
+    local cjs=examples/js/node_modules/@bytecodealliance/componentize-js/src/cli.js
+    [ -f "$cjs" ] || { echo "build-examples: $cjs missing: run scripts/setup.sh" >&2; return 1; }
+    local version dir name output
+    version=$(node "$cjs" --version)
+    for dir in examples/js/*/; do
+        [ -f "$dir/task.js" ] || continue
+        name=$(basename "$dir")
+        output="$OUT/js-$name.wasm"
+        if up_to_date "$output" "$version" "$dir" guest-sdk/js wit; then
+            report "$output" "  (unchanged)"
+            continue
+        fi
+        node "$cjs" "$dir/task.js" --wit wit --world-name task \
+            -d http fetch-event -o "$output.tmp" >/dev/null
+        mv "$output.tmp" "$output"
+        stamp "$output"
+        report "$output"
+    done
+}
+
+# The preview-1 adapter that turns a wasm32-wasi core module into a component,
+# from the crate wasmtime ships it in (same version as the host's wasmtime).
+wasi_adapter() {
+    cargo metadata --format-version 1 --locked \
+        --manifest-path examples/c/adapter/Cargo.toml 2>/dev/null |
+        python3 -c '
+import json, os, sys
+for p in json.load(sys.stdin)["packages"]:
+    if p["name"] == "wasi-preview1-component-adapter-provider":
+        print(os.path.join(os.path.dirname(p["manifest_path"]),
+                           "artefacts", "wasi_snapshot_preview1.reactor.wasm"))
+'
+}
+
+# C tasks: examples/c/NAME/*.c with the helpers in guest-sdk/c. wit-bindgen
+# generates the bindings, Debian's clang and wasi-libc compile a wasm32-wasi
+# reactor module, and wasm-tools wraps it into a component with the adapter.
+build_c() {
+    local tool
+    for tool in clang wit-bindgen wasm-tools; do
+        command -v "$tool" >/dev/null ||
+            { echo "build-examples: $tool missing: run scripts/setup.sh" >&2; return 1; }
+    done
+    local adapter gen="examples/target/c"
+    adapter=$(wasi_adapter)
+    [ -f "$adapter" ] || { echo "build-examples: the WASI adapter was not found" >&2; return 1; }
+    local version dir name output
+    version="$(clang --version | head -n1); $(wit-bindgen --version); $(wasm-tools --version); adapter $WASI_ADAPTER_VERSION"
+    for dir in examples/c/*/; do
+        compgen -G "$dir*.c" >/dev/null || continue
+        name=$(basename "$dir")
+        output="$OUT/c-$name.wasm"
+        if up_to_date "$output" "$version" "$dir" guest-sdk/c wit; then
+            report "$output" "  (unchanged)"
+            continue
+        fi
+        mkdir -p "$gen"
+        # wit-bindgen lists the files it writes on stderr: show that only on failure.
+        local log
+        log=$(wit-bindgen c wit --world task --out-dir "$gen" 2>&1) || { echo "$log" >&2; return 1; }
+        clang --target=wasm32-wasi --sysroot=/usr -O2 -Wall -Wextra -Werror \
+            -Wno-unused-parameter -mexec-model=reactor -s \
+            -I "$gen" -I guest-sdk/c \
+            "$dir"*.c guest-sdk/c/wasmq.c "$gen/task.c" "$gen/task_component_type.o" \
+            -o "$gen/$name.core.wasm"
+        wasm-tools component new "$gen/$name.core.wasm" \
+            --adapt "wasi_snapshot_preview1=$adapter" -o "$output.tmp"
+        mv "$output.tmp" "$output"
+        stamp "$output"
+        report "$output"
+    done
+}
+
+langs=("$@")
+[ ${#langs[@]} -gt 0 ] || langs=(rust python js c)
+mkdir -p "$OUT"
+for lang in "${langs[@]}"; do
+    case "$lang" in
+        rust | python | js | c) "build_$lang" ;;
+        *) echo "build-examples: unknown language \`$lang\` (rust, python, js, c)" >&2; exit 2 ;;
+    esac
+done

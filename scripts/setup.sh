@@ -21,3 +21,52 @@ if [ "${#missing[@]}" -gt 0 ]; then
   $sudo_cmd apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}"
 fi
+
+# The project's Python venv (outside the clone, so CI's clean clones reuse it),
+# with the packages pinned in scripts/requirements.txt. pip runs only when the
+# requirements changed since the last install (a stamp holds their hash).
+VENV="${WASMQ_VENV:-$HOME/.cache/wasmq/venv}"
+REQS="$(dirname "$0")/requirements.txt"
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "setup: creating the Python venv at $VENV"
+  python3 -m venv "$VENV"
+fi
+want="$(sha256sum "$REQS" | cut -d' ' -f1)"
+if [ "$(cat "$VENV/.wasmq-requirements" 2>/dev/null)" != "$want" ]; then
+  echo "setup: installing Python packages from $REQS into $VENV"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check -r "$REQS"
+  echo "$want" >"$VENV/.wasmq-requirements"
+fi
+
+# JavaScript tasks: componentize-js, pinned in examples/js/package-lock.json.
+# `npm ci` runs only when the lock file changed since the last install.
+JS="$(dirname "$0")/../examples/js"
+want="$(sha256sum "$JS/package-lock.json" | cut -d' ' -f1)"
+if [ "$(cat "$JS/node_modules/.wasmq-lock" 2>/dev/null)" != "$want" ]; then
+  echo "setup: installing npm packages in examples/js"
+  (cd "$JS" && npm ci --no-audit --no-fund --loglevel=error)
+  echo "$want" >"$JS/node_modules/.wasmq-lock"
+fi
+
+# C tasks: Debian's clang, lld and wasi-libc (wasm32-wasi, WASI preview 1).
+missing=()
+for pkg in clang lld wasi-libc libclang-rt-dev-wasm32; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]} with apt-get"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# ... plus wit-bindgen's C generator and wasm-tools, built once into
+# ~/.cargo/bin (a few minutes each the first time).
+cargo_tool() { # BINARY CRATE VERSION [CARGO INSTALL FLAGS...]
+  if ! "$1" --version 2>/dev/null | grep -q " $3"; then
+    echo "setup: cargo install $2 $3"
+    # Not into the project's target dir: these are tools, not wasmq.
+    env -u CARGO_TARGET_DIR cargo install --locked --quiet "$2" --version "$3" "${@:4}"
+  fi
+}
+cargo_tool wit-bindgen wit-bindgen-cli 0.63.0
+cargo_tool wasm-tools wasm-tools 1.263.0 --no-default-features --features component

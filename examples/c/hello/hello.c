@@ -1,0 +1,24 @@
+/* The smallest useful task: {"name": "Ada"} -> {"greeting": "Hello, Ada!"}.
+ * It is the latency benchmark, so it does nothing but the work. */
+#include <stdlib.h>
+
+#include "wasmq.h"
+
+bool exports_task_run(task_string_t *input, task_string_t *ret, task_task_error_t *err) {
+    char *name = NULL;
+    int found = wasmq_json_get_string(input, "name", &name);
+    task_string_free(input);
+    if (found != 1) return wasmq_fail(err, WASMQ_INVALID_INPUT, "`name` must be a string");
+
+    wasmq_buf out = {0};
+    wasmq_buf_append(&out, "{\"greeting\":");
+    wasmq_buf greeting = {0};
+    wasmq_buf_append(&greeting, "Hello, ");
+    wasmq_buf_append(&greeting, name);
+    wasmq_buf_append(&greeting, "!");
+    wasmq_buf_append_json_string(&out, greeting.data);
+    wasmq_buf_append(&out, "}");
+    free(greeting.data);
+    free(name);
+    return wasmq_ok(ret, wasmq_buf_take(&out));
+}

@@ -1,0 +1,245 @@
+"""Write wasmq tasks in Python.
+
+A wasmq task is a WebAssembly component that implements the ``task`` world of
+the ``wasmq:task@0.1.0`` WIT package (``wit/task.wit``): the host hands it its
+input as JSON text and gets JSON text back, or a ``task-error`` that says
+whether retrying could help. This module hides that plumbing. You write one
+function over plain JSON values and mark it with :func:`task`::
+
+    from wasmq import TaskError, task
+
+    @task
+    def run(ctx, input):
+        name = input.get("name") if isinstance(input, dict) else None
+        if not isinstance(name, str):
+            raise TaskError.invalid_input("`name` must be a string")
+        ctx.log_info(f"greeting {name} (attempt {ctx.attempt})")
+        return {"greeting": f"Hello, {name}!"}
+
+and build it with componentize-py (see guest-sdk/python/README.md)::
+
+    componentize-py -d wit -w task componentize app -p . -p guest-sdk/python -o app.wasm
+
+What the SDK does for you:
+
+- **Input**: the JSON text is parsed with :func:`json.loads` and handed to
+  your function (a dict for an object, a list, a str, ...).
+- **Output**: your return value is serialised with :func:`json.dumps`, compact
+  (``{"a":1}``, like serde_json and ``JSON.stringify``) and without escaping
+  non-ASCII text. A value that is not JSON (a set, NaN, ...) fails the task as
+  ``permanent``.
+- **Errors**: raise :class:`TaskError` (``TaskError.permanent(...)``,
+  ``.retryable(...)``, ``.invalid_input(...)``) to choose the kind; the
+  host's retry policy keys on it. **Any other exception** becomes a
+  ``permanent`` task error whose message is Python's own
+  (``"ZeroDivisionError: division by zero"``) and whose details carry the
+  exception type and traceback as JSON; the traceback also goes to stderr,
+  which the host keeps with the attempt. It is not a trap: an uncaught Python
+  exception is a normal failure of the task, and a trap would lose the message
+  into a backtrace of the interpreter. Mark it ``retryable`` yourself if
+  retrying can help.
+- **Host services**: the :class:`Context` gives the task's id, attempt
+  number, queue and deadline, sends log lines and progress to the host, and
+  tells whether cancellation was requested.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import traceback
+from typing import Any, Callable, Optional
+
+from componentize_py_types import Err
+from wit_world.imports import host
+from wit_world.imports import types as wit
+
+__all__ = ["Context", "LogLevel", "TaskError", "task"]
+
+LogLevel = wit.LogLevel
+"""Severity of a log line: ``LogLevel.TRACE``, ``DEBUG``, ``INFO``, ``WARN``, ``ERROR``."""
+
+
+class TaskError(Exception):
+    """A task failure: a kind that drives the retry policy, a message, and
+    optional machine-readable details (any JSON-serialisable value).
+
+    ``kind`` is one of ``"permanent"`` (do not retry), ``"retryable"`` (retry
+    with backoff while attempts remain) or ``"invalid-input"`` (the input is
+    wrong; not retried).
+    """
+
+    KINDS = {
+        "permanent": wit.ErrorKind.PERMANENT,
+        "retryable": wit.ErrorKind.RETRYABLE,
+        "invalid-input": wit.ErrorKind.INVALID_INPUT,
+    }
+
+    def __init__(self, kind: str, message: str, details: Any = None):
+        if kind not in self.KINDS:
+            raise ValueError(f"unknown task error kind {kind!r}: expected one of {sorted(self.KINDS)}")
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.details = details
+
+    @classmethod
+    def permanent(cls, message: str, details: Any = None) -> "TaskError":
+        """The task will fail the same way again; the host does not retry."""
+        return cls("permanent", message, details)
+
+    @classmethod
+    def retryable(cls, message: str, details: Any = None) -> "TaskError":
+        """A transient failure; the host retries while attempts remain."""
+        return cls("retryable", message, details)
+
+    @classmethod
+    def invalid_input(cls, message: str, details: Any = None) -> "TaskError":
+        """The input is wrong; the host does not retry."""
+        return cls("invalid-input", message, details)
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.message}"
+
+    def _to_wit(self) -> wit.TaskError:
+        details = None
+        if self.details is not None:
+            try:
+                details = _dumps(self.details)
+            except (TypeError, ValueError) as e:
+                # Never lose the error itself over its details.
+                details = _dumps(f"details could not be serialized: {e}")
+        return wit.TaskError(kind=self.KINDS[self.kind], message=self.message, details=details)
+
+
+class Context:
+    """The running attempt's view of the host: who it is, and a channel for
+    logs, progress and cancellation.
+
+    The task's identity is fetched from the host on first use only, so a task
+    that never asks pays nothing for it.
+    """
+
+    def __init__(self) -> None:
+        self._info: Optional[wit.TaskContext] = None
+
+    def _get(self) -> wit.TaskContext:
+        if self._info is None:
+            self._info = host.context()
+        return self._info
+
+    @property
+    def task_id(self) -> str:
+        """The task's id: a UUID for queued tasks, ``local`` under ``wasmq run``."""
+        return self._get().task_id
+
+    @property
+    def attempt(self) -> int:
+        """This attempt's number, starting at 1."""
+        return self._get().attempt
+
+    @property
+    def max_attempts(self) -> int:
+        """How many attempts the task gets in total."""
+        return self._get().max_attempts
+
+    @property
+    def is_last_attempt(self) -> bool:
+        """True when a failure now will not be retried."""
+        return self.attempt >= self.max_attempts
+
+    @property
+    def queue(self) -> str:
+        """The queue the task was taken from."""
+        return self._get().queue
+
+    @property
+    def deadline_unix_ms(self) -> Optional[int]:
+        """This attempt's wall-clock deadline, milliseconds since the Unix epoch."""
+        return self._get().deadline_unix_ms
+
+    def time_remaining(self) -> Optional[float]:
+        """Seconds left until the deadline: ``None`` without one, 0 once passed."""
+        deadline = self.deadline_unix_ms
+        if deadline is None:
+            return None
+        return max(0.0, deadline / 1000 - time.time())
+
+    def log(self, level: "wit.LogLevel | str", message: str) -> None:
+        """Writes a log line, stored with the attempt. ``level`` is a
+        :data:`LogLevel` or its name (``"info"``)."""
+        if isinstance(level, str):
+            level = LogLevel[level.upper()]
+        host.log(level, str(message))
+
+    def log_debug(self, message: str) -> None:
+        self.log(LogLevel.DEBUG, message)
+
+    def log_info(self, message: str) -> None:
+        self.log(LogLevel.INFO, message)
+
+    def log_warn(self, message: str) -> None:
+        self.log(LogLevel.WARN, message)
+
+    def log_error(self, message: str) -> None:
+        self.log(LogLevel.ERROR, message)
+
+    def progress(self, percent: int, message: str = "") -> None:
+        """Reports progress; ``percent`` is clamped to 0..100."""
+        host.progress(max(0, min(100, int(percent))), str(message))
+
+    def is_cancelled(self) -> bool:
+        """True once cancellation was requested. A long-running task that
+        checks this now and then can stop cleanly instead of being killed."""
+        return host.is_cancelled()
+
+
+def _dumps(value: Any) -> str:
+    # Compact and UTF-8 like serde_json and JSON.stringify, so the same task in
+    # any language produces the same text. NaN and Infinity are not JSON.
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def _uncaught(e: Exception) -> TaskError:
+    trace = "".join(traceback.format_exception(e))
+    print(trace, file=sys.stderr, end="")
+    message = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+    return TaskError.permanent(message, {"exception": type(e).__qualname__, "traceback": trace})
+
+
+def _run(fn: Callable[[Context, Any], Any], text: str) -> str:
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise Err(TaskError.invalid_input(f"invalid input: {e}")._to_wit())
+    try:
+        output = fn(Context(), value)
+    except TaskError as e:
+        raise Err(e._to_wit())
+    except Exception as e:
+        raise Err(_uncaught(e)._to_wit())
+    try:
+        return _dumps(output)
+    except (TypeError, ValueError) as e:
+        raise Err(TaskError.permanent(f"task output could not be serialized: {e}")._to_wit())
+
+
+def task(fn: Callable[[Context, Any], Any]) -> Callable[[Context, Any], Any]:
+    """Exports ``fn(ctx, input)`` as the task's ``run``.
+
+    componentize-py looks for a class named ``WitWorld`` in the app module;
+    the decorator defines it there, so use it once per app, in the module you
+    name on componentize-py's command line. ``fn`` itself is returned
+    unchanged, so it can still be called (and unit-tested) directly.
+    """
+
+    class WitWorld:
+        def run(self, input: str) -> str:
+            return _run(fn, input)
+
+    module = sys.modules[fn.__module__]
+    if getattr(module, "WitWorld", None) is not None:
+        raise RuntimeError(f"module {fn.__module__} already exports a task (use @task once)")
+    module.WitWorld = WitWorld
+    return fn

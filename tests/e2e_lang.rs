@@ -1,0 +1,443 @@
+//! Tasks in every language: the Rust, Python, JavaScript and C examples built
+//! by `scripts/build-examples.sh`, run through the real `wasmq` binary.
+//!
+//! - the same inputs through each language's `hello` give byte-identical JSON,
+//!   with `wasmq run` and through the queue (SQLite and PostgreSQL);
+//! - an error raised in each language arrives as a task error carrying that
+//!   language's own message;
+//! - each language's module is refused the file system, the environment and
+//!   the network;
+//! - Python and JavaScript components load from the precompiled disk cache in
+//!   a new process, under both instance allocators.
+//!
+//! Python and JavaScript components take about 10 s each to compile with
+//! Cranelift, so every test here shares one module cache (under cargo's
+//! target directory, kept between runs) and each module is compiled once, by
+//! whichever test needs it first, while the others wait.
+
+mod common;
+
+use common::{code, example, json, repo_root, stderr, stdout, wasmq};
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::str::FromStr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use sqlx::Connection;
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+
+const LANGS: [&str; 4] = ["rust", "python", "js", "c"];
+const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+/// The module cache every test of this file shares.
+fn cache() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e-lang-module-cache")
+}
+
+/// A built example of `lang`; fails with the command to build it.
+fn lang_example(lang: &str, name: &str) -> PathBuf {
+    if lang == "rust" {
+        return example(name);
+    }
+    let p = repo_root()
+        .join("examples/target/wasm")
+        .join(format!("{lang}-{name}.wasm"));
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/build-examples.sh first",
+        p.display()
+    );
+    p
+}
+
+/// `lang_example`, compiled into the shared cache before it is returned, so
+/// that tests running in parallel do not each compile it.
+fn module(lang: &str, name: &str) -> PathBuf {
+    static COMPILED: Mutex<Option<HashSet<PathBuf>>> = Mutex::new(None);
+    let path = lang_example(lang, name);
+    let mut compiled = COMPILED.lock().unwrap_or_else(|e| e.into_inner());
+    if compiled.get_or_insert_default().insert(path.clone()) {
+        let out = wasmq(&cache())
+            .arg("run")
+            .arg(&path)
+            .args(["--input", "{}", "--json"])
+            .output()
+            .unwrap();
+        let report = json(&out);
+        assert!(
+            ["compiled", "disk"].contains(&report["cache"].as_str().unwrap()),
+            "{report}"
+        );
+    }
+    path
+}
+
+/// `wasmq run MODULE --input INPUT EXTRA…`.
+fn run(module: &Path, input: &str, extra: &[&str]) -> Output {
+    wasmq(&cache())
+        .arg("run")
+        .arg(module)
+        .args(["--input", input])
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+/// `wasmq run … --json` → (exit code, report).
+fn run_json(module: &Path, input: &str) -> (i32, serde_json::Value) {
+    let out = run(module, input, &["--json"]);
+    (code(&out), json(&out))
+}
+
+const HELLO_INPUTS: [&str; 5] = [
+    r#"{"name":"Ada"}"#,
+    r#"{"name": "Grace", "unused": [1, 2, {"x": null}]}"#,
+    r#"{"name":""}"#,
+    r#"{"name":"Zoë \"Z\" Ünal 🦀\\ \n\t\u0001 end"}"#,
+    r#"{"name":"\u00e9\ud83e\udd80</script>"}"#,
+];
+
+#[test]
+fn hello_gives_the_same_json_in_every_language() {
+    let modules: Vec<_> = LANGS.iter().map(|l| (*l, module(l, "hello"))).collect();
+    for input in HELLO_INPUTS {
+        let mut outputs = Vec::new();
+        for (lang, m) in &modules {
+            let out = run(m, input, &[]);
+            assert_eq!(code(&out), 0, "{lang} {input}: {}", stderr(&out));
+            outputs.push((lang, stdout(&out)));
+        }
+        let (_, rust) = &outputs[0];
+        let expected: serde_json::Value = serde_json::from_str(input).unwrap();
+        let v: serde_json::Value = serde_json::from_str(rust).unwrap();
+        assert_eq!(
+            v["greeting"],
+            format!("Hello, {}!", expected["name"].as_str().unwrap())
+        );
+        for (lang, text) in &outputs[1..] {
+            assert_eq!(text, rust, "{lang} differs from rust for {input}");
+        }
+    }
+}
+
+#[test]
+fn errors_arrive_as_task_errors_with_each_languages_own_message() {
+    // A missing field: each SDK's or task's own validation message.
+    let cases = [
+        (
+            "rust",
+            "invalid input: missing field `name` at line 1 column 2",
+        ),
+        ("python", "`name` must be a string"),
+        ("js", "`name` must be a string"),
+        ("c", "`name` must be a string"),
+    ];
+    for (lang, message) in cases {
+        let (c, r) = run_json(&module(lang, "hello"), "{}");
+        assert_eq!(c, 12, "{lang}: {r}");
+        assert_eq!(r["outcome"]["kind"], "task-error", "{lang}: {r}");
+        assert_eq!(r["outcome"]["error_kind"], "invalid-input", "{lang}: {r}");
+        assert_eq!(r["outcome"]["message"], message, "{lang}: {r}");
+    }
+
+    // An uncaught exception: the language's own message, kind permanent, the
+    // traceback or stack in the details and on stderr.
+    let cases = [
+        (
+            "python",
+            "RuntimeError: boom from python",
+            "traceback",
+            "app.py",
+        ),
+        ("js", "Error: boom from js", "stack", "task.js"),
+    ];
+    for (lang, message, key, file) in cases {
+        let input = format!(r#"{{"raise": "boom from {lang}"}}"#);
+        let (c, r) = run_json(&module(lang, "escape"), &input);
+        assert_eq!(c, 10, "{lang}: {r}");
+        assert_eq!(r["outcome"]["error_kind"], "permanent", "{lang}: {r}");
+        assert_eq!(r["outcome"]["message"], message, "{lang}: {r}");
+        let details: serde_json::Value =
+            serde_json::from_str(r["outcome"]["details"].as_str().unwrap()).unwrap();
+        assert!(
+            details[key].as_str().unwrap().contains(file),
+            "{lang}: {details}"
+        );
+        assert!(
+            r["stderr"].as_str().unwrap().contains(message),
+            "{lang}: {r}"
+        );
+    }
+
+    // C has no exceptions: a libc failure's own message (strerror).
+    let (c, r) = run_json(&module("c", "escape"), r#"{"raise": "/no/such/file"}"#);
+    assert_eq!(c, 10, "{r}");
+    assert_eq!(r["outcome"]["error_kind"], "permanent", "{r}");
+    let message = r["outcome"]["message"].as_str().unwrap();
+    assert!(message.starts_with("/no/such/file: "), "{r}");
+}
+
+#[test]
+fn every_language_is_refused_files_env_and_network() {
+    let full = &[
+        "read_passwd",
+        "list_root",
+        "env",
+        "tcp_connect",
+        "write_file",
+    ][..];
+    let cases = [
+        ("rust", full),
+        ("python", full),
+        // No file, env or socket API in StarlingMonkey; fetch is tried below.
+        ("js", &["read_passwd", "env"][..]),
+        ("c", full),
+    ];
+    // A real listener as the network probes' target: nothing may connect.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let canary = tempfile::tempdir().unwrap();
+    for (lang, probes) in cases {
+        let written = canary.path().join(format!("{lang}-escape"));
+        let input = serde_json::json!({
+            "tcp_addr": addr,
+            "write_path": written.to_str().unwrap(),
+        })
+        .to_string();
+        let (c, r) = run_json(&module(lang, "escape"), &input);
+        assert_eq!(c, 0, "{lang}: {r}");
+        let report: serde_json::Value =
+            serde_json::from_str(r["output"].as_str().unwrap()).unwrap();
+        for name in probes {
+            let probe = &report[name];
+            assert_eq!(probe["ok"], false, "{lang}: probe {name}: {report}");
+            assert!(
+                !probe["detail"].as_str().unwrap().is_empty(),
+                "{lang}: {report}"
+            );
+        }
+        for (name, probe) in report.as_object().unwrap() {
+            assert_eq!(probe["ok"], false, "{lang}: probe {name} escaped: {probe}");
+        }
+        assert!(!written.exists(), "{lang} wrote {}", written.display());
+    }
+    // JavaScript's fetch has no wasi:http behind it: calling it traps.
+    let input = serde_json::json!({ "fetch": addr }).to_string();
+    let (c, r) = run_json(&module("js", "escape"), &input);
+    assert_eq!(c, 20, "{r}");
+    assert_eq!(r["outcome"]["kind"], "trap", "{r}");
+
+    match listener.accept() {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("a task connected to {addr}: {other:?}"),
+    }
+}
+
+#[test]
+fn python_and_js_load_from_the_disk_cache_in_a_new_process() {
+    for lang in ["python", "js"] {
+        let m = module(lang, "hello");
+        // `module` compiled it (or found it) in an earlier process.
+        let (c, r) = run_json(&m, r#"{"name":"warm"}"#);
+        assert_eq!(c, 0, "{lang}: {r}");
+        assert_eq!(r["cache"], "disk", "{lang}: {r}");
+        let sha = r["module_sha256"].as_str().unwrap();
+        let cached = std::fs::read_dir(cache())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .any(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                name.starts_with(sha) && name.ends_with(".cwasm")
+            });
+        assert!(cached, "{lang}: no precompiled artifact for {sha}");
+    }
+}
+
+#[test]
+fn python_and_js_run_under_both_allocators() {
+    for lang in ["python", "js"] {
+        let m = module(lang, "hello");
+        for allocator in ["pooling", "on-demand"] {
+            let out = wasmq(&cache())
+                .env("WASMQ_ALLOCATOR", allocator)
+                .arg("run")
+                .arg(&m)
+                .args(["--input", r#"{"name":"pool"}"#, "--json"])
+                .output()
+                .unwrap();
+            assert_eq!(code(&out), 0, "{lang} {allocator}: {}", stderr(&out));
+            let r = json(&out);
+            assert_eq!(r["output"], r#"{"greeting":"Hello, pool!"}"#, "{r}");
+            // Both allocators share the artifact: no recompiling.
+            assert_eq!(r["cache"], "disk", "{lang} {allocator}: {r}");
+        }
+    }
+}
+
+#[test]
+fn python_wordcount_counts_logs_and_reports_progress() {
+    let input = r#"{"text": "The cat saw the dog.\nThe dog ran!\nIt's over", "top": 2}"#;
+    let (c, r) = run_json(&module("python", "wordcount"), input);
+    assert_eq!(c, 0, "{r}");
+    assert_eq!(
+        r["output"], r#"{"words":10,"unique":7,"top":[["the",3],["dog",2]]}"#,
+        "{r}"
+    );
+    let logs = r["logs"].to_string();
+    assert!(logs.contains("10 words, 7 distinct, in 3 lines"), "{logs}");
+
+    let (c, r) = run_json(&module("python", "wordcount"), r#"{"text": 7}"#);
+    assert_eq!(c, 12, "{r}");
+    assert_eq!(r["outcome"]["message"], "`text` must be a string", "{r}");
+}
+
+/// A database for the queue test: a fresh SQLite file or PostgreSQL schema.
+struct Db {
+    url: String,
+    /// (server URL, schema) to drop afterwards.
+    pg: Option<(String, String)>,
+}
+
+impl Db {
+    fn sqlite(dir: &Path) -> Db {
+        Db {
+            url: format!("sqlite://{}/wasmq.db", dir.display()),
+            pg: None,
+        }
+    }
+
+    /// A private schema, or `None` (a skip) when PostgreSQL is unreachable
+    /// outside CI; with `CI=true` an unreachable server fails the test.
+    fn postgres() -> Option<Db> {
+        let base = std::env::var("WASMQ_TEST_PG_URL").unwrap_or_else(|_| DEFAULT_PG_URL.into());
+        let schema = format!("e2e_lang_{:08x}", std::process::id());
+        let sql = format!("CREATE SCHEMA IF NOT EXISTS {schema}");
+        if let Err(e) = pg_exec(&base, &sql) {
+            if std::env::var("CI").as_deref() == Ok("true") {
+                panic!("PostgreSQL is unreachable ({e}) and CI=true: failing");
+            }
+            eprintln!("SKIPPED: PostgreSQL is unreachable ({e}); set WASMQ_TEST_PG_URL");
+            return None;
+        }
+        let sep = if base.contains('?') { '&' } else { '?' };
+        Some(Db {
+            url: format!("{base}{sep}options=-c%20search_path%3D{schema}"),
+            pg: Some((base, schema)),
+        })
+    }
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        if let Some((base, schema)) = &self.pg
+            && let Err(e) = pg_exec(base, &format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        {
+            eprintln!("could not drop test schema {schema}: {e}");
+        }
+    }
+}
+
+fn pg_exec(url: &str, sql: &str) -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let opts = PgConnectOptions::from_str(url).map_err(|e| e.to_string())?;
+        let mut conn =
+            tokio::time::timeout(Duration::from_secs(5), PgConnection::connect_with(&opts))
+                .await
+                .map_err(|_| "timed out".to_string())?
+                .map_err(|e| e.to_string())?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
+            .execute(&mut conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        conn.close().await.ok();
+        Ok(())
+    })
+}
+
+/// `wasmq --database-url URL ARGS…`, which must succeed; returns stdout.
+fn admin(db: &Db, args: &[&str]) -> String {
+    let out = wasmq(&cache())
+        .arg("--database-url")
+        .arg(&db.url)
+        .args(args)
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "wasmq {args:?}: {}", stderr(&out));
+    stdout(&out)
+}
+
+/// Every language's `hello` through the queue: pushed, enqueued with the
+/// same inputs (and one bad one), drained by one worker; the stored results
+/// are identical across languages and the errors carry each one's message.
+fn hello_through_the_queue(db: &Db) {
+    let mut tasks = Vec::new(); // (lang, input, id)
+    for lang in LANGS {
+        let m = module(lang, "hello");
+        let name = format!("hello-{lang}");
+        admin(
+            db,
+            &["module", "push", m.to_str().unwrap(), "--name", &name],
+        );
+        for input in HELLO_INPUTS.iter().chain(&["{}"]) {
+            let id = admin(db, &["task", "enqueue", &name, "--input", input]);
+            tasks.push((lang, *input, id.trim().to_string()));
+        }
+    }
+    let t = Instant::now();
+    let worker = wasmq(&cache())
+        .arg("--database-url")
+        .arg(&db.url)
+        .args(["worker", "--exit-when-idle", "--concurrency", "2"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(code(&worker), 0, "worker: {}", stderr(&worker));
+    assert!(t.elapsed() < Duration::from_secs(120));
+
+    let show = |id: &str| -> serde_json::Value {
+        let v: serde_json::Value =
+            serde_json::from_str(&admin(db, &["task", "show", id, "--json"])).unwrap();
+        v["task"].clone()
+    };
+    for input in HELLO_INPUTS {
+        let results: Vec<_> = tasks
+            .iter()
+            .filter(|(_, i, _)| *i == input)
+            .map(|(lang, _, id)| (lang, show(id)))
+            .collect();
+        for (lang, t) in &results {
+            assert_eq!(t["state"], "succeeded", "{lang} {input}: {t}");
+            assert_eq!(t["result"], results[0].1["result"], "{lang} {input}: {t}");
+        }
+    }
+    for (lang, _, id) in tasks.iter().filter(|(_, i, _)| *i == "{}") {
+        let t = show(id);
+        assert_eq!(t["state"], "failed", "{lang}: {t}");
+        assert_eq!(t["error_kind"], "invalid-input", "{lang}: {t}");
+        assert!(
+            t["error_message"].as_str().unwrap().contains("name"),
+            "{lang}: {t}"
+        );
+        assert_eq!(t["attempt"], 1, "invalid input is not retried: {t}");
+    }
+}
+
+#[test]
+fn hello_through_the_queue_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    hello_through_the_queue(&Db::sqlite(dir.path()));
+}
+
+#[test]
+fn hello_through_the_queue_on_postgres() {
+    if let Some(db) = Db::postgres() {
+        hello_through_the_queue(&db);
+    }
+}
