@@ -21,15 +21,12 @@ use common::{code, example, json, repo_root, stderr, stdout, wasmq};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
-use std::str::FromStr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use sqlx::Connection;
-use sqlx::postgres::{PgConnectOptions, PgConnection};
+use common::pg::{PgEnv, drop_schema, pg_env};
 
 const LANGS: [&str; 4] = ["rust", "python", "js", "c"];
-const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 
 /// The module cache every test of this file shares.
 fn cache() -> PathBuf {
@@ -297,8 +294,8 @@ fn python_wordcount_counts_logs_and_reports_progress() {
 /// A database for the queue test: a fresh SQLite file or PostgreSQL schema.
 struct Db {
     url: String,
-    /// (server URL, schema) to drop afterwards.
-    pg: Option<(String, String)>,
+    /// The PostgreSQL schema to drop afterwards.
+    pg: Option<PgEnv>,
 }
 
 impl Db {
@@ -312,53 +309,28 @@ impl Db {
     /// A private schema, or `None` (a skip) when PostgreSQL is unreachable
     /// outside CI; with `CI=true` an unreachable server fails the test.
     fn postgres() -> Option<Db> {
-        let base = std::env::var("WASMQ_TEST_PG_URL").unwrap_or_else(|_| DEFAULT_PG_URL.into());
-        let schema = format!("e2e_lang_{:08x}", std::process::id());
-        let sql = format!("CREATE SCHEMA IF NOT EXISTS {schema}");
-        if let Err(e) = pg_exec(&base, &sql) {
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("PostgreSQL is unreachable ({e}) and CI=true: failing");
-            }
-            eprintln!("SKIPPED: PostgreSQL is unreachable ({e}); set WASMQ_TEST_PG_URL");
-            return None;
-        }
-        let sep = if base.contains('?') { '&' } else { '?' };
+        let pg = block_on(pg_env())?;
         Some(Db {
-            url: format!("{base}{sep}options=-c%20search_path%3D{schema}"),
-            pg: Some((base, schema)),
+            url: pg.url("e2e-lang"),
+            pg: Some(pg),
         })
     }
 }
 
 impl Drop for Db {
     fn drop(&mut self) {
-        if let Some((base, schema)) = &self.pg
-            && let Err(e) = pg_exec(base, &format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-        {
-            eprintln!("could not drop test schema {schema}: {e}");
+        if let Some(pg) = &self.pg {
+            block_on(drop_schema(pg));
         }
     }
 }
 
-fn pg_exec(url: &str, sql: &str) -> Result<(), String> {
-    let rt = tokio::runtime::Builder::new_current_thread()
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .unwrap();
-    rt.block_on(async {
-        let opts = PgConnectOptions::from_str(url).map_err(|e| e.to_string())?;
-        let mut conn =
-            tokio::time::timeout(Duration::from_secs(5), PgConnection::connect_with(&opts))
-                .await
-                .map_err(|_| "timed out".to_string())?
-                .map_err(|e| e.to_string())?;
-        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
-            .execute(&mut conn)
-            .await
-            .map_err(|e| e.to_string())?;
-        conn.close().await.ok();
-        Ok(())
-    })
+        .unwrap()
+        .block_on(f)
 }
 
 /// `wasmq --database-url URL ARGS…`, which must succeed; returns stdout.
