@@ -228,6 +228,8 @@ store_tests! {
     cancel_queued_and_running,
     manual_retry_from_failed_and_cancelled,
     release_does_not_spend_an_attempt,
+    defer_requeues_later_without_spending_the_attempt,
+    ray_submission_is_recorded_and_fenced,
     unique_key_dedup,
     concurrent_claims_each_task_exactly_once,
     purge_terminal_tasks,
@@ -306,6 +308,7 @@ fn completion(t: &ClaimedTask, transition: Transition) -> Completion {
         Transition::Retry { .. } | Transition::Fail => outcome::TASK_ERROR,
         Transition::Cancel => outcome::CANCELLED,
         Transition::Release => outcome::SHUTDOWN,
+        Transition::Defer { .. } => outcome::HOST_ERROR,
     };
     Completion {
         task_id: t.id,
@@ -1390,6 +1393,72 @@ async fn release_does_not_spend_an_attempt(h: Harness) {
     );
     let t = claim_one(&s, "w9", LONG).await;
     assert_eq!(t.attempt, 1);
+}
+
+async fn defer_requeues_later_without_spending_the_attempt(h: Harness) {
+    let s = h.store().await;
+    let m = module(&s).await;
+    let id = enqueue(&s, task(&m).max_attempts(1)).await;
+    let t = claim_one(&s, "w1", LONG).await;
+    let mut c = completion(
+        &t,
+        Transition::Defer {
+            run_after: now_plus(60_000),
+        },
+    );
+    c.report.error_message = Some("Ray cluster unavailable".into());
+    assert_eq!(s.complete("w1", &[c]).await.unwrap(), [true]);
+    let r = s.get_task(id).await.unwrap();
+    assert_eq!((r.state, r.attempt), (TaskState::Queued, 0));
+    assert!(r.run_after > Utc::now() + chrono::Duration::seconds(50));
+    assert_eq!(r.error_message.as_deref(), Some("Ray cluster unavailable"));
+    let a = s.list_attempts(id).await.unwrap();
+    assert_eq!(a.len(), 1);
+    assert_eq!(a[0].outcome.as_deref(), Some("host-error"));
+    // Not claimable before run_after.
+    assert!(
+        s.claim("w2", &QueueSelector::All, 10, LONG)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn ray_submission_is_recorded_and_fenced(h: Harness) {
+    let s = h.store().await;
+    let m = module(&s).await;
+    let id = enqueue(&s, task(&m)).await;
+    let t = claim_one(&s, "w1", LONG).await;
+    assert!(
+        !s.set_ray_submission("w2", id, 1, "wasmq-x-1")
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.set_ray_submission("w1", id, 2, "wasmq-x-2")
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.set_ray_submission("w1", id, 1, "wasmq-x-1")
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        s.get_task(id).await.unwrap().ray_submission_id.as_deref(),
+        Some("wasmq-x-1")
+    );
+    assert!(complete1(&s, "w1", &t, succeed()).await);
+    // Kept after the end, on the task and on its attempt.
+    let r = s.get_task(id).await.unwrap();
+    assert_eq!(r.ray_submission_id.as_deref(), Some("wasmq-x-1"));
+    let a = s.list_attempts(id).await.unwrap();
+    assert_eq!(a[0].ray_submission_id.as_deref(), Some("wasmq-x-1"));
+    assert!(
+        !s.set_ray_submission("w1", id, 1, "wasmq-x-9")
+            .await
+            .unwrap()
+    );
 }
 
 async fn unique_key_dedup(h: Harness) {

@@ -200,6 +200,16 @@ pub trait Store: Clone + Send + Sync + 'static {
         message: &str,
     ) -> impl Future<Output = Result<bool>> + Send;
 
+    /// Records the Ray job that runs `attempt` of a running task, on the task
+    /// (its latest job) and on the attempt row. Fenced like a completion.
+    fn set_ray_submission(
+        &self,
+        worker_id: &str,
+        task_id: Uuid,
+        attempt: u32,
+        submission_id: &str,
+    ) -> impl Future<Output = Result<bool>> + Send;
+
     // ---- operator actions ------------------------------------------------
 
     /// Cancels a queued task at once; asks the worker of a running one to
@@ -391,6 +401,16 @@ impl Store for AnyStore {
         message: &str,
     ) -> Result<bool> {
         dispatch!(self, s => s.set_progress(worker_id, task_id, attempt, percent, message).await)
+    }
+
+    async fn set_ray_submission(
+        &self,
+        worker_id: &str,
+        task_id: Uuid,
+        attempt: u32,
+        submission_id: &str,
+    ) -> Result<bool> {
+        dispatch!(self, s => s.set_ray_submission(worker_id, task_id, attempt, submission_id).await)
     }
 
     async fn request_cancel(&self, id: Uuid) -> Result<CancelOutcome> {

@@ -441,6 +441,10 @@ pub enum Transition {
     /// → queued now without spending the attempt (graceful shutdown); the
     /// attempt row is recorded with outcome `shutdown`.
     Release,
+    /// → queued again at `run_after` without spending the attempt: the run
+    /// could not happen for reasons outside the task (a Ray cluster that
+    /// cannot be reached). The attempt row and the task's error record why.
+    Defer { run_after: DateTime<Utc> },
 }
 
 /// The end of one attempt, reported by the worker that holds the lease.

@@ -303,6 +303,11 @@ impl<'a> FinishPlan<'a> {
                 plan.release = true;
                 plan.outcome = outcome::SHUTDOWN;
             }
+            Transition::Defer { run_after } => {
+                plan.target = TaskState::Queued;
+                plan.run_after = Some(*run_after);
+                plan.release = true;
+            }
         }
         if plan.outcome.is_empty() {
             return Err(StoreError::invalid(format!(

@@ -352,6 +352,10 @@ fn log_end(c: &Completion) {
         }
         Transition::Cancel => info!("task cancelled"),
         Transition::Release => info!("task released for another worker"),
+        Transition::Defer { run_after } => {
+            warn!(outcome = %r.outcome, error = r.error_message.as_deref().unwrap_or(""),
+            retry_at = %run_after, "could not run the task here; requeued without spending the attempt")
+        }
     }
 }
 
@@ -426,7 +430,7 @@ fn wake_for_retries(shared: &Arc<Shared>, completions: &[Completion]) {
     let first = completions
         .iter()
         .filter_map(|c| match c.transition {
-            Transition::Retry { run_after } => Some(run_after),
+            Transition::Retry { run_after } | Transition::Defer { run_after } => Some(run_after),
             _ => None,
         })
         .min();

@@ -785,6 +785,40 @@ impl Store for PgStore {
         Ok(n == 1)
     }
 
+    async fn set_ray_submission(
+        &self,
+        worker_id: &str,
+        task_id: Uuid,
+        attempt: u32,
+        submission_id: &str,
+    ) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let n = sqlx::query(
+            "UPDATE tasks SET ray_submission_id = $1 \
+             WHERE id = $2 AND state = 'running' AND lease_owner = $3 AND attempt = $4",
+        )
+        .bind(submission_id)
+        .bind(task_id)
+        .bind(worker_id)
+        .bind(attempt as i32)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if n == 1 {
+            sqlx::query(
+                "UPDATE attempts SET ray_submission_id = $1 \
+                 WHERE task_id = $2 AND attempt = $3 AND finished_at IS NULL",
+            )
+            .bind(submission_id)
+            .bind(task_id)
+            .bind(attempt as i32)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(n == 1)
+    }
+
     async fn stop_worker(&self, id: &str) -> Result<()> {
         let found = sqlx::query(
             "UPDATE workers SET stopped_at = coalesce(stopped_at, now()) WHERE id = $1",
