@@ -3,7 +3,9 @@
 //! Modules, from the bottom up (dependencies point one way):
 //! - [`runtime`]: the wasmtime engine, limits, module caches; runs one task.
 //! - [`store`]: the database (SQLite, PostgreSQL) behind one interface.
-//! - [`worker`]: the leasing loop and executors (uses runtime and store).
+//! - [`ray`]: a client of Ray's Job Submission REST API.
+//! - [`worker`]: the leasing loop and executors, in-process or as Ray jobs
+//!   (uses runtime, store and ray).
 //! - [`client`]: the Rust API to push, enqueue, follow and steer tasks.
 //! - [`api`]: the HTTP API, `/metrics` and the web dashboard (`wasmq serve`).
 //! - [`cli`]: the `wasmq` command line.
@@ -15,6 +17,7 @@ pub mod api;
 pub mod cli;
 pub mod client;
 pub mod metrics;
+pub mod ray;
 pub mod runtime;
 pub mod store;
 pub mod worker;
