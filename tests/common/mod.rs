@@ -85,3 +85,4 @@ pub fn json(o: &Output) -> serde_json::Value {
         )
     })
 }
+pub mod ray;

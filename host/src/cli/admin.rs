@@ -324,6 +324,11 @@ pub async fn task(db: &str, cmd: TaskCommand) -> anyhow::Result<u8> {
                 ]);
             }
             table.print();
+            for a in &attempts {
+                if let Some(job) = &a.ray_submission_id {
+                    println!("attempt {} ran as Ray job {job}", a.attempt);
+                }
+            }
             // Each attempt's guest log() lines, then its stdout and stderr.
             for a in &attempts {
                 if let Some(logs) = a.logs.as_deref().filter(|l| !l.is_empty()) {
@@ -473,6 +478,9 @@ fn show_task(t: &TaskRecord) {
     }
     if t.cancel_requested {
         println!("cancel    requested");
+    }
+    if let Some(job) = &t.ray_submission_id {
+        println!("ray job   {job}");
     }
     println!("input     {}", clip(&t.input, 200));
     if let Some(r) = &t.result {

@@ -22,6 +22,9 @@ pub enum BenchCommand {
     /// Cold starts of one module: the first compile, a load from the disk
     /// cache in a fresh runtime, and a whole new `wasmq run` process.
     Cold(super::bench_cold::ColdBench),
+    /// Enqueue→succeeded latency in cluster mode vs local mode, Ray's own
+    /// time vs wasmq's, and throughput with 16 jobs in flight.
+    Cluster(super::bench_cluster::ClusterBench),
 }
 
 #[derive(Debug, Args)]
@@ -57,6 +60,7 @@ pub async fn run(cmd: BenchCommand, _db: &str) -> anyhow::Result<()> {
         BenchCommand::Queue(b) => super::bench_queue::run(b).await,
         BenchCommand::Api(b) => super::bench_api::run(b).await,
         BenchCommand::Cold(b) => super::bench_cold::run(b).await,
+        BenchCommand::Cluster(b) => super::bench_cluster::run(b).await,
     }
 }
 

@@ -177,12 +177,13 @@ fn worker(store: &AnyStore, runtime: &Arc<Runtime>, cfg: WorkerConfig) -> Worker
             store: store.clone(),
             defaults: Limits::default(),
             policy: RetryPolicy::default(),
+            cluster: None,
         },
         cfg,
     )
 }
 
-fn pct(v: &mut [f64], p: usize) -> f64 {
+pub(super) fn pct(v: &mut [f64], p: usize) -> f64 {
     v.sort_by(f64::total_cmp);
     v[(v.len() * p / 100).min(v.len() - 1)]
 }

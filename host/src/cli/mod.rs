@@ -4,8 +4,11 @@
 mod admin;
 mod bench;
 mod bench_api;
+mod bench_cluster;
 mod bench_cold;
 mod bench_queue;
+mod cluster;
+mod exec;
 pub mod exit;
 mod limits;
 mod logging;
@@ -54,6 +57,9 @@ pub enum Command {
     Task(admin::TaskCommand),
     /// Lease tasks from the database and run them.
     Worker(worker::WorkerArgs),
+    /// Run one task module as a Ray job's entrypoint (used by `worker --cluster`).
+    #[command(hide = true)]
+    Exec(exec::ExecArgs),
     /// List workers with their heartbeat age.
     Workers {
         #[arg(long)]
@@ -98,6 +104,7 @@ pub fn main() -> ExitCode {
             Command::Module(cmd) => ok(admin::module(&db, cmd).await),
             Command::Task(cmd) => admin::task(&db, cmd).await,
             Command::Worker(args) => ok(worker::run(&db, args).await),
+            Command::Exec(args) => exec::run(args).await,
             Command::Workers { json } => ok(admin::workers(&db, json).await),
             Command::Serve(args) => ok(serve::run(&db, args).await),
             Command::Bench(cmd) => ok(bench::run(cmd, &db).await),

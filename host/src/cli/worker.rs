@@ -15,8 +15,27 @@ pub struct WorkerArgs {
     #[arg(long, conflicts_with = "sync")]
     pub local: bool,
     /// Run one task at a time on the worker's own thread.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "cluster")]
     pub sync: bool,
+    /// Run each task as a job on the Ray cluster whose dashboard is at URL
+    /// (e.g. http://HEAD:8265).
+    #[arg(
+        long,
+        value_name = "URL",
+        conflicts_with = "local",
+        env = "WASMQ_RAY_ADDRESS"
+    )]
+    pub cluster: Option<String>,
+    /// Ray jobs in flight at once (cluster mode) [default: 16].
+    #[arg(
+        long,
+        value_name = "N",
+        requires = "cluster",
+        conflicts_with = "concurrency"
+    )]
+    pub max_in_flight: Option<u32>,
+    #[command(flatten)]
+    pub ray: super::cluster::RayArgs,
     /// Comma-separated queues to serve [default: default].
     #[arg(long, conflicts_with = "all_queues")]
     pub queues: Option<String>,
@@ -57,7 +76,13 @@ pub struct WorkerArgs {
 
 impl WorkerArgs {
     pub fn mode(&self) -> Mode {
-        if self.sync { Mode::Sync } else { Mode::Local }
+        if self.cluster.is_some() {
+            Mode::Cluster
+        } else if self.sync {
+            Mode::Sync
+        } else {
+            Mode::Local
+        }
     }
 }
 
@@ -73,13 +98,22 @@ pub async fn run(db: &str, a: WorkerArgs) -> anyhow::Result<()> {
     } else if let Some(q) = &a.queues {
         cfg.queues = QueueSelector::parse(q);
     }
+    if let Some(n) = a.max_in_flight {
+        anyhow::ensure!(
+            n > 0,
+            super::exit::Exit::usage("--max-in-flight must be at least 1")
+        );
+        cfg.concurrency = n;
+    }
     if let Some(c) = a.concurrency {
         anyhow::ensure!(
             c > 0,
             super::exit::Exit::usage("--concurrency must be at least 1")
         );
         cfg.concurrency = if a.sync { 1 } else { c };
-        cfg.prefetch = cfg.concurrency * 4;
+        if cfg.mode != Mode::Cluster {
+            cfg.prefetch = cfg.concurrency * 4;
+        }
     }
     if a.sync {
         cfg.prefetch = 0;
@@ -107,6 +141,10 @@ pub async fn run(db: &str, a: WorkerArgs) -> anyhow::Result<()> {
     }
     let defaults = a.limits.limits()?;
 
+    let cluster = match &a.cluster {
+        Some(url) => Some(Arc::new(a.ray.cluster(url).await?)),
+        None => None,
+    };
     let runtime = Arc::new(Runtime::new(RuntimeConfig::from_env()?)?);
     let worker = Worker::new(
         Executor {
@@ -114,6 +152,7 @@ pub async fn run(db: &str, a: WorkerArgs) -> anyhow::Result<()> {
             store: client.store().clone(),
             defaults,
             policy,
+            cluster,
         },
         cfg,
     );

@@ -1,10 +1,10 @@
 //! What a run produced: the outcome kinds and the full report.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// The kind of failure a task reported about itself (mirrors the WIT `error-kind`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum TaskErrorKind {
     Permanent,
@@ -24,7 +24,7 @@ impl TaskErrorKind {
 
 /// How a run ended. Every variant but `Success` is a failure; which of them are
 /// retried is the queue's retry policy, not the runtime's business.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Outcome {
     /// `run` returned `ok` with valid JSON within the output cap.
@@ -160,6 +160,24 @@ pub struct RunReport {
 }
 
 impl RunReport {
+    /// A run that ended before the guest ran (the module did not load, the
+    /// host failed): no output, nothing used.
+    pub fn not_run(outcome: Outcome, module_sha256: String) -> RunReport {
+        RunReport {
+            outcome,
+            output: None,
+            module_sha256,
+            cache: CacheSource::Compiled,
+            fuel_used: 0,
+            peak_memory_bytes: 0,
+            wall_time_us: 0,
+            stdout: String::new(),
+            stderr: String::new(),
+            logs: Vec::new(),
+            progress: None,
+        }
+    }
+
     /// The guest's `log()` lines as text, one per line, for storage.
     pub fn logs_text(&self) -> String {
         let mut s = String::new();

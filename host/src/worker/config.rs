@@ -18,6 +18,9 @@ pub const DEFAULT_CLAIM_BATCH: u32 = 256;
 /// Most completions written in one transaction.
 pub const DEFAULT_COMPLETE_BATCH: usize = 512;
 
+/// Ray jobs in flight per cluster worker (`--max-in-flight`).
+pub const DEFAULT_MAX_IN_FLIGHT: u32 = 16;
+
 /// Which execution mode the worker runs tasks in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -25,6 +28,8 @@ pub enum Mode {
     Local,
     /// One task at a time on the worker's own thread.
     Sync,
+    /// Each task as a Ray job; `concurrency` jobs in flight.
+    Cluster,
 }
 
 impl Mode {
@@ -32,6 +37,7 @@ impl Mode {
         match self {
             Mode::Local => "local",
             Mode::Sync => "sync",
+            Mode::Cluster => "ray",
         }
     }
 }
@@ -59,15 +65,17 @@ pub struct WorkerConfig {
 impl WorkerConfig {
     pub fn new(mode: Mode) -> Self {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
-        let concurrency = match mode {
-            Mode::Local => cores,
-            Mode::Sync => 1,
+        let (concurrency, prefetch) = match mode {
+            Mode::Local => (cores, cores * 4),
+            Mode::Sync => (1, 4),
+            // A claimed task waits for nothing local: claim only what runs.
+            Mode::Cluster => (DEFAULT_MAX_IN_FLIGHT, 0),
         };
         WorkerConfig {
             mode,
             queues: QueueSelector::Named(vec!["default".into()]),
             concurrency,
-            prefetch: concurrency * 4,
+            prefetch,
             lease: env_duration("WASMQ_LEASE").unwrap_or(DEFAULT_LEASE),
             reaper_interval: env_duration("WASMQ_REAPER_INTERVAL")
                 .unwrap_or(DEFAULT_REAPER_INTERVAL),

@@ -23,6 +23,8 @@ pub struct Executor {
     pub store: AnyStore,
     pub defaults: Limits,
     pub policy: RetryPolicy,
+    /// Set in cluster mode: tasks run as Ray jobs instead of in-process.
+    pub cluster: Option<Arc<super::Cluster>>,
 }
 
 impl Executor {
@@ -36,6 +38,11 @@ impl Executor {
         cancel: CancelToken,
         shutdown: &CancelToken,
     ) -> Completion {
+        if let Some(cluster) = &self.cluster {
+            return cluster
+                .execute(self, worker_id, task, cancel, shutdown)
+                .await;
+        }
         let started = Instant::now();
         let metrics = crate::metrics::global();
         let _running = metrics.in_flight_guard();
@@ -125,7 +132,8 @@ impl Executor {
         })
     }
 
-    fn limits_for(&self, task: &ClaimedTask) -> Limits {
+    /// The worker's default limits with the task's own applied.
+    pub fn limits_for(&self, task: &ClaimedTask) -> Limits {
         let mut l = self.defaults.clone();
         if let Some(f) = task.limits.fuel {
             l.fuel = (f > 0).then_some(f);
@@ -246,17 +254,5 @@ fn failed_load(task: &ClaimedTask, e: LoadError) -> RunReport {
             message: other.to_string(),
         },
     };
-    RunReport {
-        outcome,
-        output: None,
-        module_sha256: task.module_sha256.clone(),
-        cache: crate::runtime::CacheSource::Compiled,
-        fuel_used: 0,
-        peak_memory_bytes: 0,
-        wall_time_us: 0,
-        stdout: String::new(),
-        stderr: String::new(),
-        logs: Vec::new(),
-        progress: None,
-    }
+    RunReport::not_run(outcome, task.module_sha256.clone())
 }

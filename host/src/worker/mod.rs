@@ -11,15 +11,22 @@
 //! - **reaper**: takes back tasks whose worker stopped heartbeating, and marks
 //!   silent workers stopped;
 //! - **listener**: turns database events into wake-ups and cancellations.
+//!
+//! In cluster mode (`wasmq worker --cluster`) each job loop submits its task
+//! to Ray and follows the Ray job instead of running it here ([`cluster`]).
 
+pub mod cluster;
 mod config;
+pub mod envelope;
 mod executor;
 mod retry;
 mod run;
+pub mod shipping;
 
+pub use cluster::{Cluster, ClusterConfig};
 pub use config::{
     DEFAULT_CLAIM_BATCH, DEFAULT_COMPLETE_BATCH, DEFAULT_GRACE, DEFAULT_LEASE,
-    DEFAULT_POLL_INTERVAL, DEFAULT_REAPER_INTERVAL, Mode, WorkerConfig,
+    DEFAULT_MAX_IN_FLIGHT, DEFAULT_POLL_INTERVAL, DEFAULT_REAPER_INTERVAL, Mode, WorkerConfig,
 };
 pub use executor::{Executor, MAX_STORED_LOGS, retry_kind};
 pub use retry::{DEFAULT_BACKOFF_BASE, DEFAULT_BACKOFF_CAP, DEFAULT_RETRY_ON, RetryPolicy};

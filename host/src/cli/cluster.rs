@@ -1,0 +1,94 @@
+//! The `--ray-*` flags of cluster mode, shared by `wasmq worker --cluster`
+//! and `wasmq bench cluster`.
+
+use super::exit::Exit;
+use crate::ray::{ClientConfig, RayClient, Token};
+use crate::runtime::{parse_duration, parse_size};
+use crate::worker::cluster::{Cluster, ClusterConfig};
+use crate::worker::shipping::{Runner, RunnerSource, check_executable};
+use clap::Args;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Args, Clone)]
+pub struct RayArgs {
+    /// File holding the Ray auth token [default: RAY_AUTH_TOKEN, else the
+    /// file in RAY_AUTH_TOKEN_PATH, else ~/.ray/auth_token].
+    #[arg(long, value_name = "PATH")]
+    pub ray_token_file: Option<PathBuf>,
+    /// Ship this `wasmq` executable to the nodes [default: the running binary].
+    #[arg(long, value_name = "PATH", conflicts_with = "ray_runner_installed")]
+    pub ray_runner: Option<PathBuf>,
+    /// The nodes have `wasmq` installed at this absolute path: ship only the module.
+    #[arg(long, value_name = "PATH")]
+    pub ray_runner_installed: Option<String>,
+    /// Keep finished jobs on the cluster instead of deleting them once their logs are read.
+    #[arg(long)]
+    pub ray_keep_jobs: bool,
+    /// First job status poll interval (slower for long jobs).
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "250ms",
+          env = "WASMQ_RAY_POLL")]
+    pub ray_poll_interval: Duration,
+    /// CPUs Ray reserves for each job (`entrypoint_num_cpus`) [default: Ray's, 0].
+    #[arg(long, value_name = "N")]
+    pub ray_num_cpus: Option<f64>,
+    /// Memory Ray reserves for each job (`entrypoint_memory`), e.g. 512MiB.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub ray_memory: Option<u64>,
+    /// A custom resource each job needs, NAME=AMOUNT (repeatable).
+    #[arg(long = "ray-resource", value_name = "NAME=AMOUNT", value_parser = parse_resource)]
+    pub ray_resources: Vec<(String, f64)>,
+}
+
+fn parse_resource(s: &str) -> Result<(String, f64), String> {
+    let (name, amount) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}`: expected NAME=AMOUNT"))?;
+    let amount: f64 = amount
+        .parse()
+        .map_err(|_| format!("`{s}`: the amount is not a number"))?;
+    if name.is_empty() || amount.is_nan() || amount < 0.0 {
+        return Err(format!("`{s}`: expected NAME=AMOUNT with AMOUNT ≥ 0"));
+    }
+    Ok((name.to_string(), amount))
+}
+
+impl RayArgs {
+    /// Connects to the cluster at `address` (checking the token with
+    /// `/api/version`) and prepares the runner.
+    pub async fn cluster(&self, address: &str) -> anyhow::Result<Cluster> {
+        let token = Token::discover(self.ray_token_file.as_deref())
+            .map_err(|e| Exit::usage(e.to_string()))?;
+        let client = RayClient::new(address, token, ClientConfig::default())
+            .map_err(|e| Exit::usage(e.to_string()))?;
+        let version = client.version().await?;
+        tracing::info!(address, ray_version = %version.ray_version,
+            token = ?client.token().map(|t| t.source.to_string()), "connected to the Ray cluster");
+        let source = match (&self.ray_runner, &self.ray_runner_installed) {
+            (_, Some(installed)) => RunnerSource::Installed(installed.clone()),
+            (Some(path), None) => {
+                check_executable(path).map_err(|e| Exit::usage(e.to_string()))?;
+                RunnerSource::Ship(path.clone())
+            }
+            (None, None) => RunnerSource::Ship(Runner::current_exe()?),
+        };
+        // Read and hash the runner once (it is tens of MB), off the async threads.
+        let runner = tokio::task::spawn_blocking(move || Runner::new(source))
+            .await?
+            .map_err(|e| Exit::usage(e.to_string()))?;
+        let config = ClusterConfig {
+            poll_interval: self.ray_poll_interval,
+            keep_jobs: self.ray_keep_jobs,
+            num_cpus: self.ray_num_cpus,
+            memory: self.ray_memory,
+            resources: self
+                .ray_resources
+                .iter()
+                .cloned()
+                .collect::<BTreeMap<_, _>>(),
+            ..ClusterConfig::default()
+        };
+        Ok(Cluster::new(client, runner, config))
+    }
+}

@@ -1,0 +1,201 @@
+//! What a Ray job gets: a `working_dir` package with the runner executable
+//! (unless the nodes have it installed) and the task module, one package per
+//! (module sha256, runner hash), built once per process and named by content
+//! hash; the input and limits go in `runtime_env.env_vars`.
+
+use crate::ray::{Package, PackageEntry, PackageError};
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// The runner's file name inside the working dir.
+pub const RUNNER_FILE: &str = "wasmq";
+/// The module's file name inside the working dir.
+pub const MODULE_FILE: &str = "task.wasm";
+/// The input's file name when it does not fit in an environment variable.
+pub const INPUT_FILE: &str = "input.json";
+/// Inputs up to this many bytes travel in `WASMQ_EXEC_INPUT`; larger ones
+/// in a per-task package (Linux caps one environment string at 128 KiB, and
+/// Ray repeats the runtime_env inside another variable).
+pub const DEFAULT_INPUT_ENV_MAX: usize = 64 * 1024;
+/// Prefix of package names.
+const PACKAGE_PREFIX: &str = "wasmq";
+
+/// How the job's entrypoint finds `wasmq`.
+#[derive(Debug, Clone)]
+pub enum RunnerSource {
+    /// Ship this executable in every package (default: the running binary).
+    Ship(PathBuf),
+    /// The nodes have `wasmq` at this absolute path; ship only the module.
+    Installed(String),
+}
+
+/// The runner as shipped: read, hashed and compressed once per process.
+pub struct Runner {
+    source: RunnerSource,
+    /// A package holding only the runner, and the runner's sha256, when
+    /// shipped. Module packages copy its compressed entry.
+    shipped: Option<(Package, String)>,
+    packages: Mutex<HashMap<String, Arc<Package>>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ShippingError {
+    #[error("cannot read the runner executable {}: {message}", path.display())]
+    Runner { path: PathBuf, message: String },
+    #[error(
+        "--ray-runner-installed {0:?} must be an absolute path of letters, digits, '/', '.', '_', '-' \
+         (it becomes part of the job's command line)"
+    )]
+    InstalledPath(String),
+    #[error(transparent)]
+    Package(#[from] PackageError),
+}
+
+impl Runner {
+    pub fn new(source: RunnerSource) -> Result<Runner, ShippingError> {
+        let shipped = match &source {
+            RunnerSource::Ship(path) => {
+                let bytes = std::fs::read(path).map_err(|e| ShippingError::Runner {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?;
+                let hash = hex::encode(Sha256::digest(&bytes));
+                let package = Package::build(
+                    PACKAGE_PREFIX,
+                    &[PackageEntry {
+                        path: RUNNER_FILE.into(),
+                        bytes: Bytes::from(bytes),
+                        mode: 0o755,
+                    }],
+                )?;
+                Some((package, hash))
+            }
+            RunnerSource::Installed(p) => {
+                let safe = p.starts_with('/')
+                    && p.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"/._-".contains(&b));
+                if !safe {
+                    return Err(ShippingError::InstalledPath(p.clone()));
+                }
+                None
+            }
+        };
+        Ok(Runner {
+            source,
+            shipped,
+            packages: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The running binary.
+    pub fn current_exe() -> Result<PathBuf, ShippingError> {
+        std::env::current_exe().map_err(|e| ShippingError::Runner {
+            path: PathBuf::from("(current executable)"),
+            message: e.to_string(),
+        })
+    }
+
+    /// The job's fixed command line. It holds no task data: that travels in
+    /// environment variables and files.
+    pub fn entrypoint(&self) -> String {
+        match &self.source {
+            RunnerSource::Ship(_) => format!("./{RUNNER_FILE} exec"),
+            RunnerSource::Installed(path) => format!("{path} exec"),
+        }
+    }
+
+    /// The sha256 of the shipped runner, or the installed path.
+    pub fn identity(&self) -> String {
+        match (&self.shipped, &self.source) {
+            (Some((_, hash)), _) => hash.clone(),
+            (None, RunnerSource::Installed(p)) => p.clone(),
+            (None, RunnerSource::Ship(p)) => p.display().to_string(),
+        }
+    }
+
+    /// The package of `module` (runner + module), built on first use.
+    pub fn package(&self, sha256: &str, module: &[u8]) -> Result<Arc<Package>, ShippingError> {
+        if let Some(p) = self.packages.lock().unwrap().get(sha256) {
+            return Ok(p.clone());
+        }
+        let entry = [PackageEntry {
+            path: MODULE_FILE.into(),
+            bytes: Bytes::copy_from_slice(module),
+            mode: 0o644,
+        }];
+        let p = Arc::new(match &self.shipped {
+            Some((runner, _)) => runner.extended(PACKAGE_PREFIX, &entry)?,
+            None => Package::build(PACKAGE_PREFIX, &entry)?,
+        });
+        self.packages
+            .lock()
+            .unwrap()
+            .insert(sha256.to_string(), p.clone());
+        Ok(p)
+    }
+
+    /// `package` plus the input file, for inputs too large for the environment.
+    pub fn package_with_input(base: &Package, input: &str) -> Result<Package, ShippingError> {
+        Ok(base.extended(
+            "wasmq-input",
+            &[PackageEntry {
+                path: INPUT_FILE.into(),
+                bytes: Bytes::copy_from_slice(input.as_bytes()),
+                mode: 0o644,
+            }],
+        )?)
+    }
+}
+
+/// Whether `path` names an executable file (for a clear error at start-up).
+pub fn check_executable(path: &Path) -> Result<(), ShippingError> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).map_err(|e| ShippingError::Runner {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
+        return Err(ShippingError::Runner {
+            path: path.to_path_buf(),
+            message: "not an executable file".into(),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn installed_paths_must_be_plain() {
+        assert!(Runner::new(RunnerSource::Installed("/opt/wasmq/bin/wasmq".into())).is_ok());
+        for bad in ["wasmq", "/opt/x; rm -rf /", "/opt/$(id)", "/a b"] {
+            assert!(
+                Runner::new(RunnerSource::Installed(bad.into())).is_err(),
+                "{bad}"
+            );
+        }
+        let r = Runner::new(RunnerSource::Installed("/usr/bin/wasmq".into())).unwrap();
+        assert_eq!(r.entrypoint(), "/usr/bin/wasmq exec");
+    }
+
+    #[test]
+    fn one_package_per_module_with_the_runner_executable() {
+        let dir = tempfile::tempdir().unwrap();
+        let exe = dir.path().join("runner");
+        std::fs::write(&exe, b"#!/bin/sh\necho hi\n").unwrap();
+        let r = Runner::new(RunnerSource::Ship(exe)).unwrap();
+        assert_eq!(r.entrypoint(), "./wasmq exec");
+        let a = r.package(&"a".repeat(64), b"module a").unwrap();
+        let a2 = r.package(&"a".repeat(64), b"module a").unwrap();
+        let b = r.package(&"b".repeat(64), b"module b").unwrap();
+        assert!(Arc::ptr_eq(&a, &a2));
+        assert_ne!(a.name, b.name);
+        let with_input = Runner::package_with_input(&a, "{}").unwrap();
+        assert_ne!(with_input.name, a.name);
+    }
+}
