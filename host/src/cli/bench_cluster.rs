@@ -4,13 +4,13 @@
 //! wasmq adds, and throughput with 16 jobs in flight. SQLite in a temp dir,
 //! workers in this process, the `hello` example.
 
-use super::bench_queue::pct;
+use super::bench_queue::{pct, worker};
 use super::cluster::RayArgs;
 use crate::client::{Client, EnqueueRequest};
-use crate::runtime::{Limits, Runtime, RuntimeConfig};
+use crate::runtime::{Runtime, RuntimeConfig};
 use crate::store::{AnyStore, NewTask, Store, TaskState};
 use crate::worker::cluster::Cluster;
-use crate::worker::{Executor, Mode, RetryPolicy, Worker, WorkerConfig};
+use crate::worker::{Mode, WorkerConfig};
 use anyhow::Context;
 use clap::Args;
 use std::path::PathBuf;
@@ -185,24 +185,6 @@ fn config(in_flight: Option<u32>) -> WorkerConfig {
     };
     cfg.queues = crate::store::QueueSelector::All;
     cfg
-}
-
-fn worker(
-    store: &AnyStore,
-    runtime: &Arc<Runtime>,
-    cluster: Option<&Arc<Cluster>>,
-    cfg: WorkerConfig,
-) -> Worker {
-    Worker::new(
-        Executor {
-            runtime: runtime.clone(),
-            store: store.clone(),
-            defaults: Limits::default(),
-            policy: RetryPolicy::default(),
-            cluster: cluster.cloned(),
-        },
-        cfg,
-    )
 }
 
 /// Deletes the jobs of this bench's tasks (kept to read their times).

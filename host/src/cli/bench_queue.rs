@@ -111,7 +111,7 @@ async fn measure(
     let mut cfg = worker_config(concurrency, b.prefetch);
     cfg.exit_when_idle = true;
     let t = Instant::now();
-    let stats = worker(&store, runtime, cfg)
+    let stats = worker(&store, runtime, None, cfg)
         .run(std::future::pending())
         .await?;
     let drain = stats.completed as f64 / t.elapsed().as_secs_f64();
@@ -124,7 +124,12 @@ async fn measure(
 
     // (b) Latency on an idle worker: one task at a time.
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let w = worker(&store, runtime, worker_config(concurrency, concurrency * 4));
+    let w = worker(
+        &store,
+        runtime,
+        None,
+        worker_config(concurrency, concurrency * 4),
+    );
     let handle = tokio::spawn(w.run(async {
         let _ = stop_rx.await;
     }));
@@ -170,14 +175,20 @@ fn worker_config(concurrency: u32, prefetch: u32) -> WorkerConfig {
     cfg
 }
 
-fn worker(store: &AnyStore, runtime: &Arc<Runtime>, cfg: WorkerConfig) -> Worker {
+/// A worker of the bench, in-process (`cluster: None`) or on Ray.
+pub(super) fn worker(
+    store: &AnyStore,
+    runtime: &Arc<Runtime>,
+    cluster: Option<&Arc<crate::worker::Cluster>>,
+    cfg: WorkerConfig,
+) -> Worker {
     Worker::new(
         Executor {
             runtime: runtime.clone(),
             store: store.clone(),
             defaults: Limits::default(),
             policy: RetryPolicy::default(),
-            cluster: None,
+            cluster: cluster.cloned(),
         },
         cfg,
     )

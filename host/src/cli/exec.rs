@@ -66,18 +66,9 @@ pub async fn run(args: ExecArgs) -> anyhow::Result<u8> {
     }
     let runtime = Runtime::new(config).context("starting the runtime")?;
     let report = match runtime.load_bytes(bytes).await {
+        // No SIGTERM handler: Ray stops a job by signalling its process
+        // group, and a runner that dies of it is what Ray reports as STOPPED.
         Ok((module, cache)) => {
-            // SIGTERM (Ray stopping the job) cancels the run like a queue
-            // cancellation would.
-            let cancel = CancelToken::new();
-            let on_signal = cancel.clone();
-            tokio::spawn(async move {
-                use tokio::signal::unix::{SignalKind, signal};
-                if let Ok(mut term) = signal(SignalKind::terminate()) {
-                    term.recv().await;
-                    on_signal.cancel();
-                }
-            });
             runtime
                 .run(
                     &module,
@@ -91,7 +82,7 @@ pub async fn run(args: ExecArgs) -> anyhow::Result<u8> {
                             max_attempts: args.max_attempts,
                             queue: args.queue,
                         },
-                        cancel,
+                        cancel: CancelToken::new(),
                         dirs: &[],
                         progress: None,
                     },

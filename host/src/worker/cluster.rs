@@ -21,7 +21,7 @@
 //! | SUCCEEDED without a readable envelope | host-error (retried)                     |
 //! | FAILED (the runner crashed)           | host-error (retried)                     |
 //! | FAILED, RUNTIME_ENV_SETUP_FAILURE     | host-error (retried; the package is re-checked) |
-//! | STOPPED by wasmq (cancel)             | cancelled                                |
+//! | STOPPED (or FAILED) after wasmq's stop | cancelled                                |
 //! | STOPPED by someone else               | host-error (retried)                     |
 //! | unreachable, 5xx, job vanished        | requeued with backoff, attempt not spent |
 //! | worker shutting down                  | released; the job keeps running and the next worker attaches |
@@ -369,6 +369,14 @@ impl Cluster {
                     Err(e) => host_error(task, format!("Ray job {id}: {e}"), Some(&logs)),
                 }
             }
+            // Stopped as asked; a runner that exits on the signal may also be
+            // reported FAILED.
+            JobStatus::Stopped | JobStatus::Failed if stopped_by_us => RunReport::not_run(
+                Outcome::Cancelled {
+                    message: format!("cancelled: Ray job {id} stopped"),
+                },
+                task.module_sha256.clone(),
+            ),
             JobStatus::Failed if job.error_type.as_deref() == Some(RUNTIME_ENV_SETUP_FAILURE) => {
                 host_error(
                     task,
@@ -394,12 +402,6 @@ impl Cluster {
                     Some(&logs),
                 )
             }
-            JobStatus::Stopped if stopped_by_us => RunReport::not_run(
-                Outcome::Cancelled {
-                    message: format!("cancelled: Ray job {id} stopped"),
-                },
-                task.module_sha256.clone(),
-            ),
             JobStatus::Stopped => host_error(
                 task,
                 format!("Ray job {id} was stopped outside wasmq: {message}"),
