@@ -177,6 +177,7 @@ async fn measure(
             store: store.clone(),
             defaults: Limits::default(),
             policy: RetryPolicy::default(),
+            cluster: None,
         },
         cfg,
     );
