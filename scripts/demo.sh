@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 scripts/build-examples.sh >/dev/null
 cargo build --release --locked -p wasmq
-WASMQ=$PWD/target/release/wasmq
+WASMQ=${CARGO_TARGET_DIR:-$PWD/target}/release/wasmq
 EX=$PWD/examples/target/wasm32-wasip2/release
 
 work=$(mktemp -d)

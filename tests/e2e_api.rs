@@ -11,8 +11,8 @@
 
 mod common;
 
-use common::pg::{PgEnv, drop_schema, pg_env};
-use common::{Backend, example, wasmq};
+use common::pg::{PgEnv, drop_schema};
+use common::{Backend, example, fresh_database, wasmq};
 use reqwest::blocking::{Client as Http, multipart};
 use serde_json::{Value, json};
 use std::io::Write;
@@ -40,13 +40,7 @@ impl Env {
             .unwrap();
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("cache")).unwrap();
-        let (url, pg) = match backend {
-            Backend::Sqlite => (format!("sqlite://{}/wasmq.db", dir.path().display()), None),
-            Backend::Postgres => {
-                let pg = rt.block_on(pg_env())?;
-                (pg.url(&format!("e2e-api-{}", pg.schema)), Some(pg))
-            }
-        };
+        let (url, pg) = fresh_database(&rt, backend, dir.path(), "e2e-api")?;
         Some(Env {
             backend,
             dir,

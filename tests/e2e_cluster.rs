@@ -9,7 +9,9 @@
 
 mod common;
 
+use common::pg::{PgEnv, drop_schema};
 use common::ray::RayHead;
+use common::{Backend, fresh_database};
 use common::{code, example, stderr, stdout, wasmq};
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
@@ -22,8 +24,8 @@ struct Env<'a> {
     ray: &'a RayHead,
     dir: tempfile::TempDir,
     url: String,
-    /// The PostgreSQL schema to drop at the end, with the admin URL.
-    pg: Option<(String, String)>,
+    /// The PostgreSQL schema to drop at the end.
+    pg: Option<PgEnv>,
     rt: tokio::runtime::Runtime,
     store: AnyStore,
     client: RayClient,
@@ -74,16 +76,16 @@ impl Drop for WorkerProc {
 impl<'a> Env<'a> {
     /// SQLite in a temp dir.
     fn new(ray: &'a RayHead) -> Env<'a> {
-        Self::with_db(ray, false).unwrap()
+        Self::with_db(ray, Backend::Sqlite).unwrap()
     }
 
     /// A fresh schema in `WASMQ_TEST_PG_URL` (default: the local server);
     /// `None` when unreachable outside CI.
     fn postgres(ray: &'a RayHead) -> Option<Env<'a>> {
-        Self::with_db(ray, true)
+        Self::with_db(ray, Backend::Postgres)
     }
 
-    fn with_db(ray: &'a RayHead, postgres: bool) -> Option<Env<'a>> {
+    fn with_db(ray: &'a RayHead, backend: Backend) -> Option<Env<'a>> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -91,24 +93,7 @@ impl<'a> Env<'a> {
             .unwrap();
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("cache")).unwrap();
-        let (url, pg) = if postgres {
-            let base = std::env::var("WASMQ_TEST_PG_URL")
-                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-            let schema = format!("e2e_ray_{:016x}", rand::random::<u64>());
-            if let Err(e) = rt.block_on(pg_exec(&base, &format!("CREATE SCHEMA {schema}"))) {
-                assert!(
-                    !common::ray::in_ci(),
-                    "PostgreSQL unreachable with CI=true: {e}"
-                );
-                eprintln!("SKIP (PostgreSQL part): {e}");
-                return None;
-            }
-            let sep = if base.contains('?') { '&' } else { '?' };
-            let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
-            (url, Some((base, schema)))
-        } else {
-            (format!("sqlite://{}/wasmq.db", dir.path().display()), None)
-        };
+        let (url, pg) = fresh_database(&rt, backend, dir.path(), "e2e-ray")?;
         let store = rt.block_on(async {
             let s = AnyStore::connect_with(&url, 2).await.unwrap();
             s.migrate().await.unwrap();
@@ -230,28 +215,14 @@ impl<'a> Env<'a> {
     }
 }
 
-async fn pg_exec(url: &str, sql: &str) -> Result<(), String> {
-    use sqlx::Connection;
-    let connect = sqlx::PgConnection::connect(url);
-    let mut c = tokio::time::timeout(Duration::from_secs(5), connect)
-        .await
-        .map_err(|_| "timed out".to_string())?
-        .map_err(|e| e.to_string())?;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
-        .execute(&mut c)
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(())
-}
-
 impl Drop for Env<'_> {
     fn drop(&mut self) {
         let store = self.store.clone();
         let pg = self.pg.take();
         self.rt.block_on(async move {
             store.close().await;
-            if let Some((base, schema)) = pg {
-                let _ = pg_exec(&base, &format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).await;
+            if let Some(pg) = pg {
+                drop_schema(&pg).await;
             }
         });
     }

@@ -14,8 +14,8 @@
 
 mod common;
 
-use common::pg::{PgEnv, drop_schema, pg_admin, pg_env};
-use common::{Backend, code, example, stderr, stdout, wasmq};
+use common::pg::{PgEnv, drop_schema, pg_admin};
+use common::{Backend, code, example, fresh_database, stderr, stdout, wasmq};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -50,13 +50,7 @@ impl Env {
             .unwrap();
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("cache")).unwrap();
-        let (url, pg) = match backend {
-            Backend::Sqlite => (format!("sqlite://{}/wasmq.db", dir.path().display()), None),
-            Backend::Postgres => {
-                let pg = rt.block_on(pg_env())?;
-                (pg.url(&format!("e2e-test-{}", pg.schema)), Some(pg))
-            }
-        };
+        let (url, pg) = fresh_database(&rt, backend, dir.path(), "e2e-test")?;
         let store = rt.block_on(async {
             let s = AnyStore::connect_with(&url, 4).await.expect("connect");
             s.migrate().await.expect("migrate");

@@ -33,6 +33,25 @@ macro_rules! on_both_backends {
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// A fresh database for one scenario: a SQLite file in `dir`, or a private
+/// PostgreSQL schema whose connections are named `app`. Returns its URL and
+/// the schema to drop at the end ([`pg::drop_schema`]); `None` when
+/// PostgreSQL is unreachable outside CI (with `CI=true` it panics).
+pub fn fresh_database(
+    rt: &tokio::runtime::Runtime,
+    backend: Backend,
+    dir: &Path,
+    app: &str,
+) -> Option<(String, Option<pg::PgEnv>)> {
+    match backend {
+        Backend::Sqlite => Some((format!("sqlite://{}/wasmq.db", dir.display()), None)),
+        Backend::Postgres => {
+            let pg = rt.block_on(pg::pg_env())?;
+            Some((pg.url(&format!("{app}-{}", pg.schema)), Some(pg)))
+        }
+    }
+}
+
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
