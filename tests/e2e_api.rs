@@ -966,14 +966,21 @@ impl WebDriver {
     }
 
     /// Polls until the element exists and its text satisfies `pred` (10 s).
+    /// The element's text, or `None` if it is missing or went stale.
+    fn try_text(&self, css: &str) -> Option<String> {
+        let e = self.find(css)?;
+        let url = format!("{}/element/{e}/text", self.base);
+        let v: Value = self.http.get(url).send().ok()?.json().ok()?;
+        v["value"].as_str().map(str::to_string)
+    }
+
     fn wait_for(&self, css: &str, pred: impl Fn(&str) -> bool) {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if self.find(css).is_some() {
-                let t = self.text(css);
-                if pred(&t) {
-                    return;
-                }
+            // Polled while a click's navigation may still be replacing the
+            // page: a missing or stale element is "not yet", not a failure.
+            if self.try_text(css).is_some_and(|t| pred(&t)) {
+                return;
             }
             assert!(
                 Instant::now() < deadline,
