@@ -74,17 +74,8 @@ impl Runtime {
         let started = Instant::now();
         let limits = req.limits;
         let mut report = RunReport {
-            outcome: Outcome::Success,
-            output: None,
-            module_sha256: module.sha256.clone(),
             cache,
-            fuel_used: 0,
-            peak_memory_bytes: 0,
-            wall_time_us: 0,
-            stdout: String::new(),
-            stderr: String::new(),
-            logs: Vec::new(),
-            progress: None,
+            ..RunReport::not_run(Outcome::Success, module.sha256.clone())
         };
 
         if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(req.input) {
