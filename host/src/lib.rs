@@ -11,7 +11,8 @@
 //! - [`cli`]: the `wasmq` command line.
 //!
 //! [`metrics`] is the process-wide Prometheus registry that the worker and
-//! the API both update.
+//! the API both update; [`text`] makes guest text storable and bounded for
+//! the runtime and the store alike.
 
 pub mod api;
 pub mod cli;
@@ -20,4 +21,5 @@ pub mod metrics;
 pub mod ray;
 pub mod runtime;
 pub mod store;
+pub mod text;
 pub mod worker;
