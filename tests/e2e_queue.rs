@@ -151,6 +151,7 @@ impl Env {
                     .fetch_one(s.pool())
                     .await
                     .unwrap(),
+                AnyStore::Faulty(_) => unreachable!("the e2e tests inject no faults"),
             }
         })
     }

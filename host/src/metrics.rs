@@ -161,6 +161,8 @@ pub struct Metrics {
     pub tasks_enqueued: CounterFamily,
     pub http_requests: CounterFamily,
     pub http_duration: HistogramFamily,
+    /// Faults a worker met and survived, by kind (see `worker::faults`).
+    pub worker_faults: CounterFamily,
     in_flight: Mutex<i64>,
     /// Worker id → time of its last successful heartbeat (workers in this process).
     heartbeats: Mutex<BTreeMap<String, Instant>>,
@@ -208,6 +210,13 @@ impl Metrics {
                 &["route"],
                 DURATION_BUCKETS,
             ),
+            worker_faults: CounterFamily::new(
+                "wasmq_worker_faults_total",
+                "Faults a worker met and survived, by kind: heartbeat-failed, lease-lost, \
+                 claim-failed, completion-retried, completion-split, completion-unstorable, \
+                 completion-abandoned.",
+                &["kind"],
+            ),
             in_flight: Mutex::new(0),
             heartbeats: Mutex::new(BTreeMap::new()),
         }
@@ -254,6 +263,7 @@ impl Metrics {
         self.tasks_enqueued.write(out);
         self.http_requests.write(out);
         self.http_duration.write(out);
+        self.worker_faults.write(out);
         out.header(
             "wasmq_tasks_in_flight",
             "Tasks running in this process now.",

@@ -89,7 +89,7 @@ fn reference(schema: &str) -> Value {
 }
 
 fn schemas() -> Value {
-    let state = json!({ "type": "string", "enum": ["queued", "running", "succeeded", "failed", "cancelled"] });
+    let state = json!({ "type": "string", "enum": ["queued", "leased", "running", "succeeded", "failed", "cancelled"] });
     let time = json!({ "type": "string", "format": "date-time" });
     let opt_time = json!({ "type": ["string", "null"], "format": "date-time" });
     let opt_str = json!({ "type": ["string", "null"] });

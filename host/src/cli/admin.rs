@@ -339,7 +339,7 @@ pub async fn task(db: &str, cmd: TaskCommand) -> anyhow::Result<u8> {
         TaskCommand::Cancel { id } => match client.cancel(id).await.map_err(fail)? {
             CancelOutcome::Cancelled => println!("{id} cancelled"),
             CancelOutcome::Requested => {
-                println!("{id} is running: its worker has been asked to stop it")
+                println!("{id} is live: its worker has been asked to stop it")
             }
             CancelOutcome::AlreadyFinished(s) => println!("{id} had already finished: {s}"),
         },

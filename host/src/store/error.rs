@@ -46,6 +46,38 @@ impl StoreError {
         StoreError::InvalidArgument(message.into())
     }
 
+    /// Whether the same write may succeed if tried again unchanged: the
+    /// connection or the pool failed, the server is shutting down, or the
+    /// write lost a lock race. Anything else (a value the database refuses,
+    /// a constraint) fails again the same way, so retrying it is pointless;
+    /// a batch that fails so is split instead.
+    pub fn is_transient(&self) -> bool {
+        let StoreError::Database(e) = self else {
+            return false;
+        };
+        match e {
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => true,
+            sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+                // PostgreSQL: connection exceptions (08…), operator
+                // intervention (57P…: e.g. pg_terminate_backend),
+                // serialization failures and deadlocks (40…).
+                code.starts_with("08")
+                    || code.starts_with("57P")
+                    || code.starts_with("40")
+                    // SQLite: BUSY and LOCKED, with their extended codes.
+                    || code
+                        .parse::<i32>()
+                        .is_ok_and(|c| matches!(c & 0xff, 5 | 6))
+            }),
+            _ => false,
+        }
+    }
+
     /// A value read from the database that the domain types cannot hold,
     /// e.g. an unknown state string: the row was written by something else.
     pub(crate) fn corrupt(message: impl Into<String>) -> Self {

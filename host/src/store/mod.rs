@@ -7,9 +7,11 @@
 //!
 //! Guarantees every backend provides:
 //! - every state change is one conditional write that checks the current
-//!   state; changes of running tasks are also fenced on the lease owner and
-//!   the attempt number, so a worker that lost its lease cannot overwrite
-//!   newer state (see [`model`] for the state diagram);
+//!   state; changes of live (leased or running) tasks are also fenced on the
+//!   lease owner and the lease epoch, so a worker that lost its lease cannot
+//!   overwrite newer state (see [`model`] for the state diagram);
+//! - guest text is made storable (no NUL) and bounded before it is written
+//!   ([`crate::text`]), so no guest can make a batch fail;
 //! - a task leased by a worker that stops heartbeating is found by
 //!   [`Store::expired_leases`] and put back (or failed) by [`Store::expire`];
 //! - claims and completions work in batches, each batch one transaction with
@@ -23,11 +25,12 @@ macro_rules! task_columns {
          run_after, attempt, max_attempts, fuel, memory_bytes, timeout_ms, unique_key, \
          lease_owner, lease_expires_at, cancel_requested, result, error_kind, error_message, \
          error_logs, progress_percent, progress_message, enqueued_at, started_at, finished_at, \
-         parent_id, ray_submission_id, updated_at"
+         parent_id, ray_submission_id, updated_at, lease_epoch, free_runs"
     };
 }
 
 mod error;
+pub mod faults;
 pub mod model;
 mod notify;
 mod postgres;
@@ -35,19 +38,28 @@ mod shared;
 mod sqlite;
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 pub use error::{Result, StoreError};
+pub use faults::{FaultPlan, Op};
 pub use model::*;
 pub use notify::Listener;
 pub use postgres::PgStore;
+pub use shared::{
+    MAX_STORED_ERROR, MAX_STORED_LOGS, MAX_STORED_PROGRESS_MESSAGE, unstorable_completion,
+};
 pub use sqlite::SqliteStore;
 
 /// Connection pool size used by [`AnyStore::connect`].
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 10;
+
+/// Rows [`Store::purge`] deletes per transaction: small enough that no other
+/// writer (a heartbeat above all) waits long for the write lock.
+pub const PURGE_BATCH: u32 = 5_000;
 
 /// Operations on the task store. Implemented by each backend and by
 /// [`AnyStore`]. All futures are `Send` so a worker can spawn them on a
@@ -143,7 +155,8 @@ pub trait Store: Clone + Send + Sync + 'static {
 
     /// Leases up to `limit` due queued tasks to `worker_id` for `lease`,
     /// highest priority first, then earliest `run_after`, then enqueue order;
-    /// opens an attempt row for each. Returned in that order.
+    /// each becomes `leased` in a new epoch and run, with an attempt row.
+    /// Returned in that order.
     fn claim(
         &self,
         worker_id: &str,
@@ -152,68 +165,80 @@ pub trait Store: Clone + Send + Sync + 'static {
         lease: Duration,
     ) -> impl Future<Output = Result<Vec<ClaimedTask>>> + Send;
 
-    /// Ends attempts, all in one transaction. `result[i]` is true when
+    /// Marks leased tasks `running` from the moment their runner started
+    /// them (task and attempt row). `result[i]` is false when `starts[i]` was
+    /// fenced off (the lease is no longer this worker's) or the task already
+    /// left `leased`.
+    fn mark_started(
+        &self,
+        worker_id: &str,
+        starts: &[Started],
+    ) -> impl Future<Output = Result<Vec<bool>>> + Send;
+
+    /// Ends runs, all in one transaction. `result[i]` is true when
     /// `completions[i]` was applied, false when it was fenced off because the
-    /// task is no longer running under this worker and attempt (the lease was
+    /// task is no longer live under this worker and epoch (the lease was
     /// reaped, the task re-claimed, …); a fenced row changes nothing.
     /// Retry and Release of a task whose cancellation was requested end in
-    /// `cancelled`.
+    /// `cancelled`. Guest text in the reports is made storable and bounded
+    /// here whatever the caller did.
     fn complete(
         &self,
         worker_id: &str,
         completions: &[Completion],
     ) -> impl Future<Output = Result<Vec<bool>>> + Send;
 
-    /// Records that the worker is alive and extends the lease of all its
-    /// running tasks to now + `lease`. Returns the ids of those tasks whose
-    /// cancellation was requested.
+    /// Records that the worker is alive and extends exactly `leases` (those
+    /// still live under this worker and epoch) to now + `lease`. The reply
+    /// names the leases that could not be extended and the extended ones with
+    /// a cancel request.
     fn heartbeat(
         &self,
         worker_id: &str,
+        leases: &[Lease],
         lease: Duration,
-    ) -> impl Future<Output = Result<Vec<Uuid>>> + Send;
+    ) -> impl Future<Output = Result<HeartbeatReply>> + Send;
 
-    /// Running tasks whose lease has run out, oldest lease first.
+    /// Live tasks whose lease has run out, oldest lease first.
     fn expired_leases(&self, limit: u32) -> impl Future<Output = Result<Vec<ExpiredTask>>> + Send;
 
     /// Takes an expired task back from its silent worker: `Retry` requeues it,
-    /// `Fail` fails it (the caller applies its retry policy). The lost attempt
+    /// `Fail` fails it (the caller applies its retry policy). The lost run
     /// is recorded with outcome `lease-expired`. Returns false (and changes
-    /// nothing) unless the task is still running in `attempt` with an expired
+    /// nothing) unless the task is still live in `epoch` with an expired
     /// lease.
     fn expire(
         &self,
         task_id: Uuid,
-        attempt: u32,
+        epoch: u64,
         transition: Transition,
     ) -> impl Future<Output = Result<bool>> + Send;
 
-    /// Records a running task's progress, as reported by its guest. Fenced
-    /// like a completion: returns false (and changes nothing) unless the task
-    /// is still running under `worker_id` in `attempt`.
+    /// Records a live task's progress, as reported by its guest (the message
+    /// is made storable and bounded). Fenced like a completion: returns false
+    /// (and changes nothing) unless the task is still live under `worker_id`
+    /// in `epoch`.
     fn set_progress(
         &self,
         worker_id: &str,
-        task_id: Uuid,
-        attempt: u32,
+        lease: Lease,
         percent: u8,
         message: &str,
     ) -> impl Future<Output = Result<bool>> + Send;
 
-    /// Records the Ray job that runs `attempt` of a running task, on the task
+    /// Records the Ray job that runs a live task's run `lease`, on the task
     /// (its latest job) and on the attempt row. Fenced like a completion.
     fn set_ray_submission(
         &self,
         worker_id: &str,
-        task_id: Uuid,
-        attempt: u32,
+        lease: Lease,
         submission_id: &str,
     ) -> impl Future<Output = Result<bool>> + Send;
 
     // ---- operator actions ------------------------------------------------
 
-    /// Cancels a queued task at once; asks the worker of a running one to
-    /// stop it.
+    /// Cancels a queued task at once; asks the worker of a live one to stop
+    /// it.
     fn request_cancel(&self, id: Uuid) -> impl Future<Output = Result<CancelOutcome>> + Send;
 
     /// Requeues a failed or cancelled task now, keeping its attempt history
@@ -221,7 +246,8 @@ pub trait Store: Clone + Send + Sync + 'static {
     fn retry(&self, id: Uuid) -> impl Future<Output = Result<TaskRecord>> + Send;
 
     /// Deletes tasks (and their attempts) in terminal `state` that finished
-    /// before `older_than`. Returns how many.
+    /// before `older_than`, [`PURGE_BATCH`] rows per transaction so that no
+    /// other writer waits long. Returns how many.
     fn purge(
         &self,
         state: TaskState,
@@ -254,6 +280,16 @@ pub trait Store: Clone + Send + Sync + 'static {
 pub enum AnyStore {
     Sqlite(SqliteStore),
     Postgres(PgStore),
+    /// A backend whose calls fail when a [`FaultPlan`] says so: for tests of
+    /// what the worker does when the database misbehaves.
+    Faulty(Arc<(Backend, FaultPlan)>),
+}
+
+/// A backend without fault injection.
+#[derive(Clone)]
+pub enum Backend {
+    Sqlite(SqliteStore),
+    Postgres(PgStore),
 }
 
 impl std::fmt::Debug for AnyStore {
@@ -263,6 +299,37 @@ impl std::fmt::Debug for AnyStore {
 }
 
 impl AnyStore {
+    /// This store with `plan`'s faults injected into its calls.
+    pub fn with_faults(self, plan: FaultPlan) -> AnyStore {
+        let backend = match self {
+            AnyStore::Sqlite(s) => Backend::Sqlite(s),
+            AnyStore::Postgres(s) => Backend::Postgres(s),
+            AnyStore::Faulty(f) => f.0.clone(),
+        };
+        AnyStore::Faulty(Arc::new((backend, plan)))
+    }
+
+    /// The fault plan, if faults are injected.
+    pub fn faults(&self) -> Option<&FaultPlan> {
+        match self {
+            AnyStore::Faulty(f) => Some(&f.1),
+            _ => None,
+        }
+    }
+
+    /// Fails the call when the plan has a fault armed for `op` before it.
+    fn inject_before(&self, op: Op) -> Result<()> {
+        self.faults().map_or(Ok(()), |f| f.before(op))
+    }
+
+    /// Turns a successful call into a lost reply when the plan says so.
+    fn inject_after<T>(&self, op: Op, result: Result<T>) -> Result<T> {
+        match (self.faults(), result) {
+            (Some(f), Ok(v)) => f.after(op).map(|()| v),
+            (_, result) => result,
+        }
+    }
+
     /// Connects to `sqlite://PATH` (created if missing), `sqlite::memory:`,
     /// or `postgres://…` / `postgresql://…`. Does not migrate.
     pub async fn connect(url: &str) -> Result<AnyStore> {
@@ -295,6 +362,10 @@ macro_rules! dispatch {
         match $self {
             AnyStore::Sqlite($store) => $call,
             AnyStore::Postgres($store) => $call,
+            AnyStore::Faulty(f) => match &f.0 {
+                Backend::Sqlite($store) => $call,
+                Backend::Postgres($store) => $call,
+            },
         }
     };
 }
@@ -373,44 +444,60 @@ impl Store for AnyStore {
         limit: u32,
         lease: Duration,
     ) -> Result<Vec<ClaimedTask>> {
-        dispatch!(self, s => s.claim(worker_id, queues, limit, lease).await)
+        self.inject_before(Op::Claim)?;
+        let claimed = dispatch!(self, s => s.claim(worker_id, queues, limit, lease).await);
+        self.inject_after(Op::Claim, claimed)
+    }
+
+    async fn mark_started(&self, worker_id: &str, starts: &[Started]) -> Result<Vec<bool>> {
+        self.inject_before(Op::MarkStarted)?;
+        dispatch!(self, s => s.mark_started(worker_id, starts).await)
     }
 
     async fn complete(&self, worker_id: &str, completions: &[Completion]) -> Result<Vec<bool>> {
-        dispatch!(self, s => s.complete(worker_id, completions).await)
+        self.inject_before(Op::Complete)?;
+        if let Some(f) = self.faults() {
+            f.check_completions(completions)?;
+        }
+        let written = dispatch!(self, s => s.complete(worker_id, completions).await);
+        self.inject_after(Op::Complete, written)
     }
 
-    async fn heartbeat(&self, worker_id: &str, lease: Duration) -> Result<Vec<Uuid>> {
-        dispatch!(self, s => s.heartbeat(worker_id, lease).await)
+    async fn heartbeat(
+        &self,
+        worker_id: &str,
+        leases: &[Lease],
+        lease: Duration,
+    ) -> Result<HeartbeatReply> {
+        self.inject_before(Op::Heartbeat)?;
+        dispatch!(self, s => s.heartbeat(worker_id, leases, lease).await)
     }
 
     async fn expired_leases(&self, limit: u32) -> Result<Vec<ExpiredTask>> {
         dispatch!(self, s => s.expired_leases(limit).await)
     }
 
-    async fn expire(&self, task_id: Uuid, attempt: u32, transition: Transition) -> Result<bool> {
-        dispatch!(self, s => s.expire(task_id, attempt, transition).await)
+    async fn expire(&self, task_id: Uuid, epoch: u64, transition: Transition) -> Result<bool> {
+        dispatch!(self, s => s.expire(task_id, epoch, transition).await)
     }
 
     async fn set_progress(
         &self,
         worker_id: &str,
-        task_id: Uuid,
-        attempt: u32,
+        lease: Lease,
         percent: u8,
         message: &str,
     ) -> Result<bool> {
-        dispatch!(self, s => s.set_progress(worker_id, task_id, attempt, percent, message).await)
+        dispatch!(self, s => s.set_progress(worker_id, lease, percent, message).await)
     }
 
     async fn set_ray_submission(
         &self,
         worker_id: &str,
-        task_id: Uuid,
-        attempt: u32,
+        lease: Lease,
         submission_id: &str,
     ) -> Result<bool> {
-        dispatch!(self, s => s.set_ray_submission(worker_id, task_id, attempt, submission_id).await)
+        dispatch!(self, s => s.set_ray_submission(worker_id, lease, submission_id).await)
     }
 
     async fn request_cancel(&self, id: Uuid) -> Result<CancelOutcome> {

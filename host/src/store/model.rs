@@ -10,10 +10,14 @@
 //!   ┌─────────────────▶│   queued  │─────────────────────────────────────┐
 //!   │                  └───────────┘                                     │
 //!   │                     │     ▲ retry (backoff)                        │
-//!   │                     │     │ release (shutdown; the attempt         │
-//!   │                claim│     │   is not spent)                        │
-//!   │                     │     │ lease expired (reaper)                 │
-//!   │                     ▼     │                                        │
+//!   │                claim│     │ release (shutdown) / defer: the run    │
+//!   │                     │     │   is free, the attempt is not spent    │
+//!   │                     ▼     │ lease expired (reaper)                 │
+//!   │                  ┌───────────┐                                     │
+//!   │                  │   leased  │ (claimed, waiting for a free runner)│
+//!   │                  └─────┬─────┘                                     │
+//!   │                 start  │  (any arrow out of `running` also leaves  │
+//!   │                        ▼   `leased`: release, expiry, cancel, …)   │
 //!   │                  ┌───────────┐                                     │
 //!   │                  │  running  │                                     │
 //!   │                  └─────┬─────┘                                     │
@@ -30,14 +34,29 @@
 //!   succeeded, failed and cancelled are terminal; only they can be purged.
 //! ```
 //!
-//! A reaper takes a running task whose lease expired back from its silent
+//! `leased` and `running` are the *live* states: the task holds a lease
+//! (`lease_owner`, `lease_expires_at`, `lease_epoch`). A claim leases a task
+//! (the worker may prefetch more than it runs); the task becomes `running`
+//! when a runner really starts it, and `started_at` is that moment. The start
+//! is written in the same batch as the worker's next completions, so it costs
+//! no extra commit for short tasks.
+//!
+//! Every claim is a new *run*: it increments the task's `lease_epoch` (the
+//! fencing token) and its `attempt` number, so `(task, attempt)` names one
+//! attempt row and nothing ever rewinds. A run that ends by release
+//! (shutdown) or defer (the cluster could not be reached) is *free*: it
+//! increments `free_runs`, and retry budgets count
+//! [`ClaimedTask::counted_attempt`] = `attempt - free_runs`.
+//!
+//! A reaper takes a live task whose lease expired back from its silent
 //! worker: requeued, or failed when its attempts are used up.
 //!
 //! Every arrow is a conditional write that checks the current state (claims
 //! and completions do so for a whole batch in one statement). Arrows out of
-//! `running` are also fenced on the lease owner and the attempt
-//! number, so a worker that lost its lease cannot overwrite newer state.
-//! Cancelling a running task only sets `cancel_requested`; the owning worker
+//! the live states are also fenced on the lease owner and the lease epoch,
+//! so a worker that lost its lease cannot overwrite newer state, and a
+//! heartbeat extends only the leases (task, epoch) the worker names.
+//! Cancelling a live task only sets `cancel_requested`; the owning worker
 //! learns it from its heartbeat (or a [`StoreEvent::CancelRequested`]) and
 //! finishes the task as cancelled. A requeue (retry, release, lease expiry) of
 //! a task whose cancellation was requested ends in `cancelled` instead, so a
@@ -51,11 +70,14 @@ use serde::Serialize;
 use uuid::Uuid;
 
 /// Lifecycle state of a task; see the module documentation for the diagram.
-/// Ordered by lifecycle (queued < running < succeeded < failed < cancelled).
+/// Ordered by lifecycle (queued < leased < running < succeeded < failed <
+/// cancelled).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TaskState {
     Queued,
+    /// Claimed by a worker, not started yet (prefetched).
+    Leased,
     Running,
     Succeeded,
     Failed,
@@ -63,8 +85,9 @@ pub enum TaskState {
 }
 
 impl TaskState {
-    pub const ALL: [TaskState; 5] = [
+    pub const ALL: [TaskState; 6] = [
         TaskState::Queued,
+        TaskState::Leased,
         TaskState::Running,
         TaskState::Succeeded,
         TaskState::Failed,
@@ -75,6 +98,7 @@ impl TaskState {
     pub fn as_str(self) -> &'static str {
         match self {
             TaskState::Queued => "queued",
+            TaskState::Leased => "leased",
             TaskState::Running => "running",
             TaskState::Succeeded => "succeeded",
             TaskState::Failed => "failed",
@@ -88,6 +112,16 @@ impl TaskState {
             self,
             TaskState::Succeeded | TaskState::Failed | TaskState::Cancelled
         )
+    }
+
+    /// Leased and running tasks hold a lease.
+    pub fn is_live(self) -> bool {
+        matches!(self, TaskState::Leased | TaskState::Running)
+    }
+
+    /// Not finished: queued or live.
+    pub fn is_unfinished(self) -> bool {
+        !self.is_terminal()
     }
 }
 
@@ -105,7 +139,7 @@ impl fmt::Display for ParseTaskStateError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "unknown task state {:?} (expected queued, running, succeeded, failed or cancelled)",
+            "unknown task state {:?} (expected queued, leased, running, succeeded, failed or cancelled)",
             self.0
         )
     }
@@ -270,12 +304,17 @@ pub struct TaskRecord {
     pub input: String,
     pub state: TaskState,
     pub run_after: DateTime<Utc>,
-    /// Attempts started so far (0 before the first claim).
+    /// Runs started so far (0 before the first claim); see
+    /// [`TaskRecord::counted_attempts`] for the ones the retry budget counts.
     pub attempt: u32,
     pub max_attempts: u32,
+    /// Runs that did not spend an attempt (released at shutdown, deferred).
+    pub free_runs: u32,
     pub limits: TaskLimits,
     pub unique_key: Option<String>,
     pub lease_owner: Option<String>,
+    /// Fencing token of the current or last lease; see the module docs.
+    pub lease_epoch: u64,
     pub lease_expires_at: Option<DateTime<Utc>>,
     pub cancel_requested: bool,
     pub result: Option<String>,
@@ -292,6 +331,13 @@ pub struct TaskRecord {
     pub ray_submission_id: Option<String>,
     /// Last write to the row other than a lease extension.
     pub updated_at: DateTime<Utc>,
+}
+
+impl TaskRecord {
+    /// Attempts spent from the `max_attempts` budget.
+    pub fn counted_attempts(&self) -> u32 {
+        self.attempt.saturating_sub(self.free_runs)
+    }
 }
 
 /// Default and maximum of [`TaskFilter::limit`].
@@ -329,7 +375,11 @@ pub struct AttemptRecord {
     pub id: i64,
     pub task_id: Uuid,
     pub attempt: u32,
+    /// The lease epoch of this run (absent on rows written before epochs).
+    pub lease_epoch: Option<u64>,
     pub worker_id: String,
+    /// When a runner started it; the claim time until then (and for runs
+    /// released before they started).
     pub started_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
     /// One of [`outcome`]'s kinds; `None` while the attempt runs.
@@ -403,13 +453,60 @@ pub struct ClaimedTask {
     pub queue: String,
     pub priority: i16,
     pub input: String,
-    /// The number of this attempt, starting at 1. Pass it back in [`Completion`].
+    /// The number of this run, starting at 1; unique per task.
     pub attempt: u32,
+    /// The fencing token of this lease. Pass it back in [`Completion`],
+    /// [`Lease`] and every other write about this run.
+    pub epoch: u64,
     pub max_attempts: u32,
+    /// Earlier runs that did not spend an attempt.
+    pub free_runs: u32,
     pub limits: TaskLimits,
     pub enqueued_at: DateTime<Utc>,
     pub lease_expires_at: DateTime<Utc>,
     pub cancel_requested: bool,
+}
+
+impl ClaimedTask {
+    /// The attempt number the retry budget counts (1-based): runs minus
+    /// free runs. This is what the guest sees as its attempt.
+    pub fn counted_attempt(&self) -> u32 {
+        self.attempt.saturating_sub(self.free_runs).max(1)
+    }
+
+    /// This run's lease, as the heartbeat names it.
+    pub fn lease(&self) -> Lease {
+        Lease {
+            task_id: self.id,
+            epoch: self.epoch,
+        }
+    }
+}
+
+/// One lease a worker holds: a task and the epoch it was claimed in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub struct Lease {
+    pub task_id: Uuid,
+    pub epoch: u64,
+}
+
+/// What a heartbeat learnt.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct HeartbeatReply {
+    /// Leases that could not be extended: the task is no longer live under
+    /// this worker and epoch (reaped, cancelled and finished, re-claimed).
+    /// The worker must stop running them.
+    pub lost: Vec<Uuid>,
+    /// Extended leases whose task has a cancel request pending.
+    pub cancel_requested: Vec<Uuid>,
+}
+
+/// A run that a runner has started: moves the task from `leased` to
+/// `running`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Started {
+    pub lease: Lease,
+    pub at: DateTime<Utc>,
 }
 
 /// What happened during one attempt; stored in its `attempts` row.
@@ -438,12 +535,12 @@ pub enum Transition {
     Fail,
     /// → cancelled.
     Cancel,
-    /// → queued now without spending the attempt (graceful shutdown); the
-    /// attempt row is recorded with outcome `shutdown`.
+    /// → queued now as a free run (graceful shutdown): the attempt is not
+    /// spent. The attempt row is recorded with outcome `shutdown`.
     Release,
-    /// → queued again at `run_after` without spending the attempt: the run
-    /// could not happen for reasons outside the task (a Ray cluster that
-    /// cannot be reached). The attempt row and the task's error record why.
+    /// → queued again at `run_after` as a free run: the run could not happen
+    /// for reasons outside the task (a Ray cluster that cannot be reached).
+    /// The attempt row and the task's error record why.
     Defer { run_after: DateTime<Utc> },
 }
 
@@ -451,10 +548,24 @@ pub enum Transition {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Completion {
     pub task_id: Uuid,
-    /// [`ClaimedTask::attempt`]: the fencing token.
+    /// [`ClaimedTask::attempt`], for logs.
     pub attempt: u32,
+    /// [`ClaimedTask::epoch`]: the fencing token.
+    pub epoch: u64,
+    /// When the run started, if it did: recorded unless a start write got
+    /// there first.
+    pub started_at: Option<DateTime<Utc>>,
     pub report: AttemptReport,
     pub transition: Transition,
+}
+
+impl Completion {
+    pub fn lease(&self) -> Lease {
+        Lease {
+            task_id: self.task_id,
+            epoch: self.epoch,
+        }
+    }
 }
 
 /// A running task whose lease ran out (its worker stopped heartbeating).
@@ -462,11 +573,20 @@ pub struct Completion {
 pub struct ExpiredTask {
     pub id: Uuid,
     pub attempt: u32,
+    pub epoch: u64,
     pub max_attempts: u32,
+    pub free_runs: u32,
     pub lease_owner: String,
     pub queue: String,
     /// `name@version`, for the log line about the lost attempt.
     pub module: String,
+}
+
+impl ExpiredTask {
+    /// See [`ClaimedTask::counted_attempt`].
+    pub fn counted_attempt(&self) -> u32 {
+        self.attempt.saturating_sub(self.free_runs).max(1)
+    }
 }
 
 /// Result of `request_cancel`.
@@ -474,7 +594,8 @@ pub struct ExpiredTask {
 pub enum CancelOutcome {
     /// The task was queued and is now cancelled.
     Cancelled,
-    /// The task is running; its worker has been asked to stop it.
+    /// The task is live (leased or running); its worker has been asked to
+    /// stop it.
     Requested,
     /// Nothing to do: the task had already finished in this state.
     AlreadyFinished(TaskState),
@@ -503,7 +624,7 @@ pub struct WorkerRecord {
     pub started_at: DateTime<Utc>,
     pub last_heartbeat_at: DateTime<Utc>,
     pub stopped_at: Option<DateTime<Utc>>,
-    /// Tasks currently leased to this worker.
+    /// Tasks currently leased to this worker (leased or running).
     pub running_tasks: u64,
 }
 
@@ -514,7 +635,7 @@ pub struct WorkerRecord {
 pub enum StoreEvent {
     /// A task became claimable on `queue` (enqueued, retried or released).
     TaskAvailable { queue: String },
-    /// Cancellation of running task `id` was requested.
+    /// Cancellation of live task `id` was requested.
     CancelRequested { id: Uuid },
     /// Events may have been lost (the listener reconnected or fell behind):
     /// poll the database now.

@@ -1,6 +1,7 @@
 //! What both backends share besides the SQL: argument validation, value
 //! conversion, and the column values a completion writes.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -234,27 +235,40 @@ pub(crate) fn module_ref(name: &str, version: Option<&str>) -> String {
     }
 }
 
-/// Column values for ending one attempt, the same on every backend.
+/// Most bytes of an error message (with its backtrace) stored per attempt.
+pub const MAX_STORED_ERROR: usize = 32 * 1024;
+/// Most bytes of logs stored per attempt (the worker keeps 64 KiB of guest
+/// text plus its own markers; this is the store's own guard).
+pub const MAX_STORED_LOGS: usize = 80 * 1024;
+/// Most bytes of a progress message.
+pub const MAX_STORED_PROGRESS_MESSAGE: usize = 1024;
+
+fn storable_opt(s: Option<&str>, max: usize) -> Option<Cow<'_, str>> {
+    s.map(|s| crate::text::storable(s, max))
+}
+
+/// Column values for ending one run, the same on every backend.
 /// `target` is where the task goes; a `queued` target becomes `cancelled` in
-/// SQL when a cancellation is pending.
+/// SQL when a cancellation is pending. Guest text is storable and bounded.
 pub(crate) struct FinishPlan<'a> {
     pub task_id: Uuid,
-    pub attempt: i32,
+    pub epoch: i64,
     pub target: TaskState,
     pub result: Option<&'a str>,
     /// False keeps the task's previous error fields (Release).
     pub set_error: bool,
     pub error_kind: Option<&'a str>,
-    pub error_message: Option<&'a str>,
-    pub error_logs: Option<&'a str>,
+    pub error_message: Option<Cow<'a, str>>,
+    pub error_logs: Option<Cow<'a, str>>,
     /// Queued targets only; `None` = now.
     pub run_after: Option<DateTime<Utc>>,
-    /// Release: the attempt is not spent (`attempt - 1`).
-    pub release: bool,
+    /// Release and Defer: the run does not spend an attempt (`free_runs + 1`).
+    pub free_run: bool,
+    /// When the run started, for a task still `leased` in the database.
+    pub started_at: Option<DateTime<Utc>>,
     // The attempt row:
     pub outcome: &'a str,
-    pub attempt_message: Option<&'a str>,
-    pub logs: Option<&'a str>,
+    pub logs: Option<Cow<'a, str>>,
     pub fuel_used: Option<i64>,
     pub peak_memory: Option<i64>,
     pub duration_ms: i64,
@@ -264,20 +278,22 @@ impl<'a> FinishPlan<'a> {
     pub(crate) fn new(c: &'a Completion) -> Result<FinishPlan<'a>> {
         let r = &c.report;
         let error_kind = Some(r.error_kind.as_deref().unwrap_or(r.outcome.as_str()));
+        let error_message = storable_opt(r.error_message.as_deref(), MAX_STORED_ERROR);
+        let logs = storable_opt(r.logs.as_deref(), MAX_STORED_LOGS);
         let mut plan = FinishPlan {
             task_id: c.task_id,
-            attempt: to_i32(c.attempt, "attempt")?,
+            epoch: to_i64(c.epoch, "epoch")?,
             target: TaskState::Failed,
             result: None,
             set_error: true,
             error_kind,
-            error_message: r.error_message.as_deref(),
-            error_logs: r.logs.as_deref(),
+            error_message,
+            error_logs: logs.clone(),
             run_after: None,
-            release: false,
+            free_run: false,
+            started_at: c.started_at,
             outcome: &r.outcome,
-            attempt_message: r.error_message.as_deref(),
-            logs: r.logs.as_deref(),
+            logs,
             fuel_used: limit_to_i64(r.fuel_used, "fuel_used")?,
             peak_memory: limit_to_i64(r.peak_memory, "peak_memory")?,
             duration_ms: to_i64(r.duration_ms, "duration_ms")?,
@@ -300,13 +316,13 @@ impl<'a> FinishPlan<'a> {
             Transition::Release => {
                 plan.target = TaskState::Queued;
                 plan.set_error = false;
-                plan.release = true;
+                plan.free_run = true;
                 plan.outcome = outcome::SHUTDOWN;
             }
             Transition::Defer { run_after } => {
                 plan.target = TaskState::Queued;
                 plan.run_after = Some(*run_after);
-                plan.release = true;
+                plan.free_run = true;
             }
         }
         if plan.outcome.is_empty() {
@@ -316,6 +332,43 @@ impl<'a> FinishPlan<'a> {
             )));
         }
         Ok(plan)
+    }
+
+    /// The attempt row's message: the same text as the task's error.
+    pub(crate) fn attempt_message(&self) -> Option<&str> {
+        self.error_message.as_deref()
+    }
+}
+
+/// The completion that replaces one the database refused even alone: the
+/// task fails with a host error that says why, without any of the guest's
+/// text, so that a completion that cannot be stored never leaves its task
+/// live.
+pub fn unstorable_completion(c: &Completion, error: &StoreError) -> Completion {
+    Completion {
+        task_id: c.task_id,
+        attempt: c.attempt,
+        epoch: c.epoch,
+        started_at: c.started_at,
+        report: AttemptReport {
+            outcome: outcome::HOST_ERROR.to_owned(),
+            error_kind: Some(outcome::HOST_ERROR.to_owned()),
+            error_message: Some(
+                crate::text::storable(
+                    &format!(
+                        "the attempt's result could not be stored ({} ended it): {error}",
+                        c.report.outcome
+                    ),
+                    MAX_STORED_ERROR,
+                )
+                .into_owned(),
+            ),
+            logs: None,
+            fuel_used: c.report.fuel_used,
+            peak_memory: c.report.peak_memory,
+            duration_ms: c.report.duration_ms,
+        },
+        transition: Transition::Fail,
     }
 }
 
@@ -330,13 +383,48 @@ pub(crate) fn expire_target(transition: &Transition) -> Result<(TaskState, Optio
     }
 }
 
-/// Maps each completion to "applied?" given the applied (task, attempt) pairs.
+/// Maps each lease to "applied?" given the applied leases.
 pub(crate) fn applied_flags(
-    completions: &[Completion],
-    applied: std::collections::HashSet<(Uuid, u32)>,
+    leases: impl IntoIterator<Item = Lease>,
+    applied: &std::collections::HashSet<Lease>,
 ) -> Vec<bool> {
-    completions
-        .iter()
-        .map(|c| applied.contains(&(c.task_id, c.attempt)))
-        .collect()
+    leases.into_iter().map(|l| applied.contains(&l)).collect()
+}
+
+/// The reply to a heartbeat over `leases`, given those extended (with their
+/// cancel flags).
+pub(crate) fn heartbeat_reply(leases: &[Lease], extended: &[(Uuid, bool)]) -> HeartbeatReply {
+    let kept: std::collections::HashSet<Uuid> = extended.iter().map(|(id, _)| *id).collect();
+    HeartbeatReply {
+        lost: leases
+            .iter()
+            .filter(|l| !kept.contains(&l.task_id))
+            .map(|l| l.task_id)
+            .collect(),
+        cancel_requested: extended
+            .iter()
+            .filter(|(_, cancel)| *cancel)
+            .map(|(id, _)| *id)
+            .collect(),
+    }
+}
+
+/// Leases are unique per task within one call: a task has one live epoch.
+pub(crate) fn validate_leases(leases: &[Lease]) -> Result<()> {
+    let mut seen = std::collections::HashSet::with_capacity(leases.len());
+    for l in leases {
+        if !seen.insert(l.task_id) {
+            return Err(StoreError::invalid(format!(
+                "task {} appears twice in one batch",
+                l.task_id
+            )));
+        }
+        to_i64(l.epoch, "epoch")?;
+    }
+    Ok(())
+}
+
+/// The storable form of a progress message.
+pub(crate) fn progress_message(message: &str) -> Cow<'_, str> {
+    crate::text::storable(message, MAX_STORED_PROGRESS_MESSAGE)
 }

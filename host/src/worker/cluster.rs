@@ -423,10 +423,7 @@ enum Submitted {
 /// Records the job on the task and attempt, so `task show` names it and a
 /// later attempt can find it.
 async fn record(store: &AnyStore, worker_id: &str, task: &ClaimedTask, id: &str) {
-    match store
-        .set_ray_submission(worker_id, task.id, task.attempt, id)
-        .await
-    {
+    match store.set_ray_submission(worker_id, task.lease(), id).await {
         Ok(true) => {}
         Ok(false) => warn!("could not record the Ray job: the task's lease was taken over"),
         Err(e) => warn!(error = %e, "could not record the Ray job"),

@@ -72,7 +72,7 @@ impl Executor {
                             limits: &limits,
                             task: TaskInfo {
                                 task_id: task.id.to_string(),
-                                attempt: task.attempt,
+                                attempt: task.counted_attempt(),
                                 max_attempts: task.max_attempts,
                                 queue: task.queue.clone(),
                             },
@@ -101,7 +101,7 @@ impl Executor {
     fn progress_sink(&self, worker_id: &str, task: &ClaimedTask) -> ProgressSink {
         let store = self.store.clone();
         let worker = worker_id.to_string();
-        let (id, attempt) = (task.id, task.attempt);
+        let lease = task.lease();
         let last: Mutex<Option<Instant>> = Mutex::new(None);
         // The task's span, so that a line about storing progress carries
         // the task's fields like every other line about it.
@@ -120,10 +120,7 @@ impl Executor {
             let (store, worker, message) = (store.clone(), worker.clone(), message.to_string());
             handle.spawn(
                 async move {
-                    if let Err(e) = store
-                        .set_progress(&worker, id, attempt, percent, &message)
-                        .await
-                    {
+                    if let Err(e) = store.set_progress(&worker, lease, percent, &message).await {
                         tracing::debug!(error = %e, "could not store progress");
                     }
                 }
@@ -164,7 +161,10 @@ impl Executor {
                     result: report.output.clone().unwrap_or_else(|| "null".into()),
                 },
                 Outcome::Cancelled { .. } => Transition::Cancel,
-                _ => match self.policy.decide(&kind, task.attempt, task.max_attempts) {
+                _ => match self
+                    .policy
+                    .decide(&kind, task.counted_attempt(), task.max_attempts)
+                {
                     Some(delay) => Transition::Retry {
                         run_after: Utc::now()
                             + chrono::Duration::from_std(delay).unwrap_or_default(),
@@ -176,9 +176,23 @@ impl Executor {
         Completion {
             task_id: task.id,
             attempt: task.attempt,
+            epoch: task.epoch,
+            started_at: None,
             report: attempt_report(&report, elapsed),
             transition,
         }
+    }
+
+    /// The completion of a run whose executor panicked: a host error, which
+    /// the retry policy may retry.
+    pub fn panicked(&self, task: &ClaimedTask, message: &str) -> Completion {
+        let report = RunReport::not_run(
+            Outcome::HostError {
+                message: format!("the worker's runner panicked: {message}"),
+            },
+            task.module_sha256.clone(),
+        );
+        self.complete(task, report, false, Duration::ZERO)
     }
 }
 

@@ -4,17 +4,21 @@ use super::config::WorkerConfig;
 use super::executor::Executor;
 use crate::runtime::CancelToken;
 use crate::store::{
-    AnyStore, ClaimedTask, Completion, Store, StoreEvent, TaskState, Transition, WorkerInfo,
+    AnyStore, ClaimedTask, Completion, Lease, Started, Store, StoreError, StoreEvent, Transition,
+    WorkerInfo, unstorable_completion,
 };
 use chrono::Utc;
-use std::collections::HashMap;
+use futures::FutureExt;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
-use tracing::{Instrument, Span, debug, info, info_span, warn};
+use tracing::{Instrument, Span, debug, error, info, info_span, warn};
 use uuid::Uuid;
 
 /// Counts of what a worker did, returned when it stops.
@@ -49,15 +53,37 @@ struct Shared {
     fenced: AtomicU64,
 }
 
-/// A claimed task not yet written back: its cancel token, and the span
-/// that puts its id, attempt, module, queue and worker on every log line
-/// about it, wherever the line is written.
+/// A claimed task whose completion is not written yet: the lease the
+/// heartbeat extends, its cancel token, and the span that puts its id,
+/// attempt, module, queue and worker on every log line about it, wherever
+/// the line is written.
 struct InFlight {
+    epoch: u64,
     cancel: CancelToken,
     span: Span,
+    /// The run ended; only its completion write is pending.
+    finished: bool,
 }
 
-type Done = (Completion, Span, OwnedSemaphorePermit);
+/// What runners tell the completer: a run started, or ended.
+enum Report {
+    Started(Started),
+    Done(Completion, Span, OwnedSemaphorePermit),
+}
+
+/// How a completion fared in the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Written {
+    Applied,
+    /// The lease was no longer this worker's: nothing changed.
+    Fenced,
+    /// The database refused the completion even alone; the task was failed
+    /// with a host error instead (`true` if that write applied).
+    Unstorable(bool),
+    /// The database stayed unreachable: the task's lease runs out and a
+    /// reaper takes it back.
+    Abandoned,
+}
 
 /// How long the completer waits to fill a batch once it holds one completion.
 const COMPLETE_LINGER: Duration = Duration::from_millis(2);
@@ -114,7 +140,7 @@ impl Worker {
             fenced: AtomicU64::new(0),
             config: cfg.clone(),
         });
-        let (done_tx, done_rx) = mpsc::unbounded_channel::<Done>();
+        let (done_tx, done_rx) = mpsc::unbounded_channel::<Report>();
 
         let mut background = JoinSet::new();
         background.spawn(heartbeat(shared.clone()));
@@ -225,6 +251,10 @@ async fn claim_loop(
                 t
             }
             Err(e) => {
+                // A claim whose reply was lost may have leased tasks that
+                // this worker never learns of: no heartbeat names them, so
+                // their leases run out and a reaper requeues them.
+                fault("claim-failed");
                 warn!(worker = %shared.id, error = %e, "claiming failed; retrying");
                 tokio::select! {
                     () = tokio::time::sleep(db_backoff) => {}
@@ -255,8 +285,10 @@ async fn claim_loop(
             shared.inflight.lock().unwrap().insert(
                 task.id,
                 InFlight {
+                    epoch: task.epoch,
                     cancel: cancel.clone(),
                     span: span.clone(),
+                    finished: false,
                 },
             );
             if work_tx.send((task, cancel, span, permit)).is_err() {
@@ -286,9 +318,7 @@ async fn is_idle(shared: &Shared) -> bool {
     }
     match shared.store.queue_stats().await {
         Ok(stats) => !stats.iter().any(|s| {
-            shared.config.queues.matches(&s.queue)
-                && matches!(s.state, TaskState::Queued | TaskState::Running)
-                && s.count > 0
+            shared.config.queues.matches(&s.queue) && s.state.is_unfinished() && s.count > 0
         }),
         Err(_) => false,
     }
@@ -298,7 +328,7 @@ async fn runner(
     shared: Arc<Shared>,
     exec: Arc<Executor>,
     work: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Work>>>,
-    done_tx: mpsc::UnboundedSender<Done>,
+    done_tx: mpsc::UnboundedSender<Report>,
 ) {
     loop {
         let next = work.lock().await.recv().await;
@@ -309,18 +339,45 @@ async fn runner(
             let c = if shared.shutdown.is_cancelled() {
                 release(&task)
             } else {
-                exec.execute(&shared.id, &task, cancel, &shared.interrupt)
-                    .await
+                let at = Utc::now();
+                let _ = done_tx.send(Report::Started(Started {
+                    lease: task.lease(),
+                    at,
+                }));
+                // A panic in the executor must not leave the task leased
+                // and heartbeated forever: it ends the run as a host error.
+                let run = exec.execute(&shared.id, &task, cancel, &shared.interrupt);
+                let mut c = match AssertUnwindSafe(run).catch_unwind().await {
+                    Ok(c) => c,
+                    Err(panic) => {
+                        let message = panic_message(&panic);
+                        error!(panic = %message, "the task's runner panicked");
+                        exec.panicked(&task, &message)
+                    }
+                };
+                c.started_at = Some(at);
+                c
             };
             log_end(&c);
             c
         }
         .instrument(span.clone())
         .await;
-        shared.inflight.lock().unwrap().remove(&task.id);
-        // The claim slot is freed once the completion is written.
-        let _ = done_tx.send((completion, span, claim_permit));
+        if let Some(t) = shared.inflight.lock().unwrap().get_mut(&task.id) {
+            t.finished = true;
+        }
+        // The claim slot is freed, and the task forgotten, once the
+        // completion is written.
+        let _ = done_tx.send(Report::Done(completion, span, claim_permit));
     }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
 }
 
 /// Gives a task back untouched (shutdown before it started).
@@ -328,6 +385,8 @@ fn release(task: &ClaimedTask) -> Completion {
     Completion {
         task_id: task.id,
         attempt: task.attempt,
+        epoch: task.epoch,
+        started_at: None,
         report: crate::store::AttemptReport {
             outcome: "shutdown".into(),
             error_message: Some("the worker shut down before running the task".into()),
@@ -359,17 +418,22 @@ fn log_end(c: &Completion) {
     }
 }
 
-/// Writes completions in batches. A failed write is retried with backoff; if
-/// the database stays away, the leases run out and a reaper requeues the
-/// tasks, so nothing is lost.
-async fn completer(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Done>) {
-    const MAX_WRITE_TRIES: u32 = 20;
+/// Most tries of one write while the database cannot be reached.
+const MAX_WRITE_TRIES: u32 = 20;
+
+/// Writes starts and completions in batches. A batch the database refuses
+/// is split until the one completion it cannot store is found; that task is
+/// failed with a host error instead, so one guest's output never holds back
+/// the others. A write that keeps failing because the database is away is
+/// retried with backoff, then abandoned: the task is forgotten, so no
+/// heartbeat extends its lease, and a reaper takes it back.
+async fn completer(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Report>) {
     while let Some(first) = rx.recv().await {
         // Linger briefly for more: each write is a durable commit, so fewer,
         // larger batches are what lets short tasks drain fast.
         let mut batch = vec![first];
         let until = tokio::time::Instant::now() + COMPLETE_LINGER;
-        while batch.len() < shared.config.complete_batch {
+        while batch.len() < shared.config.complete_batch * 2 {
             match rx.try_recv() {
                 Ok(d) => batch.push(d),
                 Err(mpsc::error::TryRecvError::Disconnected) => break,
@@ -381,46 +445,157 @@ async fn completer(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Done>) {
                 }
             }
         }
+        let mut starts = Vec::new();
         let mut completions = Vec::with_capacity(batch.len());
         let mut spans = Vec::with_capacity(batch.len());
         let mut permits = Vec::with_capacity(batch.len());
-        for (c, span, permit) in batch {
-            completions.push(c);
-            spans.push(span);
-            permits.push(permit);
-        }
-        let mut delay = Duration::from_millis(100);
-        for attempt in 1..=MAX_WRITE_TRIES {
-            match shared.store.complete(&shared.id, &completions).await {
-                Ok(applied) => {
-                    debug!(tasks = completions.len(), "completions written");
-                    wake_for_retries(&shared, &completions);
-                    for ((c, ok), span) in completions.iter().zip(&applied).zip(&spans) {
-                        if !ok {
-                            shared.fenced.fetch_add(1, Ordering::Relaxed);
-                            span.in_scope(|| warn!(
-                                "completion refused: the task's lease was taken over by another worker"));
-                        } else if matches!(c.transition, Transition::Succeed { .. }) {
-                            shared.succeeded.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                    shared
-                        .completed
-                        .fetch_add(completions.len() as u64, Ordering::Relaxed);
-                    break;
+        for report in batch {
+            match report {
+                Report::Started(s) => starts.push(s),
+                Report::Done(c, span, permit) => {
+                    completions.push(c);
+                    spans.push(span);
+                    permits.push(permit);
                 }
-                Err(e) if attempt < MAX_WRITE_TRIES => {
-                    warn!(worker = %shared.id, error = %e, tasks = completions.len(),
-                        "writing completions failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-                Err(e) => warn!(worker = %shared.id, error = %e, tasks = completions.len(),
-                    "giving up writing completions; their leases will expire and be reaped"),
             }
         }
+        // A run that also ended in this batch carries its start time in its
+        // completion: one write instead of two.
+        let ended: HashSet<Uuid> = completions.iter().map(|c| c.task_id).collect();
+        starts.retain(|s| !ended.contains(&s.lease.task_id));
+        if !starts.is_empty() {
+            write_starts(&shared, &starts).await;
+        }
+        if completions.is_empty() {
+            continue;
+        }
+        let written = write_completions(&shared, &completions).await;
+        debug!(tasks = completions.len(), "completions written");
+        wake_for_retries(&shared, &completions);
+        {
+            let mut inflight = shared.inflight.lock().unwrap();
+            for c in &completions {
+                inflight.remove(&c.task_id);
+            }
+        }
+        for ((c, w), span) in completions.iter().zip(&written).zip(&spans) {
+            match w {
+                Written::Applied => {
+                    if matches!(c.transition, Transition::Succeed { .. }) {
+                        shared.succeeded.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Written::Fenced => {
+                    shared.fenced.fetch_add(1, Ordering::Relaxed);
+                    span.in_scope(|| {
+                        warn!("completion refused: the task's lease was taken over")
+                    });
+                }
+                Written::Unstorable(applied) => span.in_scope(|| {
+                    warn!(applied, "the completion could not be stored: the task failed with a host error instead")
+                }),
+                Written::Abandoned => span.in_scope(|| {
+                    error!("giving up writing the completion: the lease will expire and a reaper will take the task back")
+                }),
+            }
+        }
+        shared
+            .completed
+            .fetch_add(completions.len() as u64, Ordering::Relaxed);
         drop(permits);
         shared.wake.notify_one();
+    }
+}
+
+fn fault(kind: &str) {
+    crate::metrics::global().worker_faults.inc(&[kind]);
+}
+
+/// Start writes are an optimisation of what the task row shows: a failed
+/// one is logged, and the completion records the start time anyway.
+async fn write_starts(shared: &Shared, starts: &[Started]) {
+    if let Err(e) = shared.store.mark_started(&shared.id, starts).await {
+        fault("start-failed");
+        warn!(worker = %shared.id, error = %e, tasks = starts.len(),
+            "could not mark started tasks running; their completions will record the start");
+    }
+}
+
+/// Writes `completions`, splitting the batch when the database refuses it;
+/// one result per completion, in order.
+fn write_completions<'a>(
+    shared: &'a Shared,
+    completions: &'a [Completion],
+) -> Pin<Box<dyn Future<Output = Vec<Written>> + Send + 'a>> {
+    Box::pin(async move {
+        let e = match write_with_retries(shared, completions).await {
+            Ok(applied) => {
+                return applied
+                    .into_iter()
+                    .map(|ok| {
+                        if ok {
+                            Written::Applied
+                        } else {
+                            Written::Fenced
+                        }
+                    })
+                    .collect();
+            }
+            Err(e) => e,
+        };
+        if e.is_transient() {
+            fault("completion-abandoned");
+            warn!(worker = %shared.id, error = %e, tasks = completions.len(),
+                "the database stayed unreachable while writing completions");
+            return vec![Written::Abandoned; completions.len()];
+        }
+        if completions.len() > 1 {
+            fault("completion-split");
+            warn!(worker = %shared.id, error = %e, tasks = completions.len(),
+                "the database refused a completion batch: splitting it to find the bad one");
+            let (a, b) = completions.split_at(completions.len() / 2);
+            let mut written = write_completions(shared, a).await;
+            written.extend(write_completions(shared, b).await);
+            return written;
+        }
+        fault("completion-unstorable");
+        let replacement = unstorable_completion(&completions[0], &e);
+        match write_with_retries(shared, std::slice::from_ref(&replacement)).await {
+            Ok(applied) => vec![Written::Unstorable(applied[0])],
+            Err(e) => {
+                fault("completion-abandoned");
+                warn!(worker = %shared.id, error = %e,
+                    "could not even store the failure of an unstorable completion");
+                vec![Written::Abandoned]
+            }
+        }
+    })
+}
+
+/// One write, tried again with backoff while the error is transient and the
+/// grace period after a shutdown has not run out.
+async fn write_with_retries(
+    shared: &Shared,
+    completions: &[Completion],
+) -> Result<Vec<bool>, StoreError> {
+    let mut delay = Duration::from_millis(100);
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match shared.store.complete(&shared.id, completions).await {
+            Ok(applied) => return Ok(applied),
+            Err(e) if e.is_transient() && tries < MAX_WRITE_TRIES => {
+                fault("completion-retried");
+                warn!(worker = %shared.id, error = %e, tasks = completions.len(),
+                    "writing completions failed; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = shared.interrupt.cancelled() => return Err(e),
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -446,34 +621,76 @@ fn wake_for_retries(shared: &Arc<Shared>, completions: &[Completion]) {
     }
 }
 
+/// Extends exactly the leases of the tasks in flight here (running, or
+/// finished and waiting for their completion write). A lease the store
+/// could not extend is lost: the task was reaped or taken over, so its guest
+/// is stopped at once (its completion would be fenced off anyway).
 async fn heartbeat(shared: Arc<Shared>) {
     let every = shared.config.heartbeat_interval();
+    let mut failures: u32 = 0;
     loop {
         tokio::time::sleep(every).await;
+        let leases: Vec<Lease> = shared
+            .inflight
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(&task_id, t)| Lease {
+                task_id,
+                epoch: t.epoch,
+            })
+            .collect();
         match shared
             .store
-            .heartbeat(&shared.id, shared.config.lease)
+            .heartbeat(&shared.id, &leases, shared.config.lease)
             .await
         {
-            Ok(cancelled) => {
+            Ok(reply) => {
+                if failures > 0 {
+                    info!(worker = %shared.id, failures, "heartbeats work again");
+                }
+                failures = 0;
                 crate::metrics::global().heartbeat(&shared.id);
-                for id in cancelled {
+                for id in reply.lost {
+                    lose_inflight(&shared, id);
+                }
+                for id in reply.cancel_requested {
                     cancel_inflight(&shared, id);
                 }
             }
-            Err(e) => warn!(worker = %shared.id, error = %e, "heartbeat failed"),
+            Err(e) => {
+                failures += 1;
+                fault("heartbeat-failed");
+                warn!(worker = %shared.id, error = %e, consecutive = failures,
+                    leases = leases.len(), lease = ?shared.config.lease,
+                    "heartbeat failed; leases run out unless a later one gets through");
+            }
         }
     }
 }
 
 fn cancel_inflight(shared: &Shared, id: Uuid) {
     if let Some(t) = shared.inflight.lock().unwrap().get(&id) {
-        if !t.cancel.is_cancelled() {
+        if !t.cancel.is_cancelled() && !t.finished {
             t.span
                 .in_scope(|| info!("cancellation requested: interrupting the task"));
         }
         t.cancel.cancel();
     }
+}
+
+fn lose_inflight(shared: &Shared, id: Uuid) {
+    let inflight = shared.inflight.lock().unwrap();
+    let Some(t) = inflight.get(&id) else { return };
+    // A finished run whose completion was written just before this
+    // heartbeat looks lost too: nothing runs that could be stopped.
+    if t.finished {
+        return;
+    }
+    fault("lease-lost");
+    t.span
+        .in_scope(|| warn!("lease lost (the task was reaped or taken over): stopping the run"));
+    t.cancel.cancel();
 }
 
 async fn reaper(shared: Arc<Shared>, exec: Arc<Executor>) {
@@ -489,16 +706,17 @@ async fn reaper(shared: Arc<Shared>, exec: Arc<Executor>) {
 async fn reap_once(shared: &Shared, exec: &Executor) -> anyhow::Result<()> {
     let store = &shared.store;
     for t in store.expired_leases(100).await? {
-        let transition = match exec
-            .policy
-            .decide("lease-expired", t.attempt, t.max_attempts)
-        {
-            Some(delay) => Transition::Retry {
-                run_after: Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default(),
-            },
-            None => Transition::Fail,
-        };
-        if store.expire(t.id, t.attempt, transition.clone()).await? {
+        let transition =
+            match exec
+                .policy
+                .decide("lease-expired", t.counted_attempt(), t.max_attempts)
+            {
+                Some(delay) => Transition::Retry {
+                    run_after: Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default(),
+                },
+                None => Transition::Fail,
+            };
+        if store.expire(t.id, t.epoch, transition.clone()).await? {
             task_span(t.id, t.attempt, &t.module, &t.queue, &shared.id).in_scope(|| {
                 warn!(lost_worker = %t.lease_owner,
                     // A pending cancel request turns a requeue into `cancelled`.

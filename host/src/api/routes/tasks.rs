@@ -265,9 +265,10 @@ async fn cancel(
         }
         CancelOutcome::Requested => {
             tracing::info!(task_id = %id, "cancellation requested through the API");
+            let state = state.client.get(id).await?.state;
             Ok((
                 StatusCode::ACCEPTED,
-                Json(json!({ "id": id, "outcome": "requested", "state": "running" })),
+                Json(json!({ "id": id, "outcome": "requested", "state": state })),
             ))
         }
         CancelOutcome::AlreadyFinished(from) => Err(StoreError::IllegalTransition {

@@ -56,7 +56,7 @@ pub fn age(seconds: f64) -> String {
 /// A state badge; the class only ever comes from the fixed state names.
 pub fn badge(state: &str) -> String {
     let class = match state {
-        "queued" | "running" | "succeeded" | "failed" | "cancelled" => state,
+        "queued" | "leased" | "running" | "succeeded" | "failed" | "cancelled" => state,
         _ => "other",
     };
     format!(
@@ -84,7 +84,7 @@ th,td{border:1px solid #ddd;padding:.3rem .6rem;text-align:left;vertical-align:t
 th{background:#f0f2f5}td.num{text-align:right;font-variant-numeric:tabular-nums}
 pre{background:#fff;border:1px solid #ddd;padding:.5rem;max-height:24rem;overflow:auto;white-space:pre-wrap}
 .badge{padding:.1rem .45rem;border-radius:.6rem;font-size:.8rem;color:#fff;background:#888}
-.queued{background:#6b7b8c}.running{background:#1f6feb}.succeeded{background:#1a7f37}
+.queued{background:#6b7b8c}.leased{background:#8250df}.running{background:#1f6feb}.succeeded{background:#1a7f37}
 .failed{background:#cf222e}.cancelled{background:#9a6700}
 form.inline{display:inline}button{padding:.3rem .8rem;cursor:pointer}
 .muted{color:#666}.flash{background:#fff8c5;border:1px solid #d4a72c;padding:.4rem .6rem}

@@ -399,7 +399,7 @@ async fn task(State(state): State<AppState>, Path(id): Path<String>) -> PageResu
     let facts: Vec<Vec<String>> = facts.into_iter().map(|(k, v)| vec![esc(k), v]).collect();
 
     let mut actions = String::new();
-    if matches!(t.state, TaskState::Queued | TaskState::Running) && !t.cancel_requested {
+    if t.state.is_unfinished() && !t.cancel_requested {
         actions.push_str(&format!(
             r#"<form method="post" action="/tasks/{id}/cancel" class="inline"><button id="cancel" type="submit">Cancel</button></form> "#
         ));
@@ -560,7 +560,7 @@ async fn workers(State(state): State<AppState>) -> PageResult {
                 "mode",
                 "queues",
                 "concurrency",
-                "running",
+                "leased",
                 "heartbeat age",
                 "status",
             ],

@@ -323,7 +323,7 @@ impl Store for PgStore {
         if !force {
             let in_use: i64 = sqlx::query_scalar(
                 "SELECT count(*) FROM tasks t \
-                 WHERE t.state IN ('queued', 'running') AND t.module_name = $1 \
+                 WHERE t.state IN ('queued', 'leased', 'running') AND t.module_name = $1 \
                    AND ($2::text IS NULL OR t.module_version = $2) \
                    AND EXISTS (SELECT 1 FROM modules m WHERE m.name = t.module_name \
                                AND m.version = t.module_version AND m.sha256 = t.module_sha256)",
@@ -402,7 +402,7 @@ impl Store for PgStore {
                 .collect();
             let holders: HashMap<String, Uuid> = sqlx::query_as(
                 "SELECT unique_key, id FROM tasks \
-                 WHERE unique_key = ANY($1) AND state IN ('queued', 'running')",
+                 WHERE unique_key = ANY($1) AND state IN ('queued', 'leased', 'running')",
             )
             .bind(keys)
             .fetch_all(&mut *tx)
@@ -488,8 +488,9 @@ impl Store for PgStore {
 
     async fn list_attempts(&self, task_id: Uuid) -> Result<Vec<AttemptRecord>> {
         let rows = sqlx::query(
-            "SELECT id, task_id, attempt, worker_id, started_at, finished_at, outcome, \
-                 error_message, logs, fuel_used, peak_memory, duration_ms, ray_submission_id \
+            "SELECT id, task_id, attempt, lease_epoch, worker_id, started_at, finished_at, \
+                 outcome, error_message, logs, fuel_used, peak_memory, duration_ms, \
+                 ray_submission_id \
              FROM attempts WHERE task_id = $1 ORDER BY id",
         )
         .bind(task_id)
@@ -565,10 +566,12 @@ impl Store for PgStore {
                     priority: row.try_get("priority")?,
                     input: row.try_get("input")?,
                     attempt: to_u32(row.try_get::<i32, _>("attempt")?.into(), "attempt")?,
+                    epoch: from_i64(row.try_get("lease_epoch")?, "lease_epoch")?,
                     max_attempts: to_u32(
                         row.try_get::<i32, _>("max_attempts")?.into(),
                         "max_attempts",
                     )?,
+                    free_runs: to_u32(row.try_get::<i32, _>("free_runs")?.into(), "free_runs")?,
                     limits: limits_from_row(row)?,
                     enqueued_at: row.try_get("enqueued_at")?,
                     lease_expires_at: row.try_get("lease_expires_at")?,
@@ -576,6 +579,24 @@ impl Store for PgStore {
                 })
             })
             .collect()
+    }
+
+    async fn mark_started(&self, worker_id: &str, starts: &[Started]) -> Result<Vec<bool>> {
+        validate_worker_id(worker_id)?;
+        let leases: Vec<Lease> = starts.iter().map(|s| s.lease).collect();
+        validate_leases(&leases)?;
+        if starts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(MARK_STARTED)
+            .bind(worker_id)
+            .bind(leases.iter().map(|l| l.task_id).collect::<Vec<_>>())
+            .bind(leases.iter().map(|l| l.epoch as i64).collect::<Vec<_>>())
+            .bind(starts.iter().map(|s| s.at).collect::<Vec<_>>())
+            .fetch_all(&self.pool)
+            .await?;
+        let applied = leases_from_rows(&rows)?;
+        Ok(applied_flags(leases, &applied))
     }
 
     async fn complete(&self, worker_id: &str, completions: &[Completion]) -> Result<Vec<bool>> {
@@ -587,52 +608,68 @@ impl Store for PgStore {
         let rows = sqlx::query(COMPLETE)
             .bind(worker_id)
             .bind(plans.iter().map(|p| p.task_id).collect::<Vec<_>>())
-            .bind(plans.iter().map(|p| p.attempt).collect::<Vec<_>>())
+            .bind(plans.iter().map(|p| p.epoch).collect::<Vec<_>>())
             .bind(plans.iter().map(|p| p.target.as_str()).collect::<Vec<_>>())
             .bind(plans.iter().map(|p| p.result).collect::<Vec<_>>())
             .bind(plans.iter().map(|p| p.set_error).collect::<Vec<_>>())
             .bind(plans.iter().map(|p| p.error_kind).collect::<Vec<_>>())
-            .bind(plans.iter().map(|p| p.error_message).collect::<Vec<_>>())
-            .bind(plans.iter().map(|p| p.error_logs).collect::<Vec<_>>())
+            .bind(
+                plans
+                    .iter()
+                    .map(|p| p.error_message.as_deref())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                plans
+                    .iter()
+                    .map(|p| p.error_logs.as_deref())
+                    .collect::<Vec<_>>(),
+            )
             .bind(plans.iter().map(|p| p.run_after).collect::<Vec<_>>())
-            .bind(plans.iter().map(|p| p.release).collect::<Vec<_>>())
+            .bind(plans.iter().map(|p| p.free_run).collect::<Vec<_>>())
+            .bind(plans.iter().map(|p| p.started_at).collect::<Vec<_>>())
             .bind(plans.iter().map(|p| p.outcome).collect::<Vec<_>>())
-            .bind(plans.iter().map(|p| p.attempt_message).collect::<Vec<_>>())
-            .bind(plans.iter().map(|p| p.logs).collect::<Vec<_>>())
+            .bind(plans.iter().map(|p| p.logs.as_deref()).collect::<Vec<_>>())
             .bind(plans.iter().map(|p| p.fuel_used).collect::<Vec<_>>())
             .bind(plans.iter().map(|p| p.peak_memory).collect::<Vec<_>>())
             .bind(plans.iter().map(|p| p.duration_ms).collect::<Vec<_>>())
             .bind(TASK_CHANNEL)
             .fetch_all(&self.pool)
             .await?;
-        let mut applied = HashSet::with_capacity(rows.len());
-        for row in &rows {
-            let attempt: i32 = row.try_get("attempt")?;
-            applied.insert((
-                row.try_get::<Uuid, _>("id")?,
-                to_u32(attempt.into(), "attempt")?,
-            ));
-        }
-        Ok(applied_flags(completions, applied))
+        let applied = leases_from_rows(&rows)?;
+        Ok(applied_flags(
+            completions.iter().map(Completion::lease),
+            &applied,
+        ))
     }
 
-    async fn heartbeat(&self, worker_id: &str, lease: Duration) -> Result<Vec<Uuid>> {
+    async fn heartbeat(
+        &self,
+        worker_id: &str,
+        leases: &[Lease],
+        lease: Duration,
+    ) -> Result<HeartbeatReply> {
         validate_worker_id(worker_id)?;
+        validate_leases(leases)?;
         let lease = lease_micros(lease)?;
-        let ids: Vec<Uuid> = sqlx::query_scalar(HEARTBEAT)
+        let rows: Vec<(Uuid, bool, bool)> = sqlx::query_as(HEARTBEAT)
             .bind(worker_id)
             .bind(lease)
+            .bind(leases.iter().map(|l| l.task_id).collect::<Vec<_>>())
+            .bind(leases.iter().map(|l| l.epoch as i64).collect::<Vec<_>>())
             .fetch_all(&self.pool)
             .await?;
-        Ok(ids)
+        // Held but locked rows are still ours: not lost, not (yet) extended.
+        let ours: Vec<(Uuid, bool)> = rows.iter().map(|&(id, cancel, _)| (id, cancel)).collect();
+        Ok(heartbeat_reply(leases, &ours))
     }
 
     async fn expired_leases(&self, limit: u32) -> Result<Vec<ExpiredTask>> {
         let limit = validate_limit(limit)?;
         let rows = sqlx::query(
-            "SELECT id, attempt, max_attempts, lease_owner, queue, \
+            "SELECT id, attempt, lease_epoch, max_attempts, free_runs, lease_owner, queue, \
                  module_name || '@' || module_version AS module FROM tasks \
-             WHERE state = 'running' AND lease_expires_at < now() \
+             WHERE state IN ('leased', 'running') AND lease_expires_at < now() \
              ORDER BY lease_expires_at LIMIT $1",
         )
         .bind(limit)
@@ -643,10 +680,12 @@ impl Store for PgStore {
                 Ok(ExpiredTask {
                     id: row.try_get("id")?,
                     attempt: to_u32(row.try_get::<i32, _>("attempt")?.into(), "attempt")?,
+                    epoch: from_i64(row.try_get("lease_epoch")?, "lease_epoch")?,
                     max_attempts: to_u32(
                         row.try_get::<i32, _>("max_attempts")?.into(),
                         "max_attempts",
                     )?,
+                    free_runs: to_u32(row.try_get::<i32, _>("free_runs")?.into(), "free_runs")?,
                     lease_owner: row.try_get("lease_owner")?,
                     queue: row.try_get("queue")?,
                     module: row.try_get("module")?,
@@ -655,12 +694,12 @@ impl Store for PgStore {
             .collect()
     }
 
-    async fn expire(&self, task_id: Uuid, attempt: u32, transition: Transition) -> Result<bool> {
+    async fn expire(&self, task_id: Uuid, epoch: u64, transition: Transition) -> Result<bool> {
         let (target, run_after) = expire_target(&transition)?;
         let mut tx = self.pool.begin().await?;
         let row = sqlx::query(EXPIRE)
             .bind(task_id)
-            .bind(to_i32(attempt, "attempt")?)
+            .bind(to_i64(epoch, "epoch")?)
             .bind(target.as_str())
             .bind(run_after)
             .fetch_optional(&mut *tx)
@@ -727,17 +766,26 @@ impl Store for PgStore {
 
     async fn purge(&self, state: TaskState, older_than: DateTime<Utc>) -> Result<u64> {
         validate_purge_state(state)?;
-        let mut tx = self.pool.begin().await?;
-        let deleted = sqlx::query("DELETE FROM tasks WHERE state = $1 AND finished_at < $2")
+        let mut deleted = 0;
+        loop {
+            let n = sqlx::query(
+                "DELETE FROM tasks WHERE id = ANY(ARRAY( \
+                     SELECT id FROM tasks WHERE state = $1 AND finished_at < $2 LIMIT $3))",
+            )
             .bind(state.as_str())
             .bind(older_than)
-            .execute(&mut *tx)
+            .bind(i64::from(PURGE_BATCH))
+            .execute(&self.pool)
             .await?
             .rows_affected();
-        if deleted > 0 {
-            sqlx::query(GC_BLOBS).execute(&mut *tx).await?;
+            deleted += n;
+            if n < u64::from(PURGE_BATCH) {
+                break;
+            }
         }
-        tx.commit().await?;
+        if deleted > 0 {
+            sqlx::query(GC_BLOBS).execute(&self.pool).await?;
+        }
         Ok(deleted)
     }
 
@@ -765,20 +813,20 @@ impl Store for PgStore {
     async fn set_progress(
         &self,
         worker_id: &str,
-        task_id: Uuid,
-        attempt: u32,
+        lease: Lease,
         percent: u8,
         message: &str,
     ) -> Result<bool> {
         let n = sqlx::query(
             "UPDATE tasks SET progress_percent = $1, progress_message = $2 \
-             WHERE id = $3 AND state = 'running' AND lease_owner = $4 AND attempt = $5",
+             WHERE id = $3 AND state IN ('leased', 'running') AND lease_owner = $4 \
+               AND lease_epoch = $5",
         )
         .bind(i16::from(percent.min(100)))
-        .bind(message)
-        .bind(task_id)
+        .bind(progress_message(message))
+        .bind(lease.task_id)
         .bind(worker_id)
-        .bind(attempt as i32)
+        .bind(to_i64(lease.epoch, "epoch")?)
         .execute(&self.pool)
         .await?
         .rows_affected();
@@ -788,30 +836,31 @@ impl Store for PgStore {
     async fn set_ray_submission(
         &self,
         worker_id: &str,
-        task_id: Uuid,
-        attempt: u32,
+        lease: Lease,
         submission_id: &str,
     ) -> Result<bool> {
+        let epoch = to_i64(lease.epoch, "epoch")?;
         let mut tx = self.pool.begin().await?;
         let n = sqlx::query(
             "UPDATE tasks SET ray_submission_id = $1 \
-             WHERE id = $2 AND state = 'running' AND lease_owner = $3 AND attempt = $4",
+             WHERE id = $2 AND state IN ('leased', 'running') AND lease_owner = $3 \
+               AND lease_epoch = $4",
         )
         .bind(submission_id)
-        .bind(task_id)
+        .bind(lease.task_id)
         .bind(worker_id)
-        .bind(attempt as i32)
+        .bind(epoch)
         .execute(&mut *tx)
         .await?
         .rows_affected();
         if n == 1 {
             sqlx::query(
                 "UPDATE attempts SET ray_submission_id = $1 \
-                 WHERE task_id = $2 AND attempt = $3 AND finished_at IS NULL",
+                 WHERE task_id = $2 AND lease_epoch = $3 AND finished_at IS NULL",
             )
             .bind(submission_id)
-            .bind(task_id)
-            .bind(attempt as i32)
+            .bind(lease.task_id)
+            .bind(epoch)
             .execute(&mut *tx)
             .await?;
         }
@@ -852,7 +901,7 @@ impl Store for PgStore {
             "SELECT w.id, w.hostname, w.pid, w.mode, w.queues, w.concurrency, w.started_at, \
                  w.last_heartbeat_at, w.stopped_at, \
                  (SELECT count(*) FROM tasks t \
-                  WHERE t.state = 'running' AND t.lease_owner = w.id) AS running_tasks \
+                  WHERE t.state IN ('leased', 'running') AND t.lease_owner = w.id) AS running_tasks \
              FROM workers w ORDER BY w.started_at DESC, w.id",
         )
         .fetch_all(&self.pool)

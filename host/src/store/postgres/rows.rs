@@ -23,9 +23,11 @@ pub(super) fn task_from_row(row: &PgRow) -> Result<TaskRecord> {
             row.try_get::<i32, _>("max_attempts")?.into(),
             "max_attempts",
         )?,
+        free_runs: to_u32(row.try_get::<i32, _>("free_runs")?.into(), "free_runs")?,
         limits: limits_from_row(row)?,
         unique_key: row.try_get("unique_key")?,
         lease_owner: row.try_get("lease_owner")?,
+        lease_epoch: from_i64(row.try_get("lease_epoch")?, "lease_epoch")?,
         lease_expires_at: row.try_get("lease_expires_at")?,
         cancel_requested: row.try_get("cancel_requested")?,
         result: row.try_get("result")?,
@@ -70,6 +72,7 @@ pub(super) fn attempt_from_row(row: &PgRow) -> Result<AttemptRecord> {
         id: row.try_get("id")?,
         task_id: row.try_get("task_id")?,
         attempt: to_u32(row.try_get::<i32, _>("attempt")?.into(), "attempt")?,
+        lease_epoch: from_i64_opt(row.try_get("lease_epoch")?, "lease_epoch")?,
         worker_id: row.try_get("worker_id")?,
         started_at: row.try_get("started_at")?,
         finished_at: row.try_get("finished_at")?,
@@ -96,4 +99,16 @@ pub(super) fn worker_from_row(row: &PgRow) -> Result<WorkerRecord> {
         stopped_at: row.try_get("stopped_at")?,
         running_tasks: from_i64(row.try_get("running_tasks")?, "running task count")?,
     })
+}
+
+/// The leases named by rows with `id` and `epoch` columns.
+pub(super) fn leases_from_rows(rows: &[PgRow]) -> Result<std::collections::HashSet<Lease>> {
+    rows.iter()
+        .map(|row| {
+            Ok(Lease {
+                task_id: row.try_get("id")?,
+                epoch: from_i64(row.try_get("epoch")?, "epoch")?,
+            })
+        })
+        .collect()
 }

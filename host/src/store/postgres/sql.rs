@@ -32,14 +32,14 @@ pub(super) const INSERT_TASKS: &str = "INSERT INTO tasks (id, module_name, modul
                  input, run_after, max_attempts, fuel, memory_bytes, timeout_ms, unique_key, \
                  parent_id, ord) \
      ORDER BY u.ord \
-     ON CONFLICT (unique_key) WHERE state IN ('queued', 'running') DO NOTHING \
+     ON CONFLICT (unique_key) WHERE state IN ('queued', 'leased', 'running') DO NOTHING \
      RETURNING id";
 
 /// $1 worker, $2 lease µs, $3 limit, $4 queue(s); `{queues}` is one of three
-/// fixed clauses. One statement: pick, lease and open the attempt rows.
-/// `= ANY(ARRAY(…))` rather than a join with `picked`: the planner cannot
-/// know that `picked` is small and would hash-join it against a sequential
-/// scan of the whole table.
+/// fixed clauses. One statement: pick, lease in a new epoch, and open the
+/// attempt rows. `= ANY(ARRAY(…))` rather than a join with `picked`: the
+/// planner cannot know that `picked` is small and would hash-join it against
+/// a sequential scan of the whole table.
 pub(super) const CLAIM_TEMPLATE: &str = concat!(
     "WITH picked AS ( \
          SELECT id FROM tasks \
@@ -49,32 +49,49 @@ pub(super) const CLAIM_TEMPLATE: &str = concat!(
          FOR UPDATE SKIP LOCKED \
      ), claimed AS ( \
          UPDATE tasks t \
-         SET state = 'running', attempt = t.attempt + 1, lease_owner = $1, \
-             lease_expires_at = ",
+         SET state = 'leased', attempt = t.attempt + 1, lease_epoch = t.lease_epoch + 1, \
+             lease_owner = $1, lease_expires_at = ",
     plus_micros!("$2"),
-    ", started_at = now(), updated_at = now() \
+    ", started_at = NULL, updated_at = now() \
          WHERE t.id = ANY(ARRAY(SELECT id FROM picked)) \
          RETURNING t.seq, t.id, t.module_name, t.module_version, t.module_sha256, t.queue, \
-             t.priority, t.input, t.run_after, t.attempt, t.max_attempts, t.fuel, \
-             t.memory_bytes, t.timeout_ms, t.enqueued_at, t.lease_expires_at, \
-             t.cancel_requested \
+             t.priority, t.input, t.run_after, t.attempt, t.lease_epoch, t.max_attempts, \
+             t.free_runs, t.fuel, t.memory_bytes, t.timeout_ms, t.enqueued_at, \
+             t.lease_expires_at, t.cancel_requested \
      ), opened AS ( \
-         INSERT INTO attempts (task_id, attempt, worker_id, started_at) \
-         SELECT id, attempt, $1, now() FROM claimed \
+         INSERT INTO attempts (task_id, attempt, lease_epoch, worker_id, started_at) \
+         SELECT id, attempt, lease_epoch, $1, now() FROM claimed \
      ) \
      SELECT * FROM claimed ORDER BY priority DESC, run_after, seq"
 );
+
+/// $1 worker, $2 ids, $3 epochs, $4 start times: `leased` → `running`, on
+/// the task and its attempt row.
+pub(super) const MARK_STARTED: &str = "WITH s AS ( \
+         SELECT * FROM UNNEST($2::uuid[], $3::int8[], $4::timestamptz[]) AS s(task_id, epoch, at) \
+     ), t AS ( \
+         UPDATE tasks t SET state = 'running', started_at = s.at, updated_at = now() \
+         FROM s \
+         WHERE t.id = s.task_id AND t.state = 'leased' AND t.lease_owner = $1 \
+           AND t.lease_epoch = s.epoch AND t.id = ANY($2) \
+         RETURNING t.id, s.epoch, s.at \
+     ), a AS ( \
+         UPDATE attempts a SET started_at = t.at \
+         FROM t WHERE a.task_id = t.id AND a.lease_epoch = t.epoch \
+     ) \
+     SELECT id, epoch FROM t";
 
 /// One statement (and so one round trip and one commit) for a whole
 /// completion batch; see `FinishPlan` for the meaning of the columns. $1 is
 /// the worker, $18 the task channel. `notified` wakes workers for tasks that are claimable again at
 /// once; a plain SELECT CTE only runs when referenced, hence the count.
 pub(super) const COMPLETE: &str = "WITH c AS ( \
-         SELECT * FROM UNNEST($2::uuid[], $3::int4[], $4::text[], $5::text[], $6::bool[], \
+         SELECT * FROM UNNEST($2::uuid[], $3::int8[], $4::text[], $5::text[], $6::bool[], \
                  $7::text[], $8::text[], $9::text[], $10::timestamptz[], $11::bool[], \
-                 $12::text[], $13::text[], $14::text[], $15::int8[], $16::int8[], $17::int8[]) \
-             AS c(task_id, attempt, target, result, set_error, error_kind, error_message, \
-                 error_logs, run_after, release, outcome, attempt_message, logs, fuel_used, \
+                 $12::timestamptz[], $13::text[], $14::text[], $15::int8[], $16::int8[], \
+                 $17::int8[]) \
+             AS c(task_id, epoch, target, result, set_error, error_kind, error_message, \
+                 error_logs, run_after, free_run, started_at, outcome, logs, fuel_used, \
                  peak_memory, duration_ms) \
      ), done AS ( \
          UPDATE tasks t SET \
@@ -87,45 +104,58 @@ pub(super) const COMPLETE: &str = "WITH c AS ( \
              error_logs = CASE WHEN c.set_error THEN c.error_logs ELSE t.error_logs END, \
              run_after = CASE WHEN c.target = 'queued' THEN coalesce(c.run_after, now()) \
                               ELSE t.run_after END, \
-             attempt = CASE WHEN c.release THEN t.attempt - 1 ELSE t.attempt END, \
+             free_runs = t.free_runs + CASE WHEN c.free_run THEN 1 ELSE 0 END, \
+             started_at = coalesce(t.started_at, c.started_at), \
              lease_owner = NULL, lease_expires_at = NULL, \
              finished_at = CASE WHEN c.target = 'queued' AND NOT t.cancel_requested THEN NULL \
                                 ELSE now() END, \
              updated_at = now() \
          FROM c \
-         WHERE t.id = c.task_id AND t.state = 'running' AND t.lease_owner = $1 \
-           AND t.attempt = c.attempt AND t.id = ANY($2) \
-         RETURNING t.id, c.attempt, t.queue, t.state, t.run_after <= now() AS due \
+         WHERE t.id = c.task_id AND t.state IN ('leased', 'running') AND t.lease_owner = $1 \
+           AND t.lease_epoch = c.epoch AND t.id = ANY($2) \
+         RETURNING t.id, c.epoch, t.queue, t.state, t.run_after <= now() AS due \
      ), closed AS ( \
          UPDATE attempts a SET finished_at = now(), outcome = c.outcome, \
-             error_message = c.attempt_message, logs = c.logs, fuel_used = c.fuel_used, \
-             peak_memory = c.peak_memory, duration_ms = c.duration_ms \
-         FROM c JOIN done d ON d.id = c.task_id AND d.attempt = c.attempt \
-         WHERE a.task_id = c.task_id AND a.attempt = c.attempt AND a.finished_at IS NULL \
+             error_message = c.error_message, logs = c.logs, fuel_used = c.fuel_used, \
+             peak_memory = c.peak_memory, duration_ms = c.duration_ms, \
+             started_at = coalesce(c.started_at, a.started_at) \
+         FROM c JOIN done d ON d.id = c.task_id AND d.epoch = c.epoch \
+         WHERE a.task_id = c.task_id AND a.lease_epoch = c.epoch AND a.finished_at IS NULL \
      ), notified AS ( \
          SELECT pg_notify($18, q.queue) \
          FROM (SELECT DISTINCT queue FROM done WHERE state = 'queued' AND due) AS q \
      ) \
-     SELECT id, attempt, (SELECT count(*) FROM notified) AS notified FROM done";
+     SELECT id, epoch, (SELECT count(*) FROM notified) AS notified FROM done";
 
-/// SKIP LOCKED: a row locked right now is being completed or cancelled; its
-/// lease is extended by the next heartbeat if it is still running then.
-/// Never waiting also keeps heartbeats out of any lock cycle.
+/// $1 worker, $2 lease µs, $3 ids, $4 epochs. Extends exactly the named
+/// leases that are still this worker's. SKIP LOCKED: a row locked right now
+/// is being completed or cancelled, and never waiting keeps heartbeats out
+/// of any lock cycle. Such a row is reported `extended = false` while the
+/// statement's snapshot still shows it as ours (the worker keeps it; the
+/// next heartbeat extends it); a lease in neither part is lost.
 pub(super) const HEARTBEAT: &str = concat!(
     "WITH w AS ( \
          UPDATE workers SET last_heartbeat_at = now(), stopped_at = NULL WHERE id = $1 \
+     ), l AS ( \
+         SELECT * FROM UNNEST($3::uuid[], $4::int8[]) AS l(task_id, epoch) \
      ), t AS ( \
          UPDATE tasks SET lease_expires_at = ",
     plus_micros!("$2"),
-    " WHERE id = ANY(ARRAY(SELECT id FROM tasks WHERE state = 'running' AND lease_owner = $1 \
-                              FOR UPDATE SKIP LOCKED)) \
-           AND state = 'running' AND lease_owner = $1 \
+    " WHERE id = ANY(ARRAY( \
+               SELECT x.id FROM tasks x JOIN l ON x.id = l.task_id AND x.lease_epoch = l.epoch \
+               WHERE x.state IN ('leased', 'running') AND x.lease_owner = $1 \
+               FOR UPDATE OF x SKIP LOCKED)) \
+           AND state IN ('leased', 'running') AND lease_owner = $1 \
          RETURNING id, cancel_requested \
      ) \
-     SELECT id FROM t WHERE cancel_requested"
+     SELECT id, cancel_requested, true AS extended FROM t \
+     UNION ALL \
+     SELECT x.id, false, false FROM tasks x JOIN l ON x.id = l.task_id AND x.lease_epoch = l.epoch \
+     WHERE x.state IN ('leased', 'running') AND x.lease_owner = $1 \
+       AND x.id NOT IN (SELECT id FROM t)"
 );
 
-/// $1 id, $2 attempt, $3 target, $4 run_after.
+/// $1 id, $2 epoch, $3 target, $4 run_after.
 pub(super) const EXPIRE: &str = "WITH t AS ( \
          UPDATE tasks SET \
              state = CASE WHEN $3::text = 'queued' AND cancel_requested THEN 'cancelled' \
@@ -140,32 +170,33 @@ pub(super) const EXPIRE: &str = "WITH t AS ( \
              finished_at = CASE WHEN $3::text = 'queued' AND NOT cancel_requested THEN NULL \
                                 ELSE now() END, \
              updated_at = now() \
-         WHERE id = $1 AND state = 'running' AND attempt = $2 AND lease_expires_at < now() \
+         WHERE id = $1 AND state IN ('leased', 'running') AND lease_epoch = $2 \
+           AND lease_expires_at < now() \
          RETURNING id, queue, state, error_message, run_after <= now() AS due \
      ), a AS ( \
          UPDATE attempts a SET finished_at = now(), outcome = 'lease-expired', \
              error_message = t.error_message, \
              duration_ms = (extract(epoch FROM now() - a.started_at) * 1000)::bigint \
-         FROM t WHERE a.task_id = t.id AND a.attempt = $2 AND a.finished_at IS NULL \
+         FROM t WHERE a.task_id = t.id AND a.lease_epoch = $2 AND a.finished_at IS NULL \
      ) \
      SELECT queue, state, due FROM t";
 
 pub(super) const REQUEST_CANCEL: &str = "UPDATE tasks SET \
          state = CASE WHEN state = 'queued' THEN 'cancelled' ELSE state END, \
-         cancel_requested = (state = 'running') OR cancel_requested, \
+         cancel_requested = (state IN ('leased', 'running')) OR cancel_requested, \
          finished_at = CASE WHEN state = 'queued' THEN now() ELSE finished_at END, \
          error_kind = CASE WHEN state = 'queued' THEN 'cancelled' ELSE error_kind END, \
          error_message = CASE WHEN state = 'queued' THEN 'cancelled while queued' \
                               ELSE error_message END, \
          updated_at = now() \
-     WHERE id = $1 AND state IN ('queued', 'running') \
+     WHERE id = $1 AND state IN ('queued', 'leased', 'running') \
      RETURNING state";
 
 pub(super) const RETRY_TASK: &str = concat!(
     "UPDATE tasks SET state = 'queued', run_after = now(), result = NULL, error_kind = NULL, \
          error_message = NULL, error_logs = NULL, finished_at = NULL, cancel_requested = false, \
          progress_percent = NULL, progress_message = NULL, \
-         max_attempts = greatest(max_attempts, attempt + 1), updated_at = now() \
+         max_attempts = greatest(max_attempts, attempt - free_runs + 1), updated_at = now() \
      WHERE id = $1 AND state IN ('failed', 'cancelled') \
      RETURNING ",
     task_columns!()

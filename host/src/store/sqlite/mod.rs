@@ -41,7 +41,11 @@ use super::*;
 static MIGRATOR: Migrator = sqlx::migrate!("../migrations/sqlite");
 
 /// How long a writer waits for another process's write transaction.
-pub const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Well under the default lease (30 s): a heartbeat that cannot get the
+/// write lock in time fails, is counted and logged, and the next one tries
+/// again long before the lease runs out. Long writers (purge) work in short
+/// transactions so that this is rarely reached.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// SQLite primary result codes (the low byte of extended codes).
 const SQLITE_BUSY: i32 = 5;
@@ -354,7 +358,7 @@ impl Store for SqliteStore {
         if !force {
             let in_use: i64 = sqlx::query_scalar(
                 "SELECT count(*) FROM tasks t \
-                 WHERE t.state IN ('queued', 'running') AND t.module_name = ?1 \
+                 WHERE t.state IN ('queued', 'leased', 'running') AND t.module_name = ?1 \
                    AND (?2 IS NULL OR t.module_version = ?2) \
                    AND EXISTS (SELECT 1 FROM modules m WHERE m.name = t.module_name \
                                AND m.version = t.module_version AND m.sha256 = t.module_sha256)",
@@ -429,7 +433,7 @@ impl Store for SqliteStore {
             let rows: Vec<(String, String)> = sqlx::query_as(
                 "SELECT unique_key, id FROM tasks \
                  WHERE unique_key IN (SELECT value FROM json_each(?1)) \
-                   AND state IN ('queued', 'running')",
+                   AND state IN ('queued', 'leased', 'running')",
             )
             .bind(to_json(&keys))
             .fetch_all(&mut *w.tx)
@@ -515,8 +519,9 @@ impl Store for SqliteStore {
 
     async fn list_attempts(&self, task_id: Uuid) -> Result<Vec<AttemptRecord>> {
         let rows = sqlx::query(
-            "SELECT id, task_id, attempt, worker_id, started_at, finished_at, outcome, \
-                 error_message, logs, fuel_used, peak_memory, duration_ms, ray_submission_id \
+            "SELECT id, task_id, attempt, lease_epoch, worker_id, started_at, finished_at, \
+                 outcome, error_message, logs, fuel_used, peak_memory, duration_ms, \
+                 ray_submission_id \
              FROM attempts WHERE task_id = ?1 ORDER BY id",
         )
         .bind(task_id.to_string())
@@ -606,7 +611,9 @@ impl Store for SqliteStore {
                     priority: row.try_get("priority")?,
                     input: row.try_get("input")?,
                     attempt: to_u32(row.try_get("attempt")?, "attempt")?,
+                    epoch: from_i64(row.try_get("lease_epoch")?, "lease_epoch")?,
                     max_attempts: to_u32(row.try_get("max_attempts")?, "max_attempts")?,
+                    free_runs: to_u32(row.try_get("free_runs")?, "free_runs")?,
                     limits: limits_from_row(row)?,
                     enqueued_at: ts(row.try_get("enqueued_at")?)?,
                     lease_expires_at: ts(row.try_get("lease_expires_at")?)?,
@@ -624,6 +631,48 @@ impl Store for SqliteStore {
         // RETURNING has no defined order; hand tasks out in claim order.
         claimed.sort_by_key(|(seq, run_after, task)| (Reverse(task.priority), *run_after, *seq));
         Ok(claimed.into_iter().map(|(_, _, task)| task).collect())
+    }
+
+    async fn mark_started(&self, worker_id: &str, starts: &[Started]) -> Result<Vec<bool>> {
+        validate_worker_id(worker_id)?;
+        let leases: Vec<Lease> = starts.iter().map(|s| s.lease).collect();
+        validate_leases(&leases)?;
+        if starts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<StartRow> = starts
+            .iter()
+            .map(|s| StartRow {
+                id: s.lease.task_id,
+                epoch: s.lease.epoch as i64,
+                at: us(s.at),
+            })
+            .collect();
+        let mut w = self.begin_write().await?;
+        let updated: Vec<(String, i64, i64)> = sqlx::query_as(MARK_STARTED)
+            .bind(to_json(&rows))
+            .bind(us(Utc::now()))
+            .bind(worker_id)
+            .fetch_all(&mut *w.tx)
+            .await?;
+        let mut applied = HashSet::with_capacity(updated.len());
+        let mut applied_rows = Vec::with_capacity(updated.len());
+        for (id, epoch, at) in updated {
+            let id = uuid(&id)?;
+            applied.insert(Lease {
+                task_id: id,
+                epoch: from_i64(epoch, "epoch")?,
+            });
+            applied_rows.push(StartRow { id, epoch, at });
+        }
+        if !applied_rows.is_empty() {
+            sqlx::query(START_ATTEMPTS)
+                .bind(to_json(&applied_rows))
+                .execute(&mut *w.tx)
+                .await?;
+        }
+        w.commit().await?;
+        Ok(applied_flags(leases, &applied))
     }
 
     async fn complete(&self, worker_id: &str, completions: &[Completion]) -> Result<Vec<bool>> {
@@ -666,47 +715,74 @@ impl Store for SqliteStore {
         for queue in requeued {
             self.events.send(StoreEvent::TaskAvailable { queue });
         }
-        // Task ids are unique within a batch, so the id identifies the entry.
+        // Task ids are unique within a batch and the update was fenced on
+        // the epoch, so the id identifies the applied lease.
         let applied = completions
             .iter()
             .filter(|c| applied_ids.contains(&c.task_id))
-            .map(|c| (c.task_id, c.attempt))
+            .map(Completion::lease)
             .collect();
-        Ok(applied_flags(completions, applied))
+        Ok(applied_flags(
+            completions.iter().map(Completion::lease),
+            &applied,
+        ))
     }
 
-    async fn heartbeat(&self, worker_id: &str, lease: Duration) -> Result<Vec<Uuid>> {
+    async fn heartbeat(
+        &self,
+        worker_id: &str,
+        leases: &[Lease],
+        lease: Duration,
+    ) -> Result<HeartbeatReply> {
         validate_worker_id(worker_id)?;
+        validate_leases(leases)?;
         let lease = lease_micros(lease)?;
         let now = us(Utc::now());
+        let named: Vec<StartRow> = leases
+            .iter()
+            .map(|l| StartRow {
+                id: l.task_id,
+                epoch: l.epoch as i64,
+                at: now,
+            })
+            .collect();
         let mut w = self.begin_write().await?;
         sqlx::query("UPDATE workers SET last_heartbeat_at = ?1, stopped_at = NULL WHERE id = ?2")
             .bind(now)
             .bind(worker_id)
             .execute(&mut *w.tx)
             .await?;
-        let rows: Vec<(String, bool)> = sqlx::query_as(
-            "UPDATE tasks SET lease_expires_at = ?1 \
-             WHERE state = 'running' AND lease_owner = ?2 \
-             RETURNING id, cancel_requested",
-        )
-        .bind(now.saturating_add(lease))
-        .bind(worker_id)
-        .fetch_all(&mut *w.tx)
-        .await?;
+        let rows: Vec<(String, bool)> = if leases.is_empty() {
+            Vec::new()
+        } else {
+            sqlx::query_as(
+                "UPDATE tasks SET lease_expires_at = ?1 \
+                 FROM (SELECT value ->> 'id' AS id, value ->> 'epoch' AS epoch \
+                       FROM json_each(?3)) AS l \
+                 WHERE tasks.id = l.id AND tasks.lease_epoch = l.epoch \
+                   AND +tasks.state IN ('leased', 'running') AND +tasks.lease_owner = ?2 \
+                 RETURNING tasks.id, tasks.cancel_requested",
+            )
+            .bind(now.saturating_add(lease))
+            .bind(worker_id)
+            .bind(to_json(&named))
+            .fetch_all(&mut *w.tx)
+            .await?
+        };
         w.commit().await?;
-        rows.iter()
-            .filter(|(_, cancel)| *cancel)
-            .map(|(id, _)| uuid(id))
-            .collect()
+        let extended = rows
+            .iter()
+            .map(|(id, cancel)| Ok((uuid(id)?, *cancel)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(heartbeat_reply(leases, &extended))
     }
 
     async fn expired_leases(&self, limit: u32) -> Result<Vec<ExpiredTask>> {
         let limit = validate_limit(limit)?;
         let rows = sqlx::query(
-            "SELECT id, attempt, max_attempts, lease_owner, queue, \
+            "SELECT id, attempt, lease_epoch, max_attempts, free_runs, lease_owner, queue, \
                  module_name || '@' || module_version AS module FROM tasks \
-             WHERE state = 'running' AND lease_expires_at < ?1 \
+             WHERE state IN ('leased', 'running') AND lease_expires_at < ?1 \
              ORDER BY lease_expires_at LIMIT ?2",
         )
         .bind(us(Utc::now()))
@@ -718,7 +794,9 @@ impl Store for SqliteStore {
                 Ok(ExpiredTask {
                     id: uuid(row.try_get("id")?)?,
                     attempt: to_u32(row.try_get("attempt")?, "attempt")?,
+                    epoch: from_i64(row.try_get("lease_epoch")?, "lease_epoch")?,
                     max_attempts: to_u32(row.try_get("max_attempts")?, "max_attempts")?,
+                    free_runs: to_u32(row.try_get("free_runs")?, "free_runs")?,
                     lease_owner: row.try_get("lease_owner")?,
                     queue: row.try_get("queue")?,
                     module: row.try_get("module")?,
@@ -727,9 +805,9 @@ impl Store for SqliteStore {
             .collect()
     }
 
-    async fn expire(&self, task_id: Uuid, attempt: u32, transition: Transition) -> Result<bool> {
+    async fn expire(&self, task_id: Uuid, epoch: u64, transition: Transition) -> Result<bool> {
         let (target, run_after) = expire_target(&transition)?;
-        let attempt = to_i32(attempt, "attempt")?;
+        let epoch = to_i64(epoch, "epoch")?;
         let now = us(Utc::now());
         let id = task_id.to_string();
         let mut w = self.begin_write().await?;
@@ -738,7 +816,7 @@ impl Store for SqliteStore {
             .bind(run_after.map_or(now, us))
             .bind(now)
             .bind(&id)
-            .bind(attempt)
+            .bind(epoch)
             .fetch_optional(&mut *w.tx)
             .await?;
         let Some(row) = row else { return Ok(false) };
@@ -747,7 +825,7 @@ impl Store for SqliteStore {
             .bind(now)
             .bind(&message)
             .bind(&id)
-            .bind(attempt)
+            .bind(epoch)
             .execute(&mut *w.tx)
             .await?;
         w.commit().await?;
@@ -812,17 +890,32 @@ impl Store for SqliteStore {
 
     async fn purge(&self, state: TaskState, older_than: DateTime<Utc>) -> Result<u64> {
         validate_purge_state(state)?;
-        let mut w = self.begin_write().await?;
-        let deleted = sqlx::query("DELETE FROM tasks WHERE state = ?1 AND finished_at < ?2")
+        let mut deleted = 0;
+        loop {
+            // One short write transaction per batch: a worker of another
+            // process waits for the lock at most one batch, never the purge.
+            let mut w = self.begin_write().await?;
+            let n = sqlx::query(
+                "DELETE FROM tasks WHERE seq IN ( \
+                     SELECT seq FROM tasks WHERE state = ?1 AND finished_at < ?2 LIMIT ?3)",
+            )
             .bind(state.as_str())
             .bind(us(older_than))
+            .bind(i64::from(PURGE_BATCH))
             .execute(&mut *w.tx)
             .await?
             .rows_affected();
-        if deleted > 0 {
-            sqlx::query(GC_BLOBS).execute(&mut *w.tx).await?;
+            w.commit().await?;
+            deleted += n;
+            if n < u64::from(PURGE_BATCH) {
+                break;
+            }
         }
-        w.commit().await?;
+        if deleted > 0 {
+            let mut w = self.begin_write().await?;
+            sqlx::query(GC_BLOBS).execute(&mut *w.tx).await?;
+            w.commit().await?;
+        }
         Ok(deleted)
     }
 
@@ -854,21 +947,22 @@ impl Store for SqliteStore {
     async fn set_progress(
         &self,
         worker_id: &str,
-        task_id: Uuid,
-        attempt: u32,
+        lease: Lease,
         percent: u8,
         message: &str,
     ) -> Result<bool> {
+        let epoch = to_i64(lease.epoch, "epoch")?;
         let mut w = self.begin_write().await?;
         let n = sqlx::query(
             "UPDATE tasks SET progress_percent = ?1, progress_message = ?2 \
-             WHERE id = ?3 AND state = 'running' AND lease_owner = ?4 AND attempt = ?5",
+             WHERE id = ?3 AND state IN ('leased', 'running') AND lease_owner = ?4 \
+               AND lease_epoch = ?5",
         )
         .bind(i64::from(percent.min(100)))
-        .bind(message)
-        .bind(task_id.to_string())
+        .bind(progress_message(message))
+        .bind(lease.task_id.to_string())
         .bind(worker_id)
-        .bind(i64::from(attempt))
+        .bind(epoch)
         .execute(&mut *w.tx)
         .await?
         .rows_affected();
@@ -879,30 +973,31 @@ impl Store for SqliteStore {
     async fn set_ray_submission(
         &self,
         worker_id: &str,
-        task_id: Uuid,
-        attempt: u32,
+        lease: Lease,
         submission_id: &str,
     ) -> Result<bool> {
+        let epoch = to_i64(lease.epoch, "epoch")?;
         let mut w = self.begin_write().await?;
         let n = sqlx::query(
             "UPDATE tasks SET ray_submission_id = ?1 \
-             WHERE id = ?2 AND state = 'running' AND lease_owner = ?3 AND attempt = ?4",
+             WHERE id = ?2 AND state IN ('leased', 'running') AND lease_owner = ?3 \
+               AND lease_epoch = ?4",
         )
         .bind(submission_id)
-        .bind(task_id.to_string())
+        .bind(lease.task_id.to_string())
         .bind(worker_id)
-        .bind(i64::from(attempt))
+        .bind(epoch)
         .execute(&mut *w.tx)
         .await?
         .rows_affected();
         if n == 1 {
             sqlx::query(
                 "UPDATE attempts SET ray_submission_id = ?1 \
-                 WHERE task_id = ?2 AND attempt = ?3 AND finished_at IS NULL",
+                 WHERE task_id = ?2 AND lease_epoch = ?3 AND finished_at IS NULL",
             )
             .bind(submission_id)
-            .bind(task_id.to_string())
-            .bind(i64::from(attempt))
+            .bind(lease.task_id.to_string())
+            .bind(epoch)
             .execute(&mut *w.tx)
             .await?;
         }
@@ -948,7 +1043,8 @@ impl Store for SqliteStore {
             "SELECT w.id, w.hostname, w.pid, w.mode, w.queues, w.concurrency, w.started_at, \
                  w.last_heartbeat_at, w.stopped_at, \
                  (SELECT count(*) FROM tasks t \
-                  WHERE t.state = 'running' AND t.lease_owner = w.id) AS running_tasks \
+                  WHERE t.state IN ('leased', 'running') AND t.lease_owner = w.id) \
+                 AS running_tasks \
              FROM workers w ORDER BY w.started_at DESC, w.id",
         )
         .fetch_all(&self.pool)

@@ -1,0 +1,121 @@
+-- Issue 10: leases fenced by their own epoch, runs that never rewind, and
+-- `leased` (claimed, not started) apart from `running`.
+-- Keep in step with migrations/postgres/0002_lease_epoch.sql.
+--
+-- SQLite cannot change a CHECK constraint in place, so both tables are
+-- rebuilt. They are renamed first so that attempts' foreign key follows
+-- tasks to the old copy, and the old copies are dropped before any new
+-- index is created (index names are global). No DROP runs against a table
+-- that a new row references, so ON DELETE CASCADE deletes nothing.
+
+ALTER TABLE attempts RENAME TO attempts_old;
+ALTER TABLE tasks RENAME TO tasks_old;
+
+CREATE TABLE tasks (
+    seq               INTEGER PRIMARY KEY AUTOINCREMENT,
+    id                TEXT    NOT NULL UNIQUE,
+    module_name       TEXT    NOT NULL,
+    module_version    TEXT    NOT NULL,
+    module_sha256     TEXT    NOT NULL REFERENCES module_blobs (sha256),
+    queue             TEXT    NOT NULL CHECK (queue <> ''),
+    priority          INTEGER NOT NULL DEFAULT 0 CHECK (priority BETWEEN -100 AND 100),
+    input             TEXT    NOT NULL,
+    state             TEXT    NOT NULL
+                      CHECK (state IN ('queued', 'leased', 'running', 'succeeded', 'failed',
+                                       'cancelled')),
+    run_after         INTEGER NOT NULL,
+    -- Runs started so far; never rewinds.
+    attempt           INTEGER NOT NULL DEFAULT 0 CHECK (attempt >= 0),
+    max_attempts      INTEGER NOT NULL CHECK (max_attempts >= 1),
+    fuel              INTEGER CHECK (fuel >= 0),
+    memory_bytes      INTEGER CHECK (memory_bytes >= 0),
+    timeout_ms        INTEGER CHECK (timeout_ms >= 0),
+    unique_key        TEXT,
+    lease_owner       TEXT,
+    lease_expires_at  INTEGER,
+    cancel_requested  INTEGER NOT NULL DEFAULT 0 CHECK (cancel_requested IN (0, 1)),
+    result            TEXT,
+    error_kind        TEXT,
+    error_message     TEXT,
+    error_logs        TEXT,
+    progress_percent  INTEGER CHECK (progress_percent BETWEEN 0 AND 100),
+    progress_message  TEXT,
+    enqueued_at       INTEGER NOT NULL,
+    started_at        INTEGER,
+    finished_at       INTEGER,
+    parent_id         TEXT,
+    ray_submission_id TEXT,
+    updated_at        INTEGER NOT NULL,
+    -- Incremented by every claim: the fencing token of the lease.
+    lease_epoch       INTEGER NOT NULL DEFAULT 0 CHECK (lease_epoch >= 0),
+    -- Runs that did not spend an attempt (released, deferred).
+    free_runs         INTEGER NOT NULL DEFAULT 0 CHECK (free_runs >= 0),
+    -- Exactly the live rows hold a lease ...
+    CHECK ((state IN ('leased', 'running')) = (lease_owner IS NOT NULL AND lease_expires_at IS NOT NULL)),
+    -- ... and exactly the finished rows have finished_at.
+    CHECK ((state IN ('succeeded', 'failed', 'cancelled')) = (finished_at IS NOT NULL))
+) STRICT;
+
+INSERT INTO tasks (seq, id, module_name, module_version, module_sha256, queue, priority, input,
+    state, run_after, attempt, max_attempts, fuel, memory_bytes, timeout_ms, unique_key,
+    lease_owner, lease_expires_at, cancel_requested, result, error_kind, error_message,
+    error_logs, progress_percent, progress_message, enqueued_at, started_at, finished_at,
+    parent_id, ray_submission_id, updated_at, lease_epoch, free_runs)
+SELECT seq, id, module_name, module_version, module_sha256, queue, priority, input,
+    state, run_after, attempt, max_attempts, fuel, memory_bytes, timeout_ms, unique_key,
+    lease_owner, lease_expires_at, cancel_requested, result, error_kind, error_message,
+    error_logs, progress_percent, progress_message, enqueued_at, started_at, finished_at,
+    parent_id, ray_submission_id, updated_at, attempt, 0
+FROM tasks_old;
+-- Keep AUTOINCREMENT's high-water mark: seq is the listing cursor.
+UPDATE sqlite_sequence SET seq = (SELECT seq FROM sqlite_sequence WHERE name = 'tasks_old')
+    WHERE name = 'tasks' AND EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'tasks_old');
+
+CREATE TABLE attempts (
+    id                INTEGER PRIMARY KEY AUTOINCREMENT,
+    task_id           TEXT    NOT NULL REFERENCES tasks (id) ON DELETE CASCADE,
+    attempt           INTEGER NOT NULL,
+    worker_id         TEXT    NOT NULL,
+    started_at        INTEGER NOT NULL,
+    finished_at       INTEGER,
+    outcome           TEXT,
+    error_message     TEXT,
+    logs              TEXT,
+    fuel_used         INTEGER,
+    peak_memory       INTEGER,
+    duration_ms       INTEGER,
+    ray_submission_id TEXT,
+    -- The run's lease epoch; NULL on rows from before epochs.
+    lease_epoch       INTEGER
+) STRICT;
+
+INSERT INTO attempts (id, task_id, attempt, worker_id, started_at, finished_at, outcome,
+    error_message, logs, fuel_used, peak_memory, duration_ms, ray_submission_id, lease_epoch)
+SELECT id, task_id, attempt, worker_id, started_at, finished_at, outcome,
+    error_message, logs, fuel_used, peak_memory, duration_ms, ray_submission_id, NULL
+FROM attempts_old;
+UPDATE sqlite_sequence SET seq = (SELECT seq FROM sqlite_sequence WHERE name = 'attempts_old')
+    WHERE name = 'attempts' AND EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'attempts_old');
+
+DROP TABLE attempts_old;
+DROP TABLE tasks_old;
+DELETE FROM sqlite_sequence WHERE name IN ('tasks_old', 'attempts_old');
+
+CREATE INDEX tasks_claim_idx ON tasks (queue, priority DESC, run_after, seq)
+    WHERE state = 'queued';
+CREATE INDEX tasks_claim_any_idx ON tasks (priority DESC, run_after, seq)
+    WHERE state = 'queued';
+CREATE INDEX tasks_lease_idx ON tasks (lease_expires_at)
+    WHERE state IN ('leased', 'running');
+CREATE INDEX tasks_owner_idx ON tasks (lease_owner)
+    WHERE state IN ('leased', 'running');
+CREATE UNIQUE INDEX tasks_unique_key_idx ON tasks (unique_key)
+    WHERE state IN ('queued', 'leased', 'running');
+CREATE INDEX tasks_state_idx ON tasks (state, seq DESC);
+CREATE INDEX tasks_queue_idx ON tasks (queue, seq DESC);
+CREATE INDEX tasks_module_idx ON tasks (module_name, seq DESC);
+CREATE INDEX tasks_sha256_idx ON tasks (module_sha256);
+
+CREATE INDEX attempts_task_idx ON attempts (task_id, attempt);
+-- One attempt row per run.
+CREATE UNIQUE INDEX attempts_epoch_idx ON attempts (task_id, lease_epoch);
