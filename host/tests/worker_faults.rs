@@ -186,10 +186,12 @@ async fn a_refused_completion_fails_its_task_and_no_other() {
         let plan = FaultPlan::new();
         plan.poison("POISON");
         let store = db.store.clone().with_faults(plan);
-        let splits = faults("completion-split");
+        let unstorable = faults("completion-unstorable");
         let stats = drain(store.clone(), config(Duration::from_secs(30))).await;
         assert!(store.faults().unwrap().injected() >= 1);
-        assert!(faults("completion-split") > splits, "the batch was split");
+        // Split or not (the bad completion may have come alone), it was
+        // found and replaced.
+        assert!(faults("completion-unstorable") > unstorable);
         db.assert_nothing_stuck(&ids).await;
         let bad = db.store.get_task(poisoned).await.unwrap();
         assert_eq!(bad.state, TaskState::Failed);

@@ -333,11 +333,6 @@ impl<'a> FinishPlan<'a> {
         }
         Ok(plan)
     }
-
-    /// The attempt row's message: the same text as the task's error.
-    pub(crate) fn attempt_message(&self) -> Option<&str> {
-        self.error_message.as_deref()
-    }
 }
 
 /// The completion that replaces one the database refused even alone: the

@@ -96,14 +96,15 @@ pub(super) const OPEN_ATTEMPTS: &str = "INSERT INTO attempts \
      WHERE seq IN (SELECT value FROM json_each(?3))";
 
 /// ?1 JSON array of `{id, epoch, at}`, ?2 now, ?3 the worker: `leased` →
-/// `running` for the named leases that are still this worker's.
+/// `running` for the named leases that are still this worker's. (SQLite's
+/// RETURNING cannot name the FROM table's columns.)
 pub(super) const MARK_STARTED: &str = "UPDATE tasks SET state = 'running', started_at = s.at, \
          updated_at = ?2 \
      FROM (SELECT value ->> 'id' AS id, value ->> 'epoch' AS epoch, value ->> 'at' AS at \
            FROM json_each(?1)) AS s \
      WHERE tasks.id = s.id AND +tasks.state = 'leased' AND +tasks.lease_owner = ?3 \
        AND tasks.lease_epoch = s.epoch \
-     RETURNING tasks.id, tasks.lease_epoch, s.at";
+     RETURNING tasks.id, tasks.lease_epoch, tasks.started_at";
 
 /// ?1 JSON array of `{id, epoch, at}` (the applied starts).
 pub(super) const START_ATTEMPTS: &str = "UPDATE attempts SET started_at = s.at \
