@@ -466,3 +466,106 @@ async fn terminate_waiting(admin: &mut sqlx::PgConnection, marker: &str) -> bool
     }
     false
 }
+
+/// SQLite, two processes: `wasmq task purge` of a large history in another
+/// process while a worker with a short lease runs tasks. The purge works in
+/// short transactions, so the worker's heartbeats get the write lock in time
+/// and no lease expires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_purge_in_another_process_expires_no_lease() {
+    const HISTORY: i64 = 300_000;
+    let db = Db::sqlite().await;
+    let hello = db.push("hello").await;
+    let sleepy = db.push("sleepy").await;
+    // A history of finished tasks, written directly: fast, and the same rows
+    // the store writes.
+    let AnyStore::Sqlite(s) = &db.store else {
+        unreachable!()
+    };
+    sqlx::query(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?1) \
+         INSERT INTO tasks (id, module_name, module_version, module_sha256, queue, input, \
+             state, run_after, attempt, max_attempts, enqueued_at, started_at, finished_at, \
+             updated_at, result, lease_epoch) \
+         SELECT printf('00000000-0000-4000-8000-%012d', i), ?2, ?3, ?4, 'default', '{}', \
+             'succeeded', 0, 1, 3, 0, 0, 1, 1, '{\"greeting\":\"Hello!\"}', 1 FROM n",
+    )
+    .bind(HISTORY)
+    .bind(&hello.name)
+    .bind(&hello.version)
+    .bind(&hello.sha256)
+    .execute(s.pool())
+    .await
+    .unwrap();
+
+    let mut ids = Vec::new();
+    for _ in 0..20 {
+        ids.push(db.enqueue(&sleepy, r#"{"ms": 300}"#).await);
+    }
+    let mut cfg = config(Duration::from_millis(1500));
+    cfg.exit_when_idle = false;
+    let worker = Worker::new(executor(db.store.clone()), cfg);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(worker.run(async {
+        let _ = stop_rx.await;
+    }));
+    let failures_before = faults("heartbeat-failed");
+
+    let url = db.url.clone();
+    let purge = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_wasmq"))
+            .args(["--database-url", &url])
+            .args([
+                "task",
+                "purge",
+                "--state",
+                "succeeded",
+                "--older-than",
+                "0s",
+            ])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        purge.status.success(),
+        "{}",
+        String::from_utf8_lossy(&purge.stderr)
+    );
+    let printed = String::from_utf8_lossy(&purge.stdout);
+    assert!(printed.contains("purged"), "{printed}");
+
+    // Let the worker finish what it holds, then stop it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    for &id in &ids {
+        while !db.store.get_task(id).await.unwrap().state.is_terminal() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "task {id} never finished"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let _ = stop_tx.send(());
+    run.await.unwrap().unwrap();
+    db.assert_nothing_stuck(&ids).await;
+    for &id in &ids {
+        let attempts = db.store.list_attempts(id).await.unwrap();
+        assert!(
+            attempts
+                .iter()
+                .all(|a| a.outcome.as_deref() != Some("lease-expired")),
+            "a lease expired during the purge: {attempts:?}"
+        );
+        assert_eq!(
+            db.store.get_task(id).await.unwrap().state,
+            TaskState::Succeeded
+        );
+    }
+    eprintln!(
+        "heartbeat failures during the purge: {}",
+        faults("heartbeat-failed") - failures_before
+    );
+    db.drop().await;
+}

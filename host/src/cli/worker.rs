@@ -132,7 +132,7 @@ pub async fn run(db: &str, a: WorkerArgs) -> anyhow::Result<()> {
     }
     cfg.exit_when_idle = a.exit_when_idle;
 
-    let mut policy = RetryPolicy::from_env();
+    let mut policy = RetryPolicy::from_env().map_err(anyhow::Error::msg)?;
     if let Some(b) = a.backoff_base {
         policy.base = b;
     }

@@ -55,14 +55,25 @@ impl Executor {
         let limits = self.limits_for(task);
         let store = self.store.clone();
         let sha = task.module_sha256.clone();
-        let report = match self
-            .runtime
-            .load(&task.module_sha256, || async move {
-                store.module_bytes(&sha).await
-            })
-            .await
-        {
-            Ok((module, cache)) => {
+        // Fetching and compiling a module can take long (a big component
+        // compiles for seconds to minutes): a cancel, or the end of the grace
+        // period at shutdown, must not wait for it. An abandoned compile
+        // finishes on its blocking thread and is dropped.
+        let loading = self.runtime.load(&task.module_sha256, || async move {
+            store.module_bytes(&sha).await
+        });
+        let loaded = tokio::select! {
+            loaded = loading => Some(loaded),
+            () = cancel.cancelled() => None,
+        };
+        let report = match loaded {
+            None => RunReport::not_run(
+                Outcome::Cancelled {
+                    message: "cancelled while its module was being loaded".into(),
+                },
+                task.module_sha256.clone(),
+            ),
+            Some(Ok((module, cache))) => {
                 self.runtime
                     .run(
                         &module,
@@ -83,7 +94,7 @@ impl Executor {
                     )
                     .await
             }
-            Err(e) => failed_load(task, e),
+            Some(Err(e)) => failed_load(task, e),
         };
         let interrupted = shutdown.is_cancelled() && report.outcome.kind() == "cancelled";
         let elapsed = started.elapsed();

@@ -21,6 +21,22 @@ pub const DEFAULT_RETRY_ON: &[&str] = &[
     "host-error",
 ];
 
+/// Every failure kind a policy can name: `task-error:<error kind>` or an
+/// outcome kind that ends an attempt in failure.
+pub const RETRY_KINDS: &[&str] = &[
+    "task-error:retryable",
+    "task-error:permanent",
+    "task-error:invalid-input",
+    "trap",
+    "timeout",
+    "out-of-fuel",
+    "out-of-memory",
+    "invalid-module",
+    "invalid-output",
+    "host-error",
+    "lease-expired",
+];
+
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
     pub retry_on: BTreeSet<String>,
@@ -39,16 +55,14 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// The defaults overridden by `WASMQ_RETRY_ON` (comma-separated kinds),
-    /// `WASMQ_BACKOFF_BASE` and `WASMQ_BACKOFF_CAP`.
-    pub fn from_env() -> Self {
+    /// The defaults overridden by `WASMQ_RETRY_ON` (comma-separated kinds
+    /// from [`RETRY_KINDS`]; an unknown one is an error, so that a typo
+    /// cannot silently turn retries off), `WASMQ_BACKOFF_BASE` and
+    /// `WASMQ_BACKOFF_CAP`.
+    pub fn from_env() -> Result<Self, String> {
         let mut p = RetryPolicy::default();
         if let Ok(v) = std::env::var("WASMQ_RETRY_ON") {
-            p.retry_on = v
-                .split(',')
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty())
-                .collect();
+            p.retry_on = parse_retry_on(&v)?;
         }
         if let Some(d) = env_duration("WASMQ_BACKOFF_BASE") {
             p.base = d;
@@ -56,7 +70,7 @@ impl RetryPolicy {
         if let Some(d) = env_duration("WASMQ_BACKOFF_CAP") {
             p.cap = d;
         }
-        p
+        Ok(p)
     }
 
     /// Whether a failure of `kind` (outcome kind, or `task-error:<error kind>`)
@@ -81,9 +95,40 @@ impl RetryPolicy {
     }
 }
 
+/// A comma-separated list of failure kinds, each one of [`RETRY_KINDS`].
+pub fn parse_retry_on(list: &str) -> Result<BTreeSet<String>, String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|kind| {
+            if RETRY_KINDS.contains(&kind) {
+                Ok(kind.to_string())
+            } else {
+                Err(format!(
+                    "WASMQ_RETRY_ON: unknown failure kind {kind:?} (known: {})",
+                    RETRY_KINDS.join(", ")
+                ))
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_on_refuses_unknown_kinds() {
+        assert_eq!(
+            parse_retry_on(" trap, timeout ,").unwrap(),
+            BTreeSet::from(["trap".to_string(), "timeout".to_string()])
+        );
+        let e = parse_retry_on("trap,tmeout").unwrap_err();
+        assert!(e.contains("\"tmeout\""), "{e}");
+        for kind in DEFAULT_RETRY_ON {
+            assert!(RETRY_KINDS.contains(kind), "{kind}");
+        }
+    }
 
     #[test]
     fn defaults_follow_the_documented_table() {
