@@ -29,6 +29,9 @@ macro_rules! task_columns {
     };
 }
 
+#[macro_use]
+mod transitions;
+
 mod error;
 pub mod faults;
 pub mod model;

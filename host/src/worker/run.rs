@@ -65,7 +65,10 @@ struct InFlight {
     finished: bool,
 }
 
-/// What runners tell the completer: a run started, or ended.
+/// What runners tell the completer: a run started, or ended. (One message
+/// per run either way, so the size difference of the variants costs less
+/// than boxing every completion would.)
+#[allow(clippy::large_enum_variant)]
 enum Report {
     Started(Started),
     Done(Completion, Span, OwnedSemaphorePermit),

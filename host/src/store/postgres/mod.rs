@@ -321,13 +321,15 @@ impl Store for PgStore {
             .execute(&mut *tx)
             .await?;
         if !force {
-            let in_use: i64 = sqlx::query_scalar(
+            let in_use: i64 = sqlx::query_scalar(concat!(
                 "SELECT count(*) FROM tasks t \
-                 WHERE t.state IN ('queued', 'leased', 'running') AND t.module_name = $1 \
+                 WHERE t.state IN ",
+                unfinished_states!(),
+                " AND t.module_name = $1 \
                    AND ($2::text IS NULL OR t.module_version = $2) \
                    AND EXISTS (SELECT 1 FROM modules m WHERE m.name = t.module_name \
-                               AND m.version = t.module_version AND m.sha256 = t.module_sha256)",
-            )
+                               AND m.version = t.module_version AND m.sha256 = t.module_sha256)"
+            ))
             .bind(name)
             .bind(version)
             .fetch_one(&mut *tx)
@@ -400,10 +402,11 @@ impl Store for PgStore {
                 .iter()
                 .filter_map(|&i| tasks[i].unique_key.as_deref())
                 .collect();
-            let holders: HashMap<String, Uuid> = sqlx::query_as(
+            let holders: HashMap<String, Uuid> = sqlx::query_as(concat!(
                 "SELECT unique_key, id FROM tasks \
-                 WHERE unique_key = ANY($1) AND state IN ('queued', 'leased', 'running')",
-            )
+                 WHERE unique_key = ANY($1) AND state IN ",
+                unfinished_states!()
+            ))
             .bind(keys)
             .fetch_all(&mut *tx)
             .await?
@@ -666,12 +669,14 @@ impl Store for PgStore {
 
     async fn expired_leases(&self, limit: u32) -> Result<Vec<ExpiredTask>> {
         let limit = validate_limit(limit)?;
-        let rows = sqlx::query(
+        let rows = sqlx::query(concat!(
             "SELECT id, attempt, lease_epoch, max_attempts, free_runs, lease_owner, queue, \
                  module_name || '@' || module_version AS module FROM tasks \
-             WHERE state IN ('leased', 'running') AND lease_expires_at < now() \
-             ORDER BY lease_expires_at LIMIT $1",
-        )
+             WHERE state IN ",
+            live_states!(),
+            " AND lease_expires_at < now() \
+             ORDER BY lease_expires_at LIMIT $1"
+        ))
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
@@ -817,11 +822,13 @@ impl Store for PgStore {
         percent: u8,
         message: &str,
     ) -> Result<bool> {
-        let n = sqlx::query(
+        let n = sqlx::query(concat!(
             "UPDATE tasks SET progress_percent = $1, progress_message = $2 \
-             WHERE id = $3 AND state IN ('leased', 'running') AND lease_owner = $4 \
-               AND lease_epoch = $5",
-        )
+             WHERE id = $3 AND state IN ",
+            live_states!(),
+            " AND lease_owner = $4 \
+               AND lease_epoch = $5"
+        ))
         .bind(i16::from(percent.min(100)))
         .bind(progress_message(message))
         .bind(lease.task_id)
@@ -841,11 +848,13 @@ impl Store for PgStore {
     ) -> Result<bool> {
         let epoch = to_i64(lease.epoch, "epoch")?;
         let mut tx = self.pool.begin().await?;
-        let n = sqlx::query(
+        let n = sqlx::query(concat!(
             "UPDATE tasks SET ray_submission_id = $1 \
-             WHERE id = $2 AND state IN ('leased', 'running') AND lease_owner = $3 \
-               AND lease_epoch = $4",
-        )
+             WHERE id = $2 AND state IN ",
+            live_states!(),
+            " AND lease_owner = $3 \
+               AND lease_epoch = $4"
+        ))
         .bind(submission_id)
         .bind(lease.task_id)
         .bind(worker_id)
@@ -897,13 +906,15 @@ impl Store for PgStore {
     }
 
     async fn list_workers(&self) -> Result<Vec<WorkerRecord>> {
-        let rows = sqlx::query(
+        let rows = sqlx::query(concat!(
             "SELECT w.id, w.hostname, w.pid, w.mode, w.queues, w.concurrency, w.started_at, \
                  w.last_heartbeat_at, w.stopped_at, \
                  (SELECT count(*) FROM tasks t \
-                  WHERE t.state IN ('leased', 'running') AND t.lease_owner = w.id) AS running_tasks \
-             FROM workers w ORDER BY w.started_at DESC, w.id",
-        )
+                  WHERE t.state IN ",
+            live_states!(),
+            " AND t.lease_owner = w.id) AS running_tasks \
+             FROM workers w ORDER BY w.started_at DESC, w.id"
+        ))
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(worker_from_row).collect()

@@ -19,7 +19,8 @@ macro_rules! plus_micros {
     };
 }
 
-pub(super) const INSERT_TASKS: &str = "INSERT INTO tasks (id, module_name, module_version, module_sha256, \
+pub(super) const INSERT_TASKS: &str = concat!(
+    "INSERT INTO tasks (id, module_name, module_version, module_sha256, \
          queue, priority, input, state, run_after, max_attempts, fuel, memory_bytes, timeout_ms, \
          unique_key, parent_id) \
      SELECT u.id, u.module_name, u.module_version, u.module_sha256, u.queue, u.priority, \
@@ -32,8 +33,11 @@ pub(super) const INSERT_TASKS: &str = "INSERT INTO tasks (id, module_name, modul
                  input, run_after, max_attempts, fuel, memory_bytes, timeout_ms, unique_key, \
                  parent_id, ord) \
      ORDER BY u.ord \
-     ON CONFLICT (unique_key) WHERE state IN ('queued', 'leased', 'running') DO NOTHING \
-     RETURNING id";
+     ON CONFLICT (unique_key) WHERE state IN ",
+    unfinished_states!(),
+    " DO NOTHING \
+     RETURNING id"
+);
 
 /// $1 worker, $2 lease µs, $3 limit, $4 queue(s); `{queues}` is one of three
 /// fixed clauses. One statement: pick, lease in a new epoch, and open the
@@ -48,12 +52,9 @@ pub(super) const CLAIM_TEMPLATE: &str = concat!(
          LIMIT $3 \
          FOR UPDATE SKIP LOCKED \
      ), claimed AS ( \
-         UPDATE tasks t \
-         SET state = 'leased', attempt = t.attempt + 1, lease_epoch = t.lease_epoch + 1, \
-             lease_owner = $1, lease_expires_at = ",
-    plus_micros!("$2"),
-    ", started_at = NULL, updated_at = now() \
-         WHERE t.id = ANY(ARRAY(SELECT id FROM picked)) \
+         UPDATE tasks t SET ",
+    claim_set!("$1", plus_micros!("$2"), "now()"),
+    " WHERE t.id = ANY(ARRAY(SELECT id FROM picked)) \
          RETURNING t.seq, t.id, t.module_name, t.module_version, t.module_sha256, t.queue, \
              t.priority, t.input, t.run_after, t.attempt, t.lease_epoch, t.max_attempts, \
              t.free_runs, t.fuel, t.memory_bytes, t.timeout_ms, t.enqueued_at, \
@@ -67,25 +68,30 @@ pub(super) const CLAIM_TEMPLATE: &str = concat!(
 
 /// $1 worker, $2 ids, $3 epochs, $4 start times: `leased` → `running`, on
 /// the task and its attempt row.
-pub(super) const MARK_STARTED: &str = "WITH s AS ( \
+pub(super) const MARK_STARTED: &str = concat!(
+    "WITH s AS ( \
          SELECT * FROM UNNEST($2::uuid[], $3::int8[], $4::timestamptz[]) AS s(task_id, epoch, at) \
      ), t AS ( \
-         UPDATE tasks t SET state = 'running', started_at = s.at, updated_at = now() \
-         FROM s \
-         WHERE t.id = s.task_id AND t.state = 'leased' AND t.lease_owner = $1 \
-           AND t.lease_epoch = s.epoch AND t.id = ANY($2) \
+         UPDATE tasks t SET ",
+    start_set!("s.at", "now()"),
+    " FROM s \
+         WHERE t.id = s.task_id AND t.state = 'leased' AND ",
+    fenced!("t", "$1", "s.epoch"),
+    " AND t.id = ANY($2) \
          RETURNING t.id, s.epoch, s.at \
      ), a AS ( \
          UPDATE attempts a SET started_at = t.at \
          FROM t WHERE a.task_id = t.id AND a.lease_epoch = t.epoch \
      ) \
-     SELECT id, epoch FROM t";
+     SELECT id, epoch FROM t"
+);
 
 /// One statement (and so one round trip and one commit) for a whole
 /// completion batch; see `FinishPlan` for the meaning of the columns. $1 is
 /// the worker, $18 the task channel. `notified` wakes workers for tasks that are claimable again at
 /// once; a plain SELECT CTE only runs when referenced, hence the count.
-pub(super) const COMPLETE: &str = "WITH c AS ( \
+pub(super) const COMPLETE: &str = concat!(
+    "WITH c AS ( \
          SELECT * FROM UNNEST($2::uuid[], $3::int8[], $4::text[], $5::text[], $6::bool[], \
                  $7::text[], $8::text[], $9::text[], $10::timestamptz[], $11::bool[], \
                  $12::timestamptz[], $13::text[], $14::text[], $15::int8[], $16::int8[], \
@@ -94,38 +100,25 @@ pub(super) const COMPLETE: &str = "WITH c AS ( \
                  error_logs, run_after, free_run, started_at, outcome, logs, fuel_used, \
                  peak_memory, duration_ms) \
      ), done AS ( \
-         UPDATE tasks t SET \
-             state = CASE WHEN c.target = 'queued' AND t.cancel_requested THEN 'cancelled' \
-                          ELSE c.target END, \
-             result = c.result, \
-             error_kind = CASE WHEN c.set_error THEN c.error_kind ELSE t.error_kind END, \
-             error_message = CASE WHEN c.set_error THEN c.error_message \
-                                  ELSE t.error_message END, \
-             error_logs = CASE WHEN c.set_error THEN c.error_logs ELSE t.error_logs END, \
-             run_after = CASE WHEN c.target = 'queued' THEN coalesce(c.run_after, now()) \
-                              ELSE t.run_after END, \
-             free_runs = t.free_runs + CASE WHEN c.free_run THEN 1 ELSE 0 END, \
-             started_at = coalesce(t.started_at, c.started_at), \
-             lease_owner = NULL, lease_expires_at = NULL, \
-             finished_at = CASE WHEN c.target = 'queued' AND NOT t.cancel_requested THEN NULL \
-                                ELSE now() END, \
-             updated_at = now() \
-         FROM c \
-         WHERE t.id = c.task_id AND t.state IN ('leased', 'running') AND t.lease_owner = $1 \
-           AND t.lease_epoch = c.epoch AND t.id = ANY($2) \
-         RETURNING t.id, c.epoch, t.queue, t.state, t.run_after <= now() AS due \
+         UPDATE tasks t SET ",
+    finish_set!("t", "c", "now()"),
+    " FROM c \
+         WHERE t.id = c.task_id AND ",
+    fenced!("t", "$1", "c.epoch"),
+    " AND t.id = ANY($2) \
+         RETURNING t.id, c.epoch, t.queue, t.state, t.started_at, \
+             t.run_after <= now() AS due \
      ), closed AS ( \
-         UPDATE attempts a SET finished_at = now(), outcome = c.outcome, \
-             error_message = c.error_message, logs = c.logs, fuel_used = c.fuel_used, \
-             peak_memory = c.peak_memory, duration_ms = c.duration_ms, \
-             started_at = coalesce(c.started_at, a.started_at) \
-         FROM c JOIN done d ON d.id = c.task_id AND d.epoch = c.epoch \
+         UPDATE attempts a SET ",
+    close_attempt_set!("a", "c", "d.started_at", "now()"),
+    " FROM c JOIN done d ON d.id = c.task_id AND d.epoch = c.epoch \
          WHERE a.task_id = c.task_id AND a.lease_epoch = c.epoch AND a.finished_at IS NULL \
      ), notified AS ( \
          SELECT pg_notify($18, q.queue) \
          FROM (SELECT DISTINCT queue FROM done WHERE state = 'queued' AND due) AS q \
      ) \
-     SELECT id, epoch, (SELECT count(*) FROM notified) AS notified FROM done";
+     SELECT id, epoch, (SELECT count(*) FROM notified) AS notified FROM done"
+);
 
 /// $1 worker, $2 lease µs, $3 ids, $4 epochs. Extends exactly the named
 /// leases that are still this worker's. SKIP LOCKED: a row locked right now
@@ -142,62 +135,52 @@ pub(super) const HEARTBEAT: &str = concat!(
          UPDATE tasks SET lease_expires_at = ",
     plus_micros!("$2"),
     " WHERE id = ANY(ARRAY( \
-               SELECT x.id FROM tasks x JOIN l ON x.id = l.task_id AND x.lease_epoch = l.epoch \
-               WHERE x.state IN ('leased', 'running') AND x.lease_owner = $1 \
-               FOR UPDATE OF x SKIP LOCKED)) \
-           AND state IN ('leased', 'running') AND lease_owner = $1 \
+               SELECT x.id FROM tasks x JOIN l ON x.id = l.task_id \
+               WHERE ",
+    fenced!("x", "$1", "l.epoch"),
+    " FOR UPDATE OF x SKIP LOCKED)) \
+           AND state IN ",
+    live_states!(),
+    " AND lease_owner = $1 \
          RETURNING id, cancel_requested \
      ) \
      SELECT id, cancel_requested, true AS extended FROM t \
      UNION ALL \
-     SELECT x.id, false, false FROM tasks x JOIN l ON x.id = l.task_id AND x.lease_epoch = l.epoch \
-     WHERE x.state IN ('leased', 'running') AND x.lease_owner = $1 \
-       AND x.id NOT IN (SELECT id FROM t)"
+     SELECT x.id, false, false FROM tasks x JOIN l ON x.id = l.task_id \
+     WHERE ",
+    fenced!("x", "$1", "l.epoch"),
+    " AND x.id NOT IN (SELECT id FROM t)"
 );
 
 /// $1 id, $2 epoch, $3 target, $4 run_after.
-pub(super) const EXPIRE: &str = "WITH t AS ( \
-         UPDATE tasks SET \
-             state = CASE WHEN $3::text = 'queued' AND cancel_requested THEN 'cancelled' \
-                          ELSE $3::text END, \
-             run_after = CASE WHEN $3::text = 'queued' THEN coalesce($4, now()) \
-                              ELSE run_after END, \
-             result = NULL, \
-             error_kind = 'lease-expired', \
-             error_message = 'lease expired (worker ' || lease_owner || ' stopped heartbeating)', \
-             error_logs = NULL, \
-             lease_owner = NULL, lease_expires_at = NULL, \
-             finished_at = CASE WHEN $3::text = 'queued' AND NOT cancel_requested THEN NULL \
-                                ELSE now() END, \
-             updated_at = now() \
-         WHERE id = $1 AND state IN ('leased', 'running') AND lease_epoch = $2 \
-           AND lease_expires_at < now() \
-         RETURNING id, queue, state, error_message, run_after <= now() AS due \
+pub(super) const EXPIRE: &str = concat!(
+    "WITH t AS ( \
+         UPDATE tasks SET ",
+    expire_set!("$3::text", "$4", "now()"),
+    " WHERE id = $1 AND ",
+    expirable!("$2", "now()"),
+    " RETURNING id, queue, state, error_message, run_after <= now() AS due \
      ), a AS ( \
          UPDATE attempts a SET finished_at = now(), outcome = 'lease-expired', \
              error_message = t.error_message, \
              duration_ms = (extract(epoch FROM now() - a.started_at) * 1000)::bigint \
          FROM t WHERE a.task_id = t.id AND a.lease_epoch = $2 AND a.finished_at IS NULL \
      ) \
-     SELECT queue, state, due FROM t";
+     SELECT queue, state, due FROM t"
+);
 
-pub(super) const REQUEST_CANCEL: &str = "UPDATE tasks SET \
-         state = CASE WHEN state = 'queued' THEN 'cancelled' ELSE state END, \
-         cancel_requested = (state IN ('leased', 'running')) OR cancel_requested, \
-         finished_at = CASE WHEN state = 'queued' THEN now() ELSE finished_at END, \
-         error_kind = CASE WHEN state = 'queued' THEN 'cancelled' ELSE error_kind END, \
-         error_message = CASE WHEN state = 'queued' THEN 'cancelled while queued' \
-                              ELSE error_message END, \
-         updated_at = now() \
-     WHERE id = $1 AND state IN ('queued', 'leased', 'running') \
-     RETURNING state";
+pub(super) const REQUEST_CANCEL: &str = concat!(
+    "UPDATE tasks SET ",
+    cancel_set!("now()", "true"),
+    " WHERE id = $1 AND state IN ",
+    unfinished_states!(),
+    " RETURNING state"
+);
 
 pub(super) const RETRY_TASK: &str = concat!(
-    "UPDATE tasks SET state = 'queued', run_after = now(), result = NULL, error_kind = NULL, \
-         error_message = NULL, error_logs = NULL, finished_at = NULL, cancel_requested = false, \
-         progress_percent = NULL, progress_message = NULL, \
-         max_attempts = greatest(max_attempts, attempt - free_runs + 1), updated_at = now() \
-     WHERE id = $1 AND state IN ('failed', 'cancelled') \
+    "UPDATE tasks SET ",
+    retry_set!("now()", "false", "greatest"),
+    " WHERE id = $1 AND state IN ('failed', 'cancelled') \
      RETURNING ",
     task_columns!()
 );

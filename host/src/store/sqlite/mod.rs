@@ -356,13 +356,15 @@ impl Store for SqliteStore {
         validate_module_ref(name, version)?;
         let mut w = self.begin_write().await?;
         if !force {
-            let in_use: i64 = sqlx::query_scalar(
+            let in_use: i64 = sqlx::query_scalar(concat!(
                 "SELECT count(*) FROM tasks t \
-                 WHERE t.state IN ('queued', 'leased', 'running') AND t.module_name = ?1 \
+                 WHERE t.state IN ",
+                unfinished_states!(),
+                " AND t.module_name = ?1 \
                    AND (?2 IS NULL OR t.module_version = ?2) \
                    AND EXISTS (SELECT 1 FROM modules m WHERE m.name = t.module_name \
-                               AND m.version = t.module_version AND m.sha256 = t.module_sha256)",
-            )
+                               AND m.version = t.module_version AND m.sha256 = t.module_sha256)"
+            ))
             .bind(name)
             .bind(version)
             .fetch_one(&mut *w.tx)
@@ -430,11 +432,12 @@ impl Store for SqliteStore {
             .collect();
         let mut holders = HashMap::new();
         if !keys.is_empty() {
-            let rows: Vec<(String, String)> = sqlx::query_as(
+            let rows: Vec<(String, String)> = sqlx::query_as(concat!(
                 "SELECT unique_key, id FROM tasks \
                  WHERE unique_key IN (SELECT value FROM json_each(?1)) \
-                   AND state IN ('queued', 'leased', 'running')",
-            )
+                   AND state IN ",
+                unfinished_states!()
+            ))
             .bind(to_json(&keys))
             .fetch_all(&mut *w.tx)
             .await?;
@@ -755,14 +758,16 @@ impl Store for SqliteStore {
         let rows: Vec<(String, bool)> = if leases.is_empty() {
             Vec::new()
         } else {
-            sqlx::query_as(
+            sqlx::query_as(concat!(
                 "UPDATE tasks SET lease_expires_at = ?1 \
                  FROM (SELECT value ->> 'id' AS id, value ->> 'epoch' AS epoch \
                        FROM json_each(?3)) AS l \
                  WHERE tasks.id = l.id AND tasks.lease_epoch = l.epoch \
-                   AND +tasks.state IN ('leased', 'running') AND +tasks.lease_owner = ?2 \
-                 RETURNING tasks.id, tasks.cancel_requested",
-            )
+                   AND +tasks.state IN ",
+                live_states!(),
+                " AND +tasks.lease_owner = ?2 \
+                 RETURNING tasks.id, tasks.cancel_requested"
+            ))
             .bind(now.saturating_add(lease))
             .bind(worker_id)
             .bind(to_json(&named))
@@ -779,12 +784,14 @@ impl Store for SqliteStore {
 
     async fn expired_leases(&self, limit: u32) -> Result<Vec<ExpiredTask>> {
         let limit = validate_limit(limit)?;
-        let rows = sqlx::query(
+        let rows = sqlx::query(concat!(
             "SELECT id, attempt, lease_epoch, max_attempts, free_runs, lease_owner, queue, \
                  module_name || '@' || module_version AS module FROM tasks \
-             WHERE state IN ('leased', 'running') AND lease_expires_at < ?1 \
-             ORDER BY lease_expires_at LIMIT ?2",
-        )
+             WHERE state IN ",
+            live_states!(),
+            " AND lease_expires_at < ?1 \
+             ORDER BY lease_expires_at LIMIT ?2"
+        ))
         .bind(us(Utc::now()))
         .bind(limit)
         .fetch_all(&self.pool)
@@ -953,11 +960,13 @@ impl Store for SqliteStore {
     ) -> Result<bool> {
         let epoch = to_i64(lease.epoch, "epoch")?;
         let mut w = self.begin_write().await?;
-        let n = sqlx::query(
+        let n = sqlx::query(concat!(
             "UPDATE tasks SET progress_percent = ?1, progress_message = ?2 \
-             WHERE id = ?3 AND state IN ('leased', 'running') AND lease_owner = ?4 \
-               AND lease_epoch = ?5",
-        )
+             WHERE id = ?3 AND state IN ",
+            live_states!(),
+            " AND lease_owner = ?4 \
+               AND lease_epoch = ?5"
+        ))
         .bind(i64::from(percent.min(100)))
         .bind(progress_message(message))
         .bind(lease.task_id.to_string())
@@ -978,11 +987,13 @@ impl Store for SqliteStore {
     ) -> Result<bool> {
         let epoch = to_i64(lease.epoch, "epoch")?;
         let mut w = self.begin_write().await?;
-        let n = sqlx::query(
+        let n = sqlx::query(concat!(
             "UPDATE tasks SET ray_submission_id = ?1 \
-             WHERE id = ?2 AND state IN ('leased', 'running') AND lease_owner = ?3 \
-               AND lease_epoch = ?4",
-        )
+             WHERE id = ?2 AND state IN ",
+            live_states!(),
+            " AND lease_owner = ?3 \
+               AND lease_epoch = ?4"
+        ))
         .bind(submission_id)
         .bind(lease.task_id.to_string())
         .bind(worker_id)
@@ -1039,14 +1050,16 @@ impl Store for SqliteStore {
     }
 
     async fn list_workers(&self) -> Result<Vec<WorkerRecord>> {
-        let rows = sqlx::query(
+        let rows = sqlx::query(concat!(
             "SELECT w.id, w.hostname, w.pid, w.mode, w.queues, w.concurrency, w.started_at, \
                  w.last_heartbeat_at, w.stopped_at, \
                  (SELECT count(*) FROM tasks t \
-                  WHERE t.state IN ('leased', 'running') AND t.lease_owner = w.id) \
+                  WHERE t.state IN ",
+            live_states!(),
+            " AND t.lease_owner = w.id) \
                  AS running_tasks \
-             FROM workers w ORDER BY w.started_at DESC, w.id",
-        )
+             FROM workers w ORDER BY w.started_at DESC, w.id"
+        ))
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(worker_from_row).collect()

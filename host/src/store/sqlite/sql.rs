@@ -23,7 +23,8 @@ pub(super) const GC_BLOBS: &str = "DELETE FROM module_blobs \
 /// [`TaskRow`]s (inserted in array order, so `seq` follows it), ?2 now.
 /// `WHERE true` resolves SQLite's parsing ambiguity between a join's ON and
 /// the upsert's ON CONFLICT.
-pub(super) const INSERT_TASKS: &str = "INSERT INTO tasks (id, module_name, module_version, \
+pub(super) const INSERT_TASKS: &str = concat!(
+    "INSERT INTO tasks (id, module_name, module_version, \
          module_sha256, queue, priority, input, state, run_after, max_attempts, fuel, \
          memory_bytes, timeout_ms, unique_key, parent_id, enqueued_at, updated_at) \
      SELECT value ->> 'id', value ->> 'module_name', value ->> 'module_version', \
@@ -32,8 +33,11 @@ pub(super) const INSERT_TASKS: &str = "INSERT INTO tasks (id, module_name, modul
          value ->> 'fuel', value ->> 'memory_bytes', value ->> 'timeout_ms', \
          value ->> 'unique_key', value ->> 'parent_id', ?2, ?2 \
      FROM json_each(?1) WHERE true ORDER BY key \
-     ON CONFLICT (unique_key) WHERE state IN ('queued', 'leased', 'running') DO NOTHING \
-     RETURNING id";
+     ON CONFLICT (unique_key) WHERE state IN ",
+    unfinished_states!(),
+    " DO NOTHING \
+     RETURNING id"
+);
 
 /// One task as a JSON object for `INSERT_TASKS`.
 #[derive(serde::Serialize)]
@@ -78,17 +82,18 @@ impl<'a> TaskRow<'a> {
 
 /// ?1 worker, ?2 lease expiry, ?3 now, ?4 limit, ?5 queue(s). The `{queues}`
 /// placeholder is one of three fixed clauses, so there are three statements.
-pub(super) const CLAIM_TEMPLATE: &str = "UPDATE tasks \
-     SET state = 'leased', attempt = attempt + 1, lease_epoch = lease_epoch + 1, \
-         lease_owner = ?1, lease_expires_at = ?2, started_at = NULL, updated_at = ?3 \
-     WHERE seq IN ( \
+pub(super) const CLAIM_TEMPLATE: &str = concat!(
+    "UPDATE tasks SET ",
+    claim_set!("?1", "?2", "?3"),
+    " WHERE seq IN ( \
          SELECT seq FROM tasks \
          WHERE state = 'queued' AND run_after <= ?3 {queues} \
          ORDER BY priority DESC, run_after, seq \
          LIMIT ?4) \
      RETURNING seq, id, module_name, module_version, module_sha256, queue, priority, input, \
          run_after, attempt, lease_epoch, max_attempts, free_runs, fuel, memory_bytes, \
-         timeout_ms, enqueued_at, lease_expires_at, cancel_requested";
+         timeout_ms, enqueued_at, lease_expires_at, cancel_requested"
+);
 
 pub(super) const OPEN_ATTEMPTS: &str = "INSERT INTO attempts \
          (task_id, attempt, lease_epoch, worker_id, started_at) \
@@ -98,13 +103,17 @@ pub(super) const OPEN_ATTEMPTS: &str = "INSERT INTO attempts \
 /// ?1 JSON array of `{id, epoch, at}`, ?2 now, ?3 the worker: `leased` →
 /// `running` for the named leases that are still this worker's. (SQLite's
 /// RETURNING cannot name the FROM table's columns.)
-pub(super) const MARK_STARTED: &str = "UPDATE tasks SET state = 'running', started_at = s.at, \
-         updated_at = ?2 \
-     FROM (SELECT value ->> 'id' AS id, value ->> 'epoch' AS epoch, value ->> 'at' AS at \
+pub(super) const MARK_STARTED: &str = concat!(
+    "UPDATE tasks SET ",
+    start_set!("s.at", "?2"),
+    " FROM (SELECT value ->> 'id' AS id, value ->> 'epoch' AS epoch, value ->> 'at' AS at \
            FROM json_each(?1)) AS s \
-     WHERE tasks.id = s.id AND +tasks.state = 'leased' AND +tasks.lease_owner = ?3 \
-       AND tasks.lease_epoch = s.epoch \
-     RETURNING tasks.id, tasks.lease_epoch, tasks.started_at";
+     WHERE tasks.id = s.id AND tasks.state = 'leased' AND ",
+    // The unary `+` keeps the planner from scanning every live row per
+    // batch entry: it must drive the join from the batch, by id.
+    fenced!("+tasks", "?3", "s.epoch"),
+    " RETURNING tasks.id, tasks.lease_epoch, tasks.started_at"
+);
 
 /// ?1 JSON array of `{id, epoch, at}` (the applied starts).
 pub(super) const START_ATTEMPTS: &str = "UPDATE attempts SET started_at = s.at \
@@ -116,45 +125,39 @@ pub(super) const START_ATTEMPTS: &str = "UPDATE attempts SET started_at = s.at \
 /// [`FinishRow`]s, ?2 now, ?3 the worker. The unary `+` keeps the planner from
 /// scanning all running rows per batch entry: it must drive the join from the
 /// batch and look tasks up by id.
-pub(super) const FINISH_TASKS: &str = "UPDATE tasks SET \
-         state = CASE WHEN c.target = 'queued' AND tasks.cancel_requested THEN 'cancelled' \
-                      ELSE c.target END, \
-         result = c.result, \
-         error_kind = CASE WHEN c.set_error THEN c.error_kind ELSE tasks.error_kind END, \
-         error_message = CASE WHEN c.set_error THEN c.error_message \
-                              ELSE tasks.error_message END, \
-         error_logs = CASE WHEN c.set_error THEN c.error_logs ELSE tasks.error_logs END, \
-         run_after = CASE WHEN c.target = 'queued' THEN c.run_after ELSE tasks.run_after END, \
-         free_runs = tasks.free_runs + CASE WHEN c.free_run THEN 1 ELSE 0 END, \
-         started_at = coalesce(tasks.started_at, c.started_at), \
-         lease_owner = NULL, lease_expires_at = NULL, \
-         finished_at = CASE WHEN c.target = 'queued' AND NOT tasks.cancel_requested THEN NULL \
-                            ELSE ?2 END, \
-         updated_at = ?2 \
-     FROM (SELECT value ->> 'id' AS id, value ->> 'epoch' AS epoch, \
+pub(super) const FINISH_TASKS: &str = concat!(
+    "UPDATE tasks SET ",
+    finish_set!("tasks", "c", "?2"),
+    " FROM (SELECT value ->> 'id' AS id, value ->> 'epoch' AS epoch, \
                value ->> 'target' AS target, value ->> 'result' AS result, \
                value ->> 'set_error' AS set_error, value ->> 'error_kind' AS error_kind, \
                value ->> 'error_message' AS error_message, \
                value ->> 'error_logs' AS error_logs, value ->> 'run_after' AS run_after, \
                value ->> 'free_run' AS free_run, value ->> 'started_at' AS started_at \
            FROM json_each(?1)) AS c \
-     WHERE tasks.id = c.id AND +tasks.state IN ('leased', 'running') \
-       AND +tasks.lease_owner = ?3 AND tasks.lease_epoch = c.epoch \
-     RETURNING tasks.id, tasks.state, tasks.queue, tasks.run_after";
+     WHERE tasks.id = c.id AND ",
+    fenced!("+tasks", "?3", "c.epoch"),
+    " RETURNING tasks.id, tasks.state, tasks.queue, tasks.run_after"
+);
 
 /// Closes the attempt rows of the applied part of a batch (?1, JSON), ?2 now.
-pub(super) const CLOSE_ATTEMPTS: &str = "UPDATE attempts SET finished_at = ?2, outcome = c.outcome, \
-         error_message = c.error_message, logs = c.logs, fuel_used = c.fuel_used, \
-         peak_memory = c.peak_memory, duration_ms = c.duration_ms, \
-         started_at = coalesce(c.started_at, attempts.started_at) \
-     FROM (SELECT value ->> 'id' AS id, value ->> 'epoch' AS epoch, \
+pub(super) const CLOSE_ATTEMPTS: &str = concat!(
+    "UPDATE attempts SET ",
+    close_attempt_set!(
+        "attempts",
+        "c",
+        "(SELECT t.started_at FROM tasks t WHERE t.id = c.id)",
+        "?2"
+    ),
+    " FROM (SELECT value ->> 'id' AS id, value ->> 'epoch' AS epoch, \
                value ->> 'outcome' AS outcome, value ->> 'error_message' AS error_message, \
                value ->> 'logs' AS logs, value ->> 'fuel_used' AS fuel_used, \
                value ->> 'peak_memory' AS peak_memory, value ->> 'duration_ms' AS duration_ms, \
                value ->> 'started_at' AS started_at \
            FROM json_each(?1)) AS c \
      WHERE attempts.task_id = c.id AND attempts.lease_epoch = c.epoch \
-       AND attempts.finished_at IS NULL";
+       AND attempts.finished_at IS NULL"
+);
 
 /// One completion as a JSON object for `FINISH_TASKS` / `CLOSE_ATTEMPTS`:
 /// a batch travels as one bound JSON array instead of two statements per
@@ -215,43 +218,31 @@ pub(super) fn to_json<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string(value).expect("plain data serializes")
 }
 
-/// ?1 target, ?2 run_after, ?3 now, ?4 id, ?5 attempt.
-pub(super) const EXPIRE_TASK: &str = "UPDATE tasks SET \
-         state = CASE WHEN ?1 = 'queued' AND cancel_requested THEN 'cancelled' ELSE ?1 END, \
-         run_after = CASE WHEN ?1 = 'queued' THEN ?2 ELSE run_after END, \
-         result = NULL, \
-         error_kind = 'lease-expired', \
-         error_message = 'lease expired (worker ' || lease_owner || ' stopped heartbeating)', \
-         error_logs = NULL, \
-         lease_owner = NULL, lease_expires_at = NULL, \
-         finished_at = CASE WHEN ?1 = 'queued' AND NOT cancel_requested THEN NULL ELSE ?3 END, \
-         updated_at = ?3 \
-     WHERE id = ?4 AND state IN ('leased', 'running') AND lease_epoch = ?5 \
-       AND lease_expires_at < ?3 \
-     RETURNING state, queue, run_after, error_message";
+/// ?1 target, ?2 run_after, ?3 now, ?4 id, ?5 epoch.
+pub(super) const EXPIRE_TASK: &str = concat!(
+    "UPDATE tasks SET ",
+    expire_set!("?1", "?2", "?3"),
+    " WHERE id = ?4 AND ",
+    expirable!("?5", "?3"),
+    " RETURNING state, queue, run_after, error_message"
+);
 
 pub(super) const CLOSE_EXPIRED_ATTEMPT: &str = "UPDATE attempts SET finished_at = ?1, \
          outcome = 'lease-expired', error_message = ?2, duration_ms = (?1 - started_at) / 1000 \
      WHERE task_id = ?3 AND lease_epoch = ?4 AND finished_at IS NULL";
 
-pub(super) const REQUEST_CANCEL: &str = "UPDATE tasks SET \
-         state = CASE WHEN state = 'queued' THEN 'cancelled' ELSE state END, \
-         cancel_requested = CASE WHEN state IN ('leased', 'running') THEN 1 \
-                                 ELSE cancel_requested END, \
-         finished_at = CASE WHEN state = 'queued' THEN ?1 ELSE finished_at END, \
-         error_kind = CASE WHEN state = 'queued' THEN 'cancelled' ELSE error_kind END, \
-         error_message = CASE WHEN state = 'queued' THEN 'cancelled while queued' \
-                              ELSE error_message END, \
-         updated_at = ?1 \
-     WHERE id = ?2 AND state IN ('queued', 'leased', 'running') \
-     RETURNING state";
+pub(super) const REQUEST_CANCEL: &str = concat!(
+    "UPDATE tasks SET ",
+    cancel_set!("?1", "1"),
+    " WHERE id = ?2 AND state IN ",
+    unfinished_states!(),
+    " RETURNING state"
+);
 
 pub(super) const RETRY_TASK: &str = concat!(
-    "UPDATE tasks SET state = 'queued', run_after = ?1, result = NULL, error_kind = NULL, \
-         error_message = NULL, error_logs = NULL, finished_at = NULL, cancel_requested = 0, \
-         progress_percent = NULL, progress_message = NULL, \
-         max_attempts = max(max_attempts, attempt - free_runs + 1), updated_at = ?1 \
-     WHERE id = ?2 AND state IN ('failed', 'cancelled') \
+    "UPDATE tasks SET ",
+    retry_set!("?1", "0", "max"),
+    " WHERE id = ?2 AND state IN ('failed', 'cancelled') \
      RETURNING ",
     task_columns!()
 );
