@@ -587,7 +587,9 @@ impl Cluster {
                 let timeout = self.config.pending_timeout;
                 warn!(?timeout, "the Ray job is still PENDING: stopping it");
                 let stopped = match self.stop(job_id, shutdown).await {
-                    Ok(_) => "it was stopped".to_string(),
+                    // Ray's stop is fire-and-forget: a job whose supervisor
+                    // cannot be scheduled stays PENDING until Ray gives up.
+                    Ok(_) => "its stop was requested".to_string(),
                     Err(e) => format!("stopping it failed ({e}); the worker keeps trying"),
                 };
                 let ray_says = j.message.as_deref().unwrap_or("").trim();
@@ -761,8 +763,9 @@ impl Cluster {
             let (client, store, unstopped) =
                 (self.client.clone(), store.clone(), self.unstopped.clone());
             let handle = tokio::spawn(async move {
+                let sent = Mutex::new(BTreeSet::new());
                 loop {
-                    match sweep(&client, &store, &unstopped).await {
+                    match sweep(&client, &store, &unstopped, &sent).await {
                         Ok(0) => {}
                         Ok(n) => info!(jobs = n, "stopped Ray jobs that nobody follows"),
                         Err(e) => debug!(error = %e, "sweep of Ray jobs failed"),
@@ -797,9 +800,17 @@ async fn sweep(
     client: &RayClient,
     store: &AnyStore,
     unstopped: &Mutex<BTreeSet<String>>,
+    sent: &Mutex<BTreeSet<String>>,
 ) -> Result<usize, RayError> {
     let mut stopped = 0;
-    for job in client.list().await? {
+    let jobs = client.list().await?;
+    // A stopped job may stay PENDING for long (its supervisor was never
+    // scheduled): ask once per sweeper, not every minute.
+    sent.lock().unwrap().retain(|id| {
+        jobs.iter()
+            .any(|j| j.submission_id.as_deref() == Some(id) && !j.status.is_terminal())
+    });
+    for job in &jobs {
         let Some(id) = job.submission_id.as_deref() else {
             continue;
         };
@@ -807,8 +818,11 @@ async fn sweep(
             unstopped.lock().unwrap().remove(id);
             continue;
         }
+        if sent.lock().unwrap().contains(id) {
+            continue;
+        }
         let retry = unstopped.lock().unwrap().contains(id);
-        let orphan = match job_task(&job) {
+        let orphan = match job_task(job) {
             Some((task_id, attempt)) => match store.get_task(task_id).await {
                 Ok(t) => is_orphan(&t, id, attempt),
                 Err(_) => false,
@@ -821,6 +835,7 @@ async fn sweep(
         match stop_with_retries(client, id).await {
             Ok(_) => {
                 unstopped.lock().unwrap().remove(id);
+                sent.lock().unwrap().insert(id.to_string());
                 info!(job = id, "stopped a Ray job whose task no worker follows");
                 stopped += 1;
             }
