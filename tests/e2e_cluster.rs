@@ -13,12 +13,15 @@ use common::pg::{PgEnv, drop_schema};
 use common::ray::RayHead;
 use common::{Backend, fresh_database};
 use common::{code, example, stderr, stdout, wasmq};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
-use wasmq::ray::{ClientConfig, JobStatus, RayClient, Token};
+use wasmq::ray::{ClientConfig, JobStatus, RayClient, SubmitRequest, Token};
+use wasmq::runtime::{Outcome, RunReport};
 use wasmq::store::{AnyStore, AttemptRecord, Store, TaskRecord, TaskState};
+use wasmq::worker::envelope::Envelope;
 
 struct Env<'a> {
     ray: &'a RayHead,
@@ -46,6 +49,15 @@ impl WorkerProc {
     fn kill9(&mut self) {
         self.child.kill().unwrap(); // SIGKILL
         self.child.wait().unwrap();
+    }
+
+    /// SIGTERM, then waits for a clean exit; returns how long it took.
+    fn terminate(&mut self, within: Duration) -> Duration {
+        let t = Instant::now();
+        let rc = unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        assert_eq!(rc, 0);
+        self.finish(within);
+        t.elapsed()
     }
 
     /// Waits for a `--exit-when-idle` worker to exit 0.
@@ -178,8 +190,21 @@ impl<'a> Env<'a> {
         while !ok() {
             if Instant::now() > deadline {
                 let logs: Vec<String> = w.iter().map(|w| w.log()).collect();
+                let jobs: Vec<String> = match self.rt.block_on(self.client.list()) {
+                    Ok(jobs) => jobs
+                        .iter()
+                        .map(|j| {
+                            format!(
+                                "{:?} {} {:?} {:?}",
+                                j.submission_id, j.status, j.error_type, j.message
+                            )
+                        })
+                        .collect(),
+                    Err(e) => vec![e.to_string()],
+                };
                 panic!(
-                    "not {what} after {within:?}\nworker logs:\n{}",
+                    "not {what} after {within:?}\nRay jobs:\n{}\nworker logs:\n{}",
+                    jobs.join("\n"),
                     logs.join("\n---\n")
                 );
             }
@@ -245,6 +270,12 @@ fn cluster_mode_against_a_real_ray_head() {
     eprintln!("[{:?}] cancel: ok", t.elapsed());
     killed_worker_is_replaced_and_tasks_run_once(&ray);
     eprintln!("[{:?}] kill -9: ok", t.elapsed());
+    a_job_under_a_taken_id_is_not_trusted(&ray);
+    eprintln!("[{:?}] adopt check: ok", t.elapsed());
+    pending_jobs_are_stopped_after_the_deadline(&ray);
+    eprintln!("[{:?}] pending deadline: ok", t.elapsed());
+    shutdown_is_bounded_and_leaves_no_orphan(&ray);
+    eprintln!("[{:?}] shutdown: ok", t.elapsed());
     ray_down_requeues_and_tasks_finish_after_restart(&ray);
     eprintln!("[{:?}] Ray restart: ok", t.elapsed());
 }
@@ -252,20 +283,56 @@ fn cluster_mode_against_a_real_ray_head() {
 fn outputs_match_local_mode_and_limits_hold(ray: &RayHead) {
     let mut env = Env::new(ray);
     env.push(&["hello", "add", "fib", "spin"]);
-    let big_name = "x".repeat(100 * 1024); // above the env-var threshold: shipped as a file
+    // Above the env-var threshold: shipped as a file.
+    let big_name = format!("$HOME ${{NOPE}} {}", "x".repeat(100 * 1024));
     let big_input = format!(r#"{{"name":"{big_name}"}}"#);
+    // Ray expands $VAR and ${VAR} in runtime_env values and drops unknown
+    // ${VAR}s; none of that may reach the guest. Raw newlines and tabs
+    // between the JSON tokens too.
+    let tricky_name = "$HOME ${PATH} ${NOPE} $$ $1 $(id) `id` ${HOME:-x} \"dq\" 'sq' \\ \
+                       back\\slash\nnewline\ttab \u{e9}\u{1f600} end$";
+    let tricky = format!(
+        "{{\n\t\"name\" :\r\n {} }}",
+        serde_json::to_string(tricky_name).unwrap()
+    );
+    let escaped_dollar = r#"{"name":"\u0024HOME \\$PATH"}"#.to_string();
     let cases = [
         ("hello", r#"{"name":"Ray"}"#.to_string()),
         ("add", r#"{"a":2,"b":40}"#.to_string()),
         ("fib", r#"{"n":90}"#.to_string()),
         ("hello", big_input),
+        ("hello", tricky),
+        ("hello", escaped_dollar),
     ];
-    let ids: Vec<Uuid> = cases
+    // Ray sets up a new package once per job that needs it, over the same
+    // directory: concurrent first jobs of one package can find `./wasmq`
+    // rewritten under them ("Permission denied"). The `$` cases share the
+    // hello package, so they run once the first batch has set it up.
+    let first_batch = 4;
+    let mut ids: Vec<Uuid> = cases[..first_batch]
         .iter()
         .map(|(m, input)| env.enqueue(m, input, &[]))
         .collect();
     let spin = env.enqueue("spin", "{}", &["--fuel", "200000000"]);
     let mut w = env.worker(&["--exit-when-idle", "--ray-keep-jobs"], &[]);
+    w.finish(Duration::from_secs(180));
+    ids.extend(
+        cases[first_batch..]
+            .iter()
+            .map(|(m, input)| env.enqueue(m, input, &[])),
+    );
+    // A queue name is user text that travels to the node as well.
+    let dollar_queue = "q$HOME${NOPE}";
+    let queued = env.enqueue("hello", r#"{"name":"q"}"#, &["--queue", dollar_queue]);
+    let mut w = env.worker(
+        &[
+            "--exit-when-idle",
+            "--ray-keep-jobs",
+            "--queues",
+            &format!("default,{dollar_queue}"),
+        ],
+        &[],
+    );
     w.finish(Duration::from_secs(180));
 
     for ((module, input), id) in cases.iter().zip(&ids) {
@@ -279,13 +346,39 @@ fn outputs_match_local_mode_and_limits_hold(ray: &RayHead) {
         let local = local_output(&env, module, input);
         assert_eq!(t.result.as_deref(), Some(local.as_str()), "{module}");
         let job = format!("wasmq-{id}-1");
-        assert_eq!(t.ray_submission_id.as_deref(), Some(job.as_str()));
+        assert_eq!(
+            t.ray_submission_id.as_deref(),
+            Some(job.as_str()),
+            "{module} {input:.200}: {:#?}\n{}",
+            env.attempts(*id),
+            w.log()
+        );
         assert_eq!(
             env.attempts(*id)[0].ray_submission_id.as_deref(),
             Some(job.as_str())
         );
         assert_eq!(env.job_status(&job), Some(JobStatus::Succeeded));
     }
+    let tricky = env.task(ids[4]).result.unwrap_or_default();
+    for kept in [
+        "$HOME",
+        "${PATH}",
+        "${NOPE}",
+        "$$",
+        "`id`",
+        "end$",
+        "\u{1f600}",
+    ] {
+        assert!(tricky.contains(kept), "{kept} in {tricky}");
+    }
+    let q = env.task(queued);
+    assert_eq!(q.state, TaskState::Succeeded, "{q:#?}");
+    let job = env
+        .rt
+        .block_on(env.client.job(&format!("wasmq-{queued}-1")))
+        .unwrap();
+    assert_eq!(job.metadata.unwrap()["wasmq_queue"], dollar_queue);
+
     let s = env.task(spin);
     assert_eq!(s.state, TaskState::Failed, "{s:#?}");
     assert_eq!(s.error_kind.as_deref(), Some("out-of-fuel"), "{s:#?}");
@@ -434,4 +527,167 @@ fn ray_down_requeues_and_tasks_finish_after_restart(ray: &RayHead) {
             "{attempts:#?}"
         );
     }
+}
+
+/// A job that takes the submission id the worker will use, with another
+/// module's sha256 in its metadata and a forged success envelope in its
+/// logs: the worker must not attach to it nor believe it.
+fn a_job_under_a_taken_id_is_not_trusted(ray: &RayHead) {
+    let mut env = Env::new(ray);
+    env.push(&["hello"]);
+    let input = r#"{"name":"adopt"}"#;
+    let id = env.enqueue("hello", input, &[]);
+    let taken = format!("wasmq-{id}-1");
+    let mut forged = RunReport::not_run(Outcome::Success, "00".repeat(32));
+    forged.output = Some(r#"{"greeting":"forged"}"#.into());
+    let line = Envelope::from_report(&forged, 1).to_line();
+    let req = SubmitRequest {
+        entrypoint: format!("echo '{line}'"),
+        submission_id: Some(taken.clone()),
+        metadata: BTreeMap::from([
+            ("wasmq_task_id".to_string(), id.to_string()),
+            ("wasmq_attempt".to_string(), "1".to_string()),
+            ("wasmq_module_sha256".to_string(), "00".repeat(32)),
+        ]),
+        ..Default::default()
+    };
+    env.rt.block_on(env.client.submit(&req)).unwrap();
+    env.wait("forged job done", Duration::from_secs(60), &[], || {
+        env.job_status(&taken) == Some(JobStatus::Succeeded)
+    });
+
+    let mut w = env.worker(&["--exit-when-idle", "--backoff-base", "100ms"], &[]);
+    w.finish(Duration::from_secs(120));
+    let t = env.task(id);
+    assert_eq!(t.state, TaskState::Succeeded, "{t:#?}\n{}", w.log());
+    assert_eq!(
+        t.result.as_deref(),
+        Some(local_output(&env, "hello", input).as_str())
+    );
+    let attempts = env.attempts(id);
+    assert_eq!(attempts.len(), 2, "{attempts:#?}");
+    let first = &attempts[0];
+    assert_eq!(first.outcome.as_deref(), Some("host-error"), "{first:#?}");
+    let msg = first.error_message.as_deref().unwrap_or("");
+    assert!(
+        msg.contains("not this attempt's job") && msg.contains("wasmq_module_sha256"),
+        "{msg}"
+    );
+    assert_eq!(
+        attempts[1].ray_submission_id.as_deref(),
+        Some(format!("wasmq-{id}-2").as_str())
+    );
+    // Not ours: left as it was, neither stopped nor deleted.
+    assert_eq!(env.job_status(&taken), Some(JobStatus::Succeeded));
+}
+
+/// A job asking for a resource no node has stays PENDING: the worker stops
+/// it at the deadline and the attempt fails as a host error.
+fn pending_jobs_are_stopped_after_the_deadline(ray: &RayHead) {
+    let mut env = Env::new(ray);
+    env.push(&["hello"]);
+    let id = env.enqueue("hello", r#"{"name":"never"}"#, &["--max-attempts", "1"]);
+    let mut w = env.worker(
+        &[
+            "--exit-when-idle",
+            "--ray-keep-jobs",
+            "--ray-resource",
+            "wasmq_no_such_resource=1",
+        ],
+        &[("WASMQ_RAY_PENDING_TIMEOUT", "3s")],
+    );
+    w.finish(Duration::from_secs(90));
+    let t = env.task(id);
+    assert_eq!(t.state, TaskState::Failed, "{t:#?}\n{}", w.log());
+    assert_eq!(t.error_kind.as_deref(), Some("host-error"), "{t:#?}");
+    let msg = t.error_message.clone().unwrap_or_default();
+    assert!(
+        msg.contains("still PENDING after the pending timeout of 3s")
+            && msg.contains("--ray-pending-timeout")
+            && msg.contains("its stop was requested"),
+        "{msg}"
+    );
+    let job = format!("wasmq-{id}-1");
+    eprintln!("pending job after the stop: {:?}", env.job_status(&job));
+}
+
+/// After the grace period the worker exits within a bounded time even while
+/// Ray does not answer; the job keeps running for the next worker, unless
+/// the task was cancelled, in which case its job is stopped (by the worker
+/// at shutdown, or by the next worker's sweep once the task ended queued).
+fn shutdown_is_bounded_and_leaves_no_orphan(ray: &RayHead) {
+    let mut env = Env::new(ray);
+    env.push(&["sleepy"]);
+    let grace = Duration::from_secs(1);
+    let bound = grace + Duration::from_secs(15);
+
+    // 1. Ray hangs (its dashboard frozen) when the grace period ends.
+    let id = env.enqueue("sleepy", r#"{"ms":8000}"#, &[]);
+    let job = format!("wasmq-{id}-1");
+    let mut w = env.worker(&["--grace", "1s", "--ray-poll-interval", "100ms"], &[]);
+    env.wait("running on Ray", Duration::from_secs(60), &[&w], || {
+        env.job_status(&job) == Some(JobStatus::Running)
+    });
+    let took = {
+        let _frozen = ray.freeze_dashboard();
+        w.terminate(bound)
+    };
+    eprintln!("worker exited {took:?} after SIGTERM with Ray frozen");
+    let t = env.task(id);
+    assert_eq!(t.state, TaskState::Queued, "{t:#?}\n{}", w.log());
+    assert_eq!(
+        t.attempt, 0,
+        "released without spending the attempt: {t:#?}"
+    );
+    assert_eq!(env.attempts(id)[0].outcome.as_deref(), Some("shutdown"));
+    let mut next = env.worker(&["--exit-when-idle", "--ray-keep-jobs"], &[]);
+    next.finish(Duration::from_secs(120));
+    let t = env.task(id);
+    assert_eq!(t.state, TaskState::Succeeded, "{t:#?}\n{}", next.log());
+    assert_eq!(env.jobs_of(id), std::slice::from_ref(&job));
+    assert!(next.log().contains("attaching to it"), "{}", next.log());
+
+    // 2. Cancelled just before the shutdown, too late for the worker to
+    // hear of it (SQLite: at its next heartbeat, 20 s away with a 60 s
+    // lease): released, the task would end cancelled with its job running.
+    let id = env.enqueue("sleepy", r#"{"ms":60000}"#, &["--timeout", "120s"]);
+    let job = format!("wasmq-{id}-1");
+    let mut w = env.worker(&["--grace", "1s", "--lease", "60s"], &[]);
+    env.wait("running on Ray", Duration::from_secs(60), &[&w], || {
+        env.job_status(&job) == Some(JobStatus::Running)
+    });
+    env.ok(&["task", "cancel", &id.to_string()]);
+    w.terminate(bound);
+    let t = env.task(id);
+    assert_eq!(t.state, TaskState::Cancelled, "{t:#?}\n{}", w.log());
+    env.wait("job stopped", Duration::from_secs(30), &[&w], || {
+        env.job_status(&job) == Some(JobStatus::Stopped)
+    });
+
+    // 3. Released at shutdown, then cancelled while queued: no worker will
+    // claim it, so the next worker's sweep stops its job.
+    let id = env.enqueue("sleepy", r#"{"ms":60000}"#, &["--timeout", "120s"]);
+    let job = format!("wasmq-{id}-1");
+    let mut w = env.worker(&["--grace", "1s"], &[]);
+    env.wait("running on Ray", Duration::from_secs(60), &[&w], || {
+        env.job_status(&job) == Some(JobStatus::Running)
+    });
+    w.terminate(bound);
+    assert_eq!(env.task(id).state, TaskState::Queued);
+    env.ok(&["task", "cancel", &id.to_string()]);
+    assert_eq!(env.task(id).state, TaskState::Cancelled);
+    assert_eq!(env.job_status(&job), Some(JobStatus::Running));
+    let other = env.enqueue("sleepy", r#"{"ms":3000}"#, &[]);
+    let mut w = env.worker(&["--exit-when-idle"], &[]);
+    env.wait("orphan stopped", Duration::from_secs(60), &[&w], || {
+        env.job_status(&job) == Some(JobStatus::Stopped)
+    });
+    w.finish(Duration::from_secs(60));
+    assert_eq!(env.task(other).state, TaskState::Succeeded);
+    assert!(
+        w.log()
+            .contains("stopped a Ray job whose task no worker follows"),
+        "{}",
+        w.log()
+    );
 }

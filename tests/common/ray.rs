@@ -183,6 +183,26 @@ impl RayHead {
         set.into_iter().collect()
     }
 
+    /// Freezes (SIGSTOP) this head's dashboard processes, so that every
+    /// REST call hangs without an answer, as on a cluster that stopped
+    /// responding; they resume when the guard drops.
+    pub fn freeze_dashboard(&self) -> Frozen {
+        let pids: Vec<i32> = self
+            .pids()
+            .into_iter()
+            .filter(|&p| {
+                let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+                let cmd = String::from_utf8_lossy(&cmd);
+                cmd.contains("dashboard") && !cmd.contains("agent")
+            })
+            .collect();
+        assert!(!pids.is_empty(), "no dashboard process found");
+        for &p in &pids {
+            unsafe { libc::kill(p, libc::SIGSTOP) };
+        }
+        Frozen(pids)
+    }
+
     /// `ray job list` output (Ray's own CLI).
     pub fn job_list(&self) -> String {
         let out = self.ray_cmd().args(["job", "list"]).output().unwrap();
@@ -196,6 +216,17 @@ impl RayHead {
 
     pub fn temp_dir(&self) -> &Path {
         &self.dir
+    }
+}
+
+/// Frozen processes, resumed (SIGCONT) when dropped.
+pub struct Frozen(Vec<i32>);
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        for &p in &self.0 {
+            unsafe { libc::kill(p, libc::SIGCONT) };
+        }
     }
 }
 

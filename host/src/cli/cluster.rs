@@ -4,7 +4,7 @@
 use super::exit::Exit;
 use crate::ray::{ClientConfig, RayClient, Token};
 use crate::runtime::{parse_duration, parse_size};
-use crate::worker::cluster::{Cluster, ClusterConfig};
+use crate::worker::cluster::{Cluster, ClusterConfig, DEFAULT_RAY_PENDING_TIMEOUT};
 use crate::worker::shipping::{Runner, RunnerSource, check_executable};
 use clap::Args;
 use std::collections::BTreeMap;
@@ -30,6 +30,11 @@ pub struct RayArgs {
     #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "250ms",
           env = "WASMQ_RAY_POLL")]
     pub ray_poll_interval: Duration,
+    /// Stop a job that is still PENDING this long after its attempt began
+    /// following it, and end the attempt as a (retried) host error [default: 5m].
+    #[arg(long, value_name = "DUR", value_parser = parse_duration,
+          env = "WASMQ_RAY_PENDING_TIMEOUT")]
+    pub ray_pending_timeout: Option<Duration>,
     /// CPUs Ray reserves for each job (`entrypoint_num_cpus`) [default: Ray's, 0].
     #[arg(long, value_name = "N")]
     pub ray_num_cpus: Option<f64>,
@@ -80,6 +85,9 @@ impl RayArgs {
         let config = ClusterConfig {
             poll_interval: self.ray_poll_interval,
             keep_jobs: self.ray_keep_jobs,
+            pending_timeout: self
+                .ray_pending_timeout
+                .unwrap_or(DEFAULT_RAY_PENDING_TIMEOUT),
             num_cpus: self.ray_num_cpus,
             memory: self.ray_memory,
             resources: self

@@ -3,7 +3,10 @@
 //! and prints the report as one marked envelope line, last on stdout.
 //!
 //! Everything it needs comes from the job's environment (`runtime_env`),
-//! never from its command line, which is fixed.
+//! never from its command line, which is fixed. Ray expands `$VAR` and
+//! `${VAR}` in runtime_env values (and drops unknown `${VAR}`s), so the
+//! cluster worker sends user text (input, queue name) base64-encoded, in the
+//! `…_B64` variables: base64 has no `$`.
 
 use super::exit::Exit;
 use crate::runtime::{
@@ -13,6 +16,8 @@ use crate::runtime::{
 use crate::worker::envelope::Envelope;
 use crate::worker::shipping::MODULE_FILE;
 use anyhow::Context;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
 use clap::Args;
 use std::io::Write;
 use std::path::PathBuf;
@@ -26,6 +31,10 @@ pub struct ExecArgs {
     /// Input JSON text.
     #[arg(long, env = "WASMQ_EXEC_INPUT", hide_env_values = true)]
     pub input: Option<String>,
+    /// Input JSON text, base64-encoded (standard alphabet, padded).
+    #[arg(long, env = "WASMQ_EXEC_INPUT_B64", hide_env_values = true,
+          conflicts_with_all = ["input", "input_file"])]
+    pub input_b64: Option<String>,
     /// Read the input from this file instead (large inputs).
     #[arg(long, env = "WASMQ_EXEC_INPUT_FILE", conflicts_with = "input")]
     pub input_file: Option<PathBuf>,
@@ -40,13 +49,31 @@ pub struct ExecArgs {
     pub max_attempts: u32,
     #[arg(long, env = "WASMQ_EXEC_QUEUE", default_value = "local")]
     pub queue: String,
+    /// The queue name, base64-encoded; wins over --queue.
+    #[arg(long, env = "WASMQ_EXEC_QUEUE_B64")]
+    pub queue_b64: Option<String>,
+}
+
+/// Decodes one of the `…_B64` values into the text it carries.
+pub fn decode_b64(what: &str, value: &str) -> anyhow::Result<String> {
+    let bytes = B64
+        .decode(value.trim())
+        .with_context(|| format!("{what} is not valid base64"))?;
+    String::from_utf8(bytes).with_context(|| format!("{what} is not UTF-8 text"))
 }
 
 /// Exit 0 whenever an envelope was printed, whatever the task's outcome;
 /// an error here (exit ≠ 0) means the runner itself broke.
 pub async fn run(args: ExecArgs) -> anyhow::Result<u8> {
     let started = Instant::now();
-    let input = super::run::read_input(args.input.as_deref(), args.input_file.as_deref())?;
+    let input = match &args.input_b64 {
+        Some(b64) => decode_b64("WASMQ_EXEC_INPUT_B64", b64)?,
+        None => super::run::read_input(args.input.as_deref(), args.input_file.as_deref())?,
+    };
+    let queue = match &args.queue_b64 {
+        Some(b64) => decode_b64("WASMQ_EXEC_QUEUE_B64", b64)?,
+        None => args.queue,
+    };
     // The job's limits arrive as the WASMQ_DEFAULT_* variables.
     let limits = Limits::from_env().map_err(|e| Exit::usage(e.to_string()))?;
     let bytes = std::fs::read(&args.module)
@@ -80,7 +107,7 @@ pub async fn run(args: ExecArgs) -> anyhow::Result<u8> {
                             task_id: args.task_id,
                             attempt: args.attempt,
                             max_attempts: args.max_attempts,
-                            queue: args.queue,
+                            queue,
                         },
                         cancel: CancelToken::new(),
                         dirs: &[],
@@ -102,4 +129,17 @@ pub async fn run(args: ExecArgs) -> anyhow::Result<u8> {
     writeln!(out, "\n{line}")?;
     out.flush()?;
     Ok(super::exit::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_values_decode_to_the_exact_text() {
+        let text = "{\"name\":\"$HOME ${PATH} ${NOPE} $$ `id` '\\\" \\n\n\u{e9}\u{1f600}\"}";
+        assert_eq!(decode_b64("x", &B64.encode(text)).unwrap(), text);
+        assert!(decode_b64("x", "not base64!").is_err());
+        assert!(decode_b64("x", &B64.encode([0xff, 0xfe])).is_err());
+    }
 }

@@ -339,13 +339,16 @@ fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T,
 }
 
 /// Ray's error bodies are Python tracebacks in text/plain: the last line
-/// holds the message.
+/// holds the message. The dashboard wraps its agent's traceback as
+/// `RuntimeError: Request failed with status code 400: <traceback>.`, so
+/// that the very last line is a lone "."; lines without a letter or digit
+/// are skipped.
 fn last_line(text: &str) -> String {
     let line = text
         .lines()
         .rev()
         .map(str::trim)
-        .find(|l| !l.is_empty())
+        .find(|l| l.chars().any(char::is_alphanumeric))
         .unwrap_or("(empty body)");
     let mut s: String = line.chars().take(500).collect();
     if s.len() < line.len() {
@@ -469,6 +472,29 @@ mod tests {
             matches!(&e, RayError::AlreadyExists { submission_id } if submission_id == "wasmq-a-1"),
             "{e}"
         );
+        assert_eq!(seen.lock().unwrap().len(), 1);
+    }
+
+    /// As Ray 2.60's dashboard answers: its agent's traceback wrapped in
+    /// another error, ending with a line holding only ".".
+    #[tokio::test]
+    async fn duplicate_submission_wrapped_by_the_dashboard() {
+        let (url, seen) = fake(vec![(
+            500,
+            "Traceback (most recent call last):\n  File \"job_head.py\", line 419, in submit_job\n\
+             RuntimeError: Request failed with status code 400: Traceback (most recent call last):\n\
+             \x20 File \"job_agent.py\", line 48, in submit_job\n\
+             ValueError: Job with submission_id wasmq-a-1 already exists. Please use a different \
+             submission_id.\n.\n",
+        )])
+        .await;
+        let req = SubmitRequest {
+            entrypoint: "./wasmq exec".into(),
+            submission_id: Some("wasmq-a-1".into()),
+            ..Default::default()
+        };
+        let e = client(&url).submit(&req).await.unwrap_err();
+        assert!(matches!(&e, RayError::AlreadyExists { .. }), "{e}");
         assert_eq!(seen.lock().unwrap().len(), 1);
     }
 

@@ -1,7 +1,8 @@
 //! What a Ray job gets: a `working_dir` package with the runner executable
 //! (unless the nodes have it installed) and the task module, one package per
 //! (module sha256, runner hash), built once per process and named by content
-//! hash; the input and limits go in `runtime_env.env_vars`.
+//! hash; the input and limits go in `runtime_env.env_vars` (user text
+//! base64-encoded: Ray expands `$VAR` in those values).
 
 use crate::ray::{Package, PackageEntry, PackageError};
 use bytes::Bytes;
@@ -16,9 +17,10 @@ pub const RUNNER_FILE: &str = "wasmq";
 pub const MODULE_FILE: &str = "task.wasm";
 /// The input's file name when it does not fit in an environment variable.
 pub const INPUT_FILE: &str = "input.json";
-/// Inputs up to this many bytes travel in `WASMQ_EXEC_INPUT`; larger ones
-/// in a per-task package (Linux caps one environment string at 128 KiB, and
-/// Ray repeats the runtime_env inside another variable).
+/// Inputs up to this many bytes travel in `WASMQ_EXEC_INPUT_B64` (4/3 as
+/// many bytes once encoded); larger ones in a per-task package (Linux caps
+/// one environment string at 128 KiB, and Ray repeats the runtime_env inside
+/// another variable).
 pub const DEFAULT_INPUT_ENV_MAX: usize = 64 * 1024;
 /// Prefix of package names.
 const PACKAGE_PREFIX: &str = "wasmq";
