@@ -57,7 +57,7 @@ use crate::store::{
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use chrono::{DateTime, Utc};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, Once};
@@ -143,9 +143,6 @@ pub struct Cluster {
     /// One package check at a time, so that jobs starting together upload a
     /// missing package once, not once each.
     shipping: tokio::sync::Mutex<()>,
-    /// Consecutive defers per task, counted in this process (see
-    /// [`defer_or_spend`]).
-    defers: Mutex<HashMap<Uuid, u32>>,
     /// Jobs that had to stop but whose stop call failed: the sweep tries
     /// again, and whatever is left is logged when the worker stops.
     unstopped: Arc<Mutex<BTreeSet<String>>>,
@@ -242,13 +239,10 @@ fn check_adoptable(job: &JobDetails, task: &ClaimedTask, adopt: AdoptAs) -> Resu
     }
 }
 
-/// LEAD: the decision for an attempt the cluster could not run (see issue
-/// 10, item 6). `defers_before` is the number of consecutive defers of this
-/// task before this one. Today the cluster counts them in this process
-/// ([`Cluster`]'s `defers`); once the store keeps the counter
-/// (`ClaimedTask::free_runs`), pass that instead. `Some(run_after)`: requeue
-/// without spending the attempt. `None`: spend it (the retry policy then
-/// retries or fails it as a host error).
+/// The decision for an attempt the cluster could not run. `defers_before`
+/// is the task's free runs so far ([`ClaimedTask::free_runs`]).
+/// `Some(run_after)`: requeue without spending the attempt. `None`: spend it
+/// (the retry policy then retries or fails it as a host error).
 pub fn defer_or_spend(
     defers_before: u32,
     max_defers: u32,
@@ -266,7 +260,6 @@ impl Cluster {
             config,
             unreachable: AtomicU32::new(0),
             shipping: tokio::sync::Mutex::new(()),
-            defers: Mutex::new(HashMap::new()),
             unstopped: Arc::new(Mutex::new(BTreeSet::new())),
             sweeps: Once::new(),
             sweeper: Mutex::new(None),
@@ -308,7 +301,6 @@ impl Cluster {
         match end {
             End::Report(report) => {
                 self.unreachable.store(0, Ordering::Relaxed);
-                self.defers.lock().unwrap().remove(&task.id);
                 exec.complete(task, *report, false, started.elapsed())
             }
             End::Interrupted => {
@@ -320,12 +312,9 @@ impl Cluster {
                 let delay = UNREACHABLE_BACKOFF_BASE
                     .saturating_mul(1 << n.min(10))
                     .min(UNREACHABLE_BACKOFF_CAP);
-                let defers_before = {
-                    let mut d = self.defers.lock().unwrap();
-                    let count = d.entry(task.id).or_insert(0);
-                    *count += 1;
-                    *count - 1
-                };
+                // Free runs are durable: the cap holds across worker
+                // restarts (a release at shutdown counts too).
+                let defers_before = task.free_runs;
                 let address = self.client.address();
                 match defer_or_spend(defers_before, self.config.max_defers, delay) {
                     Some(run_after) => {
@@ -343,10 +332,9 @@ impl Cluster {
                         c
                     }
                     None => {
-                        self.defers.lock().unwrap().remove(&task.id);
                         let message = format!(
                             "Ray cluster {address} unavailable: {message}; the attempt is spent \
-                             after {defers_before} requeues in a row without running"
+                             after {defers_before} runs that did not spend one"
                         );
                         exec.complete(
                             task,
@@ -444,9 +432,10 @@ impl Cluster {
         Ok(end)
     }
 
-    /// The previous attempt's job, if its worker died while it ran (the
-    /// reaper requeued the task as `lease-expired`) and the job is still
-    /// running or finished with its result unread.
+    /// The previous run's job, if that run ended without reading it (its
+    /// worker died and the reaper requeued the task as `lease-expired`, or
+    /// it shut down and released the task) and the job is still running or
+    /// finished with its result unread.
     async fn orphan_of_previous_attempt(
         &self,
         store: &AnyStore,
@@ -463,11 +452,31 @@ impl Cluster {
                 return Ok(None);
             }
         };
-        let (Some(prev), Some(outcome::LEASE_EXPIRED)) =
-            (record.ray_submission_id, record.error_kind.as_deref())
-        else {
+        let Some(prev) = record.ray_submission_id else {
             return Ok(None);
         };
+        // Only a run that ended without reading its job leaves one to adopt:
+        // its worker died (lease expired) or shut down (released). Attempt
+        // numbers never repeat, so the next run cannot find the job under
+        // its own submission id.
+        let previous_run = match store.list_attempts(task.id).await {
+            Ok(attempts) => attempts.into_iter().rfind(|a| {
+                a.attempt < task.attempt && a.ray_submission_id.as_deref() == Some(&prev)
+            }),
+            Err(e) => {
+                warn!(error = %e, "cannot read the task's previous runs; submitting a new job");
+                return Ok(None);
+            }
+        };
+        let unread = previous_run.is_some_and(|a| {
+            matches!(
+                a.outcome.as_deref(),
+                Some(outcome::LEASE_EXPIRED | outcome::SHUTDOWN)
+            )
+        });
+        if !unread {
+            return Ok(None);
+        }
         match or_interrupt(shutdown, self.client.job(&prev)).await {
             Ok(j) if j.status == JobStatus::Stopped => Ok(None),
             Ok(j) => match check_adoptable(&j, task, AdoptAs::EarlierAttempt) {
@@ -908,7 +917,7 @@ async fn stop_with_retries(client: &RayClient, job_id: &str) -> Result<bool, Ray
 async fn still_ours(store: &AnyStore, worker_id: &str, task: &ClaimedTask) -> bool {
     match store.get_task(task.id).await {
         Ok(t) => {
-            t.attempt == task.attempt
+            t.lease_epoch == task.epoch
                 && t.lease_owner.as_deref() == Some(worker_id)
                 && !t.state.is_terminal()
         }

@@ -28,9 +28,10 @@ pub struct Executor {
 }
 
 impl Executor {
-    /// Runs `task` to the end of its attempt. `shutdown` tells an interrupted
-    /// run apart from a cancelled one: interrupted tasks are released without
-    /// spending the attempt.
+    /// Runs `task` to the end of its attempt. `shutdown` (the run's halt
+    /// token: the grace period ran out, or the lease was lost) tells an
+    /// interrupted run apart from a cancelled one: interrupted tasks are
+    /// released without spending the attempt.
     pub async fn execute(
         &self,
         worker_id: &str,

@@ -59,7 +59,7 @@ struct Shared {
 /// the line is written.
 struct InFlight {
     epoch: u64,
-    cancel: CancelToken,
+    tokens: Tokens,
     span: Span,
     /// The run ended; only its completion write is pending.
     finished: bool,
@@ -91,7 +91,18 @@ enum Written {
 /// How long the completer waits to fill a batch once it holds one completion.
 const COMPLETE_LINGER: Duration = Duration::from_millis(2);
 /// A claimed task waiting for a runner, with its cancel token, span and claim slot.
-type Work = (ClaimedTask, CancelToken, Span, OwnedSemaphorePermit);
+type Work = (ClaimedTask, Tokens, Span, OwnedSemaphorePermit);
+
+/// The two ways a run is stopped from outside. `cancel` ends it as
+/// cancelled (an operator's request); `cancel` together with `halt` means
+/// the run is no longer this worker's to finish (the grace period ran out,
+/// or the lease was lost): it ends without touching what it started (a Ray
+/// job keeps running for whoever takes the task next).
+#[derive(Clone, Default)]
+struct Tokens {
+    cancel: CancelToken,
+    halt: CancelToken,
+}
 
 impl Worker {
     pub fn new(exec: Executor, config: WorkerConfig) -> Worker {
@@ -194,7 +205,8 @@ impl Worker {
                 "grace period over: interrupting and requeueing the remaining tasks");
             shared.interrupt.cancel();
             for t in shared.inflight.lock().unwrap().values() {
-                t.cancel.cancel();
+                t.tokens.halt.cancel();
+                t.tokens.cancel.cancel();
             }
             while runners.join_next().await.is_some() {}
         }
@@ -274,9 +286,9 @@ async fn claim_loop(
                 .clone()
                 .try_acquire_owned()
                 .expect("only the claim loop takes claim slots");
-            let cancel = CancelToken::new();
+            let tokens = Tokens::default();
             if task.cancel_requested {
-                cancel.cancel();
+                tokens.cancel.cancel();
             }
             let span = task_span(
                 task.id,
@@ -289,12 +301,12 @@ async fn claim_loop(
                 task.id,
                 InFlight {
                     epoch: task.epoch,
-                    cancel: cancel.clone(),
+                    tokens: tokens.clone(),
                     span: span.clone(),
                     finished: false,
                 },
             );
-            if work_tx.send((task, cancel, span, permit)).is_err() {
+            if work_tx.send((task, tokens, span, permit)).is_err() {
                 anyhow::bail!("all task runners stopped");
             }
         }
@@ -335,7 +347,7 @@ async fn runner(
 ) {
     loop {
         let next = work.lock().await.recv().await;
-        let Some((task, cancel, span, claim_permit)) = next else {
+        let Some((task, tokens, span, claim_permit)) = next else {
             return;
         };
         let completion = async {
@@ -349,7 +361,7 @@ async fn runner(
                 }));
                 // A panic in the executor must not leave the task leased
                 // and heartbeated forever: it ends the run as a host error.
-                let run = exec.execute(&shared.id, &task, cancel, &shared.interrupt);
+                let run = exec.execute(&shared.id, &task, tokens.cancel, &tokens.halt);
                 let mut c = match AssertUnwindSafe(run).catch_unwind().await {
                     Ok(c) => c,
                     Err(panic) => {
@@ -674,11 +686,11 @@ async fn heartbeat(shared: Arc<Shared>) {
 
 fn cancel_inflight(shared: &Shared, id: Uuid) {
     if let Some(t) = shared.inflight.lock().unwrap().get(&id) {
-        if !t.cancel.is_cancelled() && !t.finished {
+        if !t.tokens.cancel.is_cancelled() && !t.finished {
             t.span
                 .in_scope(|| info!("cancellation requested: interrupting the task"));
         }
-        t.cancel.cancel();
+        t.tokens.cancel.cancel();
     }
 }
 
@@ -693,7 +705,8 @@ fn lose_inflight(shared: &Shared, id: Uuid) {
     fault("lease-lost");
     t.span
         .in_scope(|| warn!("lease lost (the task was reaped or taken over): stopping the run"));
-    t.cancel.cancel();
+    t.tokens.halt.cancel();
+    t.tokens.cancel.cancel();
 }
 
 async fn reaper(shared: Arc<Shared>, exec: Arc<Executor>) {
