@@ -173,8 +173,8 @@ macro_rules! close_attempt_set {
             $c,
             ".duration_ms, \
              started_at = coalesce(",
-            $c,
-            ".started_at, ",
+            $start,
+            ", ",
             $a,
             ".started_at)"
         )
