@@ -303,6 +303,19 @@ impl Ctx {
     }
 }
 
+/// The running binary, for the workers. `/proc/self/exe` in the child names
+/// the inode this process runs, which stays valid when a rebuild replaces the
+/// file at `current_exe()`'s path during a long run (a restart would then
+/// fail, or start a different build).
+fn own_exe() -> anyhow::Result<PathBuf> {
+    let proc_exe = PathBuf::from("/proc/self/exe");
+    if proc_exe.exists() {
+        Ok(proc_exe)
+    } else {
+        Ok(std::env::current_exe()?)
+    }
+}
+
 /// One RSS reading of every slot (KiB), `None` when unreadable.
 struct Sample {
     at: Duration,
@@ -392,7 +405,7 @@ async fn soak(b: SoakBench) -> anyhow::Result<()> {
 
     let sep = if b.db.contains('?') { '&' } else { '?' };
     let ctx = Ctx {
-        exe: std::env::current_exe()?,
+        exe: own_exe()?,
         url: format!(
             "{}{sep}options=-c%20search_path%3D{schema}&application_name=wasmq-soak",
             b.db
@@ -480,10 +493,13 @@ async fn soak(b: SoakBench) -> anyhow::Result<()> {
 
     // Drain: no more enqueues; the cancellations still pending go on.
     let _ = stop_tx.send(true);
-    let enqueued = producer.await??;
+    let (enqueued, mut cancellers) = producer.await??;
     let drain_start = Instant::now();
     let mut drained = false;
     while drain_start.elapsed() < b.drain_timeout {
+        while let Some(r) = cancellers.try_join_next() {
+            r??;
+        }
         if t0.elapsed() >= next_sample {
             samples.push(sample(t0.elapsed(), &slots));
             next_sample += b.sample_every;
@@ -516,6 +532,8 @@ async fn soak(b: SoakBench) -> anyhow::Result<()> {
         state_line(&pool).await?
     );
 
+    cancellers.abort_all();
+
     // Graceful stop, so nothing changes under the checks.
     for s in &slots {
         // SAFETY: kill(2) on a child we own and have not reaped.
@@ -523,8 +541,9 @@ async fn soak(b: SoakBench) -> anyhow::Result<()> {
             libc::kill(s.pid as i32, libc::SIGTERM);
         }
     }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     for (i, s) in slots.iter_mut().enumerate() {
-        stop(i, s, &mut violations).await;
+        stop(i, s, deadline, &mut violations).await;
     }
 
     let mut report = Report::default();
@@ -608,15 +627,19 @@ async fn soak(b: SoakBench) -> anyhow::Result<()> {
     }
 }
 
+/// Tasks' entry names, and the cancellations still waiting for their task
+/// to start.
+type Produced = (HashMap<Uuid, &'static str>, JoinSet<anyhow::Result<()>>);
+
 /// Enqueues one round per interval until stopped; returns each task's entry
-/// name. Cancellations of running tasks are followed to the end.
+/// name, and the cancellations still pending (the drain keeps them going).
 async fn produce(
     store: AnyStore,
     mix: Vec<&'static Entry>,
     modules: HashMap<&'static str, ModuleRecord>,
     every: Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
-) -> anyhow::Result<HashMap<Uuid, &'static str>> {
+) -> anyhow::Result<Produced> {
     let mut kinds = HashMap::new();
     let mut cancellers = JoinSet::new();
     let mut tick = tokio::time::interval(every);
@@ -658,10 +681,7 @@ async fn produce(
             r??;
         }
     }
-    while let Some(r) = cancellers.join_next().await {
-        r??;
-    }
-    Ok(kinds)
+    Ok((kinds, cancellers))
 }
 
 async fn cancel_when_running(store: AnyStore, id: Uuid) -> anyhow::Result<()> {
@@ -732,8 +752,13 @@ fn crashed(ctx: &Ctx, slots: &mut [Slot], violations: &mut Vec<String>) -> anyho
 }
 
 /// Waits for a worker sent SIGTERM: it must exit 0 (nothing is in flight).
-async fn stop(i: usize, s: &mut Slot, violations: &mut Vec<String>) {
-    match tokio::time::timeout(Duration::from_secs(60), s.child.wait()).await {
+async fn stop(
+    i: usize,
+    s: &mut Slot,
+    deadline: tokio::time::Instant,
+    violations: &mut Vec<String>,
+) {
+    match tokio::time::timeout_at(deadline, s.child.wait()).await {
         Ok(Ok(st)) if st.success() => {}
         Ok(Ok(st)) => violations.push(format!(
             "worker {} (pid {}) exited with {st} on SIGTERM; log {}",
