@@ -36,6 +36,9 @@ struct Input {
     progress_flood: u64,
     /// Bytes of each progress message of the flood (at least the marker).
     progress_message_bytes: u64,
+    /// Reports this percent every time in the flood instead of 0 to 99 %
+    /// (100 is what a host that never throttles 100 % is weak against).
+    progress_flood_percent: Option<u8>,
     /// Fails with a message (and details) with NUL bytes in them.
     nul_error: bool,
     /// Fails with a message of this many bytes (NUL bytes among them).
@@ -99,7 +102,10 @@ fn run(ctx: &Context, input: Input) -> Result<Value, TaskError> {
             message.push_str(" \0 padding");
         }
         for i in 0..input.progress_flood {
-            ctx.progress((i * 100 / input.progress_flood).min(99) as u8, &message);
+            let percent = input
+                .progress_flood_percent
+                .unwrap_or((i * 100 / input.progress_flood).min(99) as u8);
+            ctx.progress(percent, &message);
         }
         ctx.progress(100, "chaos: flood done");
     }
