@@ -43,10 +43,13 @@ impl CapturePipe {
         c.dropped += (bytes.len() - keep) as u64;
     }
 
-    /// The captured text (lossily decoded), with a marker when bytes were dropped.
+    /// The captured text, storable (invalid UTF-8 and NUL replaced) and at
+    /// most `capacity` bytes, with a marker when bytes were dropped.
     pub fn text(&self) -> String {
         let c = self.inner.lock().unwrap();
-        let mut s = String::from_utf8_lossy(&c.data).into_owned();
+        // Replacements make the text longer than the bytes kept (NUL and an
+        // invalid byte become 3 bytes each): cut again to the capacity.
+        let mut s = crate::text::storable_bytes(&c.data, c.capacity);
         if c.dropped > 0 {
             s.push_str(&format!("\n[wasmq: {} more bytes dropped]", c.dropped));
         }
@@ -115,5 +118,23 @@ mod tests {
         p.write(Bytes::from_static(b"abc")).unwrap();
         p.write(Bytes::from_static(b"defg")).unwrap();
         assert_eq!(p.text(), "abcd\n[wasmq: 3 more bytes dropped]");
+    }
+
+    #[test]
+    fn text_is_storable_and_within_the_capacity() {
+        let mut p = CapturePipe::new(1000);
+        p.write(Bytes::from(vec![0u8; 1000])).unwrap();
+        p.write(Bytes::from_static(b"\0\xff")).unwrap();
+        let text = p.text();
+        assert!(!text.contains('\0'), "{text:?}");
+        let (kept, marker) = text.split_once('\n').unwrap();
+        assert!(kept.len() <= 1000, "{}", kept.len());
+        assert!(kept.starts_with(crate::text::NUL_REPLACEMENT));
+        assert!(kept.ends_with(crate::text::TRUNCATION_MARK));
+        assert_eq!(marker, "[wasmq: 2 more bytes dropped]");
+
+        let mut p = CapturePipe::new(100);
+        p.write(Bytes::from_static(b"ok \xff\0")).unwrap();
+        assert_eq!(p.text(), "ok \u{fffd}\u{2400}");
     }
 }

@@ -14,8 +14,30 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_OUTPUT_BYTES: usize = 1024 * 1024;
 /// How much of the guest's stdout and of its stderr is kept, each.
 pub const DEFAULT_MAX_CAPTURE_BYTES: usize = 64 * 1024;
-/// How much text from the guest's `log()` calls is kept per run.
+/// How much text from the guest's `log()` calls is kept per run, each record
+/// counted with [`LOG_RECORD_OVERHEAD_BYTES`] besides its message.
 pub const DEFAULT_MAX_LOG_BYTES: usize = 64 * 1024;
+/// Most `log()` records kept per run, whatever their size. Lines past it (or
+/// past the byte cap) are counted, not kept, and a marker line says how many.
+pub const MAX_LOG_RECORDS: usize = 1024;
+/// What each `log()` record costs against the byte cap on top of its
+/// message: an empty line still takes a record in memory and a prefixed
+/// line in storage, so a guest logging empty lines in a loop must run into
+/// the cap like one logging text.
+pub const LOG_RECORD_OVERHEAD_BYTES: usize = 32;
+/// Longest single `log()` message kept; a longer one is cut, with a mark, so
+/// one huge line does not take the whole byte cap.
+pub const MAX_LOG_MESSAGE_BYTES: usize = 8 * 1024;
+/// Longest `progress()` message kept and passed on to the store.
+pub const MAX_PROGRESS_MESSAGE_BYTES: usize = 1024;
+/// Longest failure message kept: a task error's message, a trap's message
+/// (with the panic message found on stderr), any outcome's message.
+pub const MAX_ERROR_MESSAGE_BYTES: usize = 16 * 1024;
+/// Longest task-error details kept. Cut details are no longer JSON; they are
+/// only shown, never parsed.
+pub const MAX_ERROR_DETAILS_BYTES: usize = 64 * 1024;
+/// Longest trap backtrace kept (a deep recursion gives thousands of frames).
+pub const MAX_BACKTRACE_BYTES: usize = 16 * 1024;
 
 /// Limits applied to one run of a task.
 #[derive(Debug, Clone, PartialEq, Eq)]

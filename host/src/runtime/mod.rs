@@ -22,8 +22,9 @@ pub use engine::{
 };
 pub use limits::{
     DEFAULT_FUEL, DEFAULT_MAX_CAPTURE_BYTES, DEFAULT_MAX_LOG_BYTES, DEFAULT_MAX_OUTPUT_BYTES,
-    DEFAULT_MEMORY_BYTES, DEFAULT_TIMEOUT, Fuel, LimitError, Limits, parse_duration, parse_fuel,
-    parse_size,
+    DEFAULT_MEMORY_BYTES, DEFAULT_TIMEOUT, Fuel, LOG_RECORD_OVERHEAD_BYTES, LimitError, Limits,
+    MAX_BACKTRACE_BYTES, MAX_ERROR_DETAILS_BYTES, MAX_ERROR_MESSAGE_BYTES, MAX_LOG_MESSAGE_BYTES,
+    MAX_LOG_RECORDS, MAX_PROGRESS_MESSAGE_BYTES, parse_duration, parse_fuel, parse_size,
 };
 pub use module::{LoadedModule, ModuleError, check_header, sha256_hex};
 pub use outcome::{CacheSource, LogRecord, Outcome, RunReport, TaskErrorKind};

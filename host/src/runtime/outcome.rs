@@ -1,7 +1,21 @@
 //! What a run produced: the outcome kinds and the full report.
 
+use super::limits::{
+    MAX_BACKTRACE_BYTES, MAX_ERROR_DETAILS_BYTES, MAX_ERROR_MESSAGE_BYTES,
+    MAX_PROGRESS_MESSAGE_BYTES,
+};
+use crate::text;
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::fmt;
+
+/// `s` made storable in place by [`text::storable`]: NUL replaced, cut to
+/// `max_bytes` with a mark. No copy when it already was.
+pub(crate) fn make_storable(s: &mut String, max_bytes: usize) {
+    if let Cow::Owned(fixed) = text::storable(s, max_bytes) {
+        *s = fixed;
+    }
+}
 
 /// The kind of failure a task reported about itself (mirrors the WIT `error-kind`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,6 +116,41 @@ impl Outcome {
     }
 }
 
+impl Outcome {
+    /// This outcome with every text in it storable and bounded: the message
+    /// ([`MAX_ERROR_MESSAGE_BYTES`]), a task error's details
+    /// ([`MAX_ERROR_DETAILS_BYTES`]) and a trap's backtrace
+    /// ([`MAX_BACKTRACE_BYTES`]). The guest writes much of it (a task
+    /// error's message, a panic message), so it is treated as hostile.
+    pub fn bounded(mut self) -> Outcome {
+        match &mut self {
+            Outcome::Success => {}
+            Outcome::TaskError {
+                message, details, ..
+            } => {
+                make_storable(message, MAX_ERROR_MESSAGE_BYTES);
+                if let Some(d) = details {
+                    make_storable(d, MAX_ERROR_DETAILS_BYTES);
+                }
+            }
+            Outcome::Trap { message, backtrace } => {
+                make_storable(message, MAX_ERROR_MESSAGE_BYTES);
+                if let Some(b) = backtrace {
+                    make_storable(b, MAX_BACKTRACE_BYTES);
+                }
+            }
+            Outcome::OutOfFuel { message }
+            | Outcome::OutOfMemory { message }
+            | Outcome::Timeout { message }
+            | Outcome::Cancelled { message }
+            | Outcome::InvalidModule { message }
+            | Outcome::InvalidOutput { message }
+            | Outcome::HostError { message } => make_storable(message, MAX_ERROR_MESSAGE_BYTES),
+        }
+        self
+    }
+}
+
 impl fmt::Display for Outcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -117,6 +166,9 @@ impl fmt::Display for Outcome {
         }
     }
 }
+
+/// Room for the marker a capture appends when it dropped bytes.
+const DROP_MARK_ROOM: usize = 128;
 
 /// Where the compiled module came from for this run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -178,6 +230,26 @@ impl RunReport {
         }
     }
 
+    /// This report with everything the guest wrote storable and bounded,
+    /// as [`Runtime::run`](super::Runtime::run) returns it. The runtime
+    /// bounds logs, stdout, stderr and progress as they arrive; this is the
+    /// guard over the whole report (a report decoded from elsewhere, an
+    /// outcome built from guest text), and costs no copy when nothing needs
+    /// changing.
+    pub fn bounded(mut self, limits: &super::Limits) -> RunReport {
+        self.outcome = self.outcome.bounded();
+        make_storable(&mut self.stdout, limits.max_stdout_bytes + DROP_MARK_ROOM);
+        make_storable(&mut self.stderr, limits.max_stderr_bytes + DROP_MARK_ROOM);
+        self.logs.truncate(super::limits::MAX_LOG_RECORDS + 1);
+        for l in &mut self.logs {
+            make_storable(&mut l.message, super::limits::MAX_LOG_MESSAGE_BYTES);
+        }
+        if let Some((_, m)) = &mut self.progress {
+            make_storable(m, MAX_PROGRESS_MESSAGE_BYTES);
+        }
+        self
+    }
+
     /// The guest's `log()` lines as text, one per line, for storage.
     pub fn logs_text(&self) -> String {
         let mut s = String::new();
@@ -185,5 +257,91 @@ impl RunReport {
             s.push_str(&format!("[{:>6}ms {:5}] {}\n", l.at_ms, l.level, l.message));
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::text::{NUL_REPLACEMENT, TRUNCATION_MARK};
+
+    #[test]
+    fn a_huge_task_error_is_cut_and_made_storable() {
+        let huge = "\0x".repeat(8 << 20);
+        let o = Outcome::TaskError {
+            error_kind: TaskErrorKind::Permanent,
+            message: huge.clone(),
+            details: Some(huge),
+        }
+        .bounded();
+        let Outcome::TaskError {
+            message, details, ..
+        } = o
+        else {
+            unreachable!()
+        };
+        let details = details.unwrap();
+        assert!(
+            message.len() <= MAX_ERROR_MESSAGE_BYTES,
+            "{}",
+            message.len()
+        );
+        assert!(
+            details.len() <= MAX_ERROR_DETAILS_BYTES,
+            "{}",
+            details.len()
+        );
+        for text in [&message, &details] {
+            assert!(!text.contains('\0'));
+            assert!(text.starts_with(NUL_REPLACEMENT));
+            assert!(text.ends_with(TRUNCATION_MARK));
+        }
+    }
+
+    #[test]
+    fn traps_and_other_messages_are_bounded_and_short_ones_unchanged() {
+        let o = Outcome::Trap {
+            message: "panic \0 here".into(),
+            backtrace: Some("frame\n".repeat(100_000)),
+        }
+        .bounded();
+        let Outcome::Trap { message, backtrace } = &o else {
+            unreachable!()
+        };
+        assert_eq!(message, &format!("panic {NUL_REPLACEMENT} here"));
+        assert!(backtrace.as_ref().unwrap().len() <= MAX_BACKTRACE_BYTES);
+
+        let o = Outcome::InvalidOutput {
+            message: "y".repeat(MAX_ERROR_MESSAGE_BYTES + 1),
+        }
+        .bounded();
+        assert!(o.message().unwrap().len() <= MAX_ERROR_MESSAGE_BYTES);
+
+        let short = Outcome::Timeout {
+            message: "took too long".into(),
+        };
+        assert_eq!(short.clone().bounded(), short);
+        assert_eq!(Outcome::Success.bounded(), Outcome::Success);
+    }
+
+    #[test]
+    fn a_report_from_elsewhere_is_bounded_too() {
+        let limits = super::super::Limits::default();
+        let mut r = RunReport::not_run(Outcome::Success, "sha".into());
+        r.stdout = "\0".repeat(1 << 20);
+        r.progress = Some((5, "p\0".repeat(10_000)));
+        r.logs = (0..100_000)
+            .map(|_| LogRecord {
+                level: "info",
+                message: "\0".into(),
+                at_ms: 0,
+            })
+            .collect();
+        let r = r.bounded(&limits);
+        assert!(r.stdout.len() <= limits.max_stdout_bytes + DROP_MARK_ROOM);
+        assert!(!r.stdout.contains('\0'));
+        assert!(r.progress.unwrap().1.len() <= MAX_PROGRESS_MESSAGE_BYTES);
+        assert_eq!(r.logs.len(), super::super::limits::MAX_LOG_RECORDS + 1);
+        assert!(r.logs.iter().all(|l| !l.message.contains('\0')));
     }
 }

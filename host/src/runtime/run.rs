@@ -65,7 +65,21 @@ enum Phase {
 impl Runtime {
     /// Runs `module` once. Never panics on guest behaviour and never returns an
     /// error: every way a run can end is an [`Outcome`] in the report.
+    ///
+    /// Everything in the report that the guest wrote is storable (no NUL,
+    /// valid UTF-8) and bounded in bytes and in records, whatever the guest
+    /// did: see [`RunReport::bounded`] and the caps in [`super::limits`].
     pub async fn run(
+        &self,
+        module: &LoadedModule,
+        cache: CacheSource,
+        req: RunRequest<'_>,
+    ) -> RunReport {
+        let limits = req.limits;
+        self.run_unbounded(module, cache, req).await.bounded(limits)
+    }
+
+    async fn run_unbounded(
         &self,
         module: &LoadedModule,
         cache: CacheSource,
@@ -160,17 +174,9 @@ impl Runtime {
         let data = store.data();
         report.peak_memory_bytes = data.limiter.peak as u64;
         report.progress = data.progress.clone();
-        report.logs = std::mem::take(&mut store.data_mut().logs.records);
-        let dropped_logs = store.data().logs.dropped;
-        let denied = store.data().limiter.denied;
+        let denied = data.limiter.denied;
+        report.logs = store.data_mut().logs.finish(report.wall_time_us / 1000);
         drop(store);
-        if dropped_logs > 0 {
-            report.logs.push(super::outcome::LogRecord {
-                level: "warn",
-                message: format!("[wasmq: {dropped_logs} log lines dropped over the cap]"),
-                at_ms: report.wall_time_us / 1000,
-            });
-        }
         report.stdout = stdout.text();
         report.stderr = stderr.text();
 

@@ -2,7 +2,10 @@
 //! interface every task imports.
 
 use super::cancel::CancelToken;
-use super::outcome::LogRecord;
+use super::limits::{
+    LOG_RECORD_OVERHEAD_BYTES, MAX_LOG_MESSAGE_BYTES, MAX_LOG_RECORDS, MAX_PROGRESS_MESSAGE_BYTES,
+};
+use super::outcome::{LogRecord, make_storable};
 use std::sync::Arc;
 use std::time::Instant;
 use wasmtime::ResourceLimiter;
@@ -18,6 +21,9 @@ wasmtime::component::bindgen!({
 pub use self::wasmq::task::types::{ErrorKind as WitErrorKind, LogLevel, TaskContext};
 
 /// Receives progress reports as the guest makes them (the worker stores them).
+/// It is called from inside the guest's host call, so it must return at
+/// once; the message is already storable and at most
+/// [`MAX_PROGRESS_MESSAGE_BYTES`] long.
 pub type ProgressSink = Arc<dyn Fn(u8, &str) + Send + Sync>;
 
 /// Who the run is, as the guest sees it through `context()`.
@@ -100,8 +106,9 @@ impl self::wasmq::task::host::Host for HostState {
         self.logs.push(level_name(level), message, at_ms);
     }
 
-    fn progress(&mut self, percent: u8, message: String) {
+    fn progress(&mut self, percent: u8, mut message: String) {
         let percent = percent.min(100);
+        make_storable(&mut message, MAX_PROGRESS_MESSAGE_BYTES);
         if let Some(sink) = &self.progress_sink {
             sink(percent, &message);
         }
@@ -133,16 +140,19 @@ fn level_name(level: LogLevel) -> &'static str {
     }
 }
 
-/// Guest log lines, bounded by total message bytes.
+/// Guest log lines, bounded in bytes and in records. The first lines are
+/// kept; later ones are only counted, so a guest that logs in a loop costs a
+/// counter, not memory.
 pub(super) struct LogBuffer {
-    pub(super) records: Vec<LogRecord>,
+    records: Vec<LogRecord>,
+    /// Message bytes kept, plus [`LOG_RECORD_OVERHEAD_BYTES`] per record.
     bytes: usize,
     cap: usize,
-    pub(super) dropped: u64,
+    dropped: u64,
 }
 
 impl LogBuffer {
-    fn new(cap: usize) -> Self {
+    pub(super) fn new(cap: usize) -> Self {
         LogBuffer {
             records: Vec::new(),
             bytes: 0,
@@ -151,17 +161,48 @@ impl LogBuffer {
         }
     }
 
-    fn push(&mut self, level: &'static str, message: String, at_ms: u64) {
-        if self.bytes + message.len() > self.cap {
+    pub(super) fn push(&mut self, level: &'static str, mut message: String, at_ms: u64) {
+        // Checked before the message is made storable, so that a dropped
+        // line costs no copy; checked again after, since replacing NUL
+        // makes text longer.
+        let fits = |bytes: usize, len: usize, records: usize| {
+            records < MAX_LOG_RECORDS && bytes + LOG_RECORD_OVERHEAD_BYTES + len <= self.cap
+        };
+        if !fits(
+            self.bytes,
+            message.len().min(MAX_LOG_MESSAGE_BYTES),
+            self.records.len(),
+        ) {
             self.dropped += 1;
             return;
         }
-        self.bytes += message.len();
+        make_storable(&mut message, MAX_LOG_MESSAGE_BYTES);
+        if !fits(self.bytes, message.len(), self.records.len()) {
+            self.dropped += 1;
+            return;
+        }
+        self.bytes += LOG_RECORD_OVERHEAD_BYTES + message.len();
         self.records.push(LogRecord {
             level,
             message,
             at_ms,
         });
+    }
+
+    /// The kept records, then a marker line when some were dropped.
+    pub(super) fn finish(&mut self, at_ms: u64) -> Vec<LogRecord> {
+        let mut records = std::mem::take(&mut self.records);
+        if self.dropped > 0 {
+            records.push(LogRecord {
+                level: "warn",
+                message: format!(
+                    "[wasmq: {} log lines dropped over the cap of {} lines or {} bytes]",
+                    self.dropped, MAX_LOG_RECORDS, self.cap
+                ),
+                at_ms,
+            });
+        }
+        records
     }
 }
 
@@ -227,5 +268,77 @@ impl ResourceLimiter for MemoryLimiter {
     }
     fn memories(&self) -> usize {
         MAX_MEMORIES
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::text::{NUL_REPLACEMENT, TRUNCATION_MARK};
+
+    #[test]
+    fn empty_lines_cost_their_overhead_and_the_record_count_is_capped() {
+        let mut logs = LogBuffer::new(64 * 1024);
+        for _ in 0..1_000_000 {
+            logs.push("info", String::new(), 0);
+        }
+        let records = logs.finish(7);
+        // The kept lines, then one marker line.
+        let kept = records.len() - 1;
+        assert!(kept <= MAX_LOG_RECORDS, "{kept} records kept");
+        assert!(kept * LOG_RECORD_OVERHEAD_BYTES <= 64 * 1024);
+        let marker = records.last().unwrap();
+        assert_eq!(
+            marker.message,
+            format!(
+                "[wasmq: {} log lines dropped over the cap of {MAX_LOG_RECORDS} lines or 65536 bytes]",
+                1_000_000 - kept
+            )
+        );
+        assert_eq!(marker.at_ms, 7);
+    }
+
+    #[test]
+    fn empty_lines_alone_reach_the_byte_cap() {
+        // A small byte cap is reached before the record cap: empty lines are
+        // not free.
+        let cap = 10 * LOG_RECORD_OVERHEAD_BYTES;
+        let mut logs = LogBuffer::new(cap);
+        for _ in 0..100 {
+            logs.push("info", String::new(), 0);
+        }
+        assert_eq!(logs.records.len(), 10);
+        assert_eq!(logs.dropped, 90);
+    }
+
+    #[test]
+    fn log_lines_are_storable_and_each_is_bounded() {
+        let mut logs = LogBuffer::new(64 * 1024);
+        logs.push("info", "a\0b".into(), 0);
+        logs.push("warn", "x".repeat(10 * MAX_LOG_MESSAGE_BYTES), 1);
+        // Fits before NUL replacement, not after: dropped, not over the cap.
+        let mut tight = LogBuffer::new(LOG_RECORD_OVERHEAD_BYTES + 3);
+        tight.push("info", "\0\0\0".into(), 0);
+        assert!(tight.records.is_empty());
+        assert_eq!(tight.dropped, 1);
+
+        let records = logs.finish(0);
+        assert_eq!(records.len(), 2, "nothing dropped, so no marker");
+        assert_eq!(records[0].message, format!("a{NUL_REPLACEMENT}b"));
+        assert!(records[1].message.len() <= MAX_LOG_MESSAGE_BYTES);
+        assert!(records[1].message.ends_with(TRUNCATION_MARK));
+    }
+
+    #[test]
+    fn a_line_over_the_remaining_bytes_is_dropped_and_later_small_ones_kept() {
+        let cap = 2 * LOG_RECORD_OVERHEAD_BYTES + 10;
+        let mut logs = LogBuffer::new(cap);
+        logs.push("info", "0123456789".into(), 0);
+        logs.push("info", "too long for what is left".into(), 0);
+        logs.push("info", String::new(), 0);
+        let records = logs.finish(0);
+        let messages: Vec<&str> = records.iter().map(|r| r.message.as_str()).collect();
+        assert_eq!(messages[..2], ["0123456789", ""]);
+        assert!(messages[2].starts_with("[wasmq: 1 log lines dropped"));
     }
 }

@@ -5,17 +5,27 @@ use crate::runtime::{
     CancelToken, Limits, LoadError, Outcome, ProgressSink, RunReport, RunRequest, Runtime,
     TaskErrorKind, TaskInfo,
 };
-use crate::store::{AnyStore, AttemptReport, ClaimedTask, Completion, Store, Transition};
+use crate::store::{AnyStore, AttemptReport, ClaimedTask, Completion, Lease, Store, Transition};
+use crate::text::storable;
 use chrono::Utc;
+use futures::future::BoxFuture;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tracing::Instrument;
 
 /// Most bytes of guest logs and stderr stored with one attempt.
 pub const MAX_STORED_LOGS: usize = 64 * 1024;
-/// Progress reports closer together than this are not stored (but the one
-/// that reaches 100% always is).
+/// Most bytes of an attempt's error message stored: the outcome's message
+/// and a trap's backtrace, each bounded by the runtime; this also bounds a
+/// report that came from a Ray job's envelope.
+pub const MAX_STORED_ERROR: usize =
+    crate::runtime::MAX_ERROR_MESSAGE_BYTES + 1 + crate::runtime::MAX_BACKTRACE_BYTES;
+/// One task's progress is written at most once per this interval; a report
+/// arriving sooner waits (replaced by any newer one) until it has passed.
 pub const PROGRESS_MIN_INTERVAL: Duration = Duration::from_millis(250);
+/// How long the end of a run waits for its last progress report to be
+/// written before completing the task without it.
+pub const PROGRESS_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the executor needs, shared by every task of a worker.
 pub struct Executor {
@@ -54,6 +64,7 @@ impl Executor {
                 .observe(&[&task.queue], wait.as_secs_f64());
         }
         let limits = self.limits_for(task);
+        let progress = self.progress_sink(worker_id, task);
         let store = self.store.clone();
         let sha = task.module_sha256.clone();
         // Fetching and compiling a module can take long (a big component
@@ -90,13 +101,16 @@ impl Executor {
                             },
                             cancel,
                             dirs: &[],
-                            progress: Some(self.progress_sink(worker_id, task)),
+                            progress: Some(progress.sink()),
                         },
                     )
                     .await
             }
             Some(Err(e)) => failed_load(task, e),
         };
+        // Once the task completes the fenced write is refused, so the last
+        // report goes out now.
+        progress.finish().await;
         let interrupted = shutdown.is_cancelled() && report.outcome.kind() == "cancelled";
         let elapsed = started.elapsed();
         let outcome = if interrupted {
@@ -108,37 +122,24 @@ impl Executor {
         self.complete(task, report, interrupted, elapsed)
     }
 
-    /// Stores the guest's progress reports in the background, throttled, so
-    /// a chatty guest never waits for the database.
-    fn progress_sink(&self, worker_id: &str, task: &ClaimedTask) -> ProgressSink {
+    /// Stores the guest's progress reports in the background, coalesced, so
+    /// a chatty guest never waits for the database and never makes more than
+    /// one write at a time per task (see [`ProgressWriter`]).
+    fn progress_sink(&self, worker_id: &str, task: &ClaimedTask) -> ProgressWriter {
         let store = self.store.clone();
         let worker = worker_id.to_string();
         let lease = task.lease();
-        let last: Mutex<Option<Instant>> = Mutex::new(None);
+        let write: ProgressWrite = Arc::new(move |percent, message| {
+            let (store, worker) = (store.clone(), worker.clone());
+            Box::pin(async move {
+                if let Err(e) = store_progress(&store, &worker, lease, percent, &message).await {
+                    tracing::debug!(error = %e, "could not store progress");
+                }
+            })
+        });
         // The task's span, so that a line about storing progress carries
         // the task's fields like every other line about it.
-        let span = tracing::Span::current();
-        Arc::new(move |percent: u8, message: &str| {
-            {
-                let mut last = last.lock().unwrap();
-                if percent < 100 && last.is_some_and(|t| t.elapsed() < PROGRESS_MIN_INTERVAL) {
-                    return;
-                }
-                *last = Some(Instant::now());
-            }
-            let Ok(handle) = tokio::runtime::Handle::try_current() else {
-                return;
-            };
-            let (store, worker, message) = (store.clone(), worker.clone(), message.to_string());
-            handle.spawn(
-                async move {
-                    if let Err(e) = store.set_progress(&worker, lease, percent, &message).await {
-                        tracing::debug!(error = %e, "could not store progress");
-                    }
-                }
-                .instrument(span.clone()),
-            );
-        })
+        ProgressWriter::new(write, PROGRESS_MIN_INTERVAL, tracing::Span::current())
     }
 
     /// The worker's default limits with the task's own applied.
@@ -208,6 +209,161 @@ impl Executor {
     }
 }
 
+/// The one place that writes a task's progress (fenced by the attempt).
+async fn store_progress(
+    store: &AnyStore,
+    worker: &str,
+    lease: Lease,
+    percent: u8,
+    message: &str,
+) -> crate::store::Result<bool> {
+    store.set_progress(worker, lease, percent, message).await
+}
+
+/// Writes one progress report somewhere (the store, or a test's recorder).
+type ProgressWrite = Arc<dyn Fn(u8, String) -> BoxFuture<'static, ()> + Send + Sync>;
+
+/// Coalesces one task's progress reports into writes.
+///
+/// The guest may call `progress()` in a tight loop, and the sink runs inside
+/// that host call, so it only replaces the one pending value and, when no
+/// writer task is running, starts one. The writer writes the pending value,
+/// waits [`PROGRESS_MIN_INTERVAL`] since its last write, and writes whatever
+/// is pending by then, until nothing is: at most one writer task, one write
+/// in flight and one pending value per task, whatever the guest does. Every
+/// value waits its turn, 100 % included; [`ProgressWriter::finish`] writes
+/// the last one at the end of the run.
+pub(crate) struct ProgressWriter {
+    shared: Arc<ProgressShared>,
+}
+
+struct ProgressShared {
+    state: Mutex<ProgressState>,
+    /// Cuts the writer's wait short when the run ends.
+    wake: tokio::sync::Notify,
+    write: ProgressWrite,
+    interval: Duration,
+    span: tracing::Span,
+}
+
+#[derive(Default)]
+struct ProgressState {
+    pending: Option<(u8, String)>,
+    /// The writer task, while one runs; there is never more than one.
+    writer: Option<tokio::task::JoinHandle<()>>,
+    last_write: Option<tokio::time::Instant>,
+    /// Set by `finish`: no more waiting, no more reports.
+    finished: bool,
+    /// Writer tasks started, for tests.
+    writers_started: u64,
+}
+
+impl ProgressWriter {
+    fn new(write: ProgressWrite, interval: Duration, span: tracing::Span) -> ProgressWriter {
+        ProgressWriter {
+            shared: Arc::new(ProgressShared {
+                state: Mutex::new(ProgressState::default()),
+                wake: tokio::sync::Notify::new(),
+                write,
+                interval,
+                span,
+            }),
+        }
+    }
+
+    /// The sink handed to the runtime.
+    pub(crate) fn sink(&self) -> ProgressSink {
+        let shared = self.shared.clone();
+        Arc::new(move |percent: u8, message: &str| {
+            let mut st = shared.state.lock().unwrap();
+            if st.finished {
+                return;
+            }
+            match &mut st.pending {
+                // Reuse the pending buffer: a flood allocates nothing.
+                Some((p, m)) => {
+                    *p = percent;
+                    m.clear();
+                    m.push_str(message);
+                }
+                None => st.pending = Some((percent, message.to_owned())),
+            }
+            if st.writer.is_none() {
+                // Without a runtime (not the case in a worker) the value stays
+                // pending and `finish` writes it.
+                if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                    let task = write_pending(shared.clone()).instrument(shared.span.clone());
+                    st.writer = Some(handle.spawn(task));
+                    st.writers_started += 1;
+                }
+            }
+        })
+    }
+
+    /// Writes the last pending report now, without waiting for the interval,
+    /// and returns once it is written (or after [`PROGRESS_FLUSH_TIMEOUT`]).
+    /// Reports after this are ignored.
+    pub(crate) async fn finish(&self) {
+        let writer = {
+            let mut st = self.shared.state.lock().unwrap();
+            st.finished = true;
+            st.writer.take()
+        };
+        self.shared.wake.notify_one();
+        let flushed = async {
+            if let Some(writer) = writer {
+                // A panicking write only loses progress.
+                let _ = writer.await;
+            }
+            let left = self.shared.state.lock().unwrap().pending.take();
+            if let Some((percent, message)) = left {
+                (self.shared.write)(percent, message).await;
+            }
+        };
+        if tokio::time::timeout(PROGRESS_FLUSH_TIMEOUT, flushed)
+            .await
+            .is_err()
+        {
+            tracing::debug!("the last progress report was not stored in time");
+        }
+    }
+}
+
+async fn write_pending(shared: Arc<ProgressShared>) {
+    loop {
+        let wait = {
+            let st = shared.state.lock().unwrap();
+            match st.last_write {
+                Some(t) if !st.finished => {
+                    (t + shared.interval).saturating_duration_since(tokio::time::Instant::now())
+                }
+                _ => Duration::ZERO,
+            }
+        };
+        if !wait.is_zero() {
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shared.wake.notified() => {}
+            }
+        }
+        let (percent, message) = {
+            let mut st = shared.state.lock().unwrap();
+            match st.pending.take() {
+                Some(next) => {
+                    st.last_write = Some(tokio::time::Instant::now());
+                    next
+                }
+                None => {
+                    // Under the lock: a report after this starts a new writer.
+                    st.writer = None;
+                    return;
+                }
+            }
+        };
+        (shared.write)(percent, message).await;
+    }
+}
+
 /// The key the retry policy uses: the outcome kind, or `task-error:<kind>`.
 pub fn retry_kind(outcome: &Outcome) -> String {
     match outcome {
@@ -238,6 +394,7 @@ fn attempt_report(report: &RunReport, elapsed: Duration) -> AttemptReport {
         m.push('\n');
         m.push_str(bt);
     }
+    let error_message = error_message.map(|m| storable(&m, MAX_STORED_ERROR).into_owned());
     AttemptReport {
         outcome: report.outcome.kind().to_string(),
         error_kind,
@@ -260,15 +417,7 @@ fn stored_logs(report: &RunReport) -> Option<String> {
     if s.is_empty() {
         return None;
     }
-    if s.len() > MAX_STORED_LOGS {
-        let mut cut = MAX_STORED_LOGS;
-        while !s.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        s.truncate(cut);
-        s.push_str("\n[wasmq: logs truncated]");
-    }
-    Some(s)
+    Some(storable(&s, MAX_STORED_LOGS).into_owned())
 }
 
 fn failed_load(task: &ClaimedTask, e: LoadError) -> RunReport {
@@ -281,4 +430,147 @@ fn failed_load(task: &ClaimedTask, e: LoadError) -> RunReport {
         },
     };
     RunReport::not_run(outcome, task.module_sha256.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::sync::Semaphore;
+
+    /// Records writes; each write first takes a permit of `gate`.
+    struct Recorder {
+        writes: Mutex<Vec<(u8, String)>>,
+        in_flight: AtomicUsize,
+        max_in_flight: AtomicUsize,
+        gate: Semaphore,
+    }
+
+    fn recorder(open: bool) -> (Arc<Recorder>, ProgressWrite) {
+        let r = Arc::new(Recorder {
+            writes: Mutex::new(Vec::new()),
+            in_flight: AtomicUsize::new(0),
+            max_in_flight: AtomicUsize::new(0),
+            gate: Semaphore::new(if open { Semaphore::MAX_PERMITS } else { 0 }),
+        });
+        let rec = r.clone();
+        let write: ProgressWrite = Arc::new(move |percent, message| {
+            let rec = rec.clone();
+            Box::pin(async move {
+                let now = rec.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                rec.max_in_flight.fetch_max(now, Ordering::SeqCst);
+                rec.gate.acquire().await.unwrap().forget();
+                rec.writes.lock().unwrap().push((percent, message));
+                rec.in_flight.fetch_sub(1, Ordering::SeqCst);
+            })
+        });
+        (r, write)
+    }
+
+    fn writers_started(w: &ProgressWriter) -> u64 {
+        w.shared.state.lock().unwrap().writers_started
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_flood_while_a_write_is_stuck_makes_one_writer_and_ends_with_the_last_value() {
+        let (rec, write) = recorder(false);
+        // An interval no test run reaches: only `finish` ends the wait.
+        let w = ProgressWriter::new(write, Duration::from_secs(3600), tracing::Span::none());
+        let sink = w.sink();
+        sink(0, "first");
+        // Wait until the first write is in flight (and stuck at the gate).
+        while rec.in_flight.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        for i in 0..1_000_000u32 {
+            sink((i % 100) as u8, &format!("report {i}"));
+        }
+        sink(100, "done");
+        assert_eq!(writers_started(&w), 1);
+        rec.gate.add_permits(Semaphore::MAX_PERMITS);
+        w.finish().await;
+        assert_eq!(
+            *rec.writes.lock().unwrap(),
+            [(0, "first".to_string()), (100, "done".to_string())]
+        );
+        assert_eq!(rec.max_in_flight.load(Ordering::SeqCst), 1);
+        assert_eq!(writers_started(&w), 1);
+        // Reports after the end are ignored.
+        sink(5, "late");
+        w.finish().await;
+        assert_eq!(rec.writes.lock().unwrap().len(), 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hundred_percent_is_throttled_like_any_value_and_written_at_the_end() {
+        let (rec, write) = recorder(true);
+        let w = ProgressWriter::new(write, Duration::from_secs(3600), tracing::Span::none());
+        let sink = w.sink();
+        sink(10, "ten");
+        while rec.writes.lock().unwrap().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        sink(100, "all");
+        // Pending, not written: the interval has not passed.
+        tokio::task::yield_now().await;
+        assert_eq!(rec.writes.lock().unwrap().len(), 1);
+        w.finish().await;
+        assert_eq!(
+            *rec.writes.lock().unwrap(),
+            [(10, "ten".to_string()), (100, "all".to_string())]
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_idle_writer_ends_and_a_later_report_starts_another() {
+        let (rec, write) = recorder(true);
+        let w = ProgressWriter::new(write, Duration::ZERO, tracing::Span::none());
+        let sink = w.sink();
+        sink(1, "a");
+        while w.shared.state.lock().unwrap().writer.is_some() {
+            tokio::task::yield_now().await;
+        }
+        sink(2, "b");
+        w.finish().await;
+        assert_eq!(
+            *rec.writes.lock().unwrap(),
+            [(1, "a".to_string()), (2, "b".to_string())]
+        );
+        assert_eq!(writers_started(&w), 2);
+    }
+
+    #[test]
+    fn a_report_made_outside_a_runtime_is_written_by_finish() {
+        let (rec, write) = recorder(true);
+        let w = ProgressWriter::new(write, PROGRESS_MIN_INTERVAL, tracing::Span::none());
+        w.sink()(42, "no runtime here");
+        assert_eq!(writers_started(&w), 0);
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(w.finish());
+        assert_eq!(
+            *rec.writes.lock().unwrap(),
+            [(42, "no runtime here".to_string())]
+        );
+    }
+
+    #[test]
+    fn stored_logs_and_errors_are_storable_and_bounded() {
+        let mut r = RunReport::not_run(
+            Outcome::Trap {
+                message: "m\0".repeat(20_000),
+                backtrace: Some("b\0".repeat(20_000)),
+            },
+            "sha".into(),
+        );
+        r.stdout = "o\0".repeat(100_000);
+        r.stderr = "e".into();
+        let a = attempt_report(&r, Duration::ZERO);
+        let logs = a.logs.unwrap();
+        assert!(logs.len() <= MAX_STORED_LOGS && !logs.contains('\0'));
+        let error = a.error_message.unwrap();
+        assert!(error.len() <= MAX_STORED_ERROR && !error.contains('\0'));
+    }
 }
