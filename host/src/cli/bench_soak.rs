@@ -530,7 +530,7 @@ async fn soak(b: SoakBench) -> anyhow::Result<()> {
         }
         crashed(&ctx, &mut slots, &mut violations)?;
         let open: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM tasks WHERE state IN ('queued', 'running')")
+            sqlx::query_scalar("SELECT count(*) FROM tasks WHERE state IN ('queued', 'leased', 'running')")
                 .fetch_one(&pool)
                 .await?;
         if open == 0 {
@@ -601,7 +601,7 @@ async fn soak(b: SoakBench) -> anyhow::Result<()> {
         ("no attempt left unfinished", report.unfinished),
         ("no overlapping attempts of a task", report.overlapping),
         (
-            "attempt counter = spent attempt rows numbered 1..N",
+            "attempt counter = attempt rows numbered 1..N, free runs = released rows",
             report.counter_mismatch,
         ),
         ("attempts within max_attempts", report.over_max),
@@ -745,7 +745,7 @@ async fn kill_and_restart(
     while Instant::now() < until {
         held = sqlx::query_scalar(
             "SELECT count(*) FROM tasks t JOIN workers w ON w.id = t.lease_owner \
-             WHERE t.state = 'running' AND w.pid = $1",
+             WHERE t.state IN ('leased', 'running') AND w.pid = $1",
         )
         .bind(i64::from(slot.pid))
         .fetch_one(pool)
@@ -918,7 +918,9 @@ async fn check(
     }
 
     let tasks =
-        sqlx::query("SELECT id, state, attempt, max_attempts, error_kind, lease_owner FROM tasks")
+        sqlx::query(
+            "SELECT id, state, attempt, free_runs, max_attempts, error_kind, lease_owner FROM tasks",
+        )
             .fetch_all(pool)
             .await?;
     let mut seen = 0;
@@ -927,6 +929,7 @@ async fn check(
         let id: Uuid = row.try_get("id")?;
         let state = TaskState::from_str(row.try_get("state")?)?;
         let attempt: i32 = row.try_get("attempt")?;
+        let free_runs: i32 = row.try_get("free_runs")?;
         let max_attempts: i32 = row.try_get("max_attempts")?;
         let error_kind: Option<String> = row.try_get("error_kind")?;
         let rows = attempts.get(&id).unwrap_or(&no_rows);
@@ -974,24 +977,28 @@ async fn check(
                 ));
             }
         }
-        // A released attempt (`shutdown`) does not count and its number is
-        // used again; every other row is one spent attempt, numbered 1..N.
-        let mut spent: Vec<i32> = rows
+        // Every claim is a run with its own row, numbered 1..N where N is
+        // the task's attempt counter; a run released at shutdown (outcome
+        // `shutdown`) is free and counted in `free_runs` (local workers
+        // never defer).
+        let mut numbers: Vec<i32> = rows.iter().map(|a| a.attempt).collect();
+        numbers.sort_unstable();
+        let released = rows
             .iter()
-            .filter(|a| a.outcome.as_deref() != Some("shutdown"))
-            .map(|a| a.attempt)
-            .collect();
-        spent.sort_unstable();
-        if spent != (1..=attempt).collect::<Vec<_>>() {
+            .filter(|a| a.outcome.as_deref() == Some("shutdown"))
+            .count() as i32;
+        if numbers != (1..=attempt).collect::<Vec<_>>() || released != free_runs {
             r.counter_mismatch += 1;
             r.violations.push(format!(
-                "task {id} ({entry}): attempt counter {attempt}, spent attempt rows numbered {spent:?}"
+                "task {id} ({entry}): attempt counter {attempt} with {free_runs} free runs, \
+                 attempt rows numbered {numbers:?} of which {released} released"
             ));
         }
-        if attempt > max_attempts {
+        if attempt - free_runs > max_attempts {
             r.over_max += 1;
             r.violations.push(format!(
-                "task {id} ({entry}): {attempt} attempts of at most {max_attempts}"
+                "task {id} ({entry}): {} counted attempts of at most {max_attempts}",
+                attempt - free_runs
             ));
         }
         let successes = rows

@@ -33,7 +33,7 @@
 //! | STOPPED by someone else               | host-error (retried)                     |
 //! | PENDING past the pending timeout      | host-error (retried); the job is stopped |
 //! | "already exists" with other metadata  | host-error (retried); the job is left alone |
-//! | unreachable, 5xx, job vanished        | requeued with backoff, attempt not spent, up to [`DEFAULT_MAX_DEFERS`] times in a row |
+//! | unreachable, 5xx, job vanished        | requeued with backoff as a free run, attempt not spent, until the task has [`DEFAULT_MAX_DEFERS`] free runs |
 //! | worker shutting down                  | released; the job keeps running and the next worker attaches (stopped instead if the task's cancellation is pending) |
 //!
 //! Every Ray call watches the worker's interrupt token (the end of the grace
