@@ -103,6 +103,13 @@ impl Db {
         }
     }
 
+    async fn assert_all(&self, ids: &[Uuid], state: TaskState) {
+        for &id in ids {
+            let t = self.store.get_task(id).await.unwrap();
+            assert_eq!(t.state, state, "{t:?}");
+        }
+    }
+
     async fn drop(self) {
         self.store.close().await;
         if let Some(env) = &self.pg {
@@ -198,12 +205,7 @@ async fn a_refused_completion_fails_its_task_and_no_other() {
         assert_eq!(bad.error_kind.as_deref(), Some("host-error"));
         let message = bad.error_message.unwrap();
         assert!(message.contains("could not be stored"), "{message}");
-        for &id in &ids[..40] {
-            assert_eq!(
-                db.store.get_task(id).await.unwrap().state,
-                TaskState::Succeeded
-            );
-        }
+        db.assert_all(&ids[..40], TaskState::Succeeded).await;
         assert_eq!(stats.fenced, 0);
         db.drop().await;
     })
@@ -233,12 +235,7 @@ async fn guest_nul_bytes_are_stored_and_fail_nothing_else() {
         let message = t.error_message.unwrap();
         assert!(message.contains("before\u{2400}after"), "{message}");
         assert!(!message.contains('\0'));
-        for &id in &ids[..20] {
-            assert_eq!(
-                db.store.get_task(id).await.unwrap().state,
-                TaskState::Succeeded
-            );
-        }
+        db.assert_all(&ids[..20], TaskState::Succeeded).await;
         db.drop().await;
     })
     .await;
@@ -297,12 +294,7 @@ async fn failed_completion_writes_are_retried() {
         let stats = drain(store.clone(), config(Duration::from_secs(30))).await;
         assert!(store.faults().unwrap().injected() >= 3);
         db.assert_nothing_stuck(&ids).await;
-        for &id in &ids {
-            assert_eq!(
-                db.store.get_task(id).await.unwrap().state,
-                TaskState::Succeeded
-            );
-        }
+        db.assert_all(&ids, TaskState::Succeeded).await;
         assert_eq!(stats.fenced, 0);
         db.drop().await;
     })
@@ -430,12 +422,7 @@ async fn connections_cut_mid_statement_lose_nothing() {
 
     let stats = worker.await.unwrap();
     db.assert_nothing_stuck(&ids).await;
-    for &id in &ids {
-        assert_eq!(
-            db.store.get_task(id).await.unwrap().state,
-            TaskState::Succeeded
-        );
-    }
+    db.assert_all(&ids, TaskState::Succeeded).await;
     assert_eq!(stats.fenced, 0);
     db.drop().await;
 }

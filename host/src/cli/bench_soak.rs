@@ -529,10 +529,11 @@ async fn soak(b: SoakBench) -> anyhow::Result<()> {
             next_sample += b.sample_every;
         }
         crashed(&ctx, &mut slots, &mut violations)?;
-        let open: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM tasks WHERE state IN ('queued', 'leased', 'running')")
-                .fetch_one(&pool)
-                .await?;
+        let open: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM tasks WHERE state IN ('queued', 'leased', 'running')",
+        )
+        .fetch_one(&pool)
+        .await?;
         if open == 0 {
             drained = true;
             break;
@@ -917,12 +918,11 @@ async fn check(
             });
     }
 
-    let tasks =
-        sqlx::query(
-            "SELECT id, state, attempt, free_runs, max_attempts, error_kind, lease_owner FROM tasks",
-        )
-            .fetch_all(pool)
-            .await?;
+    let tasks = sqlx::query(
+        "SELECT id, state, attempt, free_runs, max_attempts, error_kind, lease_owner FROM tasks",
+    )
+    .fetch_all(pool)
+    .await?;
     let mut seen = 0;
     let no_rows = Vec::new();
     for row in &tasks {
