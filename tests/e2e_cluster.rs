@@ -406,9 +406,20 @@ fn cancel_stops_the_ray_job(ray: &RayHead) {
         return;
     };
     env.push(&["sleepy"]);
+    // The package is set up on the node by one job first: two jobs that set
+    // up a package new to the node at the same moment can stall in Ray's
+    // runtime-env agent (a Ray race; see "Left alone" in the README's
+    // cluster section).
+    let warm = env.enqueue("sleepy", r#"{"ms":10}"#, &[]);
+    let w = env.worker(&["--ray-keep-jobs", "--ray-poll-interval", "100ms"], &[]);
+    env.wait_state(
+        &[warm],
+        TaskState::Succeeded,
+        Duration::from_secs(120),
+        &[&w],
+    );
     let id = env.enqueue("sleepy", r#"{"ms":60000}"#, &["--timeout", "120s"]);
     let done = env.enqueue("sleepy", r#"{"ms":10}"#, &[]);
-    let w = env.worker(&["--ray-keep-jobs", "--ray-poll-interval", "100ms"], &[]);
     let job = format!("wasmq-{id}-1");
     env.wait("running on Ray", Duration::from_secs(60), &[&w], || {
         env.job_status(&job) == Some(JobStatus::Running)
@@ -484,7 +495,7 @@ fn killed_worker_is_replaced_and_tasks_run_once(ray: &RayHead) {
     assert!(
         second
             .log()
-            .contains("attaching to the job of the previous attempt"),
+            .contains("attaching to the job of the previous run"),
         "{}",
         second.log()
     );
@@ -507,7 +518,11 @@ fn ray_down_requeues_and_tasks_finish_after_restart(ray: &RayHead) {
         let t = env.task(*id);
         let err = t.error_message.clone().unwrap_or_default();
         assert!(err.contains("unavailable"), "{t:#?}");
-        assert_eq!(t.attempt, 0, "the attempt was not spent: {t:#?}");
+        // Each run while Ray is down is free: none spent an attempt.
+        assert!(
+            t.free_runs >= 1 && t.attempt == t.free_runs,
+            "free runs: no attempt was spent: {t:#?}"
+        );
     }
     ray.up();
     w.finish(Duration::from_secs(180));
@@ -636,16 +651,24 @@ fn shutdown_is_bounded_and_leaves_no_orphan(ray: &RayHead) {
     let t = env.task(id);
     assert_eq!(t.state, TaskState::Queued, "{t:#?}\n{}", w.log());
     assert_eq!(
-        t.attempt, 0,
-        "released without spending the attempt: {t:#?}"
+        (t.attempt, t.free_runs),
+        (1, 1),
+        "released as a free run, without spending the attempt: {t:#?}"
     );
     assert_eq!(env.attempts(id)[0].outcome.as_deref(), Some("shutdown"));
     let mut next = env.worker(&["--exit-when-idle", "--ray-keep-jobs"], &[]);
     next.finish(Duration::from_secs(120));
     let t = env.task(id);
     assert_eq!(t.state, TaskState::Succeeded, "{t:#?}\n{}", next.log());
+    // The next run (attempt 2) adopted the released run's job: one job.
+    assert_eq!(t.attempt, 2, "{t:#?}");
     assert_eq!(env.jobs_of(id), std::slice::from_ref(&job));
-    assert!(next.log().contains("attaching to it"), "{}", next.log());
+    assert!(
+        next.log()
+            .contains("attaching to the job of the previous run"),
+        "{}",
+        next.log()
+    );
 
     // 2. Cancelled just before the shutdown, too late for the worker to
     // hear of it (SQLite: at its next heartbeat, 20 s away with a 60 s

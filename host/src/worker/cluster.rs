@@ -378,7 +378,8 @@ impl Cluster {
             .await?
         {
             Some(prev) => {
-                info!(previous = %prev, "attaching to the job of the previous attempt, whose worker died");
+                info!(previous = %prev,
+                    "attaching to the job of the previous run, which ended without reading it");
                 record(store, worker_id, task, &prev).await;
                 prev
             }
