@@ -408,8 +408,8 @@ fn cancel_stops_the_ray_job(ray: &RayHead) {
     env.push(&["sleepy"]);
     // The package is set up on the node by one job first: two jobs that set
     // up a package new to the node at the same moment can stall in Ray's
-    // runtime-env agent (a Ray race; see "Left alone" in the README's
-    // cluster section).
+    // runtime-env agent (a Ray race; see "Left alone (a Ray race)" in the
+    // README's cluster section).
     let warm = env.enqueue("sleepy", r#"{"ms":10}"#, &[]);
     let w = env.worker(&["--ray-keep-jobs", "--ray-poll-interval", "100ms"], &[]);
     env.wait_state(
