@@ -640,8 +640,10 @@ fn sigterm_requeues_unfinished_task_without_spending_an_attempt(env: &mut Env) {
     );
     let t = env.task(id);
     assert_eq!(t.state, TaskState::Queued, "{t:#?}\n{}", w.logs());
+    // A free run: the run is recorded, the attempt is not spent.
     assert_eq!(
-        t.attempt, 0,
+        (t.attempt, t.free_runs, t.counted_attempts()),
+        (1, 1, 0),
         "the interrupted attempt must not count: {t:#?}"
     );
     assert!(t.lease_owner.is_none());
@@ -649,15 +651,20 @@ fn sigterm_requeues_unfinished_task_without_spending_an_attempt(env: &mut Env) {
     assert_eq!(outcomes(&a), ["shutdown"], "{a:#?}");
     assert_eq!(a[0].attempt, 1);
 
-    // A new worker takes it (as attempt 1 again); stop that one too.
+    // A new worker takes it as run 2 (still its first counted attempt);
+    // stop that one too.
     let mut w2 = env.worker(&["--grace", "1s", "--poll-interval", "200ms"], &[]);
     let t = env.wait_running(id, &[&w2]);
-    assert_eq!(t.attempt, 1);
+    assert_eq!((t.attempt, t.counted_attempts()), (2, 1));
     assert_ne!(t.lease_owner.as_deref(), Some(a[0].worker_id.as_str()));
     w2.signal(libc::SIGTERM);
     w2.wait_success(Duration::from_secs(10));
     let t = env.task(id);
-    assert_eq!((t.state, t.attempt), (TaskState::Queued, 0), "{t:#?}");
+    assert_eq!(
+        (t.state, t.attempt, t.free_runs),
+        (TaskState::Queued, 2, 2),
+        "{t:#?}"
+    );
     assert_eq!(outcomes(&env.attempts(id)), ["shutdown", "shutdown"]);
 }
 
