@@ -15,7 +15,7 @@ const INVARIANTS: &[&str] = &[
     "invariant every task terminal: ok",
     "invariant no attempt left unfinished: ok",
     "invariant no overlapping attempts of a task: ok",
-    "invariant attempt counter = spent attempt rows numbered 1..N: ok",
+    "invariant attempt counter = attempt rows numbered 1..N, free runs = released rows: ok",
     "invariant attempts within max_attempts: ok",
     "invariant one success row per succeeded task, none otherwise: ok",
     "invariant final state as the mix expects: ok",
