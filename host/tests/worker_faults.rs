@@ -89,6 +89,15 @@ impl Db {
             .id
     }
 
+    /// `n` hello tasks with distinct names.
+    async fn enqueue_hellos(&self, hello: &ModuleRecord, n: usize) -> Vec<Uuid> {
+        let mut ids = Vec::with_capacity(n);
+        for i in 0..n {
+            ids.push(self.enqueue(hello, &format!(r#"{{"name":"n{i}"}}"#)).await);
+        }
+        ids
+    }
+
     /// Every attempt row of every task is closed, and no task is live.
     async fn assert_nothing_stuck(&self, ids: &[Uuid]) {
         for &id in ids {
@@ -184,10 +193,7 @@ fn faults(kind: &str) -> u64 {
 async fn a_refused_completion_fails_its_task_and_no_other() {
     on_both(|db| async move {
         let hello = db.push("hello").await;
-        let mut ids = Vec::new();
-        for i in 0..40 {
-            ids.push(db.enqueue(&hello, &format!(r#"{{"name":"n{i}"}}"#)).await);
-        }
+        let mut ids = db.enqueue_hellos(&hello, 40).await;
         let poisoned = db.enqueue(&hello, r#"{"name":"POISON"}"#).await;
         ids.push(poisoned);
         let plan = FaultPlan::new();
@@ -220,10 +226,7 @@ async fn guest_nul_bytes_are_stored_and_fail_nothing_else() {
     on_both(|db| async move {
         let hello = db.push("hello").await;
         let panicky = db.push("panicky").await;
-        let mut ids = Vec::new();
-        for i in 0..20 {
-            ids.push(db.enqueue(&hello, &format!(r#"{{"name":"n{i}"}}"#)).await);
-        }
+        let mut ids = db.enqueue_hellos(&hello, 20).await;
         let nul = db
             .enqueue(&panicky, r#"{"message":"before\u0000after"}"#)
             .await;
@@ -248,10 +251,7 @@ async fn guest_nul_bytes_are_stored_and_fail_nothing_else() {
 async fn tasks_of_a_lost_claim_reply_expire_and_run() {
     on_both(|db| async move {
         let hello = db.push("hello").await;
-        let mut ids = Vec::new();
-        for i in 0..10 {
-            ids.push(db.enqueue(&hello, &format!(r#"{{"name":"n{i}"}}"#)).await);
-        }
+        let ids = db.enqueue_hellos(&hello, 10).await;
         let plan = FaultPlan::new();
         plan.lose_next_reply(Op::Claim, 1);
         let store = db.store.clone().with_faults(plan);
@@ -284,10 +284,7 @@ async fn tasks_of_a_lost_claim_reply_expire_and_run() {
 async fn failed_completion_writes_are_retried() {
     on_both(|db| async move {
         let hello = db.push("hello").await;
-        let mut ids = Vec::new();
-        for i in 0..10 {
-            ids.push(db.enqueue(&hello, &format!(r#"{{"name":"n{i}"}}"#)).await);
-        }
+        let ids = db.enqueue_hellos(&hello, 10).await;
         let plan = FaultPlan::new();
         plan.fail_next(Op::Complete, 3).fail_next(Op::Heartbeat, 2);
         let store = db.store.clone().with_faults(plan);
@@ -400,10 +397,7 @@ async fn connections_cut_mid_statement_lose_nothing() {
         return;
     };
     let hello = db.push("hello").await;
-    let mut ids = Vec::new();
-    for i in 0..20 {
-        ids.push(db.enqueue(&hello, &format!(r#"{{"name":"n{i}"}}"#)).await);
-    }
+    let ids = db.enqueue_hellos(&hello, 20).await;
     let env = db.pg.as_ref().unwrap();
     // The lock makes the worker's statements wait inside the server, where
     // the test can find and cut their connections.
