@@ -1,11 +1,21 @@
 #!/usr/bin/env bash
-# One-time set-up on a fresh machine with Rust installed: the WebAssembly
-# target the task modules build for. Idempotent and quiet when done already.
+# One-time set-up on a fresh machine with Rust installed. Idempotent and
+# quiet when done already.
+#
+# Usage: scripts/setup.sh [--rust-only]
+#   --rust-only  only the WebAssembly target the Rust examples build for
+#                (what scripts/demo.sh needs); without it, also everything
+#                the test suite uses: Debian packages (promtool, Chromium,
+#                clang for C tasks), the Python venv (Ray, componentize-py),
+#                npm packages (componentize-js), wit-bindgen and wasm-tools.
 set -euo pipefail
 
 if ! rustup target list --installed | grep -qx wasm32-wasip2; then
   echo "setup: installing the wasm32-wasip2 target"
   rustup target add wasm32-wasip2
+fi
+if [ "${1:-}" = "--rust-only" ]; then
+  exit 0
 fi
 
 # Debian packages the tests use: promtool (package prometheus) checks the

@@ -370,6 +370,8 @@ fn run_on(backend: Backend, test: fn(&mut Env)) {
 
 on_both_backends!(
     four_workers_run_2000_tasks_exactly_once,
+    default_prefetch_shares_long_tasks,
+    another_process_enqueue_wakes_an_idle_worker,
     killed_worker_task_is_reaped_and_rerun,
     cancel_queued_and_running_tasks,
     flaky_task_is_retried_with_backoff,
@@ -414,6 +416,11 @@ fn four_workers_run_2000_tasks_exactly_once(env: &mut Env) {
                     "--exit-when-idle",
                     "--concurrency",
                     "2",
+                    // A fixed, small prefetch: claims of at most 10 tasks,
+                    // so that no worker can take everything (an adaptive
+                    // one may hold 100 ms of work, all 2,000 tasks here).
+                    "--prefetch",
+                    "8",
                     "--poll-interval",
                     "200ms",
                 ],
@@ -465,7 +472,7 @@ fn four_workers_run_2000_tasks_exactly_once(env: &mut Env) {
         env.count("SELECT count(DISTINCT task_id) FROM attempts"),
         N as i64
     );
-    // Claims come in batches of at most concurrency + prefetch (10), so no
+    // Each worker holds at most concurrency + prefetch (10) tasks, so no
     // worker can take everything: the run really was shared.
     let sharing = env.count("SELECT count(DISTINCT worker_id) FROM attempts");
     assert!(
@@ -473,6 +480,55 @@ fn four_workers_run_2000_tasks_exactly_once(env: &mut Env) {
         "only {sharing} worker(s) ran tasks\n{}",
         logs_of(&refs)
     );
+}
+
+/// At default flags a worker prefetches nothing while its runs are long
+/// (one second here), so two workers share a queue of long tasks instead of
+/// the first one hoarding them.
+fn default_prefetch_shares_long_tasks(env: &mut Env) {
+    const N: usize = 16;
+    env.push("sleepy");
+    let tasks = env.new_tasks("sleepy", (0..N).map(|_| r#"{"ms":1000}"#.to_string()));
+    env.rt.block_on(env.store.enqueue_batch(&tasks)).unwrap();
+    let mut workers: Vec<WorkerProc> = (0..2)
+        .map(|_| env.worker(&["--exit-when-idle", "--poll-interval", "200ms"], &[]))
+        .collect();
+    let counts: Vec<u64> = workers
+        .iter_mut()
+        .map(|w| processed(&w.wait_success(Duration::from_secs(120))))
+        .collect();
+    let refs: Vec<&WorkerProc> = workers.iter().collect();
+    assert_eq!(counts.iter().sum::<u64>(), N as u64, "{}", logs_of(&refs));
+    assert!(
+        counts.iter().all(|&c| c >= (N / 4) as u64),
+        "one worker hoarded the long tasks: {counts:?}\n{}",
+        logs_of(&refs)
+    );
+}
+
+/// A task enqueued by another process reaches an idle worker without
+/// polling: NOTIFY on PostgreSQL, the file's commit counter on SQLite. The
+/// worker polls once an hour here, so only the wake-up can start the task.
+fn another_process_enqueue_wakes_an_idle_worker(env: &mut Env) {
+    env.push("hello");
+    let w = env.worker(&["--poll-interval", "1h"], &[]);
+    // Registered and past its first (empty) claim.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while env.count("SELECT count(*) FROM workers") == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "worker never registered\n{}",
+            w.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    for i in 0..3 {
+        let id = env.enqueue("hello", &format!(r#"{{"name":"w{i}"}}"#), &[]);
+        env.wait_task(id, Duration::from_secs(30), "succeeded", &[&w], |t| {
+            t.state == TaskState::Succeeded
+        });
+    }
 }
 
 /// A worker killed with SIGKILL mid-task: another worker's reaper takes the

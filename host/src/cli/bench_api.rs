@@ -170,7 +170,6 @@ async fn measure(
     if let Some(c) = b.concurrency {
         cfg.concurrency = c;
     }
-    cfg.prefetch = 512;
     let worker = Worker::new(
         Executor {
             runtime: runtime.clone(),

@@ -4,7 +4,7 @@
 //! wasmq adds, and throughput with 16 jobs in flight. SQLite in a temp dir,
 //! workers in this process, the `hello` example.
 
-use super::bench_queue::{pct, worker};
+use super::bench_queue::pct;
 use super::cluster::RayArgs;
 use crate::client::{Client, EnqueueRequest};
 use crate::runtime::{Runtime, RuntimeConfig};
@@ -199,4 +199,23 @@ async fn cleanup(cluster: &Cluster, store: &AnyStore) -> anyhow::Result<()> {
         let _ = cluster.client.delete(id).await;
     }
     Ok(())
+}
+
+/// A worker of the bench, in-process (`cluster: None`) or on Ray.
+fn worker(
+    store: &AnyStore,
+    runtime: &Arc<Runtime>,
+    cluster: Option<&Arc<Cluster>>,
+    cfg: WorkerConfig,
+) -> crate::worker::Worker {
+    crate::worker::Worker::new(
+        crate::worker::Executor {
+            runtime: runtime.clone(),
+            store: store.clone(),
+            defaults: crate::runtime::Limits::default(),
+            policy: crate::worker::RetryPolicy::default(),
+            cluster: cluster.cloned(),
+        },
+        cfg,
+    )
 }

@@ -6,6 +6,7 @@ mod bench;
 mod bench_api;
 mod bench_cluster;
 mod bench_cold;
+mod bench_cpu;
 mod bench_queue;
 mod bench_soak;
 mod cluster;

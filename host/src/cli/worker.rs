@@ -4,7 +4,7 @@ use super::admin::connect;
 use super::limits::LimitArgs;
 use crate::runtime::{Runtime, RuntimeConfig, parse_duration};
 use crate::store::QueueSelector;
-use crate::worker::{Executor, Mode, RetryPolicy, Worker, WorkerConfig};
+use crate::worker::{Executor, Mode, Prefetch, RetryPolicy, Worker, WorkerConfig};
 use clap::Args;
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,9 +45,10 @@ pub struct WorkerArgs {
     /// Tasks running at once [default: number of cores; 1 with --sync].
     #[arg(long)]
     pub concurrency: Option<u32>,
-    /// Tasks claimed ahead of free slots [default: 4 × concurrency; 0 with --sync].
-    #[arg(long)]
-    pub prefetch: Option<u32>,
+    /// Tasks claimed ahead of free slots, or `auto`: what the runners finish
+    /// in WASMQ_PREFETCH_HORIZON (100ms), at most 1024 [default: auto].
+    #[arg(long, value_parser = parse_prefetch)]
+    pub prefetch: Option<Prefetch>,
     /// Lease length [default: 30s, or WASMQ_LEASE].
     #[arg(long, value_parser = parse_duration)]
     pub lease: Option<Duration>,
@@ -111,12 +112,6 @@ pub async fn run(db: &str, a: WorkerArgs) -> anyhow::Result<()> {
             super::exit::Exit::usage("--concurrency must be at least 1")
         );
         cfg.concurrency = if a.sync { 1 } else { c };
-        if cfg.mode != Mode::Cluster {
-            cfg.prefetch = cfg.concurrency * 4;
-        }
-    }
-    if a.sync {
-        cfg.prefetch = 0;
     }
     if let Some(p) = a.prefetch {
         cfg.prefetch = p;
@@ -167,6 +162,16 @@ pub async fn run(db: &str, a: WorkerArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// `auto` or a number of tasks.
+fn parse_prefetch(s: &str) -> Result<Prefetch, String> {
+    if s.eq_ignore_ascii_case("auto") {
+        return Ok(Prefetch::auto());
+    }
+    s.parse()
+        .map(Prefetch::Fixed)
+        .map_err(|_| format!("invalid prefetch `{s}`: expected a whole number or `auto`"))
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -13,6 +13,12 @@ use super::model::*;
 /// Upper bound of queue names, unique keys, module names and versions.
 const MAX_NAME_LEN: usize = 200;
 
+/// Statements slower than this are logged by sqlx, at debug level: a batch
+/// enqueue of 20,000 tasks or a purge legitimately takes seconds, and an
+/// operator's log should not warn about it. `WASMQ_LOG=sqlx=debug` shows them.
+pub(crate) const SLOW_STATEMENT: Duration = Duration::from_secs(1);
+pub(crate) const SLOW_STATEMENT_LEVEL: log::LevelFilter = log::LevelFilter::Debug;
+
 fn validate_name(kind: &str, value: &str) -> Result<()> {
     if value.is_empty() {
         return Err(StoreError::invalid(format!("{kind} must not be empty")));

@@ -23,6 +23,15 @@ macro_rules! unfinished_states {
     };
 }
 
+/// The rows among which a unique key is unique: unfinished ones that have
+/// a key. The text of the partial index `tasks_unique_key_idx` (migration
+/// 0003) and of every `ON CONFLICT` that names it.
+macro_rules! unique_key_scope {
+    () => {
+        "unique_key IS NOT NULL AND state IN ('queued', 'leased', 'running')"
+    };
+}
+
 /// Fencing: the row is still live under this worker and lease epoch.
 macro_rules! fenced {
     ($t:expr, $owner:expr, $epoch:expr) => {

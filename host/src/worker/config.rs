@@ -18,6 +18,52 @@ pub const DEFAULT_CLAIM_BATCH: u32 = 256;
 /// Most completions written in one transaction.
 pub const DEFAULT_COMPLETE_BATCH: usize = 512;
 
+/// Most tasks an adaptive worker claims beyond those it runs.
+pub const MAX_AUTO_PREFETCH: u32 = 1024;
+/// How much work an adaptive worker keeps claimed ahead of its runners,
+/// measured in run time: enough to cover several claim round trips, little
+/// enough that a worker never hoards what another one could start now.
+pub const DEFAULT_PREFETCH_HORIZON: Duration = Duration::from_millis(100);
+
+/// How many tasks a worker claims beyond those it runs at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prefetch {
+    /// Sized from how fast tasks finish: the tasks the runners would finish
+    /// within the prefetch horizon, at most [`MAX_AUTO_PREFETCH`]. Nothing
+    /// is prefetched until the first runs have been timed, so a queue of
+    /// long tasks is shared between workers from the start.
+    Auto { horizon: Duration },
+    /// Exactly this many (`--prefetch N`).
+    Fixed(u32),
+}
+
+impl Prefetch {
+    /// The default: adaptive, with `WASMQ_PREFETCH_HORIZON` overriding
+    /// [`DEFAULT_PREFETCH_HORIZON`].
+    pub fn auto() -> Prefetch {
+        Prefetch::Auto {
+            horizon: env_duration("WASMQ_PREFETCH_HORIZON").unwrap_or(DEFAULT_PREFETCH_HORIZON),
+        }
+    }
+
+    /// The most tasks this setting ever prefetches.
+    pub fn max(self) -> u32 {
+        match self {
+            Prefetch::Auto { .. } => MAX_AUTO_PREFETCH,
+            Prefetch::Fixed(n) => n,
+        }
+    }
+}
+
+impl std::fmt::Display for Prefetch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Prefetch::Auto { horizon } => write!(f, "auto ({horizon:?} of work)"),
+            Prefetch::Fixed(n) => write!(f, "{n}"),
+        }
+    }
+}
+
 /// Ray jobs in flight per cluster worker (`--max-in-flight`).
 pub const DEFAULT_MAX_IN_FLIGHT: u32 = 16;
 
@@ -51,7 +97,7 @@ pub struct WorkerConfig {
     /// Tasks claimed ahead of a free slot, so short tasks do not wait for a
     /// database round trip each. Prefetched tasks are leased (and
     /// heartbeated) like running ones.
-    pub prefetch: u32,
+    pub prefetch: Prefetch,
     pub lease: Duration,
     pub reaper_interval: Duration,
     pub poll_interval: Duration,
@@ -66,10 +112,10 @@ impl WorkerConfig {
     pub fn new(mode: Mode) -> Self {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
         let (concurrency, prefetch) = match mode {
-            Mode::Local => (cores, cores * 4),
-            Mode::Sync => (1, 4),
+            Mode::Local => (cores, Prefetch::auto()),
+            Mode::Sync => (1, Prefetch::auto()),
             // A claimed task waits for nothing local: claim only what runs.
-            Mode::Cluster => (DEFAULT_MAX_IN_FLIGHT, 0),
+            Mode::Cluster => (DEFAULT_MAX_IN_FLIGHT, Prefetch::Fixed(0)),
         };
         WorkerConfig {
             mode,
@@ -85,6 +131,11 @@ impl WorkerConfig {
             complete_batch: DEFAULT_COMPLETE_BATCH,
             exit_when_idle: false,
         }
+    }
+
+    /// The most tasks this worker ever holds: running plus prefetched.
+    pub fn max_held(&self) -> u32 {
+        self.concurrency.saturating_add(self.prefetch.max())
     }
 
     /// Heartbeats come three times per lease, so two may be lost in a row.

@@ -1,7 +1,8 @@
 //! The worker: leases tasks from the store and runs them.
 //!
 //! One worker process runs these concurrent loops:
-//! - **claim**: leases up to `concurrency + prefetch` tasks in batches
+//! - **claim**: leases up to `concurrency + prefetch` tasks in batches,
+//!   the prefetch sized from how fast runs finish ([`Prefetch::Auto`])
 //!   (woken by LISTEN/NOTIFY on PostgreSQL, an in-process signal on SQLite,
 //!   a freed slot, or the poll interval);
 //! - **jobs**: one per claimed task, at most `concurrency` running;
@@ -19,6 +20,7 @@ pub mod cluster;
 mod config;
 pub mod envelope;
 mod executor;
+mod pace;
 mod retry;
 mod run;
 pub mod shipping;
@@ -26,7 +28,8 @@ pub mod shipping;
 pub use cluster::{Cluster, ClusterConfig};
 pub use config::{
     DEFAULT_CLAIM_BATCH, DEFAULT_COMPLETE_BATCH, DEFAULT_GRACE, DEFAULT_LEASE,
-    DEFAULT_MAX_IN_FLIGHT, DEFAULT_POLL_INTERVAL, DEFAULT_REAPER_INTERVAL, Mode, WorkerConfig,
+    DEFAULT_MAX_IN_FLIGHT, DEFAULT_POLL_INTERVAL, DEFAULT_PREFETCH_HORIZON,
+    DEFAULT_REAPER_INTERVAL, MAX_AUTO_PREFETCH, Mode, Prefetch, WorkerConfig,
 };
 pub use executor::{Executor, MAX_STORED_LOGS, retry_kind};
 pub use retry::{DEFAULT_BACKOFF_BASE, DEFAULT_BACKOFF_CAP, DEFAULT_RETRY_ON, RetryPolicy};

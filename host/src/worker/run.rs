@@ -2,6 +2,7 @@
 
 use super::config::WorkerConfig;
 use super::executor::Executor;
+use super::pace::Pace;
 use crate::runtime::CancelToken;
 use crate::store::{
     AnyStore, ClaimedTask, Completion, Lease, Started, Store, StoreError, StoreEvent, Transition,
@@ -47,7 +48,11 @@ struct Shared {
     /// Set when the grace period is over: interrupt running tasks.
     interrupt: CancelToken,
     wake: Notify,
+    /// One permit per task held (claimed and not yet completed), up to
+    /// `concurrency` + the most the prefetch setting ever allows.
     claim_slots: Arc<Semaphore>,
+    /// How fast runs finish: sizes an adaptive prefetch.
+    pace: Pace,
     completed: AtomicU64,
     succeeded: AtomicU64,
     fenced: AtomicU64,
@@ -138,7 +143,7 @@ impl Worker {
             .await?;
         crate::metrics::global().heartbeat(&self.id);
         info!(worker = %self.id, mode = cfg.mode.as_str(), queues = %cfg.queues,
-            concurrency = cfg.concurrency, prefetch = cfg.prefetch, backend = store.backend_name(),
+            concurrency = cfg.concurrency, prefetch = %cfg.prefetch, backend = store.backend_name(),
             "worker started");
 
         let shared = Arc::new(Shared {
@@ -148,7 +153,8 @@ impl Worker {
             shutdown: CancelToken::new(),
             interrupt: CancelToken::new(),
             wake: Notify::new(),
-            claim_slots: Arc::new(Semaphore::new((cfg.concurrency + cfg.prefetch) as usize)),
+            claim_slots: Arc::new(Semaphore::new(cfg.max_held() as usize)),
+            pace: Pace::default(),
             completed: AtomicU64::new(0),
             succeeded: AtomicU64::new(0),
             fenced: AtomicU64::new(0),
@@ -239,13 +245,14 @@ async fn claim_loop(
         if shared.shutdown.is_cancelled() {
             return Ok(());
         }
-        // Claim in large batches: wait until a quarter of the slots are free,
-        // unless the tasks still held are too few to keep every runner busy.
-        let total = cfg.concurrency + cfg.prefetch;
-        let available = shared.claim_slots.available_permits() as u32;
-        let held = total - available;
-        let free = if available >= (total / 4).max(1) || held <= cfg.concurrency {
-            available.min(cfg.claim_batch)
+        // Claim in large batches: wait until a quarter of the target is
+        // free, unless the tasks still held are too few to keep every
+        // runner busy.
+        let target = cfg.concurrency + shared.pace.prefetch(cfg.prefetch, cfg.concurrency);
+        let held = cfg.max_held() - shared.claim_slots.available_permits() as u32;
+        let want = target.saturating_sub(held);
+        let free = if want >= (target / 4).max(1) || held <= cfg.concurrency {
+            want.min(cfg.claim_batch)
         } else {
             0
         };
@@ -327,8 +334,7 @@ async fn claim_loop(
 
 /// Nothing in flight here and nothing queued or running on our queues.
 async fn is_idle(shared: &Shared) -> bool {
-    let total = (shared.config.concurrency + shared.config.prefetch) as usize;
-    if shared.claim_slots.available_permits() < total {
+    if shared.claim_slots.available_permits() < shared.config.max_held() as usize {
         return false;
     }
     match shared.store.queue_stats().await {
@@ -355,6 +361,7 @@ async fn runner(
                 release(&task)
             } else {
                 let at = Utc::now();
+                let clock = Instant::now();
                 let _ = done_tx.send(Report::Started(Started {
                     lease: task.lease(),
                     at,
@@ -371,6 +378,7 @@ async fn runner(
                     }
                 };
                 c.started_at = Some(at);
+                shared.pace.record(clock.elapsed());
                 c
             };
             log_end(&c);

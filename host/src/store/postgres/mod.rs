@@ -17,7 +17,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
-use sqlx::{AssertSqlSafe, PgConnection, Postgres, QueryBuilder, Row};
+use sqlx::{AssertSqlSafe, ConnectOptions, PgConnection, Postgres, QueryBuilder, Row};
 use uuid::Uuid;
 
 mod rows;
@@ -52,6 +52,7 @@ impl PgStore {
 
     /// Opens a pool with explicit options (e.g. a `search_path`).
     pub async fn open(options: PgConnectOptions, max_connections: u32) -> Result<Self> {
+        let options = options.log_slow_statements(SLOW_STATEMENT_LEVEL, SLOW_STATEMENT);
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(1))
             .connect_with(options)

@@ -33,8 +33,8 @@ pub(super) const INSERT_TASKS: &str = concat!(
                  input, run_after, max_attempts, fuel, memory_bytes, timeout_ms, unique_key, \
                  parent_id, ord) \
      ORDER BY u.ord \
-     ON CONFLICT (unique_key) WHERE state IN ",
-    unfinished_states!(),
+     ON CONFLICT (unique_key) WHERE ",
+    unique_key_scope!(),
     " DO NOTHING \
      RETURNING id"
 );

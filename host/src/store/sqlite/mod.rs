@@ -10,7 +10,9 @@
 //!   handler waits by sleeping (up to 100 ms a turn), which would waste most
 //!   of the time a single-writer database has.
 //! - Times are INTEGER unix microseconds, taken from this process's clock.
-//! - Events reach listeners of this process only; other processes poll.
+//! - Events reach listeners of this process directly; what other processes
+//!   commit is noticed by watching the file's commit counter
+//!   ([`CommitWatch`]).
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -34,7 +36,7 @@ mod sql;
 
 use self::rows::*;
 use self::sql::*;
-use super::notify::{Listener, LocalEvents};
+use super::notify::{CommitWatch, Listener, LocalEvents};
 use super::shared::*;
 use super::*;
 
@@ -56,6 +58,10 @@ pub struct SqliteStore {
     pool: SqlitePool,
     write_gate: Arc<Mutex<()>>,
     events: LocalEvents,
+    /// How to open the connection a listener watches other processes'
+    /// commits on; `None` for an in-memory database, which no other
+    /// process can reach.
+    watch_options: Option<Arc<SqliteConnectOptions>>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -102,8 +108,10 @@ impl SqliteStore {
             .create_if_missing(true)
             .foreign_keys(true)
             .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(BUSY_TIMEOUT);
+            .busy_timeout(BUSY_TIMEOUT)
+            .log_slow_statements(SLOW_STATEMENT_LEVEL, SLOW_STATEMENT);
         let pool_options = SqlitePoolOptions::new().acquire_timeout(BUSY_TIMEOUT * 2);
+        let watch_options = (!in_memory).then(|| Arc::new(options.clone()));
         let pool = if in_memory {
             // A shared in-memory database lives as long as one connection does.
             pool_options
@@ -124,6 +132,7 @@ impl SqliteStore {
             pool,
             write_gate: Arc::new(Mutex::new(())),
             events: LocalEvents::new(),
+            watch_options,
         })
     }
 
@@ -1066,6 +1075,10 @@ impl Store for SqliteStore {
     }
 
     async fn listen(&self) -> Result<Listener> {
-        Ok(self.events.listener())
+        let watch = match &self.watch_options {
+            Some(options) => Some(CommitWatch::open(options).await?),
+            None => None,
+        };
+        Ok(self.events.listener(watch))
     }
 }

@@ -33,8 +33,8 @@ pub(super) const INSERT_TASKS: &str = concat!(
          value ->> 'fuel', value ->> 'memory_bytes', value ->> 'timeout_ms', \
          value ->> 'unique_key', value ->> 'parent_id', ?2, ?2 \
      FROM json_each(?1) WHERE true ORDER BY key \
-     ON CONFLICT (unique_key) WHERE state IN ",
-    unfinished_states!(),
+     ON CONFLICT (unique_key) WHERE ",
+    unique_key_scope!(),
     " DO NOTHING \
      RETURNING id"
 );
