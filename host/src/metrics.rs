@@ -391,6 +391,44 @@ mod tests {
         assert!(text.contains("h_sum{m=\"a\"} 11\n"), "{text}");
     }
 
+    /// One task's worth of observations, as the executor makes them.
+    fn one_task(m: &Metrics, module: &str, queue: &str) {
+        let _running = m.in_flight_guard();
+        m.queue_wait.observe(&[queue], 0.012);
+        m.attempt_finished("success", module, Duration::from_micros(850), 1_234_567);
+    }
+
+    /// The cost of [`one_task`] on one thread and on two at once, in ns per
+    /// task: `cargo test --release -p wasmq --lib observation_cost --
+    /// --ignored --nocapture`.
+    #[test]
+    #[ignore = "a timing loop: run with --ignored --nocapture"]
+    fn observation_cost() {
+        const MODULES: [&str; 4] = ["hello", "flaky", "fib", "resize-image"];
+        const QUEUES: [&str; 2] = ["default", "emails"];
+        const N: usize = 1_000_000;
+        let m = Metrics::new();
+        let run = |n: usize| {
+            let start = Instant::now();
+            for i in 0..n {
+                let module = std::hint::black_box(MODULES[i % MODULES.len()]);
+                let queue = std::hint::black_box(QUEUES[i % QUEUES.len()]);
+                one_task(&m, module, queue);
+            }
+            start.elapsed().as_nanos() as f64 / n as f64
+        };
+        run(N / 10);
+        let single = run(N);
+        let both = std::thread::scope(|s| {
+            let a = s.spawn(|| run(N));
+            let b = s.spawn(|| run(N));
+            (a.join().unwrap() + b.join().unwrap()) / 2.0
+        });
+        println!(
+            "observations of one task: {single:.0} ns on one thread, {both:.0} ns each on two"
+        );
+    }
+
     #[test]
     fn labels_are_escaped() {
         let mut e = Exposition::new();
