@@ -616,7 +616,7 @@ fn metrics_pass_promtool(env: &mut Env) {
     has(&api, r#"wasmq_tasks{queue="default",state="cancelled"} 0"#);
     has(
         &api,
-        r#"wasmq_queue_oldest_queued_age_seconds{queue="default"} 0"#,
+        r#"wasmq_queue_oldest_queued_age_seconds{queue="default"} 0.0"#,
     );
     has(
         &api,

@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use sqlx::Connection;
 use uuid::Uuid;
+use wasmq::metrics::FaultKind;
 use wasmq::runtime::{Limits, Runtime, RuntimeConfig};
 use wasmq::store::*;
 use wasmq::worker::{Executor, Mode, RetryPolicy, Worker, WorkerConfig, WorkerStats};
@@ -182,8 +183,8 @@ async fn drain(store: AnyStore, config: WorkerConfig) -> WorkerStats {
     .expect("the worker ran")
 }
 
-fn faults(kind: &str) -> u64 {
-    wasmq::metrics::global().worker_faults.get(&[kind])
+fn faults(kind: FaultKind) -> u64 {
+    wasmq::metrics::global().faults(kind)
 }
 
 /// A completion batch the database refuses is split until the one bad
@@ -199,12 +200,12 @@ async fn a_refused_completion_fails_its_task_and_no_other() {
         let plan = FaultPlan::new();
         plan.poison("POISON");
         let store = db.store.clone().with_faults(plan);
-        let unstorable = faults("completion-unstorable");
+        let unstorable = faults(FaultKind::CompletionUnstorable);
         let stats = drain(store.clone(), config(Duration::from_secs(30))).await;
         assert!(store.faults().unwrap().injected() >= 1);
         // Split or not (the bad completion may have come alone), it was
         // found and replaced.
-        assert!(faults("completion-unstorable") > unstorable);
+        assert!(faults(FaultKind::CompletionUnstorable) > unstorable);
         db.assert_nothing_stuck(&ids).await;
         let bad = db.store.get_task(poisoned).await.unwrap();
         assert_eq!(bad.state, TaskState::Failed);
@@ -307,7 +308,7 @@ async fn a_lost_lease_stops_the_guest() {
     on_both(|db| async move {
         let sleepy = db.push("sleepy").await;
         let id = db.enqueue(&sleepy, r#"{"ms": 4000}"#).await;
-        let lost_before = faults("lease-lost");
+        let lost_before = faults(FaultKind::LeaseLost);
         let mut cfg = config(Duration::from_millis(1500));
         // No reaper in this worker: the test plays the other worker's reaper.
         cfg.reaper_interval = Duration::from_secs(3600);
@@ -342,7 +343,7 @@ async fn a_lost_lease_stops_the_guest() {
         );
         // The worker learns it from its next heartbeat and stops the guest.
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while faults("lease-lost") == lost_before {
+        while faults(FaultKind::LeaseLost) == lost_before {
             assert!(
                 std::time::Instant::now() < deadline,
                 "no heartbeat lost the lease"
@@ -490,7 +491,7 @@ async fn a_large_purge_in_another_process_expires_no_lease() {
     let run = tokio::spawn(worker.run(async {
         let _ = stop_rx.await;
     }));
-    let failures_before = faults("heartbeat-failed");
+    let failures_before = faults(FaultKind::HeartbeatFailed);
 
     let url = db.url.clone();
     let purge = tokio::task::spawn_blocking(move || {
@@ -546,7 +547,7 @@ async fn a_large_purge_in_another_process_expires_no_lease() {
     }
     eprintln!(
         "heartbeat failures during the purge: {}",
-        faults("heartbeat-failed") - failures_before
+        faults(FaultKind::HeartbeatFailed) - failures_before
     );
     db.drop().await;
 }

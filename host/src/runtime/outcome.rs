@@ -78,20 +78,71 @@ pub enum Outcome {
     },
 }
 
+/// The kind of an [`Outcome`], without its details.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OutcomeKind {
+    Success,
+    TaskError,
+    Trap,
+    OutOfFuel,
+    OutOfMemory,
+    Timeout,
+    Cancelled,
+    InvalidModule,
+    InvalidOutput,
+    HostError,
+}
+
+impl OutcomeKind {
+    /// Every kind, in declaration order (`ALL[k as usize] == k`).
+    pub const ALL: [OutcomeKind; 10] = [
+        OutcomeKind::Success,
+        OutcomeKind::TaskError,
+        OutcomeKind::Trap,
+        OutcomeKind::OutOfFuel,
+        OutcomeKind::OutOfMemory,
+        OutcomeKind::Timeout,
+        OutcomeKind::Cancelled,
+        OutcomeKind::InvalidModule,
+        OutcomeKind::InvalidOutput,
+        OutcomeKind::HostError,
+    ];
+
+    /// The stable name of this kind, as stored in the database and printed.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutcomeKind::Success => "success",
+            OutcomeKind::TaskError => "task-error",
+            OutcomeKind::Trap => "trap",
+            OutcomeKind::OutOfFuel => "out-of-fuel",
+            OutcomeKind::OutOfMemory => "out-of-memory",
+            OutcomeKind::Timeout => "timeout",
+            OutcomeKind::Cancelled => "cancelled",
+            OutcomeKind::InvalidModule => "invalid-module",
+            OutcomeKind::InvalidOutput => "invalid-output",
+            OutcomeKind::HostError => "host-error",
+        }
+    }
+}
+
 impl Outcome {
     /// The stable name of this kind, as stored in the database and printed.
     pub fn kind(&self) -> &'static str {
+        self.outcome_kind().as_str()
+    }
+
+    pub fn outcome_kind(&self) -> OutcomeKind {
         match self {
-            Outcome::Success => "success",
-            Outcome::TaskError { .. } => "task-error",
-            Outcome::Trap { .. } => "trap",
-            Outcome::OutOfFuel { .. } => "out-of-fuel",
-            Outcome::OutOfMemory { .. } => "out-of-memory",
-            Outcome::Timeout { .. } => "timeout",
-            Outcome::Cancelled { .. } => "cancelled",
-            Outcome::InvalidModule { .. } => "invalid-module",
-            Outcome::InvalidOutput { .. } => "invalid-output",
-            Outcome::HostError { .. } => "host-error",
+            Outcome::Success => OutcomeKind::Success,
+            Outcome::TaskError { .. } => OutcomeKind::TaskError,
+            Outcome::Trap { .. } => OutcomeKind::Trap,
+            Outcome::OutOfFuel { .. } => OutcomeKind::OutOfFuel,
+            Outcome::OutOfMemory { .. } => OutcomeKind::OutOfMemory,
+            Outcome::Timeout { .. } => OutcomeKind::Timeout,
+            Outcome::Cancelled { .. } => OutcomeKind::Cancelled,
+            Outcome::InvalidModule { .. } => OutcomeKind::InvalidModule,
+            Outcome::InvalidOutput { .. } => OutcomeKind::InvalidOutput,
+            Outcome::HostError { .. } => OutcomeKind::HostError,
         }
     }
 
@@ -264,6 +315,13 @@ impl RunReport {
 mod tests {
     use super::*;
     use crate::text::{NUL_REPLACEMENT, TRUNCATION_MARK};
+
+    #[test]
+    fn every_kind_is_listed_at_its_index() {
+        for (i, k) in OutcomeKind::ALL.into_iter().enumerate() {
+            assert_eq!(k as usize, i, "{k:?}");
+        }
+    }
 
     #[test]
     fn a_huge_task_error_is_cut_and_made_storable() {

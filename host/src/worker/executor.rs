@@ -1,6 +1,7 @@
 //! Runs one claimed task in-process and turns the report into a completion.
 
 use super::retry::RetryPolicy;
+use crate::metrics::AttemptEnd;
 use crate::runtime::{
     CancelToken, Limits, LoadError, Outcome, ProgressSink, RunReport, RunRequest, Runtime,
     TaskErrorKind, TaskInfo,
@@ -59,9 +60,7 @@ impl Executor {
         let _running = metrics.in_flight_guard();
         if task.attempt == 1 {
             let wait = (Utc::now() - task.enqueued_at).to_std().unwrap_or_default();
-            metrics
-                .queue_wait
-                .observe(&[&task.queue], wait.as_secs_f64());
+            metrics.queue_waited(&task.queue, wait);
         }
         let limits = self.limits_for(task);
         let progress = self.progress_sink(worker_id, task);
@@ -113,12 +112,12 @@ impl Executor {
         progress.finish().await;
         let interrupted = shutdown.is_cancelled() && report.outcome.kind() == "cancelled";
         let elapsed = started.elapsed();
-        let outcome = if interrupted {
-            "shutdown"
+        let end = if interrupted {
+            AttemptEnd::Shutdown
         } else {
-            report.outcome.kind()
+            AttemptEnd::Outcome(report.outcome.outcome_kind())
         };
-        metrics.attempt_finished(outcome, &task.module_name, elapsed, report.fuel_used);
+        metrics.attempt_finished(end, &task.module_name, elapsed, report.fuel_used);
         self.complete(task, report, interrupted, elapsed)
     }
 

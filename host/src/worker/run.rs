@@ -3,6 +3,7 @@
 use super::config::WorkerConfig;
 use super::executor::Executor;
 use super::pace::Pace;
+use crate::metrics::FaultKind;
 use crate::runtime::CancelToken;
 use crate::store::{
     AnyStore, ClaimedTask, Completion, Lease, Started, Store, StoreError, StoreEvent, Transition,
@@ -276,7 +277,7 @@ async fn claim_loop(
                 // A claim whose reply was lost may have leased tasks that
                 // this worker never learns of: no heartbeat names them, so
                 // their leases run out and a reaper requeues them.
-                fault("claim-failed");
+                fault(FaultKind::ClaimFailed);
                 warn!(worker = %shared.id, error = %e, "claiming failed; retrying");
                 tokio::select! {
                     () = tokio::time::sleep(db_backoff) => {}
@@ -530,15 +531,15 @@ async fn completer(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Report>)
     }
 }
 
-fn fault(kind: &str) {
-    crate::metrics::global().worker_faults.inc(&[kind]);
+fn fault(kind: FaultKind) {
+    crate::metrics::global().fault(kind);
 }
 
 /// Start writes are an optimisation of what the task row shows: a failed
 /// one is logged, and the completion records the start time anyway.
 async fn write_starts(shared: &Shared, starts: &[Started]) {
     if let Err(e) = shared.store.mark_started(&shared.id, starts).await {
-        fault("start-failed");
+        fault(FaultKind::StartFailed);
         warn!(worker = %shared.id, error = %e, tasks = starts.len(),
             "could not mark started tasks running; their completions will record the start");
     }
@@ -567,13 +568,13 @@ fn write_completions<'a>(
             Err(e) => e,
         };
         if e.is_transient() {
-            fault("completion-abandoned");
+            fault(FaultKind::CompletionAbandoned);
             warn!(worker = %shared.id, error = %e, tasks = completions.len(),
                 "the database stayed unreachable while writing completions");
             return vec![Written::Abandoned; completions.len()];
         }
         if completions.len() > 1 {
-            fault("completion-split");
+            fault(FaultKind::CompletionSplit);
             warn!(worker = %shared.id, error = %e, tasks = completions.len(),
                 "the database refused a completion batch: splitting it to find the bad one");
             let (a, b) = completions.split_at(completions.len() / 2);
@@ -581,12 +582,12 @@ fn write_completions<'a>(
             written.extend(write_completions(shared, b).await);
             return written;
         }
-        fault("completion-unstorable");
+        fault(FaultKind::CompletionUnstorable);
         let replacement = unstorable_completion(&completions[0], &e);
         match write_with_retries(shared, std::slice::from_ref(&replacement)).await {
             Ok(applied) => vec![Written::Unstorable(applied[0])],
             Err(e) => {
-                fault("completion-abandoned");
+                fault(FaultKind::CompletionAbandoned);
                 warn!(worker = %shared.id, error = %e,
                     "could not even store the failure of an unstorable completion");
                 vec![Written::Abandoned]
@@ -608,7 +609,7 @@ async fn write_with_retries(
         match shared.store.complete(&shared.id, completions).await {
             Ok(applied) => return Ok(applied),
             Err(e) if e.is_transient() && tries < MAX_WRITE_TRIES => {
-                fault("completion-retried");
+                fault(FaultKind::CompletionRetried);
                 warn!(worker = %shared.id, error = %e, tasks = completions.len(),
                     "writing completions failed; retrying");
                 tokio::select! {
@@ -683,7 +684,7 @@ async fn heartbeat(shared: Arc<Shared>) {
             }
             Err(e) => {
                 failures += 1;
-                fault("heartbeat-failed");
+                fault(FaultKind::HeartbeatFailed);
                 warn!(worker = %shared.id, error = %e, consecutive = failures,
                     leases = leases.len(), lease = ?shared.config.lease,
                     "heartbeat failed; leases run out unless a later one gets through");
@@ -710,7 +711,7 @@ fn lose_inflight(shared: &Shared, id: Uuid) {
     if t.finished {
         return;
     }
-    fault("lease-lost");
+    fault(FaultKind::LeaseLost);
     t.span
         .in_scope(|| warn!("lease lost (the task was reaped or taken over): stopping the run"));
     t.tokens.halt.cancel();

@@ -167,7 +167,7 @@ async fn enqueue(
             Json(json!({ "id": out.id, "deduplicated": true })),
         ));
     }
-    crate::metrics::global().tasks_enqueued.inc(&[&queue]);
+    crate::metrics::global().task_enqueued(&queue);
     Ok((
         StatusCode::CREATED,
         Json(json!({ "id": out.id, "deduplicated": false })),
