@@ -164,7 +164,7 @@ pub async fn run(b: QueueBench) -> anyhow::Result<()> {
             for run in 0..b.runs {
                 let db = Db::create(backend, &b.postgres_url, work.path(), run).await?;
                 let r = measure(&ctx, &b, &db, &args).await;
-                db.drop().await?;
+                db.remove().await?;
                 samples.push(r.with_context(|| format!("{backend} {flags:?} run {}", run + 1))?);
             }
             let m = median_sample(&samples);
@@ -209,7 +209,7 @@ async fn measure(ctx: &Ctx, b: &QueueBench, db: &Db, flags: &[String]) -> anyhow
         .push_module(&ctx.runtime, "hello", None, ctx.bytes.clone())
         .await?;
     if b.history > 0 {
-        fill_history(&store, db, &module, b.history).await?;
+        fill_history(&store, &module, b.history).await?;
     }
     let mut batch = Vec::with_capacity(ENQUEUE_CHUNK);
     for i in 0..b.tasks {
@@ -399,7 +399,7 @@ impl Db {
         })
     }
 
-    async fn drop(self) -> anyhow::Result<()> {
+    async fn remove(self) -> anyhow::Result<()> {
         if let Some((schema, admin)) = self.schema
             && let AnyStore::Postgres(pg) = &admin
         {
@@ -449,7 +449,6 @@ impl Db {
 /// `n` succeeded tasks with one attempt each, as years of use leave them.
 async fn fill_history(
     store: &AnyStore,
-    _db: &Db,
     module: &crate::store::ModuleRecord,
     n: usize,
 ) -> anyhow::Result<()> {
