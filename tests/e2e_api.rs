@@ -522,6 +522,22 @@ fn api_auth_modules_tasks_and_errors(env: &mut Env) {
     );
     assert_eq!(default["counts"]["queued"], 0);
 
+    // Fuel is a number of at least 1 or "unlimited", down to the runtime:
+    // no 0 that secretly means "no limit".
+    let r = s.post("/api/v1/tasks", json!({"module": "hello", "fuel": 0}));
+    assert_eq!(r.status, 400, "{r:?}");
+    assert!(r.body.to_string().contains("fuel"), "{r:?}");
+    let unlimited = s.enqueue(json!({"module": "hello", "fuel": "unlimited"}));
+    let t = s.wait_state(&unlimited, "succeeded");
+    assert_eq!(t["limits"]["fuel"], json!("unlimited"), "{t}");
+    let starved = s.enqueue(json!({"module": "hello", "fuel": 5, "max_attempts": 1}));
+    let t = s.wait_state(&starved, "failed");
+    assert_eq!(
+        (&t["limits"]["fuel"], &t["error_kind"]),
+        (&json!(5), &json!("out-of-fuel")),
+        "{t}"
+    );
+
     // Every documented operation without path parameters answers.
     let doc = s.get("/api/v1/openapi.json");
     assert_eq!(doc.body["openapi"], "3.1.0");

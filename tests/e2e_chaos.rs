@@ -16,7 +16,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 use wasmq::runtime::{LOG_RECORD_OVERHEAD_BYTES, MAX_LOG_RECORDS, MAX_PROGRESS_MESSAGE_BYTES};
-use wasmq::store::{AnyStore, AttemptRecord, NewTask, Store, TaskLimits, TaskRecord, TaskState};
+use wasmq::store::{
+    AnyStore, AttemptRecord, Fuel, NewTask, Store, TaskLimits, TaskRecord, TaskState,
+};
 use wasmq::text::NUL_REPLACEMENT;
 use wasmq::worker::MAX_STORED_LOGS;
 
@@ -96,7 +98,7 @@ impl Env {
                 max_attempts: 1,
                 // The floods run for seconds of guest code.
                 limits: TaskLimits {
-                    fuel: Some(0),
+                    fuel: Some(Fuel::Unlimited),
                     memory_bytes: None,
                     timeout_ms: Some(120_000),
                 },
@@ -308,7 +310,7 @@ fn hostile_tasks_end_terminal_with_storable_bounded_text(env: &mut Env) {
         t.error_message.as_deref(),
         Some(format!("chaos: NUL here {nul} in an error").as_str())
     );
-    assert_eq!(a[0].outcome.as_deref(), Some("task-error"));
+    assert_eq!(a[0].outcome_name(), Some("task-error"));
 
     let (t, _) = assert_stored_text_is_bounded(env, big_error);
     assert_eq!(t.state, TaskState::Failed, "max_attempts 1: {t:#?}");
@@ -342,7 +344,7 @@ fn hostile_tasks_end_terminal_with_storable_bounded_text(env: &mut Env) {
 
     let (t, a) = assert_stored_text_is_bounded(env, panic);
     assert_eq!(t.state, TaskState::Failed, "{t:#?}");
-    assert_eq!(a[0].outcome.as_deref(), Some("trap"));
+    assert_eq!(a[0].outcome_name(), Some("trap"));
     let message = t.error_message.unwrap();
     assert!(
         message.contains(&format!("chaos: NUL here {nul} in a panic")),
@@ -387,7 +389,7 @@ fn progress_flood_beside_100_tasks_keeps_leases_and_memory_bounded(env: &mut Env
     for id in hellos.iter().chain([&flood]) {
         let (t, attempts) = assert_stored_text_is_bounded(env, *id);
         assert_eq!(t.state, TaskState::Succeeded, "{t:#?}");
-        let outcomes: Vec<_> = attempts.iter().map(|a| a.outcome.as_deref()).collect();
+        let outcomes: Vec<_> = attempts.iter().map(|a| a.outcome_name()).collect();
         assert_eq!(outcomes, [Some("success")], "{id}: {attempts:#?}");
     }
     let t = env.task(flood);

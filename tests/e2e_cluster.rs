@@ -427,7 +427,7 @@ fn cancel_stops_the_ray_job(ray: &RayHead) {
     env.ok(&["task", "cancel", &id.to_string()]);
     env.wait_state(&[id], TaskState::Cancelled, Duration::from_secs(30), &[&w]);
     assert_eq!(env.job_status(&job), Some(JobStatus::Stopped));
-    assert_eq!(env.attempts(id)[0].outcome.as_deref(), Some("cancelled"));
+    assert_eq!(env.attempts(id)[0].outcome_name(), Some("cancelled"));
     env.wait_state(
         &[done],
         TaskState::Succeeded,
@@ -478,10 +478,10 @@ fn killed_worker_is_replaced_and_tasks_run_once(ray: &RayHead) {
         // One Ray job per task: the second worker attached to the first job.
         assert_eq!(env.jobs_of(*id), std::slice::from_ref(&first_job));
         let attempts = env.attempts(*id);
-        let outcomes: Vec<_> = attempts.iter().map(|a| a.outcome.clone()).collect();
+        let outcomes: Vec<_> = attempts.iter().map(|a| a.outcome_name()).collect();
         assert_eq!(
             outcomes,
-            [Some("lease-expired".into()), Some("success".into())],
+            [Some("lease-expired"), Some("success")],
             "{attempts:#?}"
         );
         for a in &attempts {
@@ -530,11 +530,11 @@ fn ray_down_requeues_and_tasks_finish_after_restart(ray: &RayHead) {
         let t = env.task(*id);
         assert_eq!(t.state, TaskState::Succeeded, "{t:#?}");
         let attempts = env.attempts(*id);
-        assert_eq!(attempts.last().unwrap().outcome.as_deref(), Some("success"));
+        assert_eq!(attempts.last().unwrap().outcome_name(), Some("success"));
         assert!(
             attempts
                 .iter()
-                .any(|a| a.outcome.as_deref() == Some("host-error")
+                .any(|a| a.outcome_name() == Some("host-error")
                     && a.error_message
                         .as_deref()
                         .unwrap_or("")
@@ -582,7 +582,7 @@ fn a_job_under_a_taken_id_is_not_trusted(ray: &RayHead) {
     let attempts = env.attempts(id);
     assert_eq!(attempts.len(), 2, "{attempts:#?}");
     let first = &attempts[0];
-    assert_eq!(first.outcome.as_deref(), Some("host-error"), "{first:#?}");
+    assert_eq!(first.outcome_name(), Some("host-error"), "{first:#?}");
     let msg = first.error_message.as_deref().unwrap_or("");
     assert!(
         msg.contains("not this attempt's job") && msg.contains("wasmq_module_sha256"),
@@ -655,7 +655,7 @@ fn shutdown_is_bounded_and_leaves_no_orphan(ray: &RayHead) {
         (1, 1),
         "released as a free run, without spending the attempt: {t:#?}"
     );
-    assert_eq!(env.attempts(id)[0].outcome.as_deref(), Some("shutdown"));
+    assert_eq!(env.attempts(id)[0].outcome_name(), Some("shutdown"));
     let mut next = env.worker(&["--exit-when-idle", "--ray-keep-jobs"], &[]);
     next.finish(Duration::from_secs(120));
     let t = env.task(id);

@@ -354,7 +354,7 @@ fn processed(stdout: &str) -> u64 {
 fn outcomes(attempts: &[AttemptRecord]) -> Vec<&str> {
     attempts
         .iter()
-        .map(|a| a.outcome.as_deref().unwrap_or("(running)"))
+        .map(|a| a.outcome_name().unwrap_or("(running)"))
         .collect()
 }
 
@@ -383,6 +383,7 @@ on_both_backends!(
     higher_priority_runs_first,
     enqueue_wait_exits_with_the_outcome,
     bad_enqueue_input_is_refused,
+    misspelled_retry_kind_stops_the_worker,
 );
 
 // ---- scenarios ------------------------------------------------------------------
@@ -927,7 +928,7 @@ fn enqueue_wait_exits_with_the_outcome(env: &mut Env) {
 /// Bad enqueue input: exit 2, one line naming the problem, nothing stored.
 fn bad_enqueue_input_is_refused(env: &mut Env) {
     env.push("hello");
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 6] = [
         (
             &["task", "enqueue", "nosuchmodule", "--input", "{}"],
             "nosuchmodule",
@@ -961,6 +962,10 @@ fn bad_enqueue_input_is_refused(env: &mut Env) {
             "10parsecs",
         ),
         (&["task", "enqueue", "hello@7", "--input", "{}"], "hello"),
+        (
+            &["task", "enqueue", "hello", "--input", "{}", "--fuel", "0"],
+            "`unlimited`",
+        ),
     ];
     for (args, needle) in cases {
         let out = env.run(args);
@@ -983,6 +988,22 @@ fn bad_enqueue_input_is_refused(env: &mut Env) {
         assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err:?}");
     }
     assert!(env.all_tasks().is_empty());
+}
+
+/// A misspelled `WASMQ_RETRY_ON` entry stops the worker at start, naming
+/// the entry and the known kinds, instead of silently not retrying.
+fn misspelled_retry_kind_stops_the_worker(env: &mut Env) {
+    let out = env
+        .cmd(&["worker", "--exit-when-idle"])
+        .env("WASMQ_RETRY_ON", "trap, tmeout")
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_ne!(code(&out), 0, "{err}");
+    assert!(err.contains("WASMQ_RETRY_ON"), "{err}");
+    assert!(err.contains("\"tmeout\""), "{err}");
+    assert!(err.contains("task-error:retryable"), "{err}");
+    assert!(!stdout(&out).contains("processed"), "{}", stdout(&out));
 }
 
 // ---- PostgreSQL only -------------------------------------------------------------

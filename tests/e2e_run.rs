@@ -378,6 +378,15 @@ fn usage_errors_exit_2() {
         .unwrap();
     assert_eq!(code(&out), 2);
     assert!(stderr(&out).contains("/nonexistent.wasm"));
+    // No fuel at all is not a way of saying "unlimited".
+    let out = wasmq(dir.path())
+        .arg("run")
+        .arg(example("hello"))
+        .args(["--fuel", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 2);
+    assert!(stderr(&out).contains("`unlimited`"), "{}", stderr(&out));
 }
 
 #[test]

@@ -12,11 +12,15 @@
 //!
 //! [`metrics`] is the process-wide Prometheus registry that the worker and
 //! the API both update; [`text`] makes guest text storable and bounded for
-//! the runtime and the store alike.
+//! the runtime and the store alike; [`kinds`] names how attempts end, for
+//! the runtime, the store, the retry policy and the metrics alike; [`fuel`]
+//! is a fuel budget as the CLI, the API and a stored task say it.
 
 pub mod api;
 pub mod cli;
 pub mod client;
+pub mod fuel;
+pub mod kinds;
 pub mod metrics;
 pub mod ray;
 pub mod runtime;

@@ -13,13 +13,13 @@
 //! units (`_seconds`), and a family keeps its series once seen, so a rate
 //! never sees a series vanish.
 //!
-//! Label sets are typed: closed sets of values are enums ([`AttemptEnd`],
+//! Label sets are typed: closed sets of values are enums ([`OutcomeKind`],
 //! [`FaultKind`]); modules, queues and routes are open sets named by
 //! strings, whose series are looked up by name under a read lock and created
 //! once ([`ByName`]). So recording a task on a module and queue seen before
 //! allocates nothing and takes no lock for writing but the histograms' own.
 
-use crate::runtime::OutcomeKind;
+use crate::kinds::OutcomeKind;
 use axum::http::Method;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{
@@ -52,41 +52,6 @@ pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
 /// themselves and by the API for every live worker in the database.
 pub const WORKER_HEARTBEAT_AGE: &str = "wasmq_worker_heartbeat_age_seconds";
 pub const WORKER_HEARTBEAT_AGE_HELP: &str = "Seconds since the worker's last successful heartbeat.";
-
-/// How an attempt ended: the `outcome` label of `wasmq_tasks_finished_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum AttemptEnd {
-    /// The run's outcome.
-    Outcome(OutcomeKind),
-    /// Interrupted by the worker's shutdown: released without spending the
-    /// attempt.
-    Shutdown,
-}
-
-impl AttemptEnd {
-    const COUNT: usize = OutcomeKind::ALL.len() + 1;
-
-    fn as_str(self) -> &'static str {
-        match self {
-            AttemptEnd::Outcome(kind) => kind.as_str(),
-            AttemptEnd::Shutdown => "shutdown",
-        }
-    }
-
-    /// A distinct index below [`Self::COUNT`].
-    fn index(self) -> usize {
-        match self {
-            AttemptEnd::Outcome(kind) => kind as usize,
-            AttemptEnd::Shutdown => OutcomeKind::ALL.len(),
-        }
-    }
-}
-
-impl EncodeLabelValue for AttemptEnd {
-    fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
-        encoder.write_str(self.as_str())
-    }
-}
 
 /// A fault a worker met and survived: the `kind` label of
 /// `wasmq_worker_faults_total`.
@@ -128,6 +93,12 @@ impl FaultKind {
     }
 }
 
+impl EncodeLabelValue for OutcomeKind {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
+        encoder.write_str(self.as_str())
+    }
+}
+
 impl EncodeLabelValue for FaultKind {
     fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
         encoder.write_str(self.as_str())
@@ -146,7 +117,7 @@ impl EncodeLabelValue for HttpMethod {
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct FinishedLabels {
-    outcome: AttemptEnd,
+    outcome: OutcomeKind,
     module: String,
 }
 
@@ -220,9 +191,9 @@ impl<T> ByName<T> {
 
 /// What the attempts of one module update.
 struct ModuleSeries {
-    /// By [`AttemptEnd::index`]: made when an attempt first ends so, since a
-    /// series is written once made.
-    finished: [OnceLock<Counter>; AttemptEnd::COUNT],
+    /// By outcome kind: made when an attempt first ends so, since a series
+    /// is written once made.
+    finished: [OnceLock<Counter>; OutcomeKind::ALL.len()],
     run_duration: Histogram,
     fuel_used: Histogram,
 }
@@ -430,7 +401,7 @@ impl Metrics {
     }
 
     /// Records the end of one attempt.
-    pub fn attempt_finished(&self, end: AttemptEnd, module: &str, run: Duration, fuel: u64) {
+    pub fn attempt_finished(&self, end: OutcomeKind, module: &str, run: Duration, fuel: u64) {
         self.modules.with(
             module,
             || {
@@ -444,7 +415,7 @@ impl Metrics {
                 }
             },
             |series| {
-                series.finished[end.index()]
+                series.finished[end as usize]
                     .get_or_init(|| {
                         self.tasks_finished.get_or_create_owned(&FinishedLabels {
                             outcome: end,
@@ -560,7 +531,7 @@ mod tests {
         assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
     }
 
-    const SUCCESS: AttemptEnd = AttemptEnd::Outcome(OutcomeKind::Success);
+    const SUCCESS: OutcomeKind = OutcomeKind::Success;
 
     #[test]
     fn histogram_buckets_are_cumulative() {
@@ -601,7 +572,7 @@ mod tests {
             m.queue_waited("default", Duration::from_millis(3));
             m.attempt_finished(SUCCESS, "hello", Duration::from_millis(1), 5_000);
             m.attempt_finished(SUCCESS, "hello", Duration::from_millis(1), 5_000);
-            m.attempt_finished(AttemptEnd::Shutdown, "hello", Duration::ZERO, 0);
+            m.attempt_finished(OutcomeKind::Shutdown, "hello", Duration::ZERO, 0);
             assert_eq!(m.in_flight(), 1);
         }
         m.task_enqueued("default");

@@ -302,21 +302,20 @@ async fn claim_one(store: &AnyStore, worker: &str, lease: Duration) -> ClaimedTa
     claimed.remove(0)
 }
 
-fn report(outcome: &str) -> AttemptReport {
+fn report(outcome: OutcomeKind) -> AttemptReport {
     AttemptReport {
-        outcome: outcome.to_owned(),
         duration_ms: 7,
-        ..Default::default()
+        ..AttemptReport::of(outcome)
     }
 }
 
 fn completion(t: &ClaimedTask, transition: Transition) -> Completion {
     let outcome = match transition {
-        Transition::Succeed { .. } => outcome::SUCCESS,
-        Transition::Retry { .. } | Transition::Fail => outcome::TASK_ERROR,
-        Transition::Cancel => outcome::CANCELLED,
-        Transition::Release => outcome::SHUTDOWN,
-        Transition::Defer { .. } => outcome::HOST_ERROR,
+        Transition::Succeed { .. } => OutcomeKind::Success,
+        Transition::Retry { .. } | Transition::Fail => OutcomeKind::TaskError,
+        Transition::Cancel => OutcomeKind::Cancelled,
+        Transition::Release => OutcomeKind::Shutdown,
+        Transition::Defer { .. } => OutcomeKind::HostError,
     };
     Completion {
         task_id: t.id,
@@ -616,7 +615,7 @@ async fn enqueue_and_get_task_roundtrip(h: Harness) {
     let run_after = now_plus(-5_000);
     let input = "{ \"text\" : \"héllo\",\n  \"n\": [1, 2] }";
     let limits = TaskLimits {
-        fuel: Some(1_000_000),
+        fuel: Some(Fuel::limited(1_000_000)),
         memory_bytes: Some(64 << 20),
         timeout_ms: Some(30_000),
     };
@@ -664,6 +663,14 @@ async fn enqueue_and_get_task_roundtrip(h: Harness) {
     assert!(r2.seq > r.seq);
     assert_eq!(r2.limits, TaskLimits::default());
     assert_eq!(r2.queue, "default");
+
+    // Unlimited fuel is kept apart from "the worker's default".
+    let unlimited = TaskLimits {
+        fuel: Some(Fuel::Unlimited),
+        ..TaskLimits::default()
+    };
+    let id3 = enqueue(&s, task(&m).limits(unlimited)).await;
+    assert_eq!(s.get_task(id3).await.unwrap().limits, unlimited);
     assert!((r2.run_after - r2.enqueued_at).num_milliseconds().abs() < 1000);
 
     let missing = Uuid::now_v7();
@@ -883,7 +890,7 @@ async fn complete_applies_every_transition(h: Harness) {
             enqueue(
                 &s,
                 task(&m).limits(TaskLimits {
-                    fuel: Some(10),
+                    fuel: Some(Fuel::limited(10)),
                     ..Default::default()
                 }),
             )
@@ -893,7 +900,7 @@ async fn complete_applies_every_transition(h: Harness) {
     let claimed = claim_all(&s, "w1").await;
     assert_eq!(claimed.len(), 5);
     let t = |i: usize| &claimed[i];
-    assert_eq!(t(0).limits.fuel, Some(10));
+    assert_eq!(t(0).limits.fuel.and_then(Fuel::units), Some(10));
     assert!(t(0).lease_expires_at > Utc::now() + TimeDelta::seconds(50));
     // A claim leases: not started yet.
     let leased = s.get_task(ids[0]).await.unwrap();
@@ -920,7 +927,7 @@ async fn complete_applies_every_transition(h: Harness) {
     let retry_at = now_plus(-1);
     let mut fail = completion(t(1), Transition::Fail);
     fail.report = AttemptReport {
-        outcome: outcome::TRAP.into(),
+        outcome: OutcomeKind::Trap,
         error_kind: None,
         error_message: Some("unreachable executed".into()),
         logs: Some("log line\n".into()),
@@ -934,7 +941,7 @@ async fn complete_applies_every_transition(h: Harness) {
             run_after: retry_at,
         },
     );
-    retry.report.error_kind = Some("custom-kind".into());
+    retry.report.error_kind = Some(TaskErrorKind::Retryable);
     retry.report.error_message = Some("try again".into());
     let batch = vec![
         completion(t(0), succeed()),
@@ -966,7 +973,7 @@ async fn complete_applies_every_transition(h: Harness) {
     assert_eq!(attempts.len(), 1);
     let a = &attempts[0];
     assert_eq!((a.attempt, a.worker_id.as_str()), (1, "w1"));
-    assert_eq!(a.outcome.as_deref(), Some("trap"));
+    assert_eq!(a.outcome_name(), Some("trap"));
     assert_eq!(a.error_message.as_deref(), Some("unreachable executed"));
     assert_eq!(a.logs.as_deref(), Some("log line\n"));
     assert_eq!(
@@ -988,7 +995,11 @@ async fn complete_applies_every_transition(h: Harness) {
         "a retry spends the attempt"
     );
     assert_eq!(r.run_after.timestamp_micros(), retry_at.timestamp_micros());
-    assert_eq!(r.error_kind.as_deref(), Some("custom-kind"));
+    assert_eq!(
+        r.error_kind.as_deref(),
+        Some("retryable"),
+        "a task error is stored by its own kind"
+    );
     assert_eq!(r.error_message.as_deref(), Some("try again"));
     assert!(r.finished_at.is_none() && r.lease_owner.is_none());
 
@@ -1003,7 +1014,7 @@ async fn complete_applies_every_transition(h: Harness) {
     let a = s.list_attempts(ids[4]).await.unwrap();
     assert_eq!(a.len(), 1);
     assert_eq!(
-        (a[0].attempt, a[0].lease_epoch, a[0].outcome.as_deref()),
+        (a[0].attempt, a[0].lease_epoch, a[0].outcome_name()),
         (1, Some(1), Some("shutdown"))
     );
     assert!(a[0].finished_at.is_some());
@@ -1028,7 +1039,7 @@ async fn complete_applies_every_transition(h: Harness) {
     assert_eq!(
         attempts
             .iter()
-            .map(|a| (a.attempt, a.worker_id.as_str(), a.outcome.as_deref()))
+            .map(|a| (a.attempt, a.worker_id.as_str(), a.outcome_name()))
             .collect::<Vec<_>>(),
         vec![(1, "w1", Some("task-error")), (2, "w2", Some("success"))]
     );
@@ -1242,9 +1253,9 @@ async fn stale_worker_is_fenced_off(h: Harness) {
     assert!(complete1(&s, "worker-b", &fresh, succeed()).await);
     let attempts = s.list_attempts(id).await.unwrap();
     assert_eq!(attempts.len(), 2);
-    assert_eq!(attempts[0].outcome.as_deref(), Some("lease-expired"));
+    assert_eq!(attempts[0].outcome_name(), Some("lease-expired"));
     assert_eq!(attempts[0].worker_id, "worker-a");
-    assert_eq!(attempts[1].outcome.as_deref(), Some("success"));
+    assert_eq!(attempts[1].outcome_name(), Some("success"));
     assert_eq!(
         attempts.iter().map(|a| a.lease_epoch).collect::<Vec<_>>(),
         vec![Some(1), Some(2)]
@@ -1338,7 +1349,7 @@ async fn lease_expiry_retry_and_fail(h: Harness) {
     );
     let attempts = s.list_attempts(retried).await.unwrap();
     assert_eq!(attempts.len(), 2);
-    assert_eq!(attempts[0].outcome.as_deref(), Some("lease-expired"));
+    assert_eq!(attempts[0].outcome_name(), Some("lease-expired"));
     assert_eq!(
         attempts[0].error_message.as_deref(),
         Some("lease expired (worker w-dead stopped heartbeating)")
@@ -1602,7 +1613,7 @@ async fn release_does_not_spend_an_attempt(h: Harness) {
                 a.attempt,
                 a.lease_epoch,
                 a.worker_id.as_str(),
-                a.outcome.as_deref()
+                a.outcome_name()
             ))
             .collect::<Vec<_>>(),
         vec![
@@ -1643,7 +1654,7 @@ async fn defer_requeues_later_without_spending_the_attempt(h: Harness) {
     let a = s.list_attempts(id).await.unwrap();
     assert_eq!(a.len(), 1);
     assert_eq!(
-        (a[0].attempt, a[0].lease_epoch, a[0].outcome.as_deref()),
+        (a[0].attempt, a[0].lease_epoch, a[0].outcome_name()),
         (1, Some(1), Some("host-error"))
     );
     assert_eq!(
@@ -2199,7 +2210,7 @@ async fn mark_started_is_fenced_and_records_start(h: Harness) {
     let r = s.get_task(t1.id).await.unwrap();
     assert_eq!((r.state, r.started_at), (TaskState::Succeeded, Some(at1)));
     let a = &s.list_attempts(t1.id).await.unwrap()[0];
-    assert_eq!((a.started_at, a.outcome.as_deref()), (at1, Some("success")));
+    assert_eq!((a.started_at, a.outcome_name()), (at1, Some("success")));
     // A finished task cannot be started.
     assert!(!start_at(&s, "w1", t1.lease(), at1).await);
 
@@ -2208,7 +2219,7 @@ async fn mark_started_is_fenced_and_records_start(h: Harness) {
     assert!(complete1(&s, "w1", t2, Transition::Release).await);
     let a = &s.list_attempts(t2.id).await.unwrap()[0];
     assert_eq!(
-        (a.started_at, a.outcome.as_deref()),
+        (a.started_at, a.outcome_name()),
         (claim_time2, Some("shutdown"))
     );
     // The next run is started in its own epoch only.
@@ -2302,7 +2313,7 @@ async fn stale_epoch_of_same_worker_is_fenced(h: Harness) {
     let a = s.list_attempts(id).await.unwrap();
     assert_eq!(a.len(), 2);
     assert_eq!(
-        (a[1].lease_epoch, a[1].outcome.as_deref(), a[1].finished_at),
+        (a[1].lease_epoch, a[1].outcome_name(), a[1].finished_at),
         (Some(2), None, None),
         "the live run's row is untouched"
     );
@@ -2321,7 +2332,7 @@ async fn stale_epoch_of_same_worker_is_fenced(h: Harness) {
     let a = s.list_attempts(id).await.unwrap();
     assert_eq!(
         a.iter()
-            .map(|a| (a.attempt, a.lease_epoch, a.outcome.as_deref()))
+            .map(|a| (a.attempt, a.lease_epoch, a.outcome_name()))
             .collect::<Vec<_>>(),
         vec![
             (1, Some(1), Some("shutdown")),
@@ -2778,7 +2789,7 @@ async fn attempt_rows_one_per_epoch_and_closed(h: Harness) {
     let a = check_rows(5).await;
     assert_eq!(
         a.iter()
-            .map(|a| (a.worker_id.as_str(), a.outcome.as_deref()))
+            .map(|a| (a.worker_id.as_str(), a.outcome_name()))
             .collect::<Vec<_>>(),
         vec![
             ("w1", Some("shutdown")),

@@ -266,7 +266,7 @@ async fn tasks_of_a_lost_claim_reply_expire_and_run() {
             let attempts = db.store.list_attempts(id).await.unwrap();
             expired += attempts
                 .iter()
-                .filter(|a| a.outcome.as_deref() == Some("lease-expired"))
+                .filter(|a| a.outcome_name() == Some("lease-expired"))
                 .count();
             // The run numbers never repeat.
             let mut numbers: Vec<u32> = attempts.iter().map(|a| a.attempt).collect();
@@ -357,7 +357,7 @@ async fn a_lost_lease_stops_the_guest() {
         assert_eq!(t.state, TaskState::Queued, "{t:?}");
         let attempts = db.store.list_attempts(id).await.unwrap();
         assert_eq!(attempts.len(), 1);
-        assert_eq!(attempts[0].outcome.as_deref(), Some("lease-expired"));
+        assert_eq!(attempts[0].outcome_name(), Some("lease-expired"));
         db.drop().await;
     })
     .await;
@@ -537,7 +537,7 @@ async fn a_large_purge_in_another_process_expires_no_lease() {
         assert!(
             attempts
                 .iter()
-                .all(|a| a.outcome.as_deref() != Some("lease-expired")),
+                .all(|a| a.outcome_name() != Some("lease-expired")),
             "a lease expired during the purge: {attempts:?}"
         );
         assert_eq!(

@@ -94,6 +94,14 @@ fn schemas() -> Value {
     let opt_time = json!({ "type": ["string", "null"], "format": "date-time" });
     let opt_str = json!({ "type": ["string", "null"] });
     let opt_int = json!({ "type": ["integer", "null"] });
+    let fuel = json!({
+        "description": "Fuel units, or \"unlimited\"; absent or null = the worker's default",
+        "oneOf": [
+            { "type": "integer", "minimum": 1 },
+            { "type": "string", "enum": [crate::fuel::UNLIMITED] },
+            { "type": "null" }
+        ]
+    });
     json!({
         "Error": {
             "type": "object",
@@ -140,7 +148,7 @@ fn schemas() -> Value {
                 "delay_ms": { "type": "integer", "minimum": 0 },
                 "max_attempts": { "type": "integer", "minimum": 1, "default": 3 },
                 "unique_key": { "type": "string" },
-                "fuel": { "type": "integer", "minimum": 0, "description": "0 = unlimited" },
+                "fuel": fuel,
                 "memory_bytes": { "type": "integer", "minimum": 0 },
                 "timeout_ms": { "type": "integer", "minimum": 0 }
             }
@@ -157,7 +165,7 @@ fn schemas() -> Value {
                 "module_sha256": { "type": "string" }, "queue": { "type": "string" },
                 "priority": { "type": "integer" }, "input": {}, "state": state,
                 "run_after": time, "attempt": { "type": "integer" }, "max_attempts": { "type": "integer" },
-                "limits": { "type": "object", "properties": { "fuel": opt_int, "memory_bytes": opt_int, "timeout_ms": opt_int } },
+                "limits": { "type": "object", "properties": { "fuel": fuel, "memory_bytes": opt_int, "timeout_ms": opt_int } },
                 "unique_key": opt_str, "lease_owner": opt_str, "lease_expires_at": opt_time,
                 "cancel_requested": { "type": "boolean" }, "result": {},
                 "error_kind": opt_str, "error_message": opt_str, "error_logs": opt_str,

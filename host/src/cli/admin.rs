@@ -316,7 +316,7 @@ pub async fn task(db: &str, cmd: TaskCommand) -> anyhow::Result<u8> {
                     a.attempt.to_string(),
                     a.worker_id.clone(),
                     ts(Some(a.started_at)),
-                    a.outcome.clone().unwrap_or_else(|| "(running)".into()),
+                    a.outcome_name().unwrap_or("(running)").to_string(),
                     a.duration_ms.map_or("-".into(), |d| d.to_string()),
                     a.fuel_used.map_or("-".into(), |d| d.to_string()),
                     a.peak_memory.map_or("-".into(), |d| d.to_string()),

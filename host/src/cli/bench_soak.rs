@@ -10,8 +10,9 @@
 //! one killed and restarted.
 
 use crate::client::Client;
+use crate::kinds::OutcomeKind;
 use crate::runtime::{Runtime, RuntimeConfig, parse_duration};
-use crate::store::{AnyStore, ModuleRecord, NewTask, PgStore, Store, TaskLimits, TaskState};
+use crate::store::{AnyStore, Fuel, ModuleRecord, NewTask, PgStore, Store, TaskLimits, TaskState};
 use anyhow::{Context, bail, ensure};
 use chrono::{DateTime, Utc};
 use clap::Args;
@@ -196,7 +197,7 @@ const MIX: &[Entry] = &[
         per_round: 1,
         max_attempts: 3,
         limits: TaskLimits {
-            fuel: Some(20_000_000),
+            fuel: Some(Fuel::limited(20_000_000)),
             memory_bytes: None,
             timeout_ms: None,
         },
@@ -896,7 +897,7 @@ async fn check(
     {
         let outcome: Option<String> = row.try_get("outcome")?;
         let worker_id: String = row.try_get("worker_id")?;
-        if outcome.as_deref() == Some("lease-expired") {
+        if outcome.as_deref() == Some(OutcomeKind::LeaseExpired.as_str()) {
             if killed.contains(&worker_id) {
                 r.expired_killed += 1;
             } else {

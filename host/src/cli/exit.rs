@@ -1,6 +1,7 @@
 //! Process exit codes: one per outcome kind, so scripts can branch on them.
 
-use crate::runtime::{Outcome, TaskErrorKind};
+use crate::kinds::{OutcomeKind, TaskErrorKind};
+use crate::runtime::Outcome;
 use std::process::ExitCode;
 
 pub const SUCCESS: u8 = 0;
@@ -21,39 +22,41 @@ pub const INVALID_OUTPUT: u8 = 31;
 pub const HOST_ERROR: u8 = 40;
 
 pub fn for_outcome(outcome: &Outcome) -> u8 {
+    let error_kind = match outcome {
+        Outcome::TaskError { error_kind, .. } => Some(*error_kind),
+        _ => None,
+    };
+    for_outcome_kind(outcome.outcome_kind(), error_kind)
+}
+
+fn for_outcome_kind(outcome: OutcomeKind, error_kind: Option<TaskErrorKind>) -> u8 {
     match outcome {
-        Outcome::Success => SUCCESS,
-        Outcome::TaskError { error_kind, .. } => match error_kind {
-            TaskErrorKind::Permanent => TASK_PERMANENT,
-            TaskErrorKind::Retryable => TASK_RETRYABLE,
-            TaskErrorKind::InvalidInput => TASK_INVALID_INPUT,
+        OutcomeKind::Success => SUCCESS,
+        OutcomeKind::TaskError => match error_kind {
+            Some(TaskErrorKind::Permanent) | None => TASK_PERMANENT,
+            Some(TaskErrorKind::Retryable) => TASK_RETRYABLE,
+            Some(TaskErrorKind::InvalidInput) => TASK_INVALID_INPUT,
         },
-        Outcome::Trap { .. } => TRAP,
-        Outcome::OutOfFuel { .. } => OUT_OF_FUEL,
-        Outcome::OutOfMemory { .. } => OUT_OF_MEMORY,
-        Outcome::Timeout { .. } => TIMEOUT,
-        Outcome::Cancelled { .. } => CANCELLED,
-        Outcome::InvalidModule { .. } => INVALID_MODULE,
-        Outcome::InvalidOutput { .. } => INVALID_OUTPUT,
-        Outcome::HostError { .. } => HOST_ERROR,
+        OutcomeKind::Trap => TRAP,
+        OutcomeKind::OutOfFuel => OUT_OF_FUEL,
+        OutcomeKind::OutOfMemory => OUT_OF_MEMORY,
+        OutcomeKind::Timeout => TIMEOUT,
+        OutcomeKind::Cancelled => CANCELLED,
+        OutcomeKind::InvalidModule => INVALID_MODULE,
+        OutcomeKind::InvalidOutput => INVALID_OUTPUT,
+        OutcomeKind::HostError | OutcomeKind::LeaseExpired | OutcomeKind::Shutdown => HOST_ERROR,
     }
 }
 
-/// The exit code for a stored failure kind (`error_kind` of a task).
+/// The exit code for a stored failure kind (`error_kind` of a task: a task
+/// error kind or an outcome kind).
 pub fn for_kind(kind: &str) -> u8 {
-    match kind {
-        "permanent" => TASK_PERMANENT,
-        "retryable" => TASK_RETRYABLE,
-        "invalid-input" => TASK_INVALID_INPUT,
-        "trap" => TRAP,
-        "out-of-fuel" => OUT_OF_FUEL,
-        "out-of-memory" => OUT_OF_MEMORY,
-        "timeout" => TIMEOUT,
-        "cancelled" => CANCELLED,
-        "invalid-module" => INVALID_MODULE,
-        "invalid-output" => INVALID_OUTPUT,
-        "host-error" | "lease-expired" => HOST_ERROR,
-        _ => INTERNAL,
+    if let Ok(k) = kind.parse::<TaskErrorKind>() {
+        for_outcome_kind(OutcomeKind::TaskError, Some(k))
+    } else if let Ok(k) = kind.parse::<OutcomeKind>() {
+        for_outcome_kind(k, None)
+    } else {
+        INTERNAL
     }
 }
 

@@ -2,7 +2,8 @@
 //! and `task enqueue`.
 
 use super::exit::Exit;
-use crate::runtime::{Fuel, Limits, parse_duration, parse_size};
+use crate::fuel::Fuel;
+use crate::runtime::{Limits, parse_duration, parse_size};
 use crate::store::TaskLimits;
 use clap::Args;
 use std::time::Duration;
@@ -24,8 +25,8 @@ impl LimitArgs {
     /// The environment's defaults with these flags applied.
     pub fn limits(&self) -> anyhow::Result<Limits> {
         let mut limits = Limits::from_env().map_err(|e| Exit::usage(e.to_string()))?;
-        if let Some(Fuel(f)) = self.fuel {
-            limits.fuel = f;
+        if let Some(f) = self.fuel {
+            limits.fuel = f.units();
         }
         if let Some(m) = self.memory {
             limits.memory_bytes = m;
@@ -36,11 +37,10 @@ impl LimitArgs {
         Ok(limits)
     }
 
-    /// Per-task overrides as stored with a task (`None` = the worker's default;
-    /// fuel 0 = unlimited).
+    /// Per-task overrides as stored with a task (`None` = the worker's default).
     pub fn task_limits(&self) -> TaskLimits {
         TaskLimits {
-            fuel: self.fuel.map(|Fuel(f)| f.unwrap_or(0)),
+            fuel: self.fuel,
             memory_bytes: self.memory,
             timeout_ms: self.timeout.map(|d| d.as_millis() as u64),
         }

@@ -1,6 +1,7 @@
 //! Per-run resource limits, their defaults, and parsers for the human forms
 //! users type (`256MiB`, `30s`).
 
+pub use crate::fuel::{Fuel, FuelError};
 use std::time::Duration;
 
 /// Fuel given to a run when nothing else is said: about a few seconds of
@@ -98,32 +99,14 @@ pub enum LimitError {
     Size(String, String),
     #[error("invalid duration `{0}`: {1} (examples: 500ms, 30s, 2m)")]
     Duration(String, String),
-    #[error("invalid fuel `{0}`: expected a whole number, or `unlimited`")]
-    Fuel(String),
+    #[error(transparent)]
+    Fuel(#[from] FuelError),
 }
 
-/// A fuel budget as given on the command line: `None` is unlimited.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Fuel(pub Option<u64>);
-
-impl std::str::FromStr for Fuel {
-    type Err = LimitError;
-    fn from_str(s: &str) -> Result<Self, LimitError> {
-        parse_fuel(s).map(Fuel)
-    }
-}
-
-/// Parses `unlimited`/`0` as no fuel limit, otherwise a whole number
-/// (underscores allowed, as in Rust literals).
+/// Parses `unlimited` as no fuel limit (`None`), otherwise a whole number
+/// of at least 1 (see [`Fuel`]).
 pub fn parse_fuel(text: &str) -> Result<Option<u64>, LimitError> {
-    let t = text.trim();
-    if t.eq_ignore_ascii_case("unlimited") || t == "0" {
-        return Ok(None);
-    }
-    t.replace('_', "")
-        .parse::<u64>()
-        .map(Some)
-        .map_err(|_| LimitError::Fuel(text.to_string()))
+    Ok(text.parse::<Fuel>()?.units())
 }
 
 /// Parses a byte size: a bare number of bytes, or a number followed by one of
@@ -195,7 +178,7 @@ mod tests {
     #[test]
     fn fuel() {
         assert_eq!(parse_fuel("unlimited"), Ok(None));
-        assert_eq!(parse_fuel("0"), Ok(None));
+        assert!(parse_fuel("0").is_err(), "no 0 that means unlimited");
         assert_eq!(parse_fuel("1_000_000"), Ok(Some(1_000_000)));
         assert!(parse_fuel("-1").is_err());
     }

@@ -27,7 +27,9 @@ pub use limits::{
     MAX_LOG_RECORDS, MAX_PROGRESS_MESSAGE_BYTES, parse_duration, parse_fuel, parse_size,
 };
 pub use module::{LoadedModule, ModuleError, check_header, sha256_hex};
-pub use outcome::{CacheSource, LogRecord, Outcome, OutcomeKind, RunReport, TaskErrorKind};
+pub use outcome::{
+    CacheSource, FailureKind, LogRecord, Outcome, OutcomeKind, RunReport, TaskErrorKind,
+};
 pub use run::{DirGrant, RunRequest};
 pub use state::{ProgressSink, TaskInfo};
 

@@ -1,9 +1,10 @@
-//! What a run produced: the outcome kinds and the full report.
+//! What a run produced: the outcome and the full report.
 
 use super::limits::{
     MAX_BACKTRACE_BYTES, MAX_ERROR_DETAILS_BYTES, MAX_ERROR_MESSAGE_BYTES,
     MAX_PROGRESS_MESSAGE_BYTES,
 };
+pub use crate::kinds::{FailureKind, OutcomeKind, TaskErrorKind};
 use crate::text;
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
@@ -14,25 +15,6 @@ use std::fmt;
 pub(crate) fn make_storable(s: &mut String, max_bytes: usize) {
     if let Cow::Owned(fixed) = text::storable(s, max_bytes) {
         *s = fixed;
-    }
-}
-
-/// The kind of failure a task reported about itself (mirrors the WIT `error-kind`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum TaskErrorKind {
-    Permanent,
-    Retryable,
-    InvalidInput,
-}
-
-impl TaskErrorKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TaskErrorKind::Permanent => "permanent",
-            TaskErrorKind::Retryable => "retryable",
-            TaskErrorKind::InvalidInput => "invalid-input",
-        }
     }
 }
 
@@ -78,57 +60,20 @@ pub enum Outcome {
     },
 }
 
-/// The kind of an [`Outcome`], without its details.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum OutcomeKind {
-    Success,
-    TaskError,
-    Trap,
-    OutOfFuel,
-    OutOfMemory,
-    Timeout,
-    Cancelled,
-    InvalidModule,
-    InvalidOutput,
-    HostError,
-}
-
-impl OutcomeKind {
-    /// Every kind, in declaration order (`ALL[k as usize] == k`).
-    pub const ALL: [OutcomeKind; 10] = [
-        OutcomeKind::Success,
-        OutcomeKind::TaskError,
-        OutcomeKind::Trap,
-        OutcomeKind::OutOfFuel,
-        OutcomeKind::OutOfMemory,
-        OutcomeKind::Timeout,
-        OutcomeKind::Cancelled,
-        OutcomeKind::InvalidModule,
-        OutcomeKind::InvalidOutput,
-        OutcomeKind::HostError,
-    ];
-
-    /// The stable name of this kind, as stored in the database and printed.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OutcomeKind::Success => "success",
-            OutcomeKind::TaskError => "task-error",
-            OutcomeKind::Trap => "trap",
-            OutcomeKind::OutOfFuel => "out-of-fuel",
-            OutcomeKind::OutOfMemory => "out-of-memory",
-            OutcomeKind::Timeout => "timeout",
-            OutcomeKind::Cancelled => "cancelled",
-            OutcomeKind::InvalidModule => "invalid-module",
-            OutcomeKind::InvalidOutput => "invalid-output",
-            OutcomeKind::HostError => "host-error",
-        }
-    }
-}
-
 impl Outcome {
     /// The stable name of this kind, as stored in the database and printed.
     pub fn kind(&self) -> &'static str {
         self.outcome_kind().as_str()
+    }
+
+    /// The failure this outcome stands for, as the retry policy names it;
+    /// `None` for success and cancellation.
+    pub fn failure_kind(&self) -> Option<FailureKind> {
+        let error_kind = match self {
+            Outcome::TaskError { error_kind, .. } => Some(*error_kind),
+            _ => None,
+        };
+        FailureKind::of(self.outcome_kind(), error_kind)
     }
 
     pub fn outcome_kind(&self) -> OutcomeKind {
@@ -315,13 +260,6 @@ impl RunReport {
 mod tests {
     use super::*;
     use crate::text::{NUL_REPLACEMENT, TRUNCATION_MARK};
-
-    #[test]
-    fn every_kind_is_listed_at_its_index() {
-        for (i, k) in OutcomeKind::ALL.into_iter().enumerate() {
-            assert_eq!(k as usize, i, "{k:?}");
-        }
-    }
 
     #[test]
     fn a_huge_task_error_is_cut_and_made_storable() {

@@ -277,7 +277,9 @@ fn classify_error(
         return Outcome::OutOfFuel {
             message: format!(
                 "the task used all of its fuel ({})",
-                limits.fuel.map_or("unlimited".into(), |f| f.to_string())
+                limits
+                    .fuel
+                    .map_or(crate::fuel::UNLIMITED.into(), |f| f.to_string())
             ),
         };
     }

@@ -69,6 +69,9 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
+pub use crate::fuel::Fuel;
+pub use crate::kinds::{OutcomeKind, TaskErrorKind};
+
 /// Lifecycle state of a task; see the module documentation for the diagram.
 /// Ordered by lifecycle (queued < leased < running < succeeded < failed <
 /// cancelled).
@@ -158,23 +161,6 @@ impl FromStr for TaskState {
     }
 }
 
-/// Attempt outcome kinds recorded in `attempts.outcome` (and used as the
-/// task's `error_kind` when no more specific kind is given).
-pub mod outcome {
-    pub const SUCCESS: &str = "success";
-    pub const TASK_ERROR: &str = "task-error";
-    pub const TRAP: &str = "trap";
-    pub const OUT_OF_FUEL: &str = "out-of-fuel";
-    pub const OUT_OF_MEMORY: &str = "out-of-memory";
-    pub const TIMEOUT: &str = "timeout";
-    pub const CANCELLED: &str = "cancelled";
-    pub const INVALID_MODULE: &str = "invalid-module";
-    pub const INVALID_OUTPUT: &str = "invalid-output";
-    pub const HOST_ERROR: &str = "host-error";
-    pub const LEASE_EXPIRED: &str = "lease-expired";
-    pub const SHUTDOWN: &str = "shutdown";
-}
-
 /// A stored module version. `NAME` alone means the latest version (highest id).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ModuleRecord {
@@ -197,7 +183,7 @@ impl ModuleRecord {
 /// Per-task resource limits; `None` means "the worker's default".
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct TaskLimits {
-    pub fuel: Option<u64>,
+    pub fuel: Option<Fuel>,
     pub memory_bytes: Option<u64>,
     pub timeout_ms: Option<u64>,
 }
@@ -382,14 +368,21 @@ pub struct AttemptRecord {
     /// released before they started).
     pub started_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
-    /// One of [`outcome`]'s kinds; `None` while the attempt runs.
-    pub outcome: Option<String>,
+    /// `None` while the attempt runs.
+    pub outcome: Option<OutcomeKind>,
     pub error_message: Option<String>,
     pub logs: Option<String>,
     pub fuel_used: Option<u64>,
     pub peak_memory: Option<u64>,
     pub duration_ms: Option<u64>,
     pub ray_submission_id: Option<String>,
+}
+
+impl AttemptRecord {
+    /// The outcome's name; `None` while the attempt runs.
+    pub fn outcome_name(&self) -> Option<&'static str> {
+        self.outcome.map(OutcomeKind::as_str)
+    }
 }
 
 /// Task count per (queue, state).
@@ -510,18 +503,33 @@ pub struct Started {
 }
 
 /// What happened during one attempt; stored in its `attempts` row.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AttemptReport {
-    /// One of [`outcome`]'s kinds.
-    pub outcome: String,
-    /// Stored as the task's `error_kind`; defaults to `outcome` when the task
-    /// did not succeed.
-    pub error_kind: Option<String>,
+    pub outcome: OutcomeKind,
+    /// The task's own kind of error, for a `task-error` outcome. The task's
+    /// `error_kind` is this, or else the outcome kind
+    /// ([`crate::kinds::stored_error_kind`]).
+    pub error_kind: Option<TaskErrorKind>,
     pub error_message: Option<String>,
     pub logs: Option<String>,
     pub fuel_used: Option<u64>,
     pub peak_memory: Option<u64>,
     pub duration_ms: u64,
+}
+
+impl AttemptReport {
+    /// A report of `outcome` and nothing else.
+    pub fn of(outcome: OutcomeKind) -> AttemptReport {
+        AttemptReport {
+            outcome,
+            error_kind: None,
+            error_message: None,
+            logs: None,
+            fuel_used: None,
+            peak_memory: None,
+            duration_ms: 0,
+        }
+    }
 }
 
 /// Where a running task goes when its attempt ends.

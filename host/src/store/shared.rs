@@ -9,6 +9,8 @@ use uuid::Uuid;
 
 use super::error::{Result, StoreError};
 use super::model::*;
+use crate::fuel::Fuel;
+use crate::kinds::stored_error_kind;
 
 /// Upper bound of queue names, unique keys, module names and versions.
 const MAX_NAME_LEN: usize = 200;
@@ -87,7 +89,7 @@ pub(crate) fn validate_new_task(task: &NewTask) -> Result<()> {
     if let Some(key) = &task.unique_key {
         validate_name("unique key", key)?;
     }
-    limit_to_i64(task.limits.fuel, "fuel")?;
+    fuel_to_db(task.limits.fuel)?;
     limit_to_i64(task.limits.memory_bytes, "memory_bytes")?;
     limit_to_i64(task.limits.timeout_ms, "timeout_ms")?;
     // Input is stored verbatim, but it must be JSON: the guest gets it as such.
@@ -194,6 +196,28 @@ pub(crate) fn limit_to_i64(value: Option<u64>, what: &str) -> Result<Option<i64>
     value.map(|v| to_i64(v, what)).transpose()
 }
 
+/// A task's fuel as its column holds it: NULL for the worker's default, 0
+/// for unlimited (a budget of no fuel at all cannot be asked for), else the
+/// budget. The only place where 0 means unlimited.
+pub(crate) fn fuel_to_db(fuel: Option<Fuel>) -> Result<Option<i64>> {
+    match fuel {
+        None => Ok(None),
+        Some(Fuel::Unlimited) => Ok(Some(0)),
+        Some(Fuel::Units(n)) => to_i64(n.get(), "fuel").map(Some),
+    }
+}
+
+/// The inverse of [`fuel_to_db`].
+pub(crate) fn fuel_from_db(column: Option<i64>) -> Result<Option<Fuel>> {
+    match from_i64_opt(column, "fuel")? {
+        None => Ok(None),
+        Some(0) => Ok(Some(Fuel::Unlimited)),
+        Some(n) => Fuel::from_units(Some(n))
+            .map(Some)
+            .map_err(|e| StoreError::corrupt(e.to_string())),
+    }
+}
+
 /// Decoding: negative counters in the database mean the row was not written
 /// by this code.
 pub(crate) fn from_i64(value: i64, what: &str) -> Result<u64> {
@@ -211,6 +235,14 @@ pub(crate) fn to_u32(value: i64, what: &str) -> Result<u32> {
 pub(crate) fn parse_state(s: &str) -> Result<TaskState> {
     s.parse()
         .map_err(|e: ParseTaskStateError| StoreError::corrupt(e.to_string()))
+}
+
+pub(crate) fn parse_outcome(s: Option<&str>) -> Result<Option<OutcomeKind>> {
+    s.map(|s| {
+        s.parse()
+            .map_err(|e: crate::kinds::UnknownKind| StoreError::corrupt(e.to_string()))
+    })
+    .transpose()
 }
 
 pub(crate) fn parse_progress(value: Option<i64>) -> Result<Option<u8>> {
@@ -263,7 +295,7 @@ pub(crate) struct FinishPlan<'a> {
     pub result: Option<&'a str>,
     /// False keeps the task's previous error fields (Release).
     pub set_error: bool,
-    pub error_kind: Option<&'a str>,
+    pub error_kind: Option<&'static str>,
     pub error_message: Option<Cow<'a, str>>,
     pub error_logs: Option<Cow<'a, str>>,
     /// Queued targets only; `None` = now.
@@ -273,7 +305,7 @@ pub(crate) struct FinishPlan<'a> {
     /// When the run started, for a task still `leased` in the database.
     pub started_at: Option<DateTime<Utc>>,
     // The attempt row:
-    pub outcome: &'a str,
+    pub outcome: &'static str,
     pub logs: Option<Cow<'a, str>>,
     pub fuel_used: Option<i64>,
     pub peak_memory: Option<i64>,
@@ -283,7 +315,7 @@ pub(crate) struct FinishPlan<'a> {
 impl<'a> FinishPlan<'a> {
     pub(crate) fn new(c: &'a Completion) -> Result<FinishPlan<'a>> {
         let r = &c.report;
-        let error_kind = Some(r.error_kind.as_deref().unwrap_or(r.outcome.as_str()));
+        let error_kind = Some(stored_error_kind(r.outcome, r.error_kind));
         let error_message = storable_opt(r.error_message.as_deref(), MAX_STORED_ERROR);
         let logs = storable_opt(r.logs.as_deref(), MAX_STORED_LOGS);
         let mut plan = FinishPlan {
@@ -298,7 +330,7 @@ impl<'a> FinishPlan<'a> {
             run_after: None,
             free_run: false,
             started_at: c.started_at,
-            outcome: &r.outcome,
+            outcome: r.outcome.as_str(),
             logs,
             fuel_used: limit_to_i64(r.fuel_used, "fuel_used")?,
             peak_memory: limit_to_i64(r.peak_memory, "peak_memory")?,
@@ -323,19 +355,13 @@ impl<'a> FinishPlan<'a> {
                 plan.target = TaskState::Queued;
                 plan.set_error = false;
                 plan.free_run = true;
-                plan.outcome = outcome::SHUTDOWN;
+                plan.outcome = OutcomeKind::Shutdown.as_str();
             }
             Transition::Defer { run_after } => {
                 plan.target = TaskState::Queued;
                 plan.run_after = Some(*run_after);
                 plan.free_run = true;
             }
-        }
-        if plan.outcome.is_empty() {
-            return Err(StoreError::invalid(format!(
-                "completion of task {} has an empty outcome",
-                c.task_id
-            )));
         }
         Ok(plan)
     }
@@ -352,8 +378,8 @@ pub fn unstorable_completion(c: &Completion, error: &StoreError) -> Completion {
         epoch: c.epoch,
         started_at: c.started_at,
         report: AttemptReport {
-            outcome: outcome::HOST_ERROR.to_owned(),
-            error_kind: Some(outcome::HOST_ERROR.to_owned()),
+            outcome: OutcomeKind::HostError,
+            error_kind: None,
             error_message: Some(
                 crate::text::storable(
                     &format!(

@@ -46,14 +46,13 @@
 use super::envelope::Envelope;
 use super::executor::Executor;
 use super::shipping::{DEFAULT_INPUT_ENV_MAX, INPUT_FILE, Runner};
+use crate::kinds::OutcomeKind;
 use crate::ray::{
     JobDetails, JobStatus, RUNTIME_ENV_SETUP_FAILURE, RayClient, RayError, RuntimeEnv,
     SubmitRequest,
 };
 use crate::runtime::{CancelToken, Limits, Outcome, RunReport};
-use crate::store::{
-    AnyStore, ClaimedTask, Completion, Store, TaskRecord, TaskState, Transition, outcome,
-};
+use crate::store::{AnyStore, ClaimedTask, Completion, Store, TaskRecord, TaskState, Transition};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use chrono::{DateTime, Utc};
@@ -471,8 +470,8 @@ impl Cluster {
         };
         let unread = previous_run.is_some_and(|a| {
             matches!(
-                a.outcome.as_deref(),
-                Some(outcome::LEASE_EXPIRED | outcome::SHUTDOWN)
+                a.outcome,
+                Some(OutcomeKind::LeaseExpired | OutcomeKind::Shutdown)
             )
         });
         if !unread {
@@ -955,7 +954,9 @@ fn exec_env(task: &ClaimedTask, limits: &Limits) -> BTreeMap<String, String> {
     BTreeMap::from([
         (
             "WASMQ_DEFAULT_FUEL".into(),
-            limits.fuel.map_or("unlimited".into(), |f| f.to_string()),
+            limits
+                .fuel
+                .map_or(crate::fuel::UNLIMITED.into(), |f| f.to_string()),
         ),
         (
             "WASMQ_DEFAULT_MEMORY".into(),

@@ -1,10 +1,9 @@
 //! Runs one claimed task in-process and turns the report into a completion.
 
 use super::retry::RetryPolicy;
-use crate::metrics::AttemptEnd;
+use crate::kinds::OutcomeKind;
 use crate::runtime::{
-    CancelToken, Limits, LoadError, Outcome, ProgressSink, RunReport, RunRequest, Runtime,
-    TaskErrorKind, TaskInfo,
+    CancelToken, Limits, LoadError, Outcome, ProgressSink, RunReport, RunRequest, Runtime, TaskInfo,
 };
 use crate::store::{AnyStore, AttemptReport, ClaimedTask, Completion, Lease, Store, Transition};
 use crate::text::storable;
@@ -110,12 +109,13 @@ impl Executor {
         // Once the task completes the fenced write is refused, so the last
         // report goes out now.
         progress.finish().await;
-        let interrupted = shutdown.is_cancelled() && report.outcome.kind() == "cancelled";
+        let interrupted =
+            shutdown.is_cancelled() && report.outcome.outcome_kind() == OutcomeKind::Cancelled;
         let elapsed = started.elapsed();
         let end = if interrupted {
-            AttemptEnd::Shutdown
+            OutcomeKind::Shutdown
         } else {
-            AttemptEnd::Outcome(report.outcome.outcome_kind())
+            report.outcome.outcome_kind()
         };
         metrics.attempt_finished(end, &task.module_name, elapsed, report.fuel_used);
         self.complete(task, report, interrupted, elapsed)
@@ -145,7 +145,7 @@ impl Executor {
     pub fn limits_for(&self, task: &ClaimedTask) -> Limits {
         let mut l = self.defaults.clone();
         if let Some(f) = task.limits.fuel {
-            l.fuel = (f > 0).then_some(f);
+            l.fuel = f.units();
         }
         if let Some(m) = task.limits.memory_bytes {
             l.memory_bytes = m;
@@ -164,25 +164,26 @@ impl Executor {
         interrupted: bool,
         elapsed: Duration,
     ) -> Completion {
-        let kind = retry_kind(&report.outcome);
         let transition = if interrupted {
             Transition::Release
         } else {
-            match &report.outcome {
-                Outcome::Success => Transition::Succeed {
+            match (&report.outcome, report.outcome.failure_kind()) {
+                (Outcome::Success, _) => Transition::Succeed {
                     result: report.output.clone().unwrap_or_else(|| "null".into()),
                 },
-                Outcome::Cancelled { .. } => Transition::Cancel,
-                _ => match self
-                    .policy
-                    .decide(&kind, task.counted_attempt(), task.max_attempts)
-                {
-                    Some(delay) => Transition::Retry {
-                        run_after: Utc::now()
-                            + chrono::Duration::from_std(delay).unwrap_or_default(),
-                    },
-                    None => Transition::Fail,
-                },
+                (Outcome::Cancelled { .. }, _) | (_, None) => Transition::Cancel,
+                (_, Some(kind)) => {
+                    match self
+                        .policy
+                        .decide(kind, task.counted_attempt(), task.max_attempts)
+                    {
+                        Some(delay) => Transition::Retry {
+                            run_after: Utc::now()
+                                + chrono::Duration::from_std(delay).unwrap_or_default(),
+                        },
+                        None => Transition::Fail,
+                    }
+                }
             }
         };
         Completion {
@@ -363,23 +364,10 @@ async fn write_pending(shared: Arc<ProgressShared>) {
     }
 }
 
-/// The key the retry policy uses: the outcome kind, or `task-error:<kind>`.
-pub fn retry_kind(outcome: &Outcome) -> String {
-    match outcome {
-        Outcome::TaskError { error_kind, .. } => format!("task-error:{}", error_kind.as_str()),
-        other => other.kind().to_string(),
-    }
-}
-
 fn attempt_report(report: &RunReport, elapsed: Duration) -> AttemptReport {
     let error_kind = match &report.outcome {
-        Outcome::Success => None,
-        Outcome::TaskError { error_kind, .. } => Some(match error_kind {
-            TaskErrorKind::Permanent => "permanent".to_string(),
-            TaskErrorKind::Retryable => "retryable".to_string(),
-            TaskErrorKind::InvalidInput => "invalid-input".to_string(),
-        }),
-        other => Some(other.kind().to_string()),
+        Outcome::TaskError { error_kind, .. } => Some(*error_kind),
+        _ => None,
     };
     let mut error_message = report.outcome.message().map(str::to_owned);
     if let (
@@ -395,7 +383,7 @@ fn attempt_report(report: &RunReport, elapsed: Duration) -> AttemptReport {
     }
     let error_message = error_message.map(|m| storable(&m, MAX_STORED_ERROR).into_owned());
     AttemptReport {
-        outcome: report.outcome.kind().to_string(),
+        outcome: report.outcome.outcome_kind(),
         error_kind,
         error_message,
         logs: stored_logs(report),

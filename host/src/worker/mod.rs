@@ -31,6 +31,6 @@ pub use config::{
     DEFAULT_MAX_IN_FLIGHT, DEFAULT_POLL_INTERVAL, DEFAULT_PREFETCH_HORIZON,
     DEFAULT_REAPER_INTERVAL, MAX_AUTO_PREFETCH, Mode, Prefetch, WorkerConfig,
 };
-pub use executor::{Executor, MAX_STORED_LOGS, retry_kind};
+pub use executor::{Executor, MAX_STORED_LOGS};
 pub use retry::{DEFAULT_BACKOFF_BASE, DEFAULT_BACKOFF_CAP, DEFAULT_RETRY_ON, RetryPolicy};
 pub use run::{Worker, WorkerStats};

@@ -1,6 +1,7 @@
 //! Which failures are retried, and when.
 
 use super::config::env_duration;
+use crate::kinds::{FailureKind, TaskErrorKind, UnknownKind};
 use rand::Rng;
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -9,37 +10,20 @@ use std::time::Duration;
 pub const DEFAULT_BACKOFF_BASE: Duration = Duration::from_secs(1);
 /// Longest retry delay.
 pub const DEFAULT_BACKOFF_CAP: Duration = Duration::from_secs(600);
-/// Failure kinds retried by default. A `task-error` is named by its error
-/// kind (`task-error:retryable`); the rest by outcome kind. Deterministic
-/// failures (permanent errors, invalid input, running out of fuel or memory,
-/// invalid modules and outputs) are not retried: they would fail again.
-pub const DEFAULT_RETRY_ON: &[&str] = &[
-    "task-error:retryable",
-    "trap",
-    "timeout",
-    "lease-expired",
-    "host-error",
-];
-
-/// Every failure kind a policy can name: `task-error:<error kind>` or an
-/// outcome kind that ends an attempt in failure.
-pub const RETRY_KINDS: &[&str] = &[
-    "task-error:retryable",
-    "task-error:permanent",
-    "task-error:invalid-input",
-    "trap",
-    "timeout",
-    "out-of-fuel",
-    "out-of-memory",
-    "invalid-module",
-    "invalid-output",
-    "host-error",
-    "lease-expired",
+/// Failure kinds retried by default. Deterministic failures (permanent
+/// errors, invalid input, running out of fuel or memory, invalid modules and
+/// outputs) are not retried: they would fail again.
+pub const DEFAULT_RETRY_ON: &[FailureKind] = &[
+    FailureKind::TaskError(TaskErrorKind::Retryable),
+    FailureKind::Trap,
+    FailureKind::Timeout,
+    FailureKind::LeaseExpired,
+    FailureKind::HostError,
 ];
 
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
-    pub retry_on: BTreeSet<String>,
+    pub retry_on: BTreeSet<FailureKind>,
     pub base: Duration,
     pub cap: Duration,
 }
@@ -47,7 +31,7 @@ pub struct RetryPolicy {
 impl Default for RetryPolicy {
     fn default() -> Self {
         RetryPolicy {
-            retry_on: DEFAULT_RETRY_ON.iter().map(|s| s.to_string()).collect(),
+            retry_on: DEFAULT_RETRY_ON.iter().copied().collect(),
             base: DEFAULT_BACKOFF_BASE,
             cap: DEFAULT_BACKOFF_CAP,
         }
@@ -55,14 +39,14 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// The defaults overridden by `WASMQ_RETRY_ON` (comma-separated kinds
-    /// from [`RETRY_KINDS`]; an unknown one is an error, so that a typo
+    /// The defaults overridden by `WASMQ_RETRY_ON` (comma-separated
+    /// [`FailureKind`] names; an unknown one is an error, so that a typo
     /// cannot silently turn retries off), `WASMQ_BACKOFF_BASE` and
     /// `WASMQ_BACKOFF_CAP`.
     pub fn from_env() -> Result<Self, String> {
         let mut p = RetryPolicy::default();
         if let Ok(v) = std::env::var("WASMQ_RETRY_ON") {
-            p.retry_on = parse_retry_on(&v)?;
+            p.retry_on = parse_retry_on(&v).map_err(|e| format!("WASMQ_RETRY_ON: {e}"))?;
         }
         if let Some(d) = env_duration("WASMQ_BACKOFF_BASE") {
             p.base = d;
@@ -73,15 +57,14 @@ impl RetryPolicy {
         Ok(p)
     }
 
-    /// Whether a failure of `kind` (outcome kind, or `task-error:<error kind>`)
-    /// is retried at all.
-    pub fn retries(&self, kind: &str) -> bool {
-        self.retry_on.contains(kind)
+    /// Whether a failure of `kind` is retried at all.
+    pub fn retries(&self, kind: FailureKind) -> bool {
+        self.retry_on.contains(&kind)
     }
 
     /// `Some(delay)` when attempt number `attempt` (1-based) failing with `kind`
     /// should be retried; `None` when the task fails for good.
-    pub fn decide(&self, kind: &str, attempt: u32, max_attempts: u32) -> Option<Duration> {
+    pub fn decide(&self, kind: FailureKind, attempt: u32, max_attempts: u32) -> Option<Duration> {
         (self.retries(kind) && attempt < max_attempts).then(|| self.backoff(attempt))
     }
 
@@ -95,71 +78,49 @@ impl RetryPolicy {
     }
 }
 
-/// A comma-separated list of failure kinds, each one of [`RETRY_KINDS`].
-pub fn parse_retry_on(list: &str) -> Result<BTreeSet<String>, String> {
+/// A comma-separated list of [`FailureKind`] names (`trap,task-error:retryable`).
+pub fn parse_retry_on(list: &str) -> Result<BTreeSet<FailureKind>, UnknownKind> {
     list.split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|kind| {
-            if RETRY_KINDS.contains(&kind) {
-                Ok(kind.to_string())
-            } else {
-                Err(format!(
-                    "WASMQ_RETRY_ON: unknown failure kind {kind:?} (known: {})",
-                    RETRY_KINDS.join(", ")
-                ))
-            }
-        })
+        .map(str::parse)
         .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use FailureKind::*;
 
     #[test]
     fn retry_on_refuses_unknown_kinds() {
         assert_eq!(
-            parse_retry_on(" trap, timeout ,").unwrap(),
-            BTreeSet::from(["trap".to_string(), "timeout".to_string()])
+            parse_retry_on(" trap, timeout , task-error:retryable,").unwrap(),
+            BTreeSet::from([Trap, Timeout, TaskError(TaskErrorKind::Retryable)])
         );
         let e = parse_retry_on("trap,tmeout").unwrap_err();
-        assert!(e.contains("\"tmeout\""), "{e}");
-        for kind in DEFAULT_RETRY_ON {
-            assert!(RETRY_KINDS.contains(kind), "{kind}");
-        }
+        assert_eq!(e.found, "tmeout");
+        assert!(parse_retry_on("task-error").is_err());
     }
 
     #[test]
     fn defaults_follow_the_documented_table() {
         let p = RetryPolicy::default();
-        for k in [
-            "task-error:retryable",
-            "trap",
-            "timeout",
-            "lease-expired",
-            "host-error",
-        ] {
-            assert!(p.retries(k), "{k}");
-        }
-        for k in [
-            "task-error:permanent",
-            "task-error:invalid-input",
-            "out-of-fuel",
-            "out-of-memory",
-            "invalid-module",
-            "invalid-output",
-        ] {
-            assert!(!p.retries(k), "{k}");
+        for k in FailureKind::ALL {
+            let retried = matches!(
+                k,
+                TaskError(TaskErrorKind::Retryable) | Trap | Timeout | LeaseExpired | HostError
+            );
+            assert_eq!(p.retries(k), retried, "{k}");
         }
     }
 
     #[test]
     fn attempts_run_out() {
         let p = RetryPolicy::default();
-        assert!(p.decide("trap", 1, 3).is_some());
-        assert!(p.decide("trap", 3, 3).is_none());
-        assert!(p.decide("out-of-fuel", 1, 3).is_none());
+        assert!(p.decide(Trap, 1, 3).is_some());
+        assert!(p.decide(Trap, 3, 3).is_none());
+        assert!(p.decide(OutOfFuel, 1, 3).is_none());
     }
 
     #[test]

@@ -3,11 +3,12 @@
 use super::config::WorkerConfig;
 use super::executor::Executor;
 use super::pace::Pace;
+use crate::kinds::{FailureKind, OutcomeKind};
 use crate::metrics::FaultKind;
 use crate::runtime::CancelToken;
 use crate::store::{
-    AnyStore, ClaimedTask, Completion, Lease, Started, Store, StoreError, StoreEvent, Transition,
-    WorkerInfo, unstorable_completion,
+    AnyStore, AttemptReport, ClaimedTask, Completion, Lease, Started, Store, StoreError,
+    StoreEvent, Transition, WorkerInfo, unstorable_completion,
 };
 use chrono::Utc;
 use futures::FutureExt;
@@ -411,10 +412,9 @@ fn release(task: &ClaimedTask) -> Completion {
         attempt: task.attempt,
         epoch: task.epoch,
         started_at: None,
-        report: crate::store::AttemptReport {
-            outcome: "shutdown".into(),
+        report: AttemptReport {
             error_message: Some("the worker shut down before running the task".into()),
-            ..Default::default()
+            ..AttemptReport::of(OutcomeKind::Shutdown)
         },
         transition: Transition::Release,
     }
@@ -731,16 +731,16 @@ async fn reaper(shared: Arc<Shared>, exec: Arc<Executor>) {
 async fn reap_once(shared: &Shared, exec: &Executor) -> anyhow::Result<()> {
     let store = &shared.store;
     for t in store.expired_leases(100).await? {
-        let transition =
-            match exec
-                .policy
-                .decide("lease-expired", t.counted_attempt(), t.max_attempts)
-            {
-                Some(delay) => Transition::Retry {
-                    run_after: Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default(),
-                },
-                None => Transition::Fail,
-            };
+        let transition = match exec.policy.decide(
+            FailureKind::LeaseExpired,
+            t.counted_attempt(),
+            t.max_attempts,
+        ) {
+            Some(delay) => Transition::Retry {
+                run_after: Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default(),
+            },
+            None => Transition::Fail,
+        };
         if store.expire(t.id, t.epoch, transition.clone()).await? {
             task_span(t.id, t.attempt, &t.module, &t.queue, &shared.id).in_scope(|| {
                 warn!(lost_worker = %t.lease_owner,

@@ -5,6 +5,7 @@ use super::{Endpoint, In, TASK_ID, endpoint};
 use crate::api::AppState;
 use crate::api::errors::{ApiError, ApiPath, ApiQuery, ApiResult, read_body};
 use crate::client::{DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, EnqueueRequest};
+use crate::fuel::Fuel;
 use crate::store::{
     CancelOutcome, MAX_LIST_LIMIT, Store, StoreError, TaskFilter, TaskLimits, TaskRecord, TaskState,
 };
@@ -109,8 +110,8 @@ pub struct EnqueueBody {
     pub delay_ms: Option<u64>,
     pub max_attempts: Option<u32>,
     pub unique_key: Option<String>,
-    /// Fuel units (0 = unlimited).
-    pub fuel: Option<u64>,
+    /// Fuel units (at least 1), or `"unlimited"`.
+    pub fuel: Option<Fuel>,
     pub memory_bytes: Option<u64>,
     pub timeout_ms: Option<u64>,
 }

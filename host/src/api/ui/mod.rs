@@ -418,9 +418,7 @@ async fn task(State(state): State<AppState>, Path(id): Path<String>) -> PageResu
                 a.attempt.to_string(),
                 esc(&a.worker_id),
                 time(Some(a.started_at)),
-                a.outcome
-                    .as_deref()
-                    .map_or("<i>running</i>".to_string(), esc),
+                a.outcome_name().map_or("<i>running</i>".to_string(), esc),
                 num(a.duration_ms),
                 num(a.fuel_used),
                 num(a.peak_memory),
@@ -437,7 +435,7 @@ async fn task(State(state): State<AppState>, Path(id): Path<String>) -> PageResu
             logs.push_str(&format!(
                 "<h3>Attempt {} ({})</h3><pre class=\"logs\">{}</pre>",
                 a.attempt,
-                esc(a.outcome.as_deref().unwrap_or("running")),
+                esc(a.outcome_name().unwrap_or("running")),
                 esc(l)
             ));
         }

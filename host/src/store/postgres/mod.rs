@@ -135,7 +135,7 @@ impl<'a> TaskColumns<'a> {
             c.input.push(&t.input);
             c.run_after.push(t.run_after);
             c.max_attempts.push(to_i32(t.max_attempts, "max_attempts")?);
-            c.fuel.push(limit_to_i64(t.limits.fuel, "fuel")?);
+            c.fuel.push(fuel_to_db(t.limits.fuel)?);
             c.memory_bytes
                 .push(limit_to_i64(t.limits.memory_bytes, "memory_bytes")?);
             c.timeout_ms

@@ -50,7 +50,7 @@ pub(super) fn task_from_row(row: &PgRow) -> Result<TaskRecord> {
 
 pub(super) fn limits_from_row(row: &PgRow) -> Result<TaskLimits> {
     Ok(TaskLimits {
-        fuel: from_i64_opt(row.try_get("fuel")?, "fuel")?,
+        fuel: fuel_from_db(row.try_get("fuel")?)?,
         memory_bytes: from_i64_opt(row.try_get("memory_bytes")?, "memory_bytes")?,
         timeout_ms: from_i64_opt(row.try_get("timeout_ms")?, "timeout_ms")?,
     })
@@ -76,7 +76,7 @@ pub(super) fn attempt_from_row(row: &PgRow) -> Result<AttemptRecord> {
         worker_id: row.try_get("worker_id")?,
         started_at: row.try_get("started_at")?,
         finished_at: row.try_get("finished_at")?,
-        outcome: row.try_get("outcome")?,
+        outcome: parse_outcome(row.try_get("outcome")?)?,
         error_message: row.try_get("error_message")?,
         logs: row.try_get("logs")?,
         fuel_used: from_i64_opt(row.try_get("fuel_used")?, "fuel_used")?,

@@ -5,7 +5,7 @@ use uuid::Uuid;
 use super::rows::us;
 use crate::store::Result;
 use crate::store::model::NewTask;
-use crate::store::shared::{FinishPlan, limit_to_i64, to_i32};
+use crate::store::shared::{FinishPlan, fuel_to_db, limit_to_i64, to_i32};
 
 macro_rules! module_select {
     () => {
@@ -71,7 +71,7 @@ impl<'a> TaskRow<'a> {
             input: &task.input,
             run_after: task.run_after.map_or(now, us),
             max_attempts: to_i32(task.max_attempts, "max_attempts")?,
-            fuel: limit_to_i64(task.limits.fuel, "fuel")?,
+            fuel: fuel_to_db(task.limits.fuel)?,
             memory_bytes: limit_to_i64(task.limits.memory_bytes, "memory_bytes")?,
             timeout_ms: limit_to_i64(task.limits.timeout_ms, "timeout_ms")?,
             unique_key: task.unique_key.as_deref(),
