@@ -59,6 +59,10 @@ pub struct QueueBench {
         default_value = "examples/target/wasm32-wasip2/release/hello.wasm"
     )]
     pub module: PathBuf,
+    /// Input of every task [default: `{"name":"t<i>"}`, for `hello`], e.g.
+    /// `--module …/sleepy.wasm --input '{"ms":1000}'` for slow tasks.
+    #[arg(long)]
+    pub input: Option<String>,
     /// The wasmq binary whose workers are measured [default: this one].
     #[arg(long)]
     pub bin: Option<PathBuf>,
@@ -79,6 +83,9 @@ struct Sample {
     start_p99: f64,
     done_p50: f64,
     done_p99: f64,
+    /// Share of the drained tasks that the busiest worker process ran
+    /// (1/workers when they shared the queue evenly).
+    busiest: f64,
 }
 
 struct Ctx {
@@ -131,7 +138,7 @@ pub async fn run(b: QueueBench) -> anyhow::Result<()> {
         b.runs,
     );
     println!(
-        "{:<9} {:<34} {:>8} {:>11} {:>10} {:>9} {:>13} {:>13}",
+        "{:<9} {:<34} {:>8} {:>11} {:>10} {:>9} {:>13} {:>13} {:>8}",
         "backend",
         "worker flags",
         "drain/s",
@@ -139,11 +146,12 @@ pub async fn run(b: QueueBench) -> anyhow::Result<()> {
         "worker CPU",
         "db CPU",
         "start p50/p99",
-        "done p50/p99"
+        "done p50/p99",
+        "busiest"
     );
     println!(
-        "{:<9} {:<34} {:>8} {:>11} {:>10} {:>9} {:>13} {:>13}",
-        "", "", "", "", "ms/1k", "ms/1k", "ms", "ms"
+        "{:<9} {:<34} {:>8} {:>11} {:>10} {:>9} {:>13} {:>13} {:>8}",
+        "", "", "", "", "ms/1k", "ms/1k", "ms", "ms", "worker"
     );
 
     let mut variants = vec![String::new()];
@@ -178,13 +186,14 @@ pub async fn run(b: QueueBench) -> anyhow::Result<()> {
                 flags.clone()
             };
             println!(
-                "{backend:<9} {label:<34} {:>8.0} {:>11.0} {:>10.1} {:>9} {:>13} {:>13}",
+                "{backend:<9} {label:<34} {:>8.1} {:>11.1} {:>10.1} {:>9} {:>13} {:>13} {:>7.0}%",
                 m.drain,
                 m.wall,
                 m.worker_cpu,
                 m.db_cpu.map_or("-".into(), |c| format!("{c:.1}")),
                 format!("{:.1}/{:.1}", m.start_p50, m.start_p99),
                 format!("{:.1}/{:.1}", m.done_p50, m.done_p99),
+                100.0 * m.busiest,
             );
         }
         if variants.len() > 1 {
@@ -198,6 +207,7 @@ pub async fn run(b: QueueBench) -> anyhow::Result<()> {
         println!("(no local `postgres` processes found: database CPU not measured)");
     }
     println!("drain: first task started → last finished, from the database's timestamps");
+    println!("busiest worker: share of the drained tasks run by the busiest worker process");
     Ok(())
 }
 
@@ -213,7 +223,11 @@ async fn measure(ctx: &Ctx, b: &QueueBench, db: &Db, flags: &[String]) -> anyhow
     }
     let mut batch = Vec::with_capacity(ENQUEUE_CHUNK);
     for i in 0..b.tasks {
-        batch.push(NewTask::new(&module, format!(r#"{{"name":"t{i}"}}"#)).queue(QUEUE));
+        let input = b
+            .input
+            .clone()
+            .unwrap_or_else(|| format!(r#"{{"name":"t{i}"}}"#));
+        batch.push(NewTask::new(&module, input).queue(QUEUE));
         if batch.len() == ENQUEUE_CHUNK || i + 1 == b.tasks {
             store.enqueue_batch(&batch).await?;
             batch.clear();
@@ -245,6 +259,7 @@ async fn measure(ctx: &Ctx, b: &QueueBench, db: &Db, flags: &[String]) -> anyhow
         _ => None,
     };
     let (succeeded, window) = db.drain_window(&store).await?;
+    let busiest = db.busiest_worker(&store).await? as f64 / b.tasks.max(1) as f64;
     ensure!(
         succeeded == b.tasks as i64,
         "{succeeded} of {} tasks succeeded",
@@ -261,7 +276,12 @@ async fn measure(ctx: &Ctx, b: &QueueBench, db: &Db, flags: &[String]) -> anyhow
         let out = client
             .enqueue(EnqueueRequest {
                 queue: "latency".into(),
-                ..EnqueueRequest::new("hello", format!(r#"{{"name":"l{i}"}}"#))
+                ..EnqueueRequest::new(
+                    "hello",
+                    b.input
+                        .clone()
+                        .unwrap_or_else(|| format!(r#"{{"name":"l{i}"}}"#)),
+                )
             })
             .await?;
         let t = client.wait(out.id, |_| {}).await?;
@@ -289,6 +309,7 @@ async fn measure(ctx: &Ctx, b: &QueueBench, db: &Db, flags: &[String]) -> anyhow
         start_p99: pct(&mut start, 99),
         done_p50: pct(&mut done, 50),
         done_p99: pct(&mut done, 99),
+        busiest,
     })
 }
 
@@ -446,6 +467,26 @@ impl Db {
     }
 }
 
+impl Db {
+    /// Attempts of the drain run by the busiest worker process.
+    async fn busiest_worker(&self, store: &AnyStore) -> anyhow::Result<i64> {
+        // QUEUE is a constant: no user text reaches this statement.
+        let sql = format!(
+            "SELECT coalesce(max(n), 0) FROM (SELECT count(*) AS n FROM attempts a \
+             JOIN tasks t ON t.id = a.task_id WHERE t.queue = '{QUEUE}' GROUP BY a.worker_id) w"
+        );
+        let sql = sqlx::AssertSqlSafe(sql);
+        Ok(match store {
+            AnyStore::Postgres(pg) => sqlx::query_scalar(sql).fetch_one(pg.pool()).await?,
+            AnyStore::Sqlite(lite) => sqlx::query_scalar(sql).fetch_one(lite.pool()).await?,
+            other => anyhow::bail!(
+                "bench queue cannot measure a {} store",
+                other.backend_name()
+            ),
+        })
+    }
+}
+
 /// `n` succeeded tasks with one attempt each, as years of use leave them.
 async fn fill_history(
     store: &AnyStore,
@@ -531,6 +572,7 @@ fn median_sample(samples: &[Sample]) -> Sample {
         start_p99: med(&|s| s.start_p99),
         done_p50: med(&|s| s.done_p50),
         done_p99: med(&|s| s.done_p99),
+        busiest: med(&|s| s.busiest),
     }
 }
 
