@@ -527,10 +527,27 @@ fn api_auth_modules_tasks_and_errors(env: &mut Env) {
     let r = s.post("/api/v1/tasks", json!({"module": "hello", "fuel": 0}));
     assert_eq!(r.status, 400, "{r:?}");
     assert!(r.body.to_string().contains("fuel"), "{r:?}");
-    let unlimited = s.enqueue(json!({"module": "hello", "fuel": "unlimited"}));
-    let t = s.wait_state(&unlimited, "succeeded");
-    assert_eq!(t["limits"]["fuel"], json!("unlimited"), "{t}");
-    let starved = s.enqueue(json!({"module": "hello", "fuel": 5, "max_attempts": 1}));
+    // Above the server's maxima (unlimited fuel is not allowed by default).
+    for (body, flag) in [
+        (
+            json!({"module": "hello", "fuel": "unlimited"}),
+            "--max-fuel",
+        ),
+        (
+            json!({"module": "hello", "timeout_ms": 7_200_000}),
+            "--max-timeout",
+        ),
+    ] {
+        let r = s.post("/api/v1/tasks", body);
+        assert_eq!((r.status, r.kind()), (400, "above-maximum"), "{r:?}");
+        assert!(r.body.to_string().contains(flag), "{r:?}");
+    }
+    let big =
+        s.enqueue(json!({"module": "hello", "input": {"name": "u"}, "fuel": 1_000_000_000_000u64}));
+    let t = s.wait_state(&big, "succeeded");
+    assert_eq!(t["limits"]["fuel"], json!(1_000_000_000_000u64), "{t}");
+    let starved =
+        s.enqueue(json!({"module": "hello", "input": {"name": "s"}, "fuel": 5, "max_attempts": 1}));
     let t = s.wait_state(&starved, "failed");
     assert_eq!(
         (&t["limits"]["fuel"], &t["error_kind"]),

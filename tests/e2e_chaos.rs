@@ -15,7 +15,9 @@ use common::{Backend, code, example, fresh_database, stderr, stdout, wasmq};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
-use wasmq::runtime::{LOG_RECORD_OVERHEAD_BYTES, MAX_LOG_RECORDS, MAX_PROGRESS_MESSAGE_BYTES};
+use wasmq::runtime::{
+    DEFAULT_MAX_FUEL, LOG_RECORD_OVERHEAD_BYTES, MAX_LOG_RECORDS, MAX_PROGRESS_MESSAGE_BYTES,
+};
 use wasmq::store::{
     AnyStore, AttemptRecord, Fuel, NewTask, Store, TaskLimits, TaskRecord, TaskState,
 };
@@ -98,7 +100,7 @@ impl Env {
                 max_attempts: 1,
                 // The floods run for seconds of guest code.
                 limits: TaskLimits {
-                    fuel: Some(Fuel::Unlimited),
+                    fuel: Some(Fuel::limited(DEFAULT_MAX_FUEL)),
                     memory_bytes: None,
                     timeout_ms: Some(120_000),
                 },

@@ -26,6 +26,10 @@ use sqlx::Connection;
 use uuid::Uuid;
 use wasmq::store::{AnyStore, AttemptRecord, NewTask, Store, TaskFilter, TaskRecord, TaskState};
 
+/// The most fuel a task may ask for under the default maxima: minutes of
+/// `spin`, where a test needs a task that runs until it is stopped.
+const MAX_FUEL: &str = "1_000_000_000_000";
+
 /// One isolated database, a private module cache and a scratch directory.
 struct Env {
     backend: Backend,
@@ -384,6 +388,7 @@ on_both_backends!(
     enqueue_wait_exits_with_the_outcome,
     bad_enqueue_input_is_refused,
     misspelled_retry_kind_stops_the_worker,
+    operator_maxima_are_enforced,
 );
 
 // ---- scenarios ------------------------------------------------------------------
@@ -602,7 +607,7 @@ fn cancel_queued_and_running_tasks(env: &mut Env) {
     assert_eq!(t.attempt, 0);
     assert!(env.attempts(queued).is_empty());
 
-    let id = env.enqueue("spin", "{}", &["--fuel", "unlimited", "--timeout", "60s"]);
+    let id = env.enqueue("spin", "{}", &["--fuel", MAX_FUEL, "--timeout", "60s"]);
     // Heartbeats (lease / 3) carry cancel requests across processes.
     let mut w = env.worker(&["--lease", "3s", "--poll-interval", "200ms"], &[]);
     env.wait_running(id, &[&w]);
@@ -804,7 +809,7 @@ fn run_after_is_honoured(env: &mut Env) {
 /// A guest's progress() reports are stored on the task row.
 fn progress_is_stored(env: &mut Env) {
     env.push("fib");
-    let id = env.enqueue("fib", r#"{"n":300000000}"#, &["--fuel", "unlimited"]);
+    let id = env.enqueue("fib", r#"{"n":300000000}"#, &["--fuel", MAX_FUEL]);
     let mut w = env.worker(&["--exit-when-idle", "--poll-interval", "200ms"], &[]);
     w.wait_success(Duration::from_secs(60));
     let t = env.task(id);
@@ -883,7 +888,7 @@ fn enqueue_wait_exits_with_the_outcome(env: &mut Env) {
             "--input",
             "{}",
             "--fuel",
-            "unlimited",
+            MAX_FUEL,
             "--timeout",
             "60s",
             "--wait",
@@ -988,6 +993,67 @@ fn bad_enqueue_input_is_refused(env: &mut Env) {
         assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err:?}");
     }
     assert!(env.all_tasks().is_empty());
+}
+
+/// Tasks asking for more than the operator's maxima are refused at enqueue;
+/// one enqueued by a looser process is refused by the worker, not run; a
+/// worker whose own defaults exceed its maxima does not start.
+fn operator_maxima_are_enforced(env: &mut Env) {
+    env.push("hello");
+    let input = r#"{"name":"max"}"#;
+    for (flags, needle) in [
+        (["--fuel", "unlimited"], "--max-fuel"),
+        (["--fuel", "1_000_000_000_001"], "--max-fuel"),
+        (["--timeout", "2h"], "--max-timeout"),
+        (["--memory", "5GiB"], "--max-memory"),
+    ] {
+        let mut args = vec!["task", "enqueue", "hello", "--input", input];
+        args.extend(flags);
+        let out = env.run(&args);
+        assert_eq!(code(&out), 2, "{flags:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(needle), "{flags:?}: {}", stderr(&out));
+    }
+    assert!(env.all_tasks().is_empty());
+
+    // Enqueued where unlimited fuel is allowed…
+    let enqueue_unlimited = || {
+        let out = env
+            .cmd(&["task", "enqueue", "hello", "--input", input])
+            .args(["--fuel", "unlimited"])
+            .env("WASMQ_MAX_FUEL", "unlimited")
+            .output()
+            .unwrap();
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        Uuid::parse_str(stdout(&out).trim()).unwrap()
+    };
+    let refused = enqueue_unlimited();
+    // …and claimed by a worker that does not allow it.
+    let mut w = env.worker(&["--exit-when-idle"], &[]);
+    w.wait_success(Duration::from_secs(60));
+    let t = env.task(refused);
+    assert_eq!(t.state, TaskState::Failed, "{t:#?}");
+    assert_eq!(t.error_kind.as_deref(), Some("invalid-input"), "{t:#?}");
+    let message = t.error_message.unwrap_or_default();
+    assert!(
+        message.contains("refused by this worker") && message.contains("--max-fuel"),
+        "{message}"
+    );
+    assert_eq!(t.attempt, 1, "not retried");
+
+    // A worker that allows it runs it.
+    let allowed = enqueue_unlimited();
+    let mut w = env.worker(&["--exit-when-idle", "--max-fuel", "unlimited"], &[]);
+    w.wait_success(Duration::from_secs(60));
+    assert_eq!(env.task(allowed).state, TaskState::Succeeded);
+
+    // A worker whose own default is above its maxima does not start.
+    let out = env.run(&["worker", "--exit-when-idle", "--fuel", "unlimited"]);
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("above its maxima"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 /// A misspelled `WASMQ_RETRY_ON` entry stops the worker at start, naming

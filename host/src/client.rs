@@ -1,7 +1,7 @@
 //! The Rust client API: push modules, enqueue tasks, follow and steer them.
 //! The `wasmq` CLI is built on it.
 
-use crate::runtime::{LoadError, Runtime, sha256_hex};
+use crate::runtime::{AboveMaximum, LoadError, Maxima, Runtime, sha256_hex};
 use crate::store::{
     AnyStore, CancelOutcome, EnqueueOutcome, ModuleRecord, NewTask, Store, StoreError, TaskLimits,
     TaskRecord,
@@ -29,6 +29,8 @@ pub enum ClientError {
     InvalidInput(String),
     #[error("invalid module reference `{0}`: expected NAME or NAME@VERSION")]
     BadReference(String),
+    #[error(transparent)]
+    AboveMaximum(#[from] AboveMaximum),
     #[error("{0}")]
     Unavailable(&'static str),
 }
@@ -85,9 +87,26 @@ pub fn parse_reference(reference: &str) -> Result<(&str, Option<&str>), ClientEr
     Ok((name, version))
 }
 
+/// Refuses the limits a task asks for when they are above `maxima`, before
+/// anything is stored. Limits left to the worker's defaults are the
+/// worker's business: it checks them against its own maxima.
+pub fn check_limits(maxima: &Maxima, limits: &TaskLimits) -> Result<(), AboveMaximum> {
+    if let Some(f) = limits.fuel {
+        maxima.check_fuel(f)?;
+    }
+    if let Some(m) = limits.memory_bytes {
+        maxima.check_memory(m)?;
+    }
+    if let Some(t) = limits.timeout_ms {
+        maxima.check_timeout(Duration::from_millis(t))?;
+    }
+    Ok(())
+}
+
 #[derive(Clone, Debug)]
 pub struct Client {
     store: AnyStore,
+    maxima: Maxima,
 }
 
 impl Client {
@@ -95,11 +114,24 @@ impl Client {
     pub async fn connect(url: &str) -> Result<Client, ClientError> {
         let store = AnyStore::connect(url).await?;
         store.migrate().await?;
-        Ok(Client { store })
+        Ok(Client::from_store(store))
     }
 
+    /// A client enqueueing under the default [`Maxima`].
     pub fn from_store(store: AnyStore) -> Client {
-        Client { store }
+        Client {
+            store,
+            maxima: Maxima::default(),
+        }
+    }
+
+    /// This client with other ceilings on what a task may ask for.
+    pub fn with_maxima(self, maxima: Maxima) -> Client {
+        Client { maxima, ..self }
+    }
+
+    pub fn maxima(&self) -> &Maxima {
+        &self.maxima
     }
 
     pub fn store(&self) -> &AnyStore {
@@ -135,6 +167,7 @@ impl Client {
     pub async fn new_task(&self, req: EnqueueRequest) -> Result<NewTask, ClientError> {
         serde_json::from_str::<serde::de::IgnoredAny>(&req.input)
             .map_err(|e| ClientError::InvalidInput(e.to_string()))?;
+        check_limits(&self.maxima, &req.limits)?;
         let (name, version) = parse_reference(&req.module)?;
         let module = self.store.resolve_module(name, version).await?;
         Ok(batcher::new_task_for(&module, req))

@@ -161,6 +161,7 @@ fn executor(store: AnyStore) -> Executor {
         ),
         store,
         defaults: Limits::default(),
+        maxima: wasmq::runtime::Maxima::default(),
         policy: RetryPolicy {
             base: Duration::from_millis(10),
             cap: Duration::from_millis(50),

@@ -107,6 +107,9 @@ impl From<ClientError> for ApiError {
             ClientError::BadReference(_) => {
                 ApiError::new(StatusCode::BAD_REQUEST, "bad-reference", e.to_string())
             }
+            ClientError::AboveMaximum(_) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "above-maximum", e.to_string())
+            }
             ClientError::Unavailable(m) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", m)
             }

@@ -22,8 +22,13 @@ pub fn fail(e: ClientError) -> anyhow::Error {
     }
 }
 
+/// A client under the environment's maxima (`WASMQ_MAX_FUEL`, …).
 pub async fn connect(url: &str) -> anyhow::Result<Client> {
-    Client::connect(url).await.map_err(fail)
+    let maxima = super::limits::env_maxima()?;
+    Ok(Client::connect(url)
+        .await
+        .map_err(fail)?
+        .with_maxima(maxima))
 }
 
 fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {

@@ -175,6 +175,7 @@ async fn measure(
             runtime: runtime.clone(),
             store: store.clone(),
             defaults: Limits::default(),
+            maxima: crate::runtime::Maxima::default(),
             policy: RetryPolicy::default(),
             cluster: None,
         },

@@ -213,6 +213,7 @@ fn worker(
             runtime: runtime.clone(),
             store: store.clone(),
             defaults: crate::runtime::Limits::default(),
+            maxima: crate::runtime::Maxima::default(),
             policy: crate::worker::RetryPolicy::default(),
             cluster: cluster.cloned(),
         },

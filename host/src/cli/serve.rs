@@ -27,6 +27,10 @@ pub struct ServeArgs {
     /// Largest JSON request body [default: 2MiB].
     #[arg(long, env = "WASMQ_API_MAX_BODY", value_parser = parse_size)]
     pub max_body_size: Option<u64>,
+    /// The most a task enqueued here may ask for; more is refused with 400
+    /// `above-maximum`.
+    #[command(flatten)]
+    pub maxima: super::limits::MaximaArgs,
 }
 
 /// The token from `--api-token-file`, else `WASMQ_API_TOKEN` (never from a
@@ -62,7 +66,7 @@ pub async fn run(db: &str, a: ServeArgs) -> anyhow::Result<()> {
     if let Some(n) = a.max_body_size {
         config.max_body_bytes = n as usize;
     }
-    let client = connect(db).await?;
+    let client = connect(db).await?.with_maxima(a.maxima.maxima()?);
     let runtime = Arc::new(Runtime::new(RuntimeConfig::from_env()?)?);
     api::serve(config, client, runtime, super::worker::shutdown_signal()).await
 }

@@ -1,7 +1,8 @@
 //! `wasmq worker`: lease and run tasks until SIGTERM/SIGINT.
 
 use super::admin::connect;
-use super::limits::LimitArgs;
+use super::exit::Exit;
+use super::limits::{LimitArgs, MaximaArgs};
 use crate::runtime::{Runtime, RuntimeConfig, parse_duration};
 use crate::store::QueueSelector;
 use crate::worker::{Executor, Mode, Prefetch, RetryPolicy, Worker, WorkerConfig};
@@ -67,6 +68,10 @@ pub struct WorkerArgs {
     /// Defaults for tasks that set no limits of their own.
     #[command(flatten)]
     pub limits: LimitArgs,
+    /// The most a task may ask for: this worker refuses to run a task above
+    /// them (it fails as `task-error` `invalid-input`).
+    #[command(flatten)]
+    pub maxima: MaximaArgs,
     /// Exit once no task is queued or running on the served queues.
     #[arg(long)]
     pub exit_when_idle: bool,
@@ -100,17 +105,11 @@ pub async fn run(db: &str, a: WorkerArgs) -> anyhow::Result<()> {
         cfg.queues = QueueSelector::parse(q);
     }
     if let Some(n) = a.max_in_flight {
-        anyhow::ensure!(
-            n > 0,
-            super::exit::Exit::usage("--max-in-flight must be at least 1")
-        );
+        anyhow::ensure!(n > 0, Exit::usage("--max-in-flight must be at least 1"));
         cfg.concurrency = n;
     }
     if let Some(c) = a.concurrency {
-        anyhow::ensure!(
-            c > 0,
-            super::exit::Exit::usage("--concurrency must be at least 1")
-        );
+        anyhow::ensure!(c > 0, Exit::usage("--concurrency must be at least 1"));
         cfg.concurrency = if a.sync { 1 } else { c };
     }
     if let Some(p) = a.prefetch {
@@ -135,6 +134,12 @@ pub async fn run(db: &str, a: WorkerArgs) -> anyhow::Result<()> {
         policy.cap = c;
     }
     let defaults = a.limits.limits()?;
+    let maxima = a.maxima.maxima()?;
+    maxima.check(&defaults).map_err(|e| {
+        Exit::usage(format!(
+            "the worker's own defaults are above its maxima: {e}"
+        ))
+    })?;
 
     let cluster = match &a.cluster {
         Some(url) => Some(Arc::new(a.ray.cluster(url).await?)),
@@ -146,6 +151,7 @@ pub async fn run(db: &str, a: WorkerArgs) -> anyhow::Result<()> {
             runtime,
             store: client.store().clone(),
             defaults,
+            maxima,
             policy,
             cluster,
         },

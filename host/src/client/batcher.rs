@@ -10,6 +10,7 @@
 //! its own answer: its own id, its own deduplication, its own error.
 
 use super::{Client, ClientError, EnqueueRequest};
+use crate::runtime::Maxima;
 use crate::store::{EnqueueOutcome, ModuleRecord, NewTask, Store, StoreError};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -47,14 +48,16 @@ type Answer = oneshot::Sender<Result<EnqueueOutcome, ClientError>>;
 #[derive(Clone)]
 pub struct EnqueueBatcher {
     tx: mpsc::UnboundedSender<(EnqueueRequest, Answer)>,
+    maxima: Maxima,
 }
 
 impl EnqueueBatcher {
     /// Starts the loop on the current tokio runtime.
     pub fn spawn(client: Client, config: BatchConfig) -> EnqueueBatcher {
         let (tx, rx) = mpsc::unbounded_channel();
+        let maxima = *client.maxima();
         tokio::spawn(batch_loop(client, config, rx));
-        EnqueueBatcher { tx }
+        EnqueueBatcher { tx, maxima }
     }
 
     /// Enqueues like [`Client::enqueue`], sharing a transaction with the
@@ -64,6 +67,7 @@ impl EnqueueBatcher {
         // costs a batch its single transaction.
         serde_json::from_str::<serde::de::IgnoredAny>(&req.input)
             .map_err(|e| ClientError::InvalidInput(e.to_string()))?;
+        super::check_limits(&self.maxima, &req.limits)?;
         super::parse_reference(&req.module)?;
         let (answer, rx) = oneshot::channel();
         self.tx

@@ -11,6 +11,7 @@ mod cancel;
 mod capture;
 mod engine;
 mod limits;
+mod maxima;
 mod module;
 mod outcome;
 mod run;
@@ -25,6 +26,9 @@ pub use limits::{
     DEFAULT_MEMORY_BYTES, DEFAULT_TIMEOUT, Fuel, LOG_RECORD_OVERHEAD_BYTES, LimitError, Limits,
     MAX_BACKTRACE_BYTES, MAX_ERROR_DETAILS_BYTES, MAX_ERROR_MESSAGE_BYTES, MAX_LOG_MESSAGE_BYTES,
     MAX_LOG_RECORDS, MAX_PROGRESS_MESSAGE_BYTES, parse_duration, parse_fuel, parse_size,
+};
+pub use maxima::{
+    AboveMaximum, DEFAULT_MAX_FUEL, DEFAULT_MAX_MEMORY_BYTES, DEFAULT_MAX_TIMEOUT, Maxima,
 };
 pub use module::{LoadedModule, ModuleError, check_header, sha256_hex};
 pub use outcome::{

@@ -372,6 +372,15 @@ impl Cluster {
                 task.module_sha256.clone(),
             ))));
         }
+        let limits = match exec.limits_for(task) {
+            Ok(l) => l,
+            Err(refused) => {
+                return Ok(End::Report(Box::new(RunReport::not_run(
+                    refused,
+                    task.module_sha256.clone(),
+                ))));
+            }
+        };
         let job_id = match self
             .orphan_of_previous_attempt(store, task, shutdown)
             .await?
@@ -384,7 +393,6 @@ impl Cluster {
             }
             None => {
                 record(store, worker_id, task, id).await;
-                let limits = exec.limits_for(task);
                 let submitted = tokio::select! {
                     biased;
                     () = shutdown.cancelled() => return Err(Halt::Interrupted),

@@ -1,9 +1,10 @@
 //! Runs one claimed task in-process and turns the report into a completion.
 
 use super::retry::RetryPolicy;
-use crate::kinds::OutcomeKind;
+use crate::kinds::{OutcomeKind, TaskErrorKind};
 use crate::runtime::{
-    CancelToken, Limits, LoadError, Outcome, ProgressSink, RunReport, RunRequest, Runtime, TaskInfo,
+    CancelToken, Limits, LoadError, Maxima, Outcome, ProgressSink, RunReport, RunRequest, Runtime,
+    TaskInfo,
 };
 use crate::store::{AnyStore, AttemptReport, ClaimedTask, Completion, Lease, Store, Transition};
 use crate::text::storable;
@@ -32,6 +33,9 @@ pub struct Executor {
     pub runtime: Arc<Runtime>,
     pub store: AnyStore,
     pub defaults: Limits,
+    /// Ceilings on what a task may ask for; a task above them is refused
+    /// (`task-error`, `invalid-input`), never run.
+    pub maxima: Maxima,
     pub policy: RetryPolicy,
     /// Set in cluster mode: tasks run as Ray jobs instead of in-process.
     pub cluster: Option<Arc<super::Cluster>>,
@@ -61,7 +65,13 @@ impl Executor {
             let wait = (Utc::now() - task.enqueued_at).to_std().unwrap_or_default();
             metrics.queue_waited(&task.queue, wait);
         }
-        let limits = self.limits_for(task);
+        let limits = match self.limits_for(task) {
+            Ok(l) => l,
+            Err(refused) => {
+                let report = RunReport::not_run(refused, task.module_sha256.clone());
+                return self.complete(task, report, false, started.elapsed());
+            }
+        };
         let progress = self.progress_sink(worker_id, task);
         let store = self.store.clone();
         let sha = task.module_sha256.clone();
@@ -141,8 +151,10 @@ impl Executor {
         ProgressWriter::new(write, PROGRESS_MIN_INTERVAL, tracing::Span::current())
     }
 
-    /// The worker's default limits with the task's own applied.
-    pub fn limits_for(&self, task: &ClaimedTask) -> Limits {
+    /// The worker's default limits with the task's own applied, or the
+    /// outcome that refuses the task when they are above the worker's
+    /// maxima (a looser process may have enqueued it).
+    pub fn limits_for(&self, task: &ClaimedTask) -> Result<Limits, Outcome> {
         let mut l = self.defaults.clone();
         if let Some(f) = task.limits.fuel {
             l.fuel = f.units();
@@ -153,7 +165,12 @@ impl Executor {
         if let Some(t) = task.limits.timeout_ms {
             l.timeout = Duration::from_millis(t);
         }
-        l
+        self.maxima.check(&l).map_err(|e| Outcome::TaskError {
+            error_kind: TaskErrorKind::InvalidInput,
+            message: format!("refused by this worker: {e}"),
+            details: None,
+        })?;
+        Ok(l)
     }
 
     /// Maps an outcome onto the state machine, applying the retry policy.
