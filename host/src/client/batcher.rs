@@ -155,11 +155,13 @@ async fn write_batch(client: &Client, batch: Vec<(EnqueueRequest, Answer)>) {
                 let _ = answer.send(Ok(outcome));
             }
         }
-        // One bad task fails the whole transaction: write them one by one
-        // so that each request gets its own answer.
-        Err(
-            StoreError::InvalidArgument(_) | StoreError::Conflict(_) | StoreError::NotFound { .. },
-        ) if tasks.len() > 1 => {
+        // One bad task fails the whole transaction (a value the store or the
+        // database refuses, a conflict): write them one by one so that each
+        // request gets its own answer and the bad one fails alone. A transient
+        // failure (the database is away) would fail each of them just the
+        // same, so those share the batch's error instead.
+        Err(e) if tasks.len() > 1 && !e.is_transient() => {
+            tracing::debug!(error = %e, tasks = tasks.len(), "enqueue batch refused: writing its tasks one by one");
             for (answer, task) in answers.into_iter().zip(tasks) {
                 let _ = answer.send(client.store().enqueue(task).await.map_err(Into::into));
             }
