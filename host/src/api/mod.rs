@@ -170,16 +170,23 @@ pub async fn serve(
 }
 
 /// `wasmq worker --metrics-listen`: `/metrics` and `/healthz` of this
-/// process's registry. Prints the bound address on stdout.
-pub async fn serve_worker_metrics(addr: SocketAddr) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+/// process's registry. Like `wasmq serve`, it binds only loopback addresses
+/// unless `token` is set, and then `/metrics` needs it as a bearer token.
+/// Prints the bound address on stdout.
+pub async fn serve_worker_metrics(
+    addr: SocketAddr,
+    token: Option<ApiToken>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    check_listen(&addr, token.as_ref()).map_err(anyhow::Error::msg)?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding {addr} for metrics"))?;
     let bound = listener.local_addr()?;
     println!("wasmq worker: metrics on http://{bound}/metrics");
-    tracing::info!(addr = %bound, "serving worker metrics");
+    tracing::info!(addr = %bound, token = token.is_some(), "serving worker metrics");
+    let router = metrics::worker_router(token, AllowedHosts::new(bound, &[]));
     Ok(tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, metrics::worker_router()).await {
+        if let Err(e) = axum::serve(listener, router).await {
             tracing::warn!(error = %e, "the metrics endpoint stopped");
         }
     }))
