@@ -157,10 +157,10 @@ async fn write_batch(client: &Client, batch: Vec<(EnqueueRequest, Answer)>) {
         }
         // One bad task fails the whole transaction (a value the store or the
         // database refuses, a conflict): write them one by one so that each
-        // request gets its own answer and the bad one fails alone. A transient
-        // failure (the database is away) would fail each of them just the
-        // same, so those share the batch's error instead.
-        Err(e) if tasks.len() > 1 && !e.is_transient() => {
+        // request gets its own answer and the bad one fails alone. When the
+        // database could not be reached, each would fail just the same, so
+        // they share the batch's error instead.
+        Err(e) if tasks.len() > 1 && refused(&e) => {
             tracing::debug!(error = %e, tasks = tasks.len(), "enqueue batch refused: writing its tasks one by one");
             for (answer, task) in answers.into_iter().zip(tasks) {
                 let _ = answer.send(client.store().enqueue(task).await.map_err(Into::into));
@@ -176,6 +176,18 @@ async fn write_batch(client: &Client, batch: Vec<(EnqueueRequest, Answer)>) {
                 let _ = answer.send(Err(err.into()));
             }
         }
+    }
+}
+
+/// Whether the store or the database refused the batch (so one of its tasks
+/// may be at fault), as opposed to the database being out of reach.
+/// (Not [`StoreError::is_transient`]: a refusal that a retry may get past,
+/// such as a deadlock, is still worth writing one by one.)
+fn refused(e: &StoreError) -> bool {
+    match e {
+        StoreError::Database(sqlx::Error::Database(_)) => true,
+        StoreError::Database(_) | StoreError::Migrate(_) => false,
+        _ => true,
     }
 }
 
