@@ -67,7 +67,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
             on_signal.cancel();
         }
     });
-    tracing::debug!(module = %args.module.display(), "running; Ctrl-C cancels");
+    // Shown with WASMQ_LOG=info (a command logs only warnings by default).
+    tracing::info!(module = %args.module.display(), "running; Ctrl-C cancels");
 
     let report = runtime
         .run(
