@@ -206,3 +206,66 @@ pub(super) fn new_task_for(module: &ModuleRecord, req: EnqueueRequest) -> NewTas
     }
     task
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::borrow::Cow;
+
+    /// An error the database server answered with, with a SQLSTATE.
+    #[derive(Debug)]
+    struct ServerError(&'static str);
+
+    impl std::fmt::Display for ServerError {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "server error {}", self.0)
+        }
+    }
+
+    impl std::error::Error for ServerError {}
+
+    impl sqlx::error::DatabaseError for ServerError {
+        fn message(&self) -> &str {
+            "refused"
+        }
+        fn code(&self) -> Option<Cow<'_, str>> {
+            Some(Cow::Borrowed(self.0))
+        }
+        fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+            self
+        }
+        fn kind(&self) -> sqlx::error::ErrorKind {
+            sqlx::error::ErrorKind::Other
+        }
+    }
+
+    fn server(code: &'static str) -> StoreError {
+        StoreError::Database(sqlx::Error::Database(Box::new(ServerError(code))))
+    }
+
+    /// What the server refused is written one by one, whatever its code
+    /// (22021: PostgreSQL's invalid byte sequence, a NUL in a value; 40P01:
+    /// a deadlock; 5: SQLite's BUSY); an unreachable database is not.
+    #[test]
+    fn a_batch_the_database_refused_is_split_one_the_network_lost_is_not() {
+        for code in ["22021", "23505", "40P01", "5"] {
+            assert!(refused(&server(code)), "{code}");
+        }
+        assert!(refused(&StoreError::invalid("bad queue name")));
+        assert!(refused(&StoreError::Conflict("taken".into())));
+        assert!(refused(&StoreError::not_found("module bytes")));
+        for lost in [
+            sqlx::Error::PoolTimedOut,
+            sqlx::Error::PoolClosed,
+            sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionReset)),
+        ] {
+            assert!(!refused(&StoreError::Database(lost)));
+        }
+    }
+}
