@@ -148,6 +148,28 @@ impl From<QueryRejection> for ApiError {
     }
 }
 
+/// Middleware of the whole application: a handler that panics answers like
+/// any internal error (an id, the details in the log) instead of dropping
+/// the connection without an answer.
+pub async fn catch_panics(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    use futures::FutureExt;
+    let path = req.uri().path().to_string();
+    match std::panic::AssertUnwindSafe(next.run(req))
+        .catch_unwind()
+        .await
+    {
+        Ok(response) => response,
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".into());
+            ApiError::internal(format!("the handler of {path} panicked: {message}")).into_response()
+        }
+    }
+}
+
 /// Characters of an internal error's id: enough to find one line in a log.
 const ERROR_ID_LEN: usize = 12;
 
@@ -253,6 +275,27 @@ mod tests {
         assert!(message.contains(&id), "{message}");
         assert!(!body.to_string().contains("secret_table"), "{body}");
         assert!(!body.to_string().contains("/var/lib"), "{body}");
+    }
+
+    /// A panic reaches the client as an internal error, not as a dropped
+    /// connection.
+    #[tokio::test]
+    async fn a_panicking_handler_answers_with_an_id() {
+        async fn boom() -> &'static str {
+            panic!("secret detail of the panic")
+        }
+        let app = axum::Router::new()
+            .route("/boom", axum::routing::get(boom))
+            .layer(axum::middleware::from_fn(catch_panics));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let r = reqwest::get(format!("http://{addr}/boom")).await.unwrap();
+        assert_eq!(r.status(), reqwest::StatusCode::INTERNAL_SERVER_ERROR);
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["kind"], "internal");
+        assert!(body["error"]["id"].is_string(), "{body}");
+        assert!(!body.to_string().contains("secret"), "{body}");
     }
 
     #[tokio::test]

@@ -135,6 +135,7 @@ pub fn app(state: AppState) -> Router {
             state.clone(),
             guard::check_host,
         ))
+        .layer(axum::middleware::from_fn(errors::catch_panics))
         .layer(axum::middleware::from_fn(metrics::record_request))
         .with_state(state)
 }
