@@ -309,6 +309,7 @@ on_both_backends!(
     api_auth_modules_tasks_and_errors,
     metrics_pass_promtool,
     dashboard_in_headless_chromium,
+    names_refuse_control_characters_and_a_bad_enqueue_fails_alone,
 );
 
 // ---- scenarios ------------------------------------------------------------------
@@ -764,6 +765,70 @@ fn dashboard_in_headless_chromium(env: &mut Env) {
     );
 }
 
+/// Queue names, module names and unique keys with control characters (NUL,
+/// an escape sequence, a bell) are refused as bad input on both backends,
+/// and a refused request among concurrent enqueues (which share one
+/// transaction) fails alone.
+fn names_refuse_control_characters_and_a_bad_enqueue_fails_alone(env: &mut Env) {
+    let s = env.serve(&[]);
+    assert_eq!(s.upload_raw("hello", read(example("hello"))).status, 201);
+    for body in [
+        json!({"module": "hello", "queue": "q\u{0}x"}),
+        json!({"module": "hello", "queue": "q\u{1b}[31mred"}),
+        json!({"module": "hello", "unique_key": "k\u{0}"}),
+        json!({"module": "hello", "unique_key": "k\u{7}"}),
+    ] {
+        let r = s.post("/api/v1/tasks", body.clone());
+        assert_eq!(
+            (r.status, r.kind()),
+            (400, "invalid-argument"),
+            "{body}: {r:?}"
+        );
+    }
+    for name in ["he%00llo", "he%1B%5B2Jllo", "he%0Allo"] {
+        let r = s.upload_raw(name, read(example("hello")));
+        assert_eq!(
+            (r.status, r.kind()),
+            (400, "invalid-argument"),
+            "{name}: {r:?}"
+        );
+    }
+    let r = s.get("/api/v1/tasks?queue=a%00b");
+    assert_eq!(r.status, 400, "{r:?}");
+    let r = s.get("/api/v1/modules");
+    assert_eq!(r.body["modules"].as_array().unwrap().len(), 1, "{r:?}");
+
+    // Rounds of 16 good enqueues and one bad one, sent at the same moment.
+    for round in 0..5 {
+        let barrier = std::sync::Barrier::new(17);
+        let results: Vec<(bool, Resp)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..17)
+                .map(|i| {
+                    let (s, barrier) = (&s, &barrier);
+                    scope.spawn(move || {
+                        let bad = i == 8;
+                        let queue = if bad { "bad\u{0}queue" } else { "good" };
+                        let body = json!({"module": "hello", "queue": queue,
+                            "input": {"name": format!("r{round}-{i}")}});
+                        barrier.wait();
+                        (bad, s.post("/api/v1/tasks", body))
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for (bad, r) in results {
+            if bad {
+                assert_eq!((r.status, r.kind()), (400, "invalid-argument"), "{r:?}");
+            } else {
+                assert_eq!(r.status, 201, "a good enqueue failed with a bad one: {r:?}");
+            }
+        }
+    }
+    let r = s.get("/api/v1/tasks?queue=good&limit=1000");
+    assert_eq!(r.body["tasks"].as_array().unwrap().len(), 80, "{r:?}");
+}
+
 // ---- plain-process checks (no database server needed) ---------------------------
 
 /// Without a token, `serve` refuses non-loopback addresses and says why; on
@@ -1063,4 +1128,643 @@ fn base64_decode(s: &str) -> Vec<u8> {
         out.extend_from_slice(&n.to_be_bytes()[1..chunk.len()]);
     }
     out
+}
+
+// ---- the HTTP guards, sessions and the CLI's output ------------------------------
+
+/// An `application/x-www-form-urlencoded` body, as a browser's form sends
+/// it (this build of reqwest has no `form`).
+trait WithForm {
+    fn with_form(self, pairs: &[(&str, &str)]) -> Self;
+}
+
+impl WithForm for reqwest::blocking::RequestBuilder {
+    fn with_form(self, pairs: &[(&str, &str)]) -> Self {
+        let encode = |s: &str| {
+            s.bytes()
+                .map(|b| match b {
+                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'*' => {
+                        (b as char).to_string()
+                    }
+                    b' ' => "+".to_string(),
+                    b => format!("%{b:02X}"),
+                })
+                .collect::<String>()
+        };
+        let body: Vec<String> = pairs
+            .iter()
+            .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+            .collect();
+        self.header("content-type", "application/x-www-form-urlencoded")
+            .body(body.join("&"))
+    }
+}
+
+/// A raw request with the test token: `Host`, `Origin` and the like are the
+/// test's to set.
+fn raw(s: &Server, method: &str, path: &str) -> reqwest::blocking::RequestBuilder {
+    s.http
+        .request(
+            reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+            s.url(path),
+        )
+        .bearer_auth(TOKEN)
+}
+
+/// `Host` is one the server is known by; requests that change something from
+/// another origin are refused, token or not; bodies have the declared types;
+/// odd methods and paths do not become metric series; an internal error
+/// answers with an id and logs its details.
+#[test]
+fn http_guards_hosts_origins_content_types_metrics_and_internal_errors() {
+    let mut env = Env::new(Backend::Sqlite).unwrap();
+    let s = env.serve(&["--allowed-host", "wasmq.test"]);
+    let port = s.base.rsplit(':').next().unwrap().to_string();
+    assert_eq!(s.upload_raw("hello", read(example("hello"))).status, 201);
+
+    // Host: the listen address, localhost on loopback, the allowed names.
+    for host in [
+        format!("127.0.0.1:{port}"),
+        format!("localhost:{port}"),
+        "wasmq.test".to_string(),
+        "WASMQ.test:8443".to_string(),
+    ] {
+        let r = s.send(raw(&s, "GET", "/api/v1/queues").header("host", &host));
+        assert_eq!(r.status, 200, "{host}: {r:?}");
+    }
+    for host in [
+        format!("evil.example:{port}"),
+        "10.9.8.7".to_string(),
+        "wasmq.test.evil.example".to_string(),
+    ] {
+        for path in ["/api/v1/queues", "/healthz", "/", "/login"] {
+            let r = s.send(raw(&s, "GET", path).header("host", &host));
+            assert_eq!(
+                (r.status, r.kind()),
+                (400, "host-not-allowed"),
+                "{host}{path}: {r:?}"
+            );
+        }
+    }
+
+    // Origin: reads from anywhere, writes only from this origin (or no page).
+    let enqueue = json!({"module": "hello"});
+    let origin = format!("http://127.0.0.1:{port}");
+    for (name, value) in [
+        ("origin", "http://evil.example"),
+        ("origin", "null"),
+        ("origin", "http://127.0.0.1:1"),
+        ("sec-fetch-site", "cross-site"),
+        ("sec-fetch-site", "same-site"),
+    ] {
+        let r = s.send(
+            raw(&s, "POST", "/api/v1/tasks")
+                .header(name, value)
+                .json(&enqueue),
+        );
+        assert_eq!(
+            (r.status, r.kind()),
+            (403, "cross-origin"),
+            "{name}: {value}: {r:?}"
+        );
+        let r = s.send(raw(&s, "DELETE", "/api/v1/modules/hello").header(name, value));
+        assert_eq!(r.status, 403, "{name}: {value}: {r:?}");
+        let r = s.send(raw(&s, "GET", "/api/v1/tasks").header(name, value));
+        assert_eq!(r.status, 200, "reads stay open: {name}: {value}: {r:?}");
+    }
+    let r = s.send(
+        raw(&s, "POST", "/api/v1/tasks")
+            .header("origin", &origin)
+            .header("sec-fetch-site", "same-origin")
+            .json(&enqueue),
+    );
+    assert_eq!(r.status, 201, "{r:?}");
+    let id = r.body["id"].as_str().unwrap().to_string();
+    // A foreign form posting to the dashboard is refused too.
+    let r = s.send(
+        s.http
+            .post(s.url(&format!("/tasks/{id}/cancel")))
+            .header("origin", "http://evil.example")
+            .with_form(&[("csrf", "x")]),
+    );
+    assert_eq!(r.status, 403, "{r:?}");
+
+    // Content-Type: JSON where JSON is read, the declared types for uploads.
+    let text = enqueue.to_string();
+    for ct in [
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+        Some("multipart/form-data; boundary=x"),
+        None,
+    ] {
+        let mut req = raw(&s, "POST", "/api/v1/tasks").body(text.clone());
+        if let Some(ct) = ct {
+            req = req.header("content-type", ct);
+        }
+        let r = s.send(req);
+        assert_eq!(
+            (r.status, r.kind()),
+            (415, "unsupported-media-type"),
+            "{ct:?}: {r:?}"
+        );
+    }
+    let r = s.send(
+        raw(&s, "POST", "/api/v1/tasks")
+            .header("content-type", "application/json; charset=utf-8")
+            .body(text.clone()),
+    );
+    assert_eq!(r.status, 201, "{r:?}");
+    let r = s.send(
+        raw(&s, "POST", &format!("/api/v1/tasks/{id}/cancel"))
+            .header("content-type", "text/plain")
+            .body("{}"),
+    );
+    assert_eq!(r.status, 415, "{r:?}");
+    let r = s.send(
+        raw(&s, "POST", "/api/v1/modules?name=other")
+            .header("content-type", "text/plain")
+            .body(read(example("hello"))),
+    );
+    assert_eq!(r.status, 415, "{r:?}");
+    let r = s.send(raw(&s, "POST", "/api/v1/modules?name=other").body(read(example("hello"))));
+    assert_eq!(r.status, 415, "an upload without a type: {r:?}");
+
+    // Metric labels: an odd method or an unknown path adds no series.
+    for method in ["FOO", "BREW", "PROPFIND"] {
+        let r = s.send(raw(&s, method, "/api/v1/tasks"));
+        assert!(r.status >= 400, "{method}: {r:?}");
+    }
+    for path in ["/no/such/page-1", "/api/v1/nope-2", "/api/v1/tasks/x/y/z"] {
+        assert_eq!(s.get(path).status, 404, "{path}");
+    }
+    let metrics = s.get("/metrics").body.as_str().unwrap().to_string();
+    for odd in ["FOO", "BREW", "PROPFIND", "no/such", "nope-2", "x/y/z"] {
+        assert!(
+            !metrics.contains(odd),
+            "{odd} became a label value:\n{metrics}"
+        );
+    }
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l
+                .starts_with(r#"wasmq_http_requests_total{method="OTHER",route="/api/v1/tasks","#)),
+        "{metrics}"
+    );
+
+    // An internal error: the client gets an id, the log has the details.
+    let db = env.dir.path().join("wasmq.db");
+    env.rt.block_on(async {
+        use sqlx::Connection;
+        let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+            .await
+            .unwrap();
+        sqlx::raw_sql("ALTER TABLE workers RENAME TO workers_gone")
+            .execute(&mut c)
+            .await
+            .unwrap();
+    });
+    let r = s.get("/api/v1/workers");
+    assert_eq!((r.status, r.kind()), (500, "internal"), "{r:?}");
+    let error_id = r.body["error"]["id"]
+        .as_str()
+        .expect("an error id")
+        .to_string();
+    let message = r.body["error"]["message"].as_str().unwrap();
+    assert!(message.contains(&error_id), "{message}");
+    assert!(
+        !r.body.to_string().contains("workers"),
+        "details leaked: {r:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = s.proc.stderr();
+        if log
+            .lines()
+            .any(|l| l.contains(&error_id) && l.contains("no such table"))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no log line with {error_id}:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The value of the `wasmq_session` cookie a response sets, and the rest of
+/// its `Set-Cookie`.
+fn session_cookie(r: &Resp) -> (String, String) {
+    let set = r.headers["set-cookie"].to_str().unwrap().to_string();
+    let (pair, attributes) = set.split_once(';').unwrap_or((&set, ""));
+    let value = pair
+        .strip_prefix("wasmq_session=")
+        .expect("the session cookie");
+    (value.to_string(), attributes.to_string())
+}
+
+/// The dashboard's session: a signed cookie that expires, a logout that
+/// ends it, a CSRF token in every form that changes something, and a
+/// `next=` that stays on this site.
+#[test]
+fn dashboard_sessions_csrf_logout_and_next() {
+    let mut env = Env::new(Backend::Sqlite).unwrap();
+    let mut s = env.serve(&["--session-ttl", "1h"]);
+    s.http = Http::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    assert_eq!(s.upload_raw("hello", read(example("hello"))).status, 201);
+    let id = s.enqueue(json!({"module": "hello"}));
+    let login = |next: &str| {
+        s.send(
+            s.http
+                .post(s.url("/login"))
+                .with_form(&[("token", TOKEN), ("next", next)]),
+        )
+    };
+
+    // next=: only paths of this site.
+    for (next, to) in [
+        ("/tasks?state=queued", "/tasks?state=queued"),
+        ("//evil.example/", "/"),
+        ("/\\\\evil.example/", "/"),
+        ("/\t/evil.example/", "/"),
+        ("/\n/evil.example/", "/"),
+        ("https://evil.example/", "/"),
+        ("/ok\u{0}", "/"),
+    ] {
+        let r = login(next);
+        assert_eq!(r.status, 303, "{next:?}: {r:?}");
+        assert_eq!(r.headers["location"], to, "{next:?}");
+    }
+    let r = s.send(s.http.get(s.url("/login?next=%2F%09%2Fevil.example")));
+    assert!(
+        r.body
+            .as_str()
+            .unwrap()
+            .contains(r#"name="next" value="/""#),
+        "{r:?}"
+    );
+
+    // The cookie: signed, expiring, a new one per login.
+    let (cookie, attributes) = session_cookie(&login("/"));
+    let (other, _) = session_cookie(&login("/"));
+    assert_ne!(cookie, other, "every login is its own session");
+    for a in ["HttpOnly", "SameSite=Strict", "Max-Age=3600", "Path=/"] {
+        assert!(attributes.contains(a), "{a} missing: {attributes}");
+    }
+    assert!(!cookie.contains(TOKEN));
+    let page = |cookie: &str, path: &str| {
+        s.send(
+            s.http
+                .get(s.url(path))
+                .header("cookie", format!("wasmq_session={cookie}")),
+        )
+    };
+    assert_eq!(page(&cookie, "/").status, 200);
+    let parts: Vec<&str> = cookie.split('.').collect();
+    assert_eq!(parts.len(), 4, "{cookie}");
+    let forged = format!("{}.{}.{}.{}", parts[0], parts[1], u32::MAX, parts[3]);
+    let r = page(&forged, "/");
+    assert_eq!(
+        (r.status, r.headers["location"].to_str().unwrap()),
+        (303, "/login?next=%2F")
+    );
+
+    // CSRF: the task page's forms carry the session's token; a form
+    // without it, or with another session's, is refused.
+    let task_page = page(&cookie, &format!("/tasks/{id}"));
+    let html = task_page.body.as_str().unwrap();
+    let marker = r#"name="csrf" value=""#;
+    let start = html.find(marker).expect("a CSRF field") + marker.len();
+    let csrf = &html[start..start + html[start..].find('"').unwrap()];
+    assert!(html.contains(r#"id="logout""#), "a logout button");
+    let other_page = page(&other, &format!("/tasks/{id}"));
+    assert!(
+        !other_page.body.as_str().unwrap().contains(csrf),
+        "one token per session"
+    );
+    let post = |cookie: &str, path: &str, form: &[(&str, &str)]| {
+        s.send(
+            s.http
+                .post(s.url(path))
+                .header("cookie", format!("wasmq_session={cookie}"))
+                .with_form(form),
+        )
+    };
+    let cancel = format!("/tasks/{id}/cancel");
+    for form in [vec![], vec![("csrf", "0123")], vec![("csrf", "")]] {
+        let r = post(&cookie, &cancel, &form);
+        assert_eq!(r.status, 403, "{form:?}: {r:?}");
+    }
+    let r = post(&other, &cancel, &[("csrf", csrf)]);
+    assert_eq!(r.status, 403, "another session's token: {r:?}");
+    assert_eq!(
+        s.get(&format!("/api/v1/tasks/{id}")).body["state"],
+        "queued"
+    );
+    let r = post(&cookie, &cancel, &[("csrf", csrf)]);
+    assert_eq!(r.status, 303, "{r:?}");
+    assert_eq!(
+        s.get(&format!("/api/v1/tasks/{id}")).body["state"],
+        "cancelled"
+    );
+
+    // Logout: needs the token, clears the cookie, and the old cookie is dead.
+    assert_eq!(post(&cookie, "/logout", &[]).status, 403);
+    let r = post(&cookie, "/logout", &[("csrf", csrf)]);
+    assert_eq!(
+        (r.status, r.headers["location"].to_str().unwrap()),
+        (303, "/login")
+    );
+    let (cleared, attributes) = session_cookie(&r);
+    assert!(
+        cleared.is_empty() && attributes.contains("Max-Age=0"),
+        "{attributes}"
+    );
+    assert_eq!(
+        page(&cookie, "/").status,
+        303,
+        "a logged-out cookie still works"
+    );
+    assert_eq!(
+        page(&other, "/").status,
+        200,
+        "another session is not logged out"
+    );
+    drop(s);
+
+    // Expiry.
+    let mut short = env.serve(&["--session-ttl", "3s"]);
+    short.http = Http::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let r = short.send(
+        short
+            .http
+            .post(short.url("/login"))
+            .with_form(&[("token", TOKEN)]),
+    );
+    let (cookie, _) = session_cookie(&r);
+    let at = |c: &str| {
+        short
+            .send(
+                short
+                    .http
+                    .get(short.url("/"))
+                    .header("cookie", format!("wasmq_session={c}")),
+            )
+            .status
+    };
+    assert_eq!(at(&cookie), 200);
+    std::thread::sleep(Duration::from_millis(3100));
+    assert_eq!(at(&cookie), 303, "an expired session still works");
+
+    // Without a token there is no login, but forms still carry a CSRF token.
+    let p = env.spawn(&["serve", "--listen", "127.0.0.1:0"], &[]);
+    let base = p.wait_line("listening on ", Duration::from_secs(60));
+    let http = Http::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let id = http
+        .post(format!("{}/api/v1/tasks", base.trim()))
+        .json(&json!({"module": "hello", "delay_ms": 3_600_000}))
+        .send()
+        .unwrap()
+        .json::<Value>()
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = http
+        .post(format!("{}/tasks/{id}/cancel", base.trim()))
+        .with_form(&[("x", "y")])
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let html = http
+        .get(format!("{}/tasks/{id}", base.trim()))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        html.contains(marker) && !html.contains(r#"id="logout""#),
+        "{html}"
+    );
+}
+
+/// `--metrics-listen` binds a non-loopback address only with a token, which
+/// `/metrics` then needs; without one it answers loopback names only.
+#[test]
+fn worker_metrics_are_loopback_only_without_a_token() {
+    let mut env = Env::new(Backend::Sqlite).unwrap();
+    // (`--exit-when-idle`: a worker that started anyway would not hang the test.)
+    let out = env.run(&[
+        "worker",
+        "--metrics-listen",
+        "0.0.0.0:0",
+        "--exit-when-idle",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--metrics-listen") && err.contains("loopback"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+
+    let http = Http::new();
+    let (_open, base) = env.worker(&[], &[]);
+    assert_eq!(
+        http.get(format!("{base}/metrics")).send().unwrap().status(),
+        200
+    );
+    let r = http
+        .get(format!("{base}/metrics"))
+        .header("host", "evil.example")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 400, "a rebound name reached the metrics");
+
+    let p = env.spawn(
+        &["worker", "--metrics-listen", "0.0.0.0:0"],
+        &[("WASMQ_API_TOKEN", TOKEN)],
+    );
+    let addr = p.wait_line("metrics on http://", Duration::from_secs(60));
+    let port = addr.trim().rsplit(':').next().unwrap().to_string();
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    assert_eq!(http.get(&url).send().unwrap().status(), 401);
+    assert_eq!(
+        http.get(&url)
+            .bearer_auth("wrong-token-0123456789")
+            .send()
+            .unwrap()
+            .status(),
+        403
+    );
+    let r = http.get(&url).bearer_auth(TOKEN).send().unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().unwrap().contains("wasmq_tasks_in_flight"));
+}
+
+/// A `wasmq` command as a user runs it: no `WASMQ_LOG`.
+fn user_cmd(env: &Env, args: &[&str]) -> Command {
+    let mut c = env.cmd(args);
+    c.env_remove("WASMQ_LOG").env_remove("RUST_LOG");
+    c
+}
+
+/// What the CLI prints: guest text with its escape sequences shown, not
+/// obeyed; errors on one line, without log lines (PostgreSQL's migration
+/// notice included); a closed stdout ends `wasmq run` and `task list`
+/// quietly.
+#[test]
+fn cli_output_is_safe_quiet_and_survives_a_closed_pipe() {
+    let env = Env::new(Backend::Sqlite).unwrap();
+    let hostile = "\u{1b}]0;pwned\u{7}\u{1b}[2J\u{1b}[31mred\r\u{9b}31m\u{202e}desrever";
+    let input = json!({ "message": hostile }).to_string();
+    let panicky = example("panicky");
+    let out = user_cmd(&env, &["run", panicky.to_str().unwrap(), "--input", &input])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(20), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("␛]0;pwned␇␛[2J␛[31mred␍\\u{9b}31m\\u{202e}desrever"),
+        "{err}"
+    );
+    for c in ['\u{1b}', '\u{7}', '\r', '\u{9b}', '\u{202e}'] {
+        assert!(!err.contains(c), "{c:?} reached the terminal: {err:?}");
+    }
+
+    // `wasmq run` prints the output and nothing else.
+    let hello = example("hello");
+    let out = user_cmd(
+        &env,
+        &["run", hello.to_str().unwrap(), "--input", r#"{"name":"x"}"#],
+    )
+    .output()
+    .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "",
+        "stderr of a successful run"
+    );
+
+    // The same through the queue: `task show` and `task list`.
+    let push = env.run(&[
+        "module",
+        "push",
+        panicky.to_str().unwrap(),
+        "--name",
+        "panicky",
+    ]);
+    assert!(push.status.success(), "{push:?}");
+    let out = env.run(&[
+        "task",
+        "enqueue",
+        "panicky",
+        "--input",
+        &input,
+        "--max-attempts",
+        "1",
+    ]);
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let w = env.run(&["worker", "--exit-when-idle"]);
+    assert!(w.status.success(), "{w:?}");
+    for args in [vec!["task", "show", &id], vec!["task", "list"]] {
+        let out = user_cmd(&env, &args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        // (`task list` shows the first line of the error only.)
+        assert!(
+            args[1] == "list" || text.contains("␛[31mred"),
+            "{args:?}: {text}"
+        );
+        for c in ['\u{1b}', '\u{7}', '\r', '\u{9b}', '\u{202e}'] {
+            assert!(
+                !text.contains(c),
+                "{args:?}: {c:?} reached the terminal: {text:?}"
+            );
+        }
+    }
+
+    // A command's error is one line.
+    let out = user_cmd(
+        &env,
+        &["task", "show", "0191d6a4-0000-7000-8000-000000000000"],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("error: ") && err.contains("not found"),
+        "{err}"
+    );
+
+    // A reader that goes away: no panic, no message.
+    let name = r#"{"name":"x"}"#;
+    for args in [
+        vec!["run", hello.to_str().unwrap(), "--input", name],
+        vec!["task", "list"],
+    ] {
+        let mut child = user_cmd(&env, &args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        use std::os::unix::process::ExitStatusExt;
+        assert!(
+            out.status.success() || out.status.signal() == Some(libc_sigpipe()),
+            "{args:?}: {:?} {err}",
+            out.status
+        );
+        assert!(
+            !err.contains("panicked") && !err.contains("Broken pipe"),
+            "{args:?}: {err}"
+        );
+    }
+
+    // PostgreSQL: a command on a migrated database says nothing else.
+    let Some(pg) = env.rt.block_on(common::pg::pg_env()) else {
+        return;
+    };
+    let url = pg.url("e2e-cli");
+    let run_pg = |args: &[&str]| {
+        let mut c = wasmq(&env.dir.path().join("cache"));
+        c.arg("--database-url").arg(&url).args(args);
+        c.env_remove("WASMQ_LOG").env_remove("RUST_LOG");
+        c.output().unwrap()
+    };
+    let first = run_pg(&["migrate"]);
+    assert!(first.status.success(), "{first:?}");
+    let again = run_pg(&["migrate"]);
+    assert!(again.status.success(), "{again:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&again.stderr),
+        "",
+        "notices of a second migrate"
+    );
+    let out = run_pg(&["task", "show", "0191d6a4-0000-7000-8000-000000000000"]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    env.rt.block_on(drop_schema(&pg));
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+/// SIGPIPE's number on Linux.
+fn libc_sigpipe() -> i32 {
+    13
 }

@@ -105,13 +105,41 @@ impl EncodeLabelValue for FaultKind {
     }
 }
 
-/// An HTTP method as a label value.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct HttpMethod(Method);
+/// An HTTP method as a label value: one of the standard methods, or
+/// [`OTHER_METHOD`]. A client may send any token as a method; each one kept
+/// as it came would be a new series, so a scanner could grow the registry
+/// without bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct HttpMethod(&'static str);
+
+/// The `method` label of a request whose method is not a standard one.
+pub const OTHER_METHOD: &str = "OTHER";
+
+impl HttpMethod {
+    fn of(method: &Method) -> HttpMethod {
+        const KNOWN: [Method; 9] = [
+            Method::GET,
+            Method::HEAD,
+            Method::POST,
+            Method::PUT,
+            Method::DELETE,
+            Method::PATCH,
+            Method::OPTIONS,
+            Method::CONNECT,
+            Method::TRACE,
+        ];
+        HttpMethod(
+            KNOWN
+                .iter()
+                .find(|m| *m == method)
+                .map_or(OTHER_METHOD, |m| m.as_str()),
+        )
+    }
+}
 
 impl EncodeLabelValue for HttpMethod {
     fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
-        encoder.write_str(self.0.as_str())
+        encoder.write_str(self.0)
     }
 }
 
@@ -460,7 +488,7 @@ impl Metrics {
                 series.duration.observe(took.as_secs_f64());
                 self.http_requests
                     .get_or_create(&HttpLabels {
-                        method: HttpMethod(method.clone()),
+                        method: HttpMethod::of(method),
                         route: series.route.clone(),
                         status,
                     })
@@ -644,6 +672,37 @@ mod tests {
         has(&text, r#"wasmq_worker_faults_total{kind="lease-lost"} 1"#);
         has(&text, "wasmq_tasks_in_flight 0");
         assert!(!text.contains(WORKER_HEARTBEAT_AGE), "{text}");
+    }
+
+    /// Any token is a valid HTTP method: those that are not standard share
+    /// one series instead of making one each.
+    #[test]
+    fn unknown_http_methods_share_one_series() {
+        let m = Metrics::new();
+        for method in ["FOO", "BAR", "get", "PROPFIND"] {
+            let method = Method::from_bytes(method.as_bytes()).unwrap();
+            m.http_request(&method, "/api/v1/tasks", 405, Duration::from_millis(1));
+        }
+        m.http_request(
+            &Method::PATCH,
+            "/api/v1/tasks",
+            405,
+            Duration::from_millis(1),
+        );
+        let text = text(&m, false);
+        has(
+            &text,
+            &format!(
+                r#"wasmq_http_requests_total{{method="{OTHER_METHOD}",route="/api/v1/tasks",status="405"}} 4"#
+            ),
+        );
+        has(
+            &text,
+            r#"wasmq_http_requests_total{method="PATCH",route="/api/v1/tasks",status="405"} 1"#,
+        );
+        for odd in ["FOO", "BAR", "\"get\"", "PROPFIND"] {
+            assert!(!text.contains(odd), "{odd} became a label value:\n{text}");
+        }
     }
 
     #[test]

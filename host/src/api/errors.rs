@@ -1,5 +1,8 @@
 //! The API's error type: every failure is `{"error": {"kind", "message"}}`
-//! with the status that says whose fault it was.
+//! with the status that says whose fault it was. An internal error (500)
+//! says only that it happened and under which id: its details (a database
+//! message, a file path, a query) are for the operator, in the server log
+//! under the same id.
 
 use crate::client::ClientError;
 use crate::runtime::LoadError;
@@ -16,6 +19,8 @@ pub struct ApiError {
     /// A stable, machine-readable name (`not-found`, `illegal-transition`, …).
     pub kind: &'static str,
     pub message: String,
+    /// Of an internal error: the id its details are logged under.
+    pub id: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -27,6 +32,8 @@ struct Body<'a> {
 struct Detail<'a> {
     kind: &'a str,
     message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
 }
 
 impl ApiError {
@@ -35,6 +42,7 @@ impl ApiError {
             status,
             kind,
             message: message.into(),
+            id: None,
         }
     }
 
@@ -54,14 +62,17 @@ impl ApiError {
         )
     }
 
-    /// A failure that is not the caller's: logged in full, answered briefly.
+    /// A failure that is not the caller's: logged in full under a fresh id,
+    /// answered with that id only.
     pub fn internal(e: impl std::fmt::Display) -> Self {
-        tracing::error!(error = %e, "request failed");
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            format!("internal error: {e}"),
-        )
+        let id = error_id();
+        tracing::error!(error_id = %id, error = %e, "request failed");
+        ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            kind: "internal",
+            message: format!("internal error {id}: the details are in the server log"),
+            id: Some(id),
+        }
     }
 }
 
@@ -71,6 +82,7 @@ impl IntoResponse for ApiError {
             error: Detail {
                 kind: self.kind,
                 message: &self.message,
+                id: self.id.as_deref(),
             },
         };
         (self.status, Json(body)).into_response()
@@ -139,6 +151,37 @@ impl From<QueryRejection> for ApiError {
     }
 }
 
+/// Middleware of the whole application: a handler that panics answers like
+/// any internal error (an id, the details in the log) instead of dropping
+/// the connection without an answer.
+pub async fn catch_panics(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    use futures::FutureExt;
+    let path = req.uri().path().to_string();
+    match std::panic::AssertUnwindSafe(next.run(req))
+        .catch_unwind()
+        .await
+    {
+        Ok(response) => response,
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".into());
+            ApiError::internal(format!("the handler of {path} panicked: {message}")).into_response()
+        }
+    }
+}
+
+/// Characters of an internal error's id: enough to find one line in a log.
+const ERROR_ID_LEN: usize = 12;
+
+fn error_id() -> String {
+    let mut id = uuid::Uuid::new_v4().simple().to_string();
+    id.truncate(ERROR_ID_LEN);
+    id
+}
+
 pub type ApiResult<T> = Result<T, ApiError>;
 
 /// `Query` and `Path` whose rejections are JSON [`ApiError`]s.
@@ -204,4 +247,66 @@ pub async fn read_body(body: axum::body::Body, limit: usize) -> ApiResult<bytes:
         return Err(ApiError::too_large(limit));
     }
     Ok(buf.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn body_of(e: ApiError) -> serde_json::Value {
+        let r = e.into_response();
+        let bytes = axum::body::to_bytes(r.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    /// A database error's text reaches the log, never the client.
+    #[tokio::test]
+    async fn internal_errors_answer_with_an_id_only() {
+        let e: ApiError = StoreError::Database(sqlx::Error::Protocol(
+            "relation \"secret_table\" does not exist at /var/lib/db".into(),
+        ))
+        .into();
+        assert_eq!(e.status, StatusCode::INTERNAL_SERVER_ERROR);
+        let id = e.id.clone().expect("an id");
+        assert_eq!(id.len(), ERROR_ID_LEN);
+        let body = body_of(e).await;
+        assert_eq!(body["error"]["kind"], "internal");
+        assert_eq!(body["error"]["id"], id.as_str());
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(&id), "{message}");
+        assert!(!body.to_string().contains("secret_table"), "{body}");
+        assert!(!body.to_string().contains("/var/lib"), "{body}");
+    }
+
+    /// A panic reaches the client as an internal error, not as a dropped
+    /// connection.
+    #[tokio::test]
+    async fn a_panicking_handler_answers_with_an_id() {
+        async fn boom() -> &'static str {
+            panic!("secret detail of the panic")
+        }
+        let app = axum::Router::new()
+            .route("/boom", axum::routing::get(boom))
+            .layer(axum::middleware::from_fn(catch_panics));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let r = reqwest::get(format!("http://{addr}/boom")).await.unwrap();
+        assert_eq!(r.status(), reqwest::StatusCode::INTERNAL_SERVER_ERROR);
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["kind"], "internal");
+        assert!(body["error"]["id"].is_string(), "{body}");
+        assert!(!body.to_string().contains("secret"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn other_errors_keep_their_message_and_have_no_id() {
+        let body = body_of(ApiError::not_found("task x not found")).await;
+        assert_eq!(
+            body,
+            serde_json::json!({"error": {"kind": "not-found", "message": "task x not found"}})
+        );
+    }
 }

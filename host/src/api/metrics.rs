@@ -7,8 +7,8 @@
 //! live worker's heartbeat age. Every state of every known queue is written,
 //! zero or not, so series never vanish.
 
-use super::AppState;
 use super::errors::{ApiError, ApiResult};
+use super::{AllowedHosts, ApiToken, AppState};
 use crate::metrics::{self as registry, CONTENT_TYPE, QueueLabels, WorkerLabels};
 use crate::store::{Store, TaskState};
 use axum::Router;
@@ -36,11 +36,30 @@ pub(super) fn router(state: AppState) -> Router<AppState> {
         ))
 }
 
-/// The worker's endpoint: its own registry only.
-pub(super) fn worker_router() -> Router {
-    Router::new()
-        .route("/metrics", get(worker_metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
+/// The worker's endpoint: its own registry only. With a token, `/metrics`
+/// needs it; without one the endpoint is on loopback (see
+/// [`super::serve_worker_metrics`]) and answers loopback names only, so that
+/// a page of another site cannot read it through DNS rebinding.
+pub(super) fn worker_router(token: Option<ApiToken>, hosts: AllowedHosts) -> Router {
+    let router = Router::new().route("/healthz", get(|| async { "ok\n" }));
+    match token {
+        Some(token) => router.route(
+            "/metrics",
+            get(worker_metrics).layer(axum::middleware::from_fn(
+                move |req: Request, next: Next| {
+                    let token = token.clone();
+                    async move { super::auth::bearer_checked(&token, req, next).await }
+                },
+            )),
+        ),
+        None => router
+            .route("/metrics", get(worker_metrics))
+            .layer(axum::middleware::from_fn(
+                move |req: Request, next: Next| {
+                    super::guard::check_host_of(hosts.clone(), req, next)
+                },
+            )),
+    }
 }
 
 fn text(body: String) -> Response {

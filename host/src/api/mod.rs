@@ -4,12 +4,15 @@
 //! Layers: [`routes`] (one file per resource, each endpoint described once in
 //! a table that both the router and the OpenAPI document are built from),
 //! [`errors`] (the JSON error body), [`auth`] (bearer token, dashboard
-//! session, loopback-only without a token), [`metrics`] (exposition and
-//! request metrics), [`ui`] (server-rendered HTML). Everything goes through
+//! sessions and CSRF tokens, loopback-only without a token), [`guard`] (the
+//! `Host`, `Origin` and `Content-Type` checks every request passes),
+//! [`metrics`] (exposition and request metrics), [`ui`] (server-rendered
+//! HTML). Everything goes through
 //! [`crate::client`] and the [`crate::store::Store`] trait: no SQL here.
 
 pub mod auth;
 pub mod errors;
+pub mod guard;
 pub mod metrics;
 mod openapi;
 mod routes;
@@ -23,8 +26,10 @@ use axum::extract::DefaultBodyLimit;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
-pub use auth::{ApiToken, check_listen};
+pub use auth::{ApiToken, DEFAULT_SESSION_TTL, Sessions, check_listen};
+pub use guard::AllowedHosts;
 
 /// Where `wasmq serve` listens unless told otherwise.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -43,6 +48,10 @@ pub struct ServeConfig {
     pub max_body_bytes: usize,
     pub max_module_bytes: usize,
     pub batch: BatchConfig,
+    /// Host names served besides the listen address (`--allowed-host`).
+    pub allowed_hosts: Vec<String>,
+    /// How long a dashboard login lasts.
+    pub session_ttl: Duration,
 }
 
 impl ServeConfig {
@@ -54,6 +63,8 @@ impl ServeConfig {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_module_bytes: DEFAULT_MAX_MODULE_BYTES,
             batch: BatchConfig::default(),
+            allowed_hosts: Vec::new(),
+            session_ttl: DEFAULT_SESSION_TTL,
         }
     }
 }
@@ -70,6 +81,8 @@ pub struct Inner {
     pub ray_dashboard_url: Option<String>,
     pub max_body_bytes: usize,
     pub max_module_bytes: usize,
+    pub allowed_hosts: AllowedHosts,
+    pub sessions: Sessions,
 }
 
 impl std::ops::Deref for AppState {
@@ -81,6 +94,7 @@ impl std::ops::Deref for AppState {
 
 impl AppState {
     /// Must be called inside a tokio runtime (it starts the enqueue batcher).
+    /// `config.listen` must be the bound address.
     pub fn new(client: Client, runtime: Arc<Runtime>, config: &ServeConfig) -> AppState {
         let batcher = EnqueueBatcher::spawn(client.clone(), config.batch);
         AppState(Arc::new(Inner {
@@ -94,6 +108,8 @@ impl AppState {
                 .map(|u| u.trim_end_matches('/').to_string()),
             max_body_bytes: config.max_body_bytes,
             max_module_bytes: config.max_module_bytes,
+            allowed_hosts: AllowedHosts::new(config.listen, &config.allowed_hosts),
+            sessions: Sessions::new(config.token.as_ref(), config.session_ttl),
         }))
     }
 }
@@ -113,6 +129,13 @@ pub fn app(state: AppState) -> Router {
         .merge(routes::probes())
         .merge(ui::router(state.clone()))
         .fallback(routes::no_route)
+        // Innermost first: the origin check runs once the Host is known good.
+        .layer(axum::middleware::from_fn(guard::refuse_cross_origin))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            guard::check_host,
+        ))
+        .layer(axum::middleware::from_fn(errors::catch_panics))
         .layer(axum::middleware::from_fn(metrics::record_request))
         .with_state(state)
 }
@@ -136,6 +159,10 @@ pub async fn serve(
         tracing::warn!(%addr, "no API token (WASMQ_API_TOKEN or --api-token-file): listening on loopback only, without authentication");
     }
     println!("wasmq serve: listening on http://{addr}");
+    let config = ServeConfig {
+        listen: addr,
+        ..config
+    };
     let state = AppState::new(client, runtime, &config);
     axum::serve(listener, app(state))
         .with_graceful_shutdown(shutdown)
@@ -144,16 +171,23 @@ pub async fn serve(
 }
 
 /// `wasmq worker --metrics-listen`: `/metrics` and `/healthz` of this
-/// process's registry. Prints the bound address on stdout.
-pub async fn serve_worker_metrics(addr: SocketAddr) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+/// process's registry. Like `wasmq serve`, it binds only loopback addresses
+/// unless `token` is set, and then `/metrics` needs it as a bearer token.
+/// Prints the bound address on stdout.
+pub async fn serve_worker_metrics(
+    addr: SocketAddr,
+    token: Option<ApiToken>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    check_listen(&addr, token.as_ref()).map_err(anyhow::Error::msg)?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding {addr} for metrics"))?;
     let bound = listener.local_addr()?;
     println!("wasmq worker: metrics on http://{bound}/metrics");
-    tracing::info!(addr = %bound, "serving worker metrics");
+    tracing::info!(addr = %bound, token = token.is_some(), "serving worker metrics");
+    let router = metrics::worker_router(token, AllowedHosts::new(bound, &[]));
     Ok(tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, metrics::worker_router()).await {
+        if let Err(e) = axum::serve(listener, router).await {
             tracing::warn!(error = %e, "the metrics endpoint stopped");
         }
     }))

@@ -23,8 +23,12 @@ pub(super) fn build(endpoints: &[Endpoint]) -> Value {
             "title": "wasmq API",
             "version": env!("CARGO_PKG_VERSION"),
             "description": "Push task modules, enqueue and steer tasks, inspect queues and workers. \
-                Every request needs `Authorization: Bearer TOKEN` when the server has a token. \
-                Errors are `{\"error\": {\"kind\", \"message\"}}`.",
+                Every request needs `Authorization: Bearer TOKEN` when the server has a token, \
+                a `Host` the server is known by (its listen address, `localhost` on loopback, \
+                or an `--allowed-host` name), and a body of the type the operation declares. \
+                A request that changes something from a page of another origin (`Origin`, \
+                `Sec-Fetch-Site`) is refused. Errors are `{\"error\": {\"kind\", \"message\"}}`; \
+                an internal error (500) also has the `id` its details are logged under.",
         },
         "paths": paths,
         "components": {
@@ -57,15 +61,36 @@ fn operation(e: &Endpoint) -> Value {
         }
         responses.insert(status.to_string(), r);
     }
+    let error = |description: &str| json!({ "description": description, "content": { "application/json": { "schema": reference("Error") } } });
+    if e.method != "get" {
+        responses.insert(
+            "403".into(),
+            error("Wrong bearer token, or a request from another origin (`cross-origin`)"),
+        );
+    }
+    responses.insert(
+        "415".into(),
+        error(if e.body.is_empty() {
+            "A body that is not application/json"
+        } else {
+            "A body of a type this operation does not take"
+        }),
+    );
+    responses.entry("400").or_insert_with(|| {
+        error("Bad input, or a Host this server does not answer to (`host-not-allowed`)")
+    });
+    responses.insert(
+        "500".into(),
+        error("Internal error: the message names the id of its details in the server log"),
+    );
     if e.path.starts_with("/api/") {
         responses.insert(
             "401".into(),
             json!({ "description": "No bearer token", "content": { "application/json": { "schema": reference("Error") } } }),
         );
-        responses.insert(
-            "403".into(),
-            json!({ "description": "Wrong bearer token", "content": { "application/json": { "schema": reference("Error") } } }),
-        );
+        responses
+            .entry("403")
+            .or_insert_with(|| error("Wrong bearer token"));
     }
     let mut op = json!({
         "tags": [e.tag],
@@ -110,8 +135,9 @@ fn schemas() -> Value {
                 "type": "object",
                 "required": ["kind", "message"],
                 "properties": {
-                    "kind": { "type": "string", "description": "bad-request, invalid-input, invalid-module, unauthorized, forbidden, not-found, no-route, illegal-transition, module-in-use, conflict, too-large, unavailable, internal" },
-                    "message": { "type": "string" }
+                    "kind": { "type": "string", "description": "bad-request, invalid-input, invalid-argument, invalid-module, bad-reference, host-not-allowed, unauthorized, forbidden, cross-origin, not-found, no-route, illegal-transition, module-in-use, conflict, too-large, unsupported-media-type, unavailable, internal" },
+                    "message": { "type": "string" },
+                    "id": { "type": "string", "description": "Of an internal error only: the id its details are logged under" }
                 }
             } }
         },

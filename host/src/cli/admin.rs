@@ -3,6 +3,7 @@
 use super::exit::{self, Exit};
 use super::limits::LimitArgs;
 use super::table::{Table, clip};
+use super::term;
 use crate::client::{Client, ClientError, EnqueueRequest};
 use crate::runtime::{Runtime, RuntimeConfig, parse_duration};
 use crate::store::{CancelOutcome, Store, TaskFilter, TaskRecord, TaskState};
@@ -106,7 +107,8 @@ pub async fn module(db: &str, cmd: ModuleCommand) -> anyhow::Result<()> {
                 print_json(&m)?;
             } else {
                 let note = if m.created { "" } else { " (already stored)" };
-                println!("{}@{} sha256:{}{note}", m.name, m.version, m.sha256);
+                let reference = format!("{}@{}", m.name, m.version);
+                println!("{} sha256:{}{note}", term::line(&reference), m.sha256);
             }
         }
         ModuleCommand::List { json } => {
@@ -139,7 +141,10 @@ pub async fn module(db: &str, cmd: ModuleCommand) -> anyhow::Result<()> {
             if json {
                 return print_json(&m);
             }
-            println!("module   {}@{}", m.name, m.version);
+            println!(
+                "module   {}",
+                term::line(&format!("{}@{}", m.name, m.version))
+            );
             println!("sha256   {}", m.sha256);
             println!("size     {} bytes", m.size);
             println!("created  {}", ts(Some(m.created_at)));
@@ -151,7 +156,7 @@ pub async fn module(db: &str, cmd: ModuleCommand) -> anyhow::Result<()> {
                 .delete_module(name, version, force)
                 .await
                 .map_err(|e| fail(e.into()))?;
-            println!("deleted {n} version(s) of {name}");
+            println!("deleted {n} version(s) of {}", term::line(name));
         }
     }
     Ok(())
@@ -274,7 +279,11 @@ pub async fn task(db: &str, cmd: TaskCommand) -> anyhow::Result<u8> {
                 .enqueue_batch(&tasks)
                 .await
                 .map_err(|e| fail(e.into()))?;
-            println!("enqueued {} task(s) on queue {queue}", out.len());
+            println!(
+                "enqueued {} task(s) on queue {}",
+                out.len(),
+                term::line(&queue)
+            );
         }
         TaskCommand::List {
             state,
@@ -331,13 +340,17 @@ pub async fn task(db: &str, cmd: TaskCommand) -> anyhow::Result<u8> {
             table.print();
             for a in &attempts {
                 if let Some(job) = &a.ray_submission_id {
-                    println!("attempt {} ran as Ray job {job}", a.attempt);
+                    println!("attempt {} ran as Ray job {}", a.attempt, term::line(job));
                 }
             }
             // Each attempt's guest log() lines, then its stdout and stderr.
             for a in &attempts {
                 if let Some(logs) = a.logs.as_deref().filter(|l| !l.is_empty()) {
-                    println!("\nlogs of attempt {}:\n{}", a.attempt, logs.trim_end());
+                    println!(
+                        "\nlogs of attempt {}:\n{}",
+                        a.attempt,
+                        term::text(logs.trim_end())
+                    );
                 }
             }
         }
@@ -409,8 +422,11 @@ async fn enqueue(client: &Client, a: EnqueueArgs) -> anyhow::Result<u8> {
                 _ => String::new(),
             };
             eprintln!(
-                "  {} attempt {}/{}{progress}",
-                t.state, t.attempt, t.max_attempts
+                "  {} attempt {}/{}{}",
+                t.state,
+                t.attempt,
+                t.max_attempts,
+                term::line(&progress)
             );
         })
         .await
@@ -418,10 +434,14 @@ async fn enqueue(client: &Client, a: EnqueueArgs) -> anyhow::Result<u8> {
     if a.json {
         print_json(&t)?;
     } else if let Some(r) = &t.result {
-        println!("{r}");
+        println!("{}", term::stdout_data(r));
     }
     if let Some(m) = &t.error_message {
-        eprintln!("{}: {}", t.error_kind.as_deref().unwrap_or("error"), m);
+        eprintln!(
+            "{}: {}",
+            t.error_kind.as_deref().unwrap_or("error"),
+            term::text(m)
+        );
     }
     Ok(match t.state {
         TaskState::Succeeded => exit::SUCCESS,
@@ -459,19 +479,25 @@ fn print_tasks(tasks: &[TaskRecord]) {
     t.print();
 }
 
+/// Every field that a guest or a client wrote goes through [`term`].
 fn show_task(t: &TaskRecord) {
     println!("task      {}", t.id);
     println!(
-        "module    {}@{} (sha256 {})",
-        t.module_name, t.module_version, t.module_sha256
+        "module    {} (sha256 {})",
+        term::line(&format!("{}@{}", t.module_name, t.module_version)),
+        t.module_sha256
     );
-    println!("queue     {} (priority {})", t.queue, t.priority);
+    println!(
+        "queue     {} (priority {})",
+        term::line(&t.queue),
+        t.priority
+    );
     println!("state     {}", t.state);
     println!("attempt   {} of {}", t.attempt, t.max_attempts);
     if let Some(p) = t.progress_percent {
         println!(
             "progress  {p}% {}",
-            t.progress_message.as_deref().unwrap_or("")
+            term::line(t.progress_message.as_deref().unwrap_or(""))
         );
     }
     println!("enqueued  {}", ts(Some(t.enqueued_at)));
@@ -479,22 +505,27 @@ fn show_task(t: &TaskRecord) {
     println!("started   {}", ts(t.started_at));
     println!("finished  {}", ts(t.finished_at));
     if let Some(o) = &t.lease_owner {
-        println!("lease     {o} until {}", ts(t.lease_expires_at));
+        println!(
+            "lease     {} until {}",
+            term::line(o),
+            ts(t.lease_expires_at)
+        );
     }
     if t.cancel_requested {
         println!("cancel    requested");
     }
     if let Some(job) = &t.ray_submission_id {
-        println!("ray job   {job}");
+        println!("ray job   {}", term::line(job));
     }
-    println!("input     {}", clip(&t.input, 200));
+    println!("input     {}", term::line(&clip(&t.input, 200)));
     if let Some(r) = &t.result {
-        println!("result    {r}");
+        println!("result    {}", term::text(r));
     }
     if let Some(e) = &t.error_message {
         println!(
-            "error     {}: {e}",
-            t.error_kind.as_deref().unwrap_or("error")
+            "error     {}: {}",
+            term::line(t.error_kind.as_deref().unwrap_or("error")),
+            term::text(e)
         );
     }
 }

@@ -17,6 +17,7 @@ mod logging;
 mod run;
 mod serve;
 mod table;
+mod term;
 mod worker;
 
 use clap::{Parser, Subcommand};
@@ -74,6 +75,30 @@ pub enum Command {
     Bench(bench::BenchCommand),
 }
 
+impl Command {
+    /// Whether the command runs until stopped (and logs what it does), as
+    /// opposed to printing one result and exiting.
+    fn is_service(&self) -> bool {
+        matches!(
+            self,
+            Command::Worker(_) | Command::Serve(_) | Command::Bench(_) | Command::Exec(_)
+        )
+    }
+}
+
+/// A command that prints its result and exits dies quietly of SIGPIPE when
+/// its reader goes away (`wasmq task list | head`), like any Unix filter,
+/// instead of panicking on the failed write. Rust ignores SIGPIPE by
+/// default; services keep it ignored, so that a closed log pipe or socket is
+/// an error they handle rather than the end of the process.
+fn die_quietly_on_closed_pipe() {
+    // SAFETY: restores the default disposition of one signal before any
+    // other thread exists; no handler of ours is replaced.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -86,7 +111,12 @@ pub fn main() -> ExitCode {
             });
         }
     };
-    logging::init(cli.log_format);
+    if cli.command.is_service() {
+        logging::init(cli.log_format, logging::SERVICE_DEFAULT);
+    } else {
+        die_quietly_on_closed_pipe();
+        logging::init(cli.log_format, logging::COMMAND_DEFAULT);
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -117,7 +147,8 @@ pub fn main() -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // One line, whatever the messages of the chain hold.
+            eprintln!("error: {}", term::line(&format!("{e:#}")));
             exit::code_of(&e)
         }
     }

@@ -2,6 +2,7 @@
 
 use super::exit::{self, Exit};
 use super::limits::LimitArgs;
+use super::term;
 use crate::runtime::{
     CancelToken, DirGrant, LoadError, RunRequest, Runtime, RuntimeConfig, TaskInfo,
 };
@@ -44,7 +45,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
                     "kind": "invalid-module", "reason": e.reason(), "message": e.to_string()}});
                 println!("{v:#}");
             }
-            eprintln!("invalid-module ({}): {e}", e.reason());
+            eprintln!(
+                "invalid-module ({}): {}",
+                e.reason(),
+                term::line(&e.to_string())
+            );
             return Ok(exit::INVALID_MODULE);
         }
         Err(e) => return Err(e.into()),
@@ -62,6 +67,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
             on_signal.cancel();
         }
     });
+    // Shown with WASMQ_LOG=info (a command logs only warnings by default).
     tracing::info!(module = %args.module.display(), "running; Ctrl-C cancels");
 
     let report = runtime
@@ -79,15 +85,20 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         )
         .await;
 
+    // The guest wrote the output, the outcome's message and its stderr: all
+    // of it is made safe for a terminal (the JSON report is escaped already).
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else if let Some(out) = &report.output {
-        println!("{out}");
+        println!("{}", term::stdout_data(out));
     }
     if !report.outcome.is_success() {
-        eprintln!("{}", report.outcome);
+        eprintln!("{}", term::text(&report.outcome.to_string()));
         if !args.json && !report.stderr.is_empty() {
-            eprintln!("--- guest stderr ---\n{}", report.stderr.trim_end());
+            eprintln!(
+                "--- guest stderr ---\n{}",
+                term::text(report.stderr.trim_end())
+            );
         }
     }
     Ok(exit::for_outcome(&report.outcome))

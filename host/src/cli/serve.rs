@@ -3,7 +3,7 @@
 use super::admin::connect;
 use super::exit::Exit;
 use crate::api::{self, ApiToken, ServeConfig};
-use crate::runtime::{Runtime, RuntimeConfig, parse_size};
+use crate::runtime::{Runtime, RuntimeConfig, parse_duration, parse_size};
 use clap::Args;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -27,6 +27,19 @@ pub struct ServeArgs {
     /// Largest JSON request body [default: 2MiB].
     #[arg(long, env = "WASMQ_API_MAX_BODY", value_parser = parse_size)]
     pub max_body_size: Option<u64>,
+    /// A host name clients reach this server by, besides the listen address
+    /// (and `localhost` on loopback); requests naming another Host are
+    /// refused. Repeatable; `*` allows any.
+    #[arg(
+        long = "allowed-host",
+        value_name = "HOST",
+        env = "WASMQ_ALLOWED_HOSTS",
+        value_delimiter = ','
+    )]
+    pub allowed_hosts: Vec<String>,
+    /// How long a dashboard login lasts [default: 12h].
+    #[arg(long, env = "WASMQ_SESSION_TTL", value_parser = parse_duration)]
+    pub session_ttl: Option<std::time::Duration>,
     /// The most a task enqueued here may ask for; more is refused with 400
     /// `above-maximum`.
     #[command(flatten)]
@@ -65,6 +78,20 @@ pub async fn run(db: &str, a: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(n) = a.max_body_size {
         config.max_body_bytes = n as usize;
+    }
+    if let Some(h) = a.allowed_hosts.iter().find(|h| h.contains(['/', '@', ' '])) {
+        return Err(Exit::usage(format!(
+            "--allowed-host {h:?}: expected a host name, e.g. wasmq.example.com"
+        ))
+        .into());
+    }
+    config.allowed_hosts = a.allowed_hosts;
+    if let Some(ttl) = a.session_ttl {
+        anyhow::ensure!(
+            !ttl.is_zero(),
+            Exit::usage("--session-ttl must be longer than zero")
+        );
+        config.session_ttl = ttl;
     }
     let client = connect(db).await?.with_maxima(a.maxima.maxima()?);
     let runtime = Arc::new(Runtime::new(RuntimeConfig::from_env()?)?);

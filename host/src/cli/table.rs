@@ -13,8 +13,15 @@ impl Table {
         }
     }
 
+    /// Cells may hold anything a guest or a client wrote: each is made one
+    /// line safe for a terminal ([`super::term::line`]).
     pub fn row(&mut self, cells: Vec<String>) {
-        self.rows.push(cells);
+        self.rows.push(
+            cells
+                .into_iter()
+                .map(|c| super::term::line(&c).into_owned())
+                .collect(),
+        );
     }
 
     pub fn print(&self) {

@@ -75,9 +75,13 @@ pub struct WorkerArgs {
     /// Exit once no task is queued or running on the served queues.
     #[arg(long)]
     pub exit_when_idle: bool,
-    /// Serve this worker's Prometheus metrics at http://ADDR/metrics.
+    /// Serve this worker's Prometheus metrics at http://ADDR/metrics; only
+    /// on loopback unless a token is set (then /metrics needs it).
     #[arg(long, env = "WASMQ_METRICS_LISTEN")]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// File holding the bearer token of --metrics-listen (else WASMQ_API_TOKEN).
+    #[arg(long, requires = "metrics_listen")]
+    pub api_token_file: Option<std::path::PathBuf>,
 }
 
 impl WorkerArgs {
@@ -93,9 +97,18 @@ impl WorkerArgs {
 }
 
 pub async fn run(db: &str, a: WorkerArgs) -> anyhow::Result<()> {
+    let metrics_token = match a.metrics_listen {
+        Some(addr) => {
+            let token = super::serve::token(a.api_token_file.as_deref())?;
+            crate::api::check_listen(&addr, token.as_ref())
+                .map_err(|e| super::exit::Exit::usage(format!("--metrics-listen: {e}")))?;
+            Some((addr, token))
+        }
+        None => None,
+    };
     let client = connect(db).await?;
-    let _metrics = match a.metrics_listen {
-        Some(addr) => Some(crate::api::serve_worker_metrics(addr).await?),
+    let _metrics = match metrics_token {
+        Some((addr, token)) => Some(crate::api::serve_worker_metrics(addr, token).await?),
         None => None,
     };
     let mut cfg = WorkerConfig::new(a.mode());

@@ -159,11 +159,13 @@ async fn write_batch(client: &Client, batch: Vec<(EnqueueRequest, Answer)>) {
                 let _ = answer.send(Ok(outcome));
             }
         }
-        // One bad task fails the whole transaction: write them one by one
-        // so that each request gets its own answer.
-        Err(
-            StoreError::InvalidArgument(_) | StoreError::Conflict(_) | StoreError::NotFound { .. },
-        ) if tasks.len() > 1 => {
+        // One bad task fails the whole transaction (a value the store or the
+        // database refuses, a conflict): write them one by one so that each
+        // request gets its own answer and the bad one fails alone. When the
+        // database could not be reached, each would fail just the same, so
+        // they share the batch's error instead.
+        Err(e) if tasks.len() > 1 && refused(&e) => {
+            tracing::debug!(error = %e, tasks = tasks.len(), "enqueue batch refused: writing its tasks one by one");
             for (answer, task) in answers.into_iter().zip(tasks) {
                 let _ = answer.send(client.store().enqueue(task).await.map_err(Into::into));
             }
@@ -181,6 +183,18 @@ async fn write_batch(client: &Client, batch: Vec<(EnqueueRequest, Answer)>) {
     }
 }
 
+/// Whether the store or the database refused the batch (so one of its tasks
+/// may be at fault), as opposed to the database being out of reach.
+/// (Not [`StoreError::is_transient`]: a refusal that a retry may get past,
+/// such as a deadlock, is still worth writing one by one.)
+fn refused(e: &StoreError) -> bool {
+    match e {
+        StoreError::Database(sqlx::Error::Database(_)) => true,
+        StoreError::Database(_) | StoreError::Migrate(_) => false,
+        _ => true,
+    }
+}
+
 /// The task `req` asks for, once its module is resolved.
 pub(super) fn new_task_for(module: &ModuleRecord, req: EnqueueRequest) -> NewTask {
     let mut task = NewTask::new(module, req.input)
@@ -195,4 +209,67 @@ pub(super) fn new_task_for(module: &ModuleRecord, req: EnqueueRequest) -> NewTas
         task = task.unique_key(k);
     }
     task
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::borrow::Cow;
+
+    /// An error the database server answered with, with a SQLSTATE.
+    #[derive(Debug)]
+    struct ServerError(&'static str);
+
+    impl std::fmt::Display for ServerError {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "server error {}", self.0)
+        }
+    }
+
+    impl std::error::Error for ServerError {}
+
+    impl sqlx::error::DatabaseError for ServerError {
+        fn message(&self) -> &str {
+            "refused"
+        }
+        fn code(&self) -> Option<Cow<'_, str>> {
+            Some(Cow::Borrowed(self.0))
+        }
+        fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+            self
+        }
+        fn kind(&self) -> sqlx::error::ErrorKind {
+            sqlx::error::ErrorKind::Other
+        }
+    }
+
+    fn server(code: &'static str) -> StoreError {
+        StoreError::Database(sqlx::Error::Database(Box::new(ServerError(code))))
+    }
+
+    /// What the server refused is written one by one, whatever its code
+    /// (22021: PostgreSQL's invalid byte sequence, a NUL in a value; 40P01:
+    /// a deadlock; 5: SQLite's BUSY); an unreachable database is not.
+    #[test]
+    fn a_batch_the_database_refused_is_split_one_the_network_lost_is_not() {
+        for code in ["22021", "23505", "40P01", "5"] {
+            assert!(refused(&server(code)), "{code}");
+        }
+        assert!(refused(&StoreError::invalid("bad queue name")));
+        assert!(refused(&StoreError::Conflict("taken".into())));
+        assert!(refused(&StoreError::not_found("module bytes")));
+        for lost in [
+            sqlx::Error::PoolTimedOut,
+            sqlx::Error::PoolClosed,
+            sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionReset)),
+        ] {
+            assert!(!refused(&StoreError::Database(lost)));
+        }
+    }
 }

@@ -30,6 +30,15 @@ fn validate_name(kind: &str, value: &str) -> Result<()> {
             "{kind} is longer than {MAX_NAME_LEN} bytes"
         )));
     }
+    // Names are printed on terminals and in logs, and PostgreSQL refuses NUL
+    // in `text`: a control character (NUL and escape sequences included) has
+    // no business in one.
+    if value.chars().any(char::is_control) {
+        return Err(StoreError::invalid(format!(
+            "{kind} \"{}\" must not contain control characters",
+            value.escape_default()
+        )));
+    }
     Ok(())
 }
 

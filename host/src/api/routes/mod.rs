@@ -8,9 +8,13 @@ pub(super) mod tasks;
 
 use super::AppState;
 use super::errors::ApiError;
+use super::guard::check_content_type;
 use axum::Router;
+use axum::extract::Request;
 use axum::handler::Handler;
 use axum::http::Uri;
+use axum::middleware::Next;
+use axum::response::IntoResponse;
 use axum::routing::{MethodFilter, MethodRouter, get, on};
 
 use system::{healthz, readyz};
@@ -98,10 +102,24 @@ pub fn endpoints() -> Vec<Endpoint> {
     all
 }
 
+/// Every endpoint, each taking only the body types it declares
+/// ([`check_content_type`]).
 pub(super) fn router() -> Router<AppState> {
     let mut r = Router::new();
     for e in endpoints() {
-        r = r.route(e.path, e.handler);
+        let declared: Vec<&'static str> = e.body.iter().map(|&(media, _)| media).collect();
+        let handler = e.handler.layer(axum::middleware::from_fn(
+            move |req: Request, next: Next| {
+                let checked = check_content_type(&declared, req.headers());
+                async move {
+                    match checked {
+                        Ok(()) => next.run(req).await,
+                        Err(e) => e.into_response(),
+                    }
+                }
+            },
+        ));
+        r = r.route(e.path, handler);
     }
     r
 }

@@ -215,6 +215,18 @@ impl ListQuery {
                 "limit must be within 1..={MAX_LIST_LIMIT}"
             )));
         }
+        for (name, value) in [("queue", &self.queue), ("module", &self.module)] {
+            // No stored name has one (they are refused at enqueue), and
+            // PostgreSQL would refuse a NUL in the query.
+            if value
+                .as_deref()
+                .is_some_and(|v| v.chars().any(char::is_control))
+            {
+                return Err(ApiError::bad_request(format!(
+                    "{name} must not contain control characters"
+                )));
+            }
+        }
         let nonempty = |s: &Option<String>| s.clone().filter(|s| !s.is_empty());
         Ok(TaskFilter {
             state,

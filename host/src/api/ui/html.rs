@@ -2,6 +2,7 @@
 //! attribute values) or [`url`] (query values) before it reaches a page:
 //! task input, results, logs, module and queue names are all user data.
 
+use crate::api::auth::Session;
 use chrono::{DateTime, Utc};
 use std::fmt::Write as _;
 
@@ -86,12 +87,39 @@ pre{background:#fff;border:1px solid #ddd;padding:.5rem;max-height:24rem;overflo
 .badge{padding:.1rem .45rem;border-radius:.6rem;font-size:.8rem;color:#fff;background:#888}
 .queued{background:#6b7b8c}.leased{background:#8250df}.running{background:#1f6feb}.succeeded{background:#1a7f37}
 .failed{background:#cf222e}.cancelled{background:#9a6700}
-form.inline{display:inline}button{padding:.3rem .8rem;cursor:pointer}
+form.inline{display:inline}form.logout{margin-left:auto}button{padding:.3rem .8rem;cursor:pointer}
 .muted{color:#666}.flash{background:#fff8c5;border:1px solid #d4a72c;padding:.4rem .6rem}
 ";
 
-/// A whole page: `title` is escaped here, `body` must already be safe HTML.
-pub fn page(title: &str, body: &str) -> String {
+/// A hidden form field with the session's CSRF token: every form that
+/// changes something carries one.
+pub fn csrf_field(session: &Session) -> String {
+    format!(
+        r#"<input type="hidden" name="csrf" value="{}">"#,
+        esc(session.csrf())
+    )
+}
+
+/// A whole page of a viewer's session (with a logout button when logged
+/// in): `title` is escaped here, `body` must already be safe HTML.
+pub fn page(session: &Session, title: &str, body: &str) -> String {
+    let logout = if session.logged_in {
+        format!(
+            r#"<form method="post" action="/logout" class="inline logout">{}<button id="logout" type="submit">Log out</button></form>"#,
+            csrf_field(session)
+        )
+    } else {
+        String::new()
+    };
+    page_with(&logout, title, body)
+}
+
+/// A page outside a session (login, errors).
+pub fn bare_page(title: &str, body: &str) -> String {
+    page_with("", title, body)
+}
+
+fn page_with(header_end: &str, title: &str, body: &str) -> String {
     format!(
         r#"<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
@@ -99,7 +127,7 @@ pub fn page(title: &str, body: &str) -> String {
 <title>{t} · wasmq</title><style>{STYLE}</style></head>
 <body><header><strong>wasmq</strong>
 <a href="/">Overview</a><a href="/tasks">Tasks</a><a href="/modules">Modules</a><a href="/workers">Workers</a>
-</header><main><h1>{t}</h1>
+{header_end}</header><main><h1>{t}</h1>
 {body}
 </main></body></html>"#,
         t = esc(title)

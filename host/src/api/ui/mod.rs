@@ -3,26 +3,28 @@
 //! Pages: the queues × states overview (`/`), the task list with filters and
 //! paging (`/tasks`), a task's page with its attempts and logs and cancel or
 //! retry buttons (`/tasks/{id}`), modules and workers. With an API token the
-//! dashboard asks for it once (`/login`) and keeps a session cookie derived
-//! from it (HttpOnly, SameSite=Strict); its POST forms also check that the
-//! `Origin` matches the `Host`, so another site cannot press the buttons.
+//! dashboard asks for it once (`/login`) and keeps a signed session cookie
+//! that expires (HttpOnly, SameSite=Strict) until `/logout`. Every form that
+//! changes something carries the session's CSRF token, and (as for every
+//! request that changes something, see [`super::guard`]) a form sent from
+//! another origin is refused, so another site cannot press the buttons.
 
 mod html;
 
 use super::AppState;
-use super::auth::{SESSION_COOKIE, session_cookie};
+use super::auth::{SESSION_COOKIE, Session, session_cookie};
 use super::errors::ApiError;
 use super::routes::system::{age_seconds, queue_rows};
 use super::routes::tasks::{ListQuery, next_before};
 use crate::store::{CancelOutcome, Store, TaskRecord, TaskState};
 use axum::Router;
-use axum::extract::{Form, Path, Query, Request, State};
-use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::extract::{Extension, Form, Path, Query, Request, State};
+use axum::http::{Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use chrono::Utc;
-use html::{age, badge, esc, json_block, page, table, time, url};
+use html::{age, badge, bare_page, csrf_field, esc, json_block, page, table, time, url};
 use serde::Deserialize;
 use uuid::Uuid;
 
@@ -38,8 +40,14 @@ pub(super) fn router(state: AppState) -> Router<AppState> {
         .route("/tasks/{id}/retry", post(retry))
         .route("/modules", get(modules))
         .route("/workers", get(workers))
+        .route("/logout", post(logout))
         .layer(axum::middleware::from_fn_with_state(state, require_session))
         .route("/login", get(login_form).post(login))
+}
+
+/// Unix seconds now.
+fn now() -> i64 {
+    Utc::now().timestamp()
 }
 
 /// An error as a page (the API's errors are JSON; people get HTML).
@@ -70,20 +78,23 @@ impl IntoResponse for PageError {
             esc(self.0.kind),
             esc(&self.0.message)
         );
-        (self.0.status, Html(page("Error", &body))).into_response()
+        (self.0.status, Html(bare_page("Error", &body))).into_response()
     }
 }
 
 type PageResult = Result<Html<String>, PageError>;
 
-async fn require_session(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    if req.method() == Method::POST && !same_origin(req.headers()) {
-        return cross_site();
-    }
-    let Some(token) = &state.token else {
-        return next.run(req).await;
+/// Every page and form needs a session: a valid cookie when the server has
+/// a token, the anonymous session otherwise. The session (for its CSRF
+/// token) is handed to the handler as an extension.
+async fn require_session(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let session = if state.token.is_some() {
+        session_cookie(req.headers()).and_then(|c| state.sessions.verify(&c, now()))
+    } else {
+        Some(state.sessions.anonymous())
     };
-    if session_cookie(req.headers()).is_some_and(|c| token.session_matches(&c)) {
+    if let Some(session) = session {
+        req.extensions_mut().insert(session);
         return next.run(req).await;
     }
     if req.method() == Method::GET {
@@ -101,28 +112,23 @@ async fn require_session(State(state): State<AppState>, req: Request, next: Next
     .into_response()
 }
 
-fn cross_site() -> Response {
-    PageError(ApiError::new(
-        StatusCode::FORBIDDEN,
-        "forbidden",
-        "cross-site form submission refused",
-    ))
-    .into_response()
+/// The field every dashboard form that changes something carries.
+#[derive(Deserialize)]
+struct CsrfForm {
+    csrf: Option<String>,
 }
 
-/// A form POST from a page of this server: its `Origin` (sent by every
-/// current browser on POST) names the `Host` it was sent to.
-fn same_origin(h: &HeaderMap) -> bool {
-    let Some(origin) = h.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
-        return true;
-    };
-    let host = h
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    origin
-        .split_once("://")
-        .is_some_and(|(_, rest)| rest == host)
+/// A form's CSRF token must be its session's.
+fn check_csrf(session: &Session, form: &CsrfForm) -> Result<(), PageError> {
+    if session.csrf_matches(form.csrf.as_deref()) {
+        return Ok(());
+    }
+    tracing::warn!("dashboard form refused: missing or wrong CSRF token");
+    Err(PageError(ApiError::new(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        "this form has expired or did not come from this dashboard: reload the page and try again",
+    )))
 }
 
 #[derive(Deserialize)]
@@ -130,17 +136,27 @@ struct LoginQuery {
     next: Option<String>,
 }
 
-/// Only local paths: `next` must not send the browser to another site.
+/// Only paths of this site: `next` must not send the browser elsewhere.
+/// A path starts with one `/`; `//host` and `/\\host` are other sites to a
+/// browser, which also drops tabs and line breaks (`/\t/host`), so only
+/// visible ASCII is kept (a URI has nothing else).
 fn safe_next(next: Option<&str>) -> String {
     match next {
-        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n.to_string(),
+        Some(n)
+            if n.starts_with('/')
+                && !n.starts_with("//")
+                && !n.contains('\\')
+                && n.bytes().all(|b| b.is_ascii_graphic()) =>
+        {
+            n.to_string()
+        }
         _ => "/".to_string(),
     }
 }
 
 async fn login_form(Query(q): Query<LoginQuery>) -> Html<String> {
     let next = safe_next(q.next.as_deref());
-    Html(page(
+    Html(bare_page(
         "Log in",
         &format!(
             r#"<form method="post" action="/login">
@@ -158,14 +174,9 @@ struct LoginForm {
     next: Option<String>,
 }
 
-async fn login(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Form(f): Form<LoginForm>,
-) -> Response {
-    if !same_origin(&headers) {
-        return cross_site();
-    }
+/// Logging in needs no CSRF token: the form's secret is the API token
+/// itself, and a form from another origin is refused before it gets here.
+async fn login(State(state): State<AppState>, Form(f): Form<LoginForm>) -> Response {
     let Some(token) = &state.token else {
         return Redirect::to("/").into_response();
     };
@@ -178,10 +189,12 @@ async fn login(
         ))
         .into_response();
     }
+    let (value, _) = state.sessions.issue(now());
     let cookie = format!(
-        "{SESSION_COOKIE}={}; Path=/; HttpOnly; SameSite=Strict",
-        token.session_value()
+        "{SESSION_COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
+        state.sessions.ttl().as_secs()
     );
+    tracing::info!("dashboard login");
     (
         [(header::SET_COOKIE, cookie)],
         Redirect::to(&safe_next(f.next.as_deref())),
@@ -189,9 +202,25 @@ async fn login(
         .into_response()
 }
 
+/// Ends the session: its cookie is cleared here and refused from now on.
+async fn logout(
+    State(state): State<AppState>,
+    Extension(session): Extension<Session>,
+    Form(f): Form<CsrfForm>,
+) -> Result<Response, PageError> {
+    check_csrf(&session, &f)?;
+    state.sessions.revoke(&session, now());
+    tracing::info!("dashboard logout");
+    let cookie = format!("{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0");
+    Ok(([(header::SET_COOKIE, cookie)], Redirect::to("/login")).into_response())
+}
+
 // ---- pages -------------------------------------------------------------------
 
-async fn overview(State(state): State<AppState>) -> PageResult {
+async fn overview(
+    State(state): State<AppState>,
+    Extension(session): Extension<Session>,
+) -> PageResult {
     let store = state.client.store();
     let now = Utc::now();
     let stats = store.queue_stats().await?;
@@ -238,7 +267,7 @@ async fn overview(State(state): State<AppState>) -> PageResult {
         },
         task_table(&recent)
     );
-    Ok(Html(page("Overview", &body)))
+    Ok(Html(page(&session, "Overview", &body)))
 }
 
 fn task_table(tasks: &[TaskRecord]) -> String {
@@ -288,7 +317,11 @@ fn html_clip(s: &str, n: usize) -> String {
     out
 }
 
-async fn tasks(State(state): State<AppState>, Query(q): Query<ListQuery>) -> PageResult {
+async fn tasks(
+    State(state): State<AppState>,
+    Extension(session): Extension<Session>,
+    Query(q): Query<ListQuery>,
+) -> PageResult {
     let filter = q.filter(PAGE)?;
     let list = state.client.store().list_tasks(&filter).await?;
     let mut options = String::from(r#"<option value="">any state</option>"#);
@@ -334,10 +367,14 @@ async fn tasks(State(state): State<AppState>, Query(q): Query<ListQuery>) -> Pag
             task_table(&list)
         }
     );
-    Ok(Html(page("Tasks", &body)))
+    Ok(Html(page(&session, "Tasks", &body)))
 }
 
-async fn task(State(state): State<AppState>, Path(id): Path<String>) -> PageResult {
+async fn task(
+    State(state): State<AppState>,
+    Extension(session): Extension<Session>,
+    Path(id): Path<String>,
+) -> PageResult {
     let id = parse_id(&id)?;
     let t = state.client.get(id).await?;
     let attempts = state.client.store().list_attempts(id).await?;
@@ -399,14 +436,15 @@ async fn task(State(state): State<AppState>, Path(id): Path<String>) -> PageResu
     let facts: Vec<Vec<String>> = facts.into_iter().map(|(k, v)| vec![esc(k), v]).collect();
 
     let mut actions = String::new();
+    let csrf = csrf_field(&session);
     if t.state.is_unfinished() && !t.cancel_requested {
         actions.push_str(&format!(
-            r#"<form method="post" action="/tasks/{id}/cancel" class="inline"><button id="cancel" type="submit">Cancel</button></form> "#
+            r#"<form method="post" action="/tasks/{id}/cancel" class="inline">{csrf}<button id="cancel" type="submit">Cancel</button></form> "#
         ));
     }
     if matches!(t.state, TaskState::Failed | TaskState::Cancelled) {
         actions.push_str(&format!(
-            r#"<form method="post" action="/tasks/{id}/retry" class="inline"><button id="retry" type="submit">Retry</button></form>"#
+            r#"<form method="post" action="/tasks/{id}/retry" class="inline">{csrf}<button id="retry" type="submit">Retry</button></form>"#
         ));
     }
 
@@ -475,7 +513,7 @@ async fn task(State(state): State<AppState>, Path(id): Path<String>) -> PageResu
             &attempt_rows
         )
     ));
-    Ok(Html(page(&format!("Task {id}"), &body)))
+    Ok(Html(page(&session, &format!("Task {id}"), &body)))
 }
 
 fn parse_id(id: &str) -> Result<Uuid, PageError> {
@@ -484,8 +522,11 @@ fn parse_id(id: &str) -> Result<Uuid, PageError> {
 
 async fn cancel(
     State(state): State<AppState>,
+    Extension(session): Extension<Session>,
     Path(id): Path<String>,
+    Form(f): Form<CsrfForm>,
 ) -> Result<Redirect, PageError> {
+    check_csrf(&session, &f)?;
     let id = parse_id(&id)?;
     match state.client.cancel(id).await? {
         CancelOutcome::Cancelled | CancelOutcome::Requested => {
@@ -498,15 +539,21 @@ async fn cancel(
 
 async fn retry(
     State(state): State<AppState>,
+    Extension(session): Extension<Session>,
     Path(id): Path<String>,
+    Form(f): Form<CsrfForm>,
 ) -> Result<Redirect, PageError> {
+    check_csrf(&session, &f)?;
     let id = parse_id(&id)?;
     state.client.retry(id).await?;
     tracing::info!(task_id = %id, "retry pressed on the dashboard");
     Ok(Redirect::to(&format!("/tasks/{id}")))
 }
 
-async fn modules(State(state): State<AppState>) -> PageResult {
+async fn modules(
+    State(state): State<AppState>,
+    Extension(session): Extension<Session>,
+) -> PageResult {
     let ms = state.client.store().list_modules().await?;
     let rows: Vec<Vec<String>> = ms
         .iter()
@@ -524,12 +571,16 @@ async fn modules(State(state): State<AppState>) -> PageResult {
         })
         .collect();
     Ok(Html(page(
+        &session,
         "Modules",
         &table(&["module", "bytes", "sha256", "pushed"], &rows),
     )))
 }
 
-async fn workers(State(state): State<AppState>) -> PageResult {
+async fn workers(
+    State(state): State<AppState>,
+    Extension(session): Extension<Session>,
+) -> PageResult {
     let now = Utc::now();
     let ws = state.client.store().list_workers().await?;
     let rows: Vec<Vec<String>> = ws
@@ -551,6 +602,7 @@ async fn workers(State(state): State<AppState>) -> PageResult {
         })
         .collect();
     Ok(Html(page(
+        &session,
         "Workers",
         &table(
             &[
