@@ -1016,7 +1016,7 @@ fn operator_maxima_are_enforced(env: &mut Env) {
     assert!(env.all_tasks().is_empty());
 
     // Enqueued where unlimited fuel is allowed…
-    let enqueue_unlimited = || {
+    let enqueue_unlimited = |env: &Env| {
         let out = env
             .cmd(&["task", "enqueue", "hello", "--input", input])
             .args(["--fuel", "unlimited"])
@@ -1026,7 +1026,7 @@ fn operator_maxima_are_enforced(env: &mut Env) {
         assert_eq!(code(&out), 0, "{}", stderr(&out));
         Uuid::parse_str(stdout(&out).trim()).unwrap()
     };
-    let refused = enqueue_unlimited();
+    let refused = enqueue_unlimited(env);
     // …and claimed by a worker that does not allow it.
     let mut w = env.worker(&["--exit-when-idle"], &[]);
     w.wait_success(Duration::from_secs(60));
@@ -1041,7 +1041,7 @@ fn operator_maxima_are_enforced(env: &mut Env) {
     assert_eq!(t.attempt, 1, "not retried");
 
     // A worker that allows it runs it.
-    let allowed = enqueue_unlimited();
+    let allowed = enqueue_unlimited(env);
     let mut w = env.worker(&["--exit-when-idle", "--max-fuel", "unlimited"], &[]);
     w.wait_success(Duration::from_secs(60));
     assert_eq!(env.task(allowed).state, TaskState::Succeeded);

@@ -216,6 +216,7 @@ store_tests! {
     module_delete_refused_while_in_use,
     enqueue_validation,
     enqueue_and_get_task_roundtrip,
+    refused_statements_are_not_transient,
     enqueue_batch_order_and_listing,
     claim_order_priority_run_after_seq,
     future_run_after_not_claimed_until_due,
@@ -606,6 +607,26 @@ async fn enqueue_validation(h: Harness) {
     // Edge values are fine.
     enqueue(&s, task(&m).priority(100)).await;
     enqueue(&s, task(&m).priority(-100)).await;
+}
+
+/// A statement the database refuses for its content is not retried as if
+/// the database were busy: on PostgreSQL a NUL in text is SQLSTATE 22021,
+/// whose number once read as SQLite's BUSY.
+async fn refused_statements_are_not_transient(h: Harness) {
+    let s = h.store().await;
+    let err = match &s {
+        AnyStore::Postgres(pg) => sqlx::query("SELECT convert_from('\\x00'::bytea, 'UTF8')")
+            .execute(pg.pool())
+            .await
+            .unwrap_err(),
+        AnyStore::Sqlite(lite) => sqlx::query("SELECT * FROM no_such_table")
+            .execute(lite.pool())
+            .await
+            .unwrap_err(),
+        other => panic!("no such backend: {}", other.backend_name()),
+    };
+    let err = StoreError::Database(err);
+    assert!(!err.is_transient(), "{err}");
 }
 
 async fn enqueue_and_get_task_roundtrip(h: Harness) {

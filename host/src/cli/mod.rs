@@ -59,7 +59,7 @@ pub enum Command {
     #[command(subcommand)]
     Task(admin::TaskCommand),
     /// Lease tasks from the database and run them.
-    Worker(worker::WorkerArgs),
+    Worker(Box<worker::WorkerArgs>),
     /// Run one task module as a Ray job's entrypoint (used by `worker --cluster`).
     #[command(hide = true)]
     Exec(exec::ExecArgs),
@@ -135,7 +135,7 @@ pub fn main() -> ExitCode {
             Command::Migrate => ok(admin::migrate(&db).await),
             Command::Module(cmd) => ok(admin::module(&db, cmd).await),
             Command::Task(cmd) => admin::task(&db, cmd).await,
-            Command::Worker(args) => ok(worker::run(&db, args).await),
+            Command::Worker(args) => ok(worker::run(&db, *args).await),
             Command::Exec(args) => exec::run(args).await,
             Command::Workers { json } => ok(admin::workers(&db, json).await),
             Command::Serve(args) => ok(serve::run(&db, args).await),

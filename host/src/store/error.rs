@@ -62,18 +62,22 @@ impl StoreError {
             | sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
             | sqlx::Error::WorkerCrashed => true,
-            sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-                // PostgreSQL: connection exceptions (08…), operator
-                // intervention (57P…: e.g. pg_terminate_backend),
-                // serialization failures and deadlocks (40…).
-                code.starts_with("08")
-                    || code.starts_with("57P")
-                    || code.starts_with("40")
-                    // SQLite: BUSY and LOCKED, with their extended codes.
-                    || code
-                        .parse::<i32>()
-                        .is_ok_and(|c| matches!(c & 0xff, 5 | 6))
-            }),
+            sqlx::Error::Database(db) => {
+                let Some(code) = db.code() else {
+                    return false;
+                };
+                // Each backend's codes by its own rules: a SQLSTATE such as
+                // 22021 (a NUL in text) read as a SQLite code would be BUSY.
+                if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+                    // BUSY and LOCKED, with their extended codes.
+                    code.parse::<i32>().is_ok_and(|c| matches!(c & 0xff, 5 | 6))
+                } else {
+                    // PostgreSQL: connection exceptions (08…), operator
+                    // intervention (57P…: e.g. pg_terminate_backend),
+                    // serialization failures and deadlocks (40…).
+                    code.starts_with("08") || code.starts_with("57P") || code.starts_with("40")
+                }
+            }
             _ => false,
         }
     }
