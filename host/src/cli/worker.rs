@@ -47,7 +47,7 @@ pub struct WorkerArgs {
     #[arg(long)]
     pub concurrency: Option<u32>,
     /// Tasks claimed ahead of free slots, or `auto`: what the runners finish
-    /// in WASMQ_PREFETCH_HORIZON (100ms), at most 1024 [default: auto].
+    /// in WASMQ_PREFETCH_HORIZON (100ms), at most 512 [default: auto].
     #[arg(long, value_parser = parse_prefetch)]
     pub prefetch: Option<Prefetch>,
     /// Lease length [default: 30s, or WASMQ_LEASE].
