@@ -72,6 +72,92 @@ fn report_carries_fuel_memory_time_and_cache() {
     assert_eq!(r["module_sha256"].as_str().unwrap().len(), 64);
 }
 
+/// Runs `hello` with JSON output and the stderr that came with it.
+fn hello_in(cache: &std::path::Path, name: &str) -> (serde_json::Value, String) {
+    let out = wasmq(cache)
+        .arg("run")
+        .arg(example("hello"))
+        .args(["--input", &format!(r#"{{"name":"{name}"}}"#), "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let r = json(&out);
+    let greeting: serde_json::Value = serde_json::from_str(r["output"].as_str().unwrap()).unwrap();
+    assert_eq!(greeting["greeting"], format!("Hello, {name}!"), "{r}");
+    (r, stderr(&out))
+}
+
+/// The disk cache runs only what this user wrote for this very module: an
+/// artifact of another module put under `hello`'s name is refused and
+/// `hello` recompiled; a cache directory others can write is not used.
+#[test]
+fn a_swapped_or_exposed_artifact_is_not_run() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tmp();
+    let (first, _) = hello_in(dir.path(), "a");
+    assert_eq!(first["cache"], "compiled");
+    let hello_sha = first["module_sha256"].as_str().unwrap().to_string();
+    let (c, fib) = run_json(dir.path(), &example("fib"), &["--input", r#"{"n":10}"#]);
+    assert_eq!(c, 0, "{fib}");
+    let artifact_of = |sha: &str| {
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| {
+                let name = p.file_name().unwrap().to_string_lossy();
+                name.starts_with(sha) && name.ends_with(".cwasm")
+            })
+            .unwrap_or_else(|| panic!("no artifact of {sha}"))
+    };
+    let hello_path = artifact_of(&hello_sha);
+    std::fs::copy(
+        artifact_of(fib["module_sha256"].as_str().unwrap()),
+        &hello_path,
+    )
+    .unwrap();
+
+    let (swapped, err) = hello_in(dir.path(), "b");
+    assert_eq!(swapped["cache"], "compiled", "{err}");
+    assert!(err.contains("another module"), "{err}");
+    let (again, _) = hello_in(dir.path(), "c");
+    assert_eq!(
+        again["cache"], "disk",
+        "the recompiled artifact replaced it"
+    );
+
+    // A truncated artifact.
+    let len = std::fs::metadata(&hello_path).unwrap().len();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&hello_path)
+        .unwrap();
+    f.set_len(len - 1).unwrap();
+    drop(f);
+    let (truncated, err) = hello_in(dir.path(), "d");
+    assert_eq!(truncated["cache"], "compiled", "{err}");
+    assert!(err.contains("hash"), "{err}");
+
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let (exposed, err) = hello_in(dir.path(), "e");
+    assert_eq!(exposed["cache"], "compiled", "{err}");
+    assert!(err.contains("writable by the group or others"), "{err}");
+}
+
+#[test]
+fn a_new_cache_directory_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tmp();
+    let cache = dir.path().join("deeper/cache");
+    hello_in(&cache, "p");
+    let mode = std::fs::metadata(&cache).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700);
+    let artifact = std::fs::read_dir(&cache).unwrap().next().unwrap().unwrap();
+    assert_eq!(
+        artifact.metadata().unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+}
+
 #[test]
 fn second_process_loads_the_precompiled_module_from_disk() {
     let dir = tmp();
