@@ -22,11 +22,7 @@ pub const INVALID_OUTPUT: u8 = 31;
 pub const HOST_ERROR: u8 = 40;
 
 pub fn for_outcome(outcome: &Outcome) -> u8 {
-    let error_kind = match outcome {
-        Outcome::TaskError { error_kind, .. } => Some(*error_kind),
-        _ => None,
-    };
-    for_outcome_kind(outcome.outcome_kind(), error_kind)
+    for_outcome_kind(outcome.outcome_kind(), outcome.task_error_kind())
 }
 
 fn for_outcome_kind(outcome: OutcomeKind, error_kind: Option<TaskErrorKind>) -> u8 {

@@ -69,11 +69,15 @@ impl Outcome {
     /// The failure this outcome stands for, as the retry policy names it;
     /// `None` for success and cancellation.
     pub fn failure_kind(&self) -> Option<FailureKind> {
-        let error_kind = match self {
+        FailureKind::of(self.outcome_kind(), self.task_error_kind())
+    }
+
+    /// The task's own kind of error, for a task error.
+    pub fn task_error_kind(&self) -> Option<TaskErrorKind> {
+        match self {
             Outcome::TaskError { error_kind, .. } => Some(*error_kind),
             _ => None,
-        };
-        FailureKind::of(self.outcome_kind(), error_kind)
+        }
     }
 
     pub fn outcome_kind(&self) -> OutcomeKind {

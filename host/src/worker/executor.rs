@@ -65,13 +65,31 @@ impl Executor {
             let wait = (Utc::now() - task.enqueued_at).to_std().unwrap_or_default();
             metrics.queue_waited(&task.queue, wait);
         }
-        let limits = match self.limits_for(task) {
-            Ok(l) => l,
-            Err(refused) => {
-                let report = RunReport::not_run(refused, task.module_sha256.clone());
-                return self.complete(task, report, false, started.elapsed());
-            }
+        let report = match self.limits_for(task) {
+            Ok(limits) => self.load_and_run(worker_id, task, &limits, cancel).await,
+            Err(refused) => RunReport::not_run(refused, task.module_sha256.clone()),
         };
+        let interrupted =
+            shutdown.is_cancelled() && report.outcome.outcome_kind() == OutcomeKind::Cancelled;
+        let elapsed = started.elapsed();
+        let end = if interrupted {
+            OutcomeKind::Shutdown
+        } else {
+            report.outcome.outcome_kind()
+        };
+        metrics.attempt_finished(end, &task.module_name, elapsed, report.fuel_used);
+        self.complete(task, report, interrupted, elapsed)
+    }
+
+    /// Loads the task's module (compiling it on first use) and runs it under
+    /// `limits`, its progress reports going to the store.
+    async fn load_and_run(
+        &self,
+        worker_id: &str,
+        task: &ClaimedTask,
+        limits: &Limits,
+        cancel: CancelToken,
+    ) -> RunReport {
         let progress = self.progress_sink(worker_id, task);
         let store = self.store.clone();
         let sha = task.module_sha256.clone();
@@ -100,7 +118,7 @@ impl Executor {
                         cache,
                         RunRequest {
                             input: &task.input,
-                            limits: &limits,
+                            limits,
                             task: TaskInfo {
                                 task_id: task.id.to_string(),
                                 attempt: task.counted_attempt(),
@@ -119,16 +137,7 @@ impl Executor {
         // Once the task completes the fenced write is refused, so the last
         // report goes out now.
         progress.finish().await;
-        let interrupted =
-            shutdown.is_cancelled() && report.outcome.outcome_kind() == OutcomeKind::Cancelled;
-        let elapsed = started.elapsed();
-        let end = if interrupted {
-            OutcomeKind::Shutdown
-        } else {
-            report.outcome.outcome_kind()
-        };
-        metrics.attempt_finished(end, &task.module_name, elapsed, report.fuel_used);
-        self.complete(task, report, interrupted, elapsed)
+        report
     }
 
     /// Stores the guest's progress reports in the background, coalesced, so
@@ -382,10 +391,7 @@ async fn write_pending(shared: Arc<ProgressShared>) {
 }
 
 fn attempt_report(report: &RunReport, elapsed: Duration) -> AttemptReport {
-    let error_kind = match &report.outcome {
-        Outcome::TaskError { error_kind, .. } => Some(*error_kind),
-        _ => None,
-    };
+    let error_kind = report.outcome.task_error_kind();
     let mut error_message = report.outcome.message().map(str::to_owned);
     if let (
         Some(m),
