@@ -12,7 +12,7 @@ mod common;
 
 use common::pg::{PgEnv, drop_schema};
 use common::{Backend, code, example, fresh_database, stderr, stdout, wasmq};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 use wasmq::runtime::{
@@ -43,19 +43,11 @@ struct Env {
 
 impl Env {
     fn new(backend: Backend) -> Option<Env> {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = common::test_runtime();
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("cache")).unwrap();
         let (url, pg) = fresh_database(&rt, backend, dir.path(), "e2e-chaos")?;
-        let store = rt.block_on(async {
-            let s = AnyStore::connect_with(&url, 4).await.expect("connect");
-            s.migrate().await.expect("migrate");
-            s
-        });
+        let store = common::open_store(&rt, &url, 4);
         Some(Env {
             dir,
             url,
@@ -66,9 +58,7 @@ impl Env {
     }
 
     fn cmd(&self) -> Command {
-        let mut c = wasmq(&self.dir.path().join("cache"));
-        c.arg("--database-url").arg(&self.url);
-        c
+        common::wasmq_on(self.dir.path(), &self.url)
     }
 
     fn push(&self, name: &str) {
@@ -124,25 +114,11 @@ impl Env {
     /// [`MAX_WORKER_RSS_BYTES`] is killed at once (so that a broken build
     /// cannot take the machine's memory) and the test fails.
     fn drain(&self, args: &[&str]) -> u64 {
-        let out_path = self.dir.path().join("worker.out");
-        let err_path = self.dir.path().join("worker.err");
-        let mut child = self
-            .cmd()
-            .arg("worker")
+        let mut cmd = self.cmd();
+        cmd.arg("worker")
             .args(["--exit-when-idle", "--poll-interval", "200ms"])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&out_path).unwrap())
-            .stderr(std::fs::File::create(&err_path).unwrap())
-            .spawn()
-            .unwrap();
-        let logs = || {
-            format!(
-                "--- worker stdout ---\n{}\n--- worker stderr ---\n{}",
-                std::fs::read_to_string(&out_path).unwrap_or_default(),
-                std::fs::read_to_string(&err_path).unwrap_or_default()
-            )
-        };
+            .args(args);
+        let (mut child, logs) = common::spawn_logged(cmd, self.dir.path(), "worker");
         let deadline = Instant::now() + Duration::from_secs(600);
         let mut max_rss = 0;
         loop {

@@ -98,19 +98,11 @@ impl<'a> Env<'a> {
     }
 
     fn with_db(ray: &'a RayHead, backend: Backend) -> Option<Env<'a>> {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = common::test_runtime();
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("cache")).unwrap();
         let (url, pg) = fresh_database(&rt, backend, dir.path(), "e2e-ray")?;
-        let store = rt.block_on(async {
-            let s = AnyStore::connect_with(&url, 2).await.unwrap();
-            s.migrate().await.unwrap();
-            s
-        });
+        let store = common::open_store(&rt, &url, 2);
         let token = Token::from_file(&ray.token_file).unwrap();
         let client = RayClient::new(&ray.address, Some(token), ClientConfig::default()).unwrap();
         Some(Env {

@@ -47,19 +47,11 @@ impl Env {
     /// A fresh environment, or `None` when PostgreSQL is wanted but
     /// unreachable outside CI.
     fn new(backend: Backend) -> Option<Env> {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = common::test_runtime();
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("cache")).unwrap();
         let (url, pg) = fresh_database(&rt, backend, dir.path(), "e2e-test")?;
-        let store = rt.block_on(async {
-            let s = AnyStore::connect_with(&url, 4).await.expect("connect");
-            s.migrate().await.expect("migrate");
-            s
-        });
+        let store = common::open_store(&rt, &url, 4);
         Some(Env {
             backend,
             dir,

@@ -157,3 +157,40 @@ async fn many_concurrent_runs_share_one_compiled_module() {
     }
     assert_eq!(compiled, 1, "the module must be compiled exactly once");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_beyond_the_pool_wait_for_a_slot_instead_of_failing() {
+    let rt = Arc::new(
+        Runtime::new(RuntimeConfig {
+            allocator: wasmq::runtime::Allocator::Pooling,
+            pool_instances: 1,
+            cache_dir: None,
+            ..RuntimeConfig::default()
+        })
+        .unwrap(),
+    );
+    let (m, cache) = rt.load_bytes(example("sleepy")).await.unwrap();
+    let runs: Vec<_> = (0..4)
+        .map(|_| {
+            let (rt, m) = (rt.clone(), m.clone());
+            tokio::spawn(async move {
+                let limits = Limits::default();
+                rt.run(
+                    &m,
+                    cache,
+                    request(
+                        r#"{"ms":50}"#,
+                        &limits,
+                        TaskInfo::local(),
+                        CancelToken::new(),
+                    ),
+                )
+                .await
+            })
+        })
+        .collect();
+    for run in runs {
+        let r = run.await.unwrap();
+        assert!(r.outcome.is_success(), "{:?}", r.outcome);
+    }
+}

@@ -52,6 +52,66 @@ pub fn fresh_database(
     }
 }
 
+/// The async runtime a test drives its store with: one worker thread, so
+/// that the binary under test keeps the other core.
+pub fn test_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A migrated store on `url`, with `connections` pooled connections.
+pub fn open_store(
+    rt: &tokio::runtime::Runtime,
+    url: &str,
+    connections: u32,
+) -> wasmq::store::AnyStore {
+    use wasmq::store::Store;
+    rt.block_on(async {
+        let s = wasmq::store::AnyStore::connect_with(url, connections)
+            .await
+            .expect("connect");
+        s.migrate().await.expect("migrate");
+        s
+    })
+}
+
+/// [`wasmq`] with a cache under `dir` and the database `url`.
+pub fn wasmq_on(dir: &Path, url: &str) -> Command {
+    let mut c = wasmq(&dir.join("cache"));
+    c.arg("--database-url").arg(url);
+    c
+}
+
+/// Spawns `cmd` with its stdout and stderr in files `NAME.out` and
+/// `NAME.err` under `dir`; returns the child and a function that reads both
+/// back, for a failure's message.
+pub fn spawn_logged(
+    mut cmd: Command,
+    dir: &Path,
+    name: &str,
+) -> (std::process::Child, impl Fn() -> String) {
+    let out_path = dir.join(format!("{name}.out"));
+    let err_path = dir.join(format!("{name}.err"));
+    let child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
+        .unwrap();
+    let name = name.to_string();
+    let logs = move || {
+        format!(
+            "--- {name} stdout ---\n{}\n--- {name} stderr ---\n{}",
+            std::fs::read_to_string(&out_path).unwrap_or_default(),
+            std::fs::read_to_string(&err_path).unwrap_or_default()
+        )
+    };
+    (child, logs)
+}
+
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -75,7 +135,11 @@ pub fn example(name: &str) -> PathBuf {
 /// A `wasmq` command with a private module cache, so tests do not share state.
 pub fn wasmq(cache_dir: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_wasmq"));
+    // The suite compiles Python and JavaScript components on 2 busy cores:
+    // a budget far above the default keeps a slow machine from failing a
+    // test that is not about the budget (the budget's own tests set it).
     c.env("WASMQ_CACHE_DIR", cache_dir)
+        .env("WASMQ_COMPILE_TIMEOUT", "10m")
         .env_remove("DATABASE_URL")
         .env("WASMQ_LOG", "warn");
     c

@@ -5,7 +5,7 @@ use super::limits::LimitArgs;
 use super::table::{Table, clip};
 use super::term;
 use crate::client::{Client, ClientError, EnqueueRequest};
-use crate::runtime::{Runtime, RuntimeConfig, parse_duration};
+use crate::runtime::{Runtime, parse_duration};
 use crate::store::{CancelOutcome, Store, TaskFilter, TaskRecord, TaskState};
 use anyhow::Context;
 use chrono::{DateTime, Utc};
@@ -77,6 +77,16 @@ pub enum ModuleCommand {
     },
 }
 
+/// The largest module `module push` sends: the same limit as `serve`'s
+/// uploads, so that what one refuses the other does too.
+fn max_module_bytes() -> anyhow::Result<u64> {
+    match std::env::var("WASMQ_API_MAX_MODULE") {
+        Ok(v) if !v.trim().is_empty() => Ok(crate::runtime::parse_size(&v)
+            .map_err(|e| Exit::usage(format!("WASMQ_API_MAX_MODULE: {e}")))?),
+        _ => Ok(crate::api::DEFAULT_MAX_MODULE_BYTES as u64),
+    }
+}
+
 pub async fn module(db: &str, cmd: ModuleCommand) -> anyhow::Result<()> {
     let client = connect(db).await?;
     match cmd {
@@ -86,18 +96,30 @@ pub async fn module(db: &str, cmd: ModuleCommand) -> anyhow::Result<()> {
             version,
             json,
         } => {
+            let limit = max_module_bytes()?;
+            let size = std::fs::metadata(&file)
+                .map_err(|e| Exit::usage(format!("cannot read {}: {e}", file.display())))?
+                .len();
+            if size > limit {
+                return Err(Exit::usage(format!(
+                    "{} is {size} bytes, over the module size limit of {limit} bytes \
+                     (WASMQ_API_MAX_MODULE)",
+                    file.display()
+                ))
+                .into());
+            }
             let bytes = std::fs::read(&file)
                 .map_err(|e| Exit::usage(format!("cannot read {}: {e}", file.display())))?;
-            let runtime = Runtime::new(RuntimeConfig::from_env()?)?;
+            let runtime = Runtime::new(super::runtime_config()?.sized_for(1))?;
             let m = match client
                 .push_module(&runtime, &name, version.as_deref(), bytes)
                 .await
             {
                 Ok(m) => m,
-                Err(ClientError::Module(e)) => {
+                Err(ClientError::Module(crate::runtime::LoadError::Module(e))) => {
                     return Err(Exit {
                         code: exit::INVALID_MODULE,
-                        message: format!("{} refused: {e}", file.display()),
+                        message: format!("{} refused ({}): {e}", file.display(), e.reason()),
                     }
                     .into());
                 }

@@ -10,8 +10,8 @@
 
 use super::exit::Exit;
 use crate::runtime::{
-    Allocator, CancelToken, Limits, LoadError, Outcome, RunReport, RunRequest, Runtime,
-    RuntimeConfig, TaskInfo, sha256_hex,
+    Allocator, CancelToken, Limits, LoadError, Outcome, RunReport, RunRequest, Runtime, TaskInfo,
+    sha256_hex,
 };
 use crate::worker::envelope::Envelope;
 use crate::worker::shipping::MODULE_FILE;
@@ -86,7 +86,7 @@ pub async fn run(args: ExecArgs) -> anyhow::Result<u8> {
             args.module.display()
         );
     }
-    let mut config = RuntimeConfig::from_env()?;
+    let mut config = super::runtime_config()?.sized_for(1);
     if std::env::var_os("WASMQ_ALLOCATOR").is_none() {
         // One run per process: the pool's set-up would not pay for itself.
         config.allocator = Allocator::OnDemand;

@@ -20,8 +20,30 @@ mod table;
 mod term;
 mod worker;
 
+use crate::runtime::RuntimeConfig;
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
+
+/// The runtime configuration of every command that loads modules: the
+/// environment's, with modules compiled in child processes of this binary
+/// within the compile budget.
+fn runtime_config() -> anyhow::Result<RuntimeConfig> {
+    let exe = std::env::current_exe().context("locating the wasmq binary")?;
+    RuntimeConfig::from_env()?.compile_in(exe)
+}
+
+/// `wasmq compile-module`: no async runtime, no logging; see
+/// [`crate::runtime::compile_module_main`].
+fn compile_module() -> ExitCode {
+    match crate::runtime::compile_engine() {
+        Ok(engine) => ExitCode::from(crate::runtime::compile_module_main(&engine) as u8),
+        Err(e) => {
+            eprintln!("creating the engine: {e:#}");
+            ExitCode::from(exit::INTERNAL)
+        }
+    }
+}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -73,6 +95,10 @@ pub enum Command {
     /// Measure the runtime and the queue.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Compile a component from stdin to an artifact on stdout, for a parent
+    /// `wasmq` process that bounds the compilation's time and memory.
+    #[command(hide = true)]
+    CompileModule,
 }
 
 impl Command {
@@ -111,6 +137,9 @@ pub fn main() -> ExitCode {
             });
         }
     };
+    if matches!(cli.command, Command::CompileModule) {
+        return compile_module();
+    }
     if cli.command.is_service() {
         logging::init(cli.log_format, logging::SERVICE_DEFAULT);
     } else {
@@ -140,6 +169,7 @@ pub fn main() -> ExitCode {
             Command::Workers { json } => ok(admin::workers(&db, json).await),
             Command::Serve(args) => ok(serve::run(&db, args).await),
             Command::Bench(cmd) => ok(bench::run(cmd, &db).await),
+            Command::CompileModule => unreachable!("handled before the async runtime starts"),
         }
     });
     // Do not wait for blocked host calls of abandoned guests on the way out.

@@ -3,9 +3,7 @@
 use super::exit::{self, Exit};
 use super::limits::LimitArgs;
 use super::term;
-use crate::runtime::{
-    CancelToken, DirGrant, LoadError, RunRequest, Runtime, RuntimeConfig, TaskInfo,
-};
+use crate::runtime::{CancelToken, DirGrant, LoadError, RunRequest, Runtime, TaskInfo};
 use anyhow::Context;
 use clap::Args;
 use std::path::PathBuf;
@@ -36,7 +34,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     let bytes = std::fs::read(&args.module)
         .map_err(|e| Exit::usage(format!("cannot read {}: {e}", args.module.display())))?;
 
-    let runtime = Runtime::new(RuntimeConfig::from_env()?).context("starting the runtime")?;
+    let runtime =
+        Runtime::new(super::runtime_config()?.sized_for(1)).context("starting the runtime")?;
     let (module, cache) = match runtime.load_bytes(bytes).await {
         Ok(m) => m,
         Err(LoadError::Module(e)) => {

@@ -3,7 +3,7 @@
 use super::admin::connect;
 use super::exit::Exit;
 use crate::api::{self, ApiToken, ServeConfig};
-use crate::runtime::{Runtime, RuntimeConfig, parse_duration, parse_size};
+use crate::runtime::{Runtime, parse_duration, parse_size};
 use clap::Args;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -94,6 +94,7 @@ pub async fn run(db: &str, a: ServeArgs) -> anyhow::Result<()> {
         config.session_ttl = ttl;
     }
     let client = connect(db).await?.with_maxima(a.maxima.maxima()?);
-    let runtime = Arc::new(Runtime::new(RuntimeConfig::from_env()?)?);
+    // The API compiles and links uploads; it runs no task.
+    let runtime = Arc::new(Runtime::new(super::runtime_config()?.sized_for(1))?);
     api::serve(config, client, runtime, super::worker::shutdown_signal()).await
 }

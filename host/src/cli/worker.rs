@@ -3,7 +3,7 @@
 use super::admin::connect;
 use super::exit::Exit;
 use super::limits::{LimitArgs, MaximaArgs};
-use crate::runtime::{Runtime, RuntimeConfig, parse_duration};
+use crate::runtime::{Runtime, parse_duration};
 use crate::store::QueueSelector;
 use crate::worker::{Executor, Mode, Prefetch, RetryPolicy, Worker, WorkerConfig};
 use clap::Args;
@@ -158,7 +158,16 @@ pub async fn run(db: &str, a: WorkerArgs) -> anyhow::Result<()> {
         Some(url) => Some(Arc::new(a.ray.cluster(url).await?)),
         None => None,
     };
-    let runtime = Arc::new(Runtime::new(RuntimeConfig::from_env()?)?);
+    // A cluster worker runs nothing itself; a local one at most
+    // `concurrency` runs at once.
+    let local_runs = if cluster.is_some() {
+        1
+    } else {
+        cfg.concurrency
+    };
+    let runtime = Arc::new(Runtime::new(
+        super::runtime_config()?.sized_for(local_runs),
+    )?);
     let worker = Worker::new(
         Executor {
             runtime,

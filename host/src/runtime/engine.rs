@@ -1,6 +1,7 @@
 //! The process-wide wasmtime engine: configuration, the pooling allocator,
 //! and the epoch ticker that makes deadlines and cancellation work.
 
+use super::compiler::{CompileBudget, Compiler, DEFAULT_COMPILE_CONCURRENCY};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,7 +12,8 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 /// long-running guest yields to other tasks, once per tick.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// Component instances the pooling allocator keeps slots for: the most runs
-/// that can be in flight at once in one process.
+/// that can be in flight at once in one process, unless its owner sizes the
+/// pool to its own concurrency ([`RuntimeConfig::sized_for`]).
 pub const DEFAULT_POOL_INSTANCES: u32 = 256;
 /// Largest linear memory (per memory) a pooled slot can hold; per-run limits
 /// may be lower, never higher.
@@ -22,6 +24,12 @@ pub const DEFAULT_POOL_MAX_MEMORY: u64 = 4 << 30;
 /// TLB shootdown on every core running the process, which measured as a
 /// third of the queue's drain rate on 2 cores.
 pub const DEFAULT_POOL_KEEP_RESIDENT: u64 = 4 << 20;
+
+/// Per-component bounds of a pooled slot. A module over them ends
+/// `invalid-module` on every attempt.
+const MAX_CORE_INSTANCES_PER_COMPONENT: u32 = 64;
+const MAX_MEMORIES_PER_COMPONENT: u32 = 16;
+const MAX_TABLES_PER_COMPONENT: u32 = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Allocator {
@@ -41,6 +49,10 @@ pub struct RuntimeConfig {
     /// Bytes of each pooled linear memory kept resident (and zeroed with
     /// memset) between runs instead of being returned to the kernel.
     pub pool_keep_resident: u64,
+    /// Where modules compile.
+    pub compiler: Compiler,
+    /// Most compilations at once.
+    pub compile_concurrency: usize,
 }
 
 impl Default for RuntimeConfig {
@@ -51,6 +63,8 @@ impl Default for RuntimeConfig {
             pool_max_memory: DEFAULT_POOL_MAX_MEMORY,
             cache_dir: default_cache_dir(),
             pool_keep_resident: DEFAULT_POOL_KEEP_RESIDENT,
+            compiler: Compiler::InProcess,
+            compile_concurrency: DEFAULT_COMPILE_CONCURRENCY,
         }
     }
 }
@@ -82,12 +96,42 @@ impl RuntimeConfig {
         if let Ok(v) = std::env::var("WASMQ_POOL_KEEP_RESIDENT") {
             c.pool_keep_resident = super::limits::parse_size(&v)?;
         }
+        if let Ok(v) = std::env::var("WASMQ_COMPILE_CONCURRENCY") {
+            c.compile_concurrency = v.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                anyhow::anyhow!("WASMQ_COMPILE_CONCURRENCY=`{v}`: expected a number above 0")
+            })?;
+        }
         match std::env::var("WASMQ_CACHE_DIR") {
             Ok(v) if v == "off" => c.cache_dir = None,
             Ok(v) if !v.is_empty() => c.cache_dir = Some(PathBuf::from(v)),
             _ => {}
         }
         Ok(c)
+    }
+}
+
+impl RuntimeConfig {
+    /// This configuration compiling in child processes of `program` (the
+    /// `wasmq` binary), within the budget `WASMQ_COMPILE_TIMEOUT` and
+    /// `WASMQ_COMPILE_MEMORY` set, or the defaults.
+    pub fn compile_in(mut self, program: PathBuf) -> anyhow::Result<Self> {
+        self.compiler = Compiler::Process {
+            program,
+            budget: CompileBudget::from_env()?,
+        };
+        Ok(self)
+    }
+
+    /// This configuration with a pool of `runs` instance slots (the most runs
+    /// its owner has in flight at once, e.g. a worker's `--concurrency`),
+    /// unless `WASMQ_POOL_INSTANCES` chose the size. Every pooled slot
+    /// reserves address space for its largest memory and keeps pages
+    /// resident between runs, so a pool far larger than the runs wastes both.
+    pub fn sized_for(mut self, runs: u32) -> Self {
+        if std::env::var_os("WASMQ_POOL_INSTANCES").is_none() {
+            self.pool_instances = runs.max(1);
+        }
+        self
     }
 }
 
@@ -98,6 +142,13 @@ fn default_cache_dir() -> Option<PathBuf> {
     std::env::var_os("HOME")
         .filter(|v| !v.is_empty())
         .map(|h| PathBuf::from(h).join(".cache").join("wasmq"))
+}
+
+/// The engine `wasmq compile-module` compiles with: the same code
+/// generation as every runtime engine (the allocator does not change what
+/// is compiled), so its artifacts load in the parent.
+pub fn compile_engine() -> anyhow::Result<Engine> {
+    Ok(Engine::new(&base_config())?)
 }
 
 fn base_config() -> Config {
@@ -113,15 +164,18 @@ fn base_config() -> Config {
 fn pooling_config(rc: &RuntimeConfig) -> PoolingAllocationConfig {
     let n = rc.pool_instances.max(1);
     let mut pool = PoolingAllocationConfig::default();
+    // Totals are n times the per-component bounds, so that n runs of any
+    // module within the bounds always fit: a run waits for one of the n
+    // slots (see `Runtime::run`), never for a core instance or a memory.
     pool.total_component_instances(n)
         // componentize-py and -js components hold dozens of core instances each.
-        .total_core_instances(n * 16)
-        .total_memories(n * 2)
-        .total_tables(n * 16)
+        .total_core_instances(n.saturating_mul(MAX_CORE_INSTANCES_PER_COMPONENT))
+        .total_memories(n.saturating_mul(MAX_MEMORIES_PER_COMPONENT))
+        .total_tables(n.saturating_mul(MAX_TABLES_PER_COMPONENT))
         .total_stacks(n)
-        .max_core_instances_per_component(64)
-        .max_memories_per_component(16)
-        .max_tables_per_component(64)
+        .max_core_instances_per_component(MAX_CORE_INSTANCES_PER_COMPONENT)
+        .max_memories_per_component(MAX_MEMORIES_PER_COMPONENT)
+        .max_tables_per_component(MAX_TABLES_PER_COMPONENT)
         .max_memory_size(rc.pool_max_memory as usize)
         // Small tasks reuse the same pages: wiping them with memset is cheaper
         // than handing them back to the kernel and faulting them in again.

@@ -9,6 +9,7 @@
 mod cache;
 mod cancel;
 mod capture;
+mod compiler;
 mod engine;
 mod limits;
 mod maxima;
@@ -18,8 +19,13 @@ mod run;
 mod state;
 
 pub use cancel::CancelToken;
+pub use compiler::{
+    CompileBudget, Compiler, DEFAULT_COMPILE_CONCURRENCY, DEFAULT_COMPILE_MEMORY_BYTES,
+    DEFAULT_COMPILE_TIMEOUT, compile_module_main,
+};
 pub use engine::{
     Allocator, DEFAULT_POOL_INSTANCES, DEFAULT_POOL_MAX_MEMORY, EPOCH_TICK, RuntimeConfig,
+    compile_engine,
 };
 pub use limits::{
     DEFAULT_FUEL, DEFAULT_MAX_CAPTURE_BYTES, DEFAULT_MAX_LOG_BYTES, DEFAULT_MAX_OUTPUT_BYTES,
@@ -44,7 +50,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use tokio::sync::OnceCell;
 use wasmtime::Engine;
-use wasmtime::component::{HasSelf, Linker};
+use wasmtime::component::{Component, HasSelf, Linker};
 
 /// Why a module could not be made ready to run.
 #[derive(Debug, thiserror::Error)]
@@ -55,8 +61,9 @@ pub enum LoadError {
     Fetch { sha256: String, message: String },
     #[error("module bytes do not match their sha256: expected {expected}, got {actual}")]
     HashMismatch { expected: String, actual: String },
-    #[error("compiling module {sha256}: the compiler thread failed: {message}")]
-    Join { sha256: String, message: String },
+    /// Not the module's fault: trying again may work.
+    #[error("compiling module {sha256}: {message}")]
+    Compiler { sha256: String, message: String },
 }
 
 type Slot = Arc<OnceCell<Arc<LoadedModule>>>;
@@ -67,8 +74,13 @@ pub struct Runtime {
     linker: Linker<HostState>,
     pooling: bool,
     config: RuntimeConfig,
-    disk: Option<DiskCache>,
+    disk: Option<Arc<DiskCache>>,
     modules: Mutex<HashMap<String, Slot>>,
+    /// One permit per compilation allowed at once.
+    compile_slots: Arc<tokio::sync::Semaphore>,
+    /// One permit per pooled instance slot: a run waits for a permit rather
+    /// than failing on a full pool. `None` with the on-demand allocator.
+    instance_slots: Option<Arc<tokio::sync::Semaphore>>,
     _ticker: engine::EpochTicker,
 }
 
@@ -81,9 +93,19 @@ impl Runtime {
         let disk = config
             .cache_dir
             .clone()
-            .map(|dir| DiskCache::new(dir, &engine));
+            .map(|dir| Arc::new(DiskCache::new(dir, &engine)));
         let ticker = engine::EpochTicker::start(engine.clone());
+        let instance_slots = pooling.then(|| {
+            Arc::new(tokio::sync::Semaphore::new(
+                config.pool_instances.max(1) as usize
+            ))
+        });
+        let compile_slots = Arc::new(tokio::sync::Semaphore::new(
+            config.compile_concurrency.max(1),
+        ));
         Ok(Runtime {
+            compile_slots,
+            instance_slots,
             engine,
             linker,
             pooling,
@@ -200,19 +222,40 @@ impl Runtime {
         sha256: String,
         bytes: Vec<u8>,
     ) -> Result<LoadedModule, LoadError> {
+        let component = self.compile(sha256.clone(), bytes).await?;
+        Ok(module::link(&self.engine, &self.linker, sha256, component)?)
+    }
+
+    /// Compiles in a task of its own, which also writes the disk cache: a
+    /// caller that stops waiting (its task was cancelled or ran out of
+    /// time) does not waste the compilation, which goes on within its own
+    /// budget and is found on disk by the next load.
+    async fn compile(&self, sha256: String, bytes: Vec<u8>) -> Result<Component, LoadError> {
         let engine = self.engine.clone();
-        // Compiling a large component takes seconds of CPU: keep it off the
-        // async worker threads.
-        let component = tokio::task::spawn_blocking(move || module::compile(&engine, &bytes))
-            .await
-            .map_err(|e| LoadError::Join {
-                sha256: sha256.clone(),
-                message: e.to_string(),
-            })??;
-        let loaded = module::link(&self.engine, &self.linker, sha256, component)?;
-        if let Some(disk) = &self.disk {
-            disk.store(&loaded.sha256, &loaded.component);
+        let compiler = self.config.compiler.clone();
+        let slots = self.compile_slots.clone();
+        let disk = self.disk.clone();
+        let sha = sha256.clone();
+        let job = tokio::spawn(async move {
+            let _slot = slots.acquire_owned().await.expect("never closed");
+            let component = compiler::compile(&engine, &compiler, bytes).await?;
+            if let Some(disk) = disk {
+                let c = component.clone();
+                // Writing tens of MB: not on an async worker thread.
+                let _ = tokio::task::spawn_blocking(move || disk.store(&sha, &c)).await;
+            }
+            Ok::<_, compiler::CompileError>(component)
+        });
+        match job.await {
+            Ok(Ok(component)) => Ok(component),
+            Ok(Err(compiler::CompileError::Module(e))) => Err(LoadError::Module(e)),
+            Ok(Err(compiler::CompileError::Compiler(message))) => {
+                Err(LoadError::Compiler { sha256, message })
+            }
+            Err(e) => Err(LoadError::Compiler {
+                sha256,
+                message: format!("the compiling task failed: {e}"),
+            }),
         }
-        Ok(loaded)
     }
 }

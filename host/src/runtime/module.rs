@@ -34,6 +34,13 @@ pub enum ModuleError {
     WrongExportType(String),
     #[error("the component imports something the host does not provide: {0}")]
     UnsupportedImport(String),
+    #[error(
+        "the component needs more instances, memories or tables, or larger ones, than this \
+         host allows per run: {0}"
+    )]
+    InstanceLimits(String),
+    #[error("the component could not be compiled within this host's budget: {0}")]
+    CompileBudget(String),
 }
 
 impl ModuleError {
@@ -48,6 +55,8 @@ impl ModuleError {
             ModuleError::MissingExport { .. } => "missing-export",
             ModuleError::WrongExportType(_) => "wrong-export-type",
             ModuleError::UnsupportedImport(_) => "unsupported-import",
+            ModuleError::InstanceLimits(_) => "instance-limits",
+            ModuleError::CompileBudget(_) => "compile-budget",
         }
     }
 }
@@ -55,7 +64,6 @@ impl ModuleError {
 /// A module ready to instantiate: compiled, linked and type-checked.
 pub struct LoadedModule {
     pub sha256: String,
-    pub(super) component: Component,
     pub(super) pre: TaskPre<HostState>,
 }
 
@@ -93,7 +101,27 @@ pub fn check_header(bytes: &[u8]) -> Result<(), ModuleError> {
 
 pub(super) fn compile(engine: &Engine, bytes: &[u8]) -> Result<Component, ModuleError> {
     check_header(bytes)?;
-    Component::new(engine, bytes).map_err(|e| ModuleError::Compile(format!("{e:#}")))
+    Component::new(engine, bytes).map_err(|e| {
+        let message = format!("{e:#}");
+        if is_instance_limit(&message) {
+            ModuleError::InstanceLimits(message)
+        } else {
+            ModuleError::Compile(message)
+        }
+    })
+}
+
+/// Whether a compile error is the pooling allocator refusing the component
+/// for this host's per-run bounds (it checks them when the component is
+/// created): valid WebAssembly, but never runnable here.
+pub(super) fn is_instance_limit(message: &str) -> bool {
+    const PHRASES: [&str; 4] = [
+        "in the pooling allocator",
+        "exceeds the per-instance limit",
+        "exceeds the total tables limit",
+        "which exceeds the limit of",
+    ];
+    PHRASES.iter().any(|p| message.contains(p))
 }
 
 /// Links a compiled component against the host and checks its `run` export.
@@ -120,11 +148,7 @@ pub(super) fn link(
         .instantiate_pre(&component)
         .map_err(|e| ModuleError::UnsupportedImport(format!("{e:#}")))?;
     let pre = TaskPre::new(pre).map_err(|e| ModuleError::WrongExportType(format!("{e:#}")))?;
-    Ok(LoadedModule {
-        sha256,
-        component,
-        pre,
-    })
+    Ok(LoadedModule { sha256, pre })
 }
 
 #[cfg(test)]

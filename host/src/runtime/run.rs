@@ -101,12 +101,16 @@ impl Runtime {
             return report;
         }
         if self.pooling && limits.memory_bytes > self.config.pool_max_memory {
-            report.outcome = Outcome::HostError {
+            // Every attempt would be refused the same way: not a host error,
+            // which the retry policy would try again.
+            report.outcome = Outcome::TaskError {
+                error_kind: TaskErrorKind::InvalidInput,
                 message: format!(
-                    "memory limit of {} bytes is above this host's maximum of {} bytes \
-                     (WASMQ_POOL_MAX_MEMORY)",
+                    "refused by this worker: the memory limit of {} bytes is above this \
+                     host's maximum of {} bytes (WASMQ_POOL_MAX_MEMORY)",
                     limits.memory_bytes, self.config.pool_max_memory
                 ),
+                details: None,
             };
             return report;
         }
@@ -126,6 +130,23 @@ impl Runtime {
             .duration_since(UNIX_EPOCH)
             .unwrap_or(Duration::ZERO)
             .as_millis() as u64;
+        // Held until the store is dropped, which returns the slot to the pool.
+        let _slot = match &self.instance_slots {
+            Some(slots) => tokio::select! {
+                permit = slots.clone().acquire_owned() => {
+                    Some(permit.expect("the slot semaphore is never closed"))
+                }
+                _ = tokio::time::sleep_until(deadline.into()) => {
+                    report.outcome = timeout(limits);
+                    return report;
+                }
+                _ = req.cancel.cancelled() => {
+                    report.outcome = cancelled();
+                    return report;
+                }
+            },
+            None => None,
+        };
         let limiter =
             MemoryLimiter::new(usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX));
         let state = HostState::new(
@@ -283,7 +304,9 @@ fn classify_error(
             ),
         };
     }
-    if let Some(wanted) = denied {
+    if let Some(wanted) = denied
+        && refusal_ended_the_run(trap, stderr)
+    {
         return Outcome::OutOfMemory {
             message: format!(
                 "the task exceeded its memory limit of {} bytes (it asked for {wanted} bytes)",
@@ -295,7 +318,7 @@ fn classify_error(
         .downcast_ref::<wasmtime::WasmBacktrace>()
         .map(|bt| bt.to_string())
         .filter(|s| !s.trim().is_empty());
-    match (trap, phase) {
+    let mut outcome = match (trap, phase) {
         (Some(trap), _) => {
             let mut message = trap.to_string();
             if let Some(panic) = panic_message(stderr) {
@@ -307,9 +330,81 @@ fn classify_error(
             message: format!("{e:#}"),
             backtrace,
         },
-        (None, Phase::Instantiate) => Outcome::HostError {
-            message: format!("instantiating the module: {e:#}"),
-        },
+        (None, Phase::Instantiate) => instantiation_failed(&e),
+    };
+    if let (Some(wanted), Outcome::Trap { message, .. }) = (denied, &mut outcome) {
+        message.push_str(&format!(
+            " (earlier, a request for {wanted} bytes of memory was refused, over the \
+             limit of {} bytes, and the task went on)",
+            limits.memory_bytes
+        ));
+    }
+    outcome
+}
+
+/// Whether a refused allocation is what ended the run. A guest may probe
+/// `memory.grow`, cope with the refusal and fail later for another reason:
+/// that is a trap (its message then mentions the refusal). So the refusal
+/// counts only with evidence: nothing but the refusal stopped the run (an
+/// instantiation, or the host's own allocation in the guest, was refused),
+/// or the guest aborted (`unreachable`) saying on stderr that an allocation
+/// failed, as Rust's allocator does ("memory allocation of N bytes failed").
+fn refusal_ended_the_run(trap: Option<Trap>, stderr: &str) -> bool {
+    match trap {
+        None => true,
+        Some(Trap::UnreachableCodeReached) => says_allocation_failed(stderr),
+        Some(_) => false,
+    }
+}
+
+/// The words language runtimes print when an allocation fails before they
+/// abort: Rust's allocator, C's and CPython's `MemoryError`, JavaScript
+/// engines' "out of memory".
+fn says_allocation_failed(stderr: &str) -> bool {
+    const PHRASES: [&str; 4] = [
+        "memory allocation of",
+        "out of memory",
+        "memoryerror",
+        "allocation failed",
+    ];
+    let lower = stderr.to_ascii_lowercase();
+    PHRASES.iter().any(|p| lower.contains(p))
+}
+
+/// Classifies an instantiation that failed without a trap or a refusal by
+/// the limiter. Only a full pool is worth retrying (another run will have
+/// ended); a module over this host's per-instance bounds fails the same way
+/// on every attempt.
+fn instantiation_failed(e: &wasmtime::Error) -> Outcome {
+    let message = format!("{e:#}");
+    if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+        .is_some()
+    {
+        return Outcome::HostError {
+            message: format!("no free instance slot in this worker: {message}"),
+        };
+    }
+    // The pooling allocator's words for a memory or table whose declared
+    // minimum is above its slot size.
+    if message.contains("which exceeds the limit of") {
+        return Outcome::OutOfMemory {
+            message: format!(
+                "the module declares more memory or table space than this host allows: {message}"
+            ),
+        };
+    }
+    // The pooling allocator's per-component bounds, and the store's counts
+    // of instances, memories and tables.
+    if message.contains("exceeds the configured maximum") || message.contains("count too high") {
+        return Outcome::InvalidModule {
+            message: format!(
+                "the module needs more instances, memories or tables than this host allows: \
+                 {message}"
+            ),
+        };
+    }
+    Outcome::HostError {
+        message: format!("instantiating the module: {message}"),
     }
 }
 
@@ -338,6 +433,29 @@ mod tests {
             Some("guest panicked at src/lib.rs:7:5: boom")
         );
         assert_eq!(panic_message("nothing here"), None);
+    }
+
+    #[test]
+    fn a_refusal_ends_the_run_only_with_evidence() {
+        let rust_oom = "memory allocation of 1048576 bytes failed\n";
+        assert!(refusal_ended_the_run(None, ""));
+        assert!(refusal_ended_the_run(
+            Some(Trap::UnreachableCodeReached),
+            rust_oom
+        ));
+        // Probed, coped, then failed for another reason.
+        assert!(!refusal_ended_the_run(
+            Some(Trap::UnreachableCodeReached),
+            ""
+        ));
+        assert!(!refusal_ended_the_run(
+            Some(Trap::IntegerDivisionByZero),
+            rust_oom
+        ));
+        assert!(!refusal_ended_the_run(
+            Some(Trap::UnreachableCodeReached),
+            "thread 'main' panicked at src/lib.rs:1:1:\nindex out of bounds"
+        ));
     }
 
     #[test]

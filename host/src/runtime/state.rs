@@ -206,13 +206,20 @@ impl LogBuffer {
     }
 }
 
-/// Caps the total linear memory of a run (all memories together), and records
-/// the peak and whether the guest was ever refused, so that an allocation
-/// failure can be reported as out-of-memory rather than as a bare trap.
+/// Caps what a run may allocate: its linear memories and its tables
+/// together, whatever the allocator (the pooling allocator bounds each slot,
+/// but the on-demand one, which `wasmq exec` uses, would otherwise give a
+/// module declaring many large tables gigabytes of host memory). Records the
+/// peak, and the last refusal, so that an allocation failure can be reported
+/// as out-of-memory rather than as a bare trap.
 pub(super) struct MemoryLimiter {
     limit: usize,
+    /// Bytes of linear memory plus table storage in use.
     current: usize,
     pub(super) peak: usize,
+    /// The total the guest asked for when it was last refused; cleared when
+    /// a later growth succeeds, since a guest that goes on allocating coped
+    /// with the refusal and whatever ends it later is not that refusal.
     pub(super) denied: Option<usize>,
 }
 
@@ -222,6 +229,9 @@ const MAX_TABLE_ELEMENTS: usize = 1_000_000;
 const MAX_INSTANCES: usize = 1_000;
 const MAX_TABLES: usize = 1_000;
 const MAX_MEMORIES: usize = 100;
+/// What one table element costs the host: a pointer (a `funcref` or an
+/// `externref`). Counted against the run's memory limit.
+pub(super) const TABLE_ELEMENT_BYTES: usize = 8;
 
 impl MemoryLimiter {
     pub(super) fn new(limit: usize) -> Self {
@@ -232,6 +242,20 @@ impl MemoryLimiter {
             denied: None,
         }
     }
+
+    /// Moves `current` from `old` to `new` bytes of one memory or table,
+    /// unless the total would pass the limit.
+    fn grow(&mut self, old: usize, new: usize) -> bool {
+        let total = (self.current - old.min(self.current)).saturating_add(new);
+        if total > self.limit {
+            self.denied = Some(total);
+            return false;
+        }
+        self.current = total;
+        self.peak = self.peak.max(total);
+        self.denied = None;
+        true
+    }
 }
 
 impl ResourceLimiter for MemoryLimiter {
@@ -241,23 +265,23 @@ impl ResourceLimiter for MemoryLimiter {
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        let total = self.current - current.min(self.current) + desired;
-        if total > self.limit {
-            self.denied = Some(total);
-            return Ok(false);
-        }
-        self.current = total;
-        self.peak = self.peak.max(total);
-        Ok(true)
+        Ok(self.grow(current, desired))
     }
 
     fn table_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(desired <= MAX_TABLE_ELEMENTS)
+        if desired > MAX_TABLE_ELEMENTS {
+            self.denied = Some(desired.saturating_mul(TABLE_ELEMENT_BYTES));
+            return Ok(false);
+        }
+        Ok(self.grow(
+            current.saturating_mul(TABLE_ELEMENT_BYTES),
+            desired.saturating_mul(TABLE_ELEMENT_BYTES),
+        ))
     }
 
     fn instances(&self) -> usize {
@@ -340,5 +364,26 @@ mod tests {
         let messages: Vec<&str> = records.iter().map(|r| r.message.as_str()).collect();
         assert_eq!(messages[..2], ["0123456789", ""]);
         assert!(messages[2].starts_with("[wasmq: 1 log lines dropped"));
+    }
+
+    #[test]
+    fn tables_count_against_the_memory_limit() {
+        let mut l = MemoryLimiter::new(1 << 20);
+        assert!(l.memory_growing(0, 512 << 10, None).unwrap());
+        // 64k elements are 512 KiB: exactly the rest of the limit.
+        assert!(l.table_growing(0, 64 << 10, None).unwrap());
+        assert!(!l.table_growing(0, 1, None).unwrap());
+        assert_eq!(l.denied, Some((1 << 20) + TABLE_ELEMENT_BYTES));
+        assert!(!l.table_growing(0, MAX_TABLE_ELEMENTS + 1, None).unwrap());
+        assert_eq!(l.peak, 1 << 20);
+    }
+
+    #[test]
+    fn a_growth_after_a_refusal_clears_it() {
+        let mut l = MemoryLimiter::new(1 << 20);
+        assert!(!l.memory_growing(0, 2 << 20, None).unwrap());
+        assert!(l.denied.is_some());
+        assert!(l.memory_growing(0, 64 << 10, None).unwrap());
+        assert_eq!(l.denied, None, "the guest coped and went on");
     }
 }

@@ -3,8 +3,8 @@
 use super::retry::RetryPolicy;
 use crate::kinds::{OutcomeKind, TaskErrorKind};
 use crate::runtime::{
-    CancelToken, Limits, LoadError, Maxima, Outcome, ProgressSink, RunReport, RunRequest, Runtime,
-    TaskInfo,
+    CacheSource, CancelToken, Limits, LoadError, Maxima, Outcome, ProgressSink, RunReport,
+    RunRequest, Runtime, TaskInfo,
 };
 use crate::store::{AnyStore, AttemptReport, ClaimedTask, Completion, Lease, Store, Transition};
 use crate::text::storable;
@@ -94,24 +94,41 @@ impl Executor {
         let store = self.store.clone();
         let sha = task.module_sha256.clone();
         // Fetching and compiling a module can take long (a big component
-        // compiles for seconds to minutes): a cancel, or the end of the grace
-        // period at shutdown, must not wait for it. An abandoned compile
-        // finishes on its blocking thread and is dropped.
+        // compiles for seconds to minutes): the task's wall-clock limit
+        // covers it, and a cancel, or the end of the grace period at
+        // shutdown, does not wait for it. An abandoned compilation goes on
+        // within its own budget and lands in the disk cache for the next
+        // attempt.
+        let started = tokio::time::Instant::now();
         let loading = self.runtime.load(&task.module_sha256, || async move {
             store.module_bytes(&sha).await
         });
         let loaded = tokio::select! {
-            loaded = loading => Some(loaded),
-            () = cancel.cancelled() => None,
+            loaded = loading => Ok(loaded),
+            () = cancel.cancelled() => Err(Outcome::Cancelled {
+                message: "cancelled while its module was being loaded".into(),
+            }),
+            () = tokio::time::sleep_until(started + limits.timeout) => Err(Outcome::Timeout {
+                message: format!(
+                    "the task's wall-clock limit of {} ran out while its module was being \
+                     compiled (first use on this worker); the compilation goes on for the \
+                     next attempt",
+                    humantime::format_duration(limits.timeout)
+                ),
+            }),
         };
         let report = match loaded {
-            None => RunReport::not_run(
-                Outcome::Cancelled {
-                    message: "cancelled while its module was being loaded".into(),
-                },
-                task.module_sha256.clone(),
-            ),
-            Some(Ok((module, cache))) => {
+            Err(outcome) => RunReport::not_run(outcome, task.module_sha256.clone()),
+            Ok(Ok((module, cache))) => {
+                // A load from disk or a compilation took part of the limit:
+                // the run gets what is left.
+                let limits = &match cache {
+                    CacheSource::Memory => limits.clone(),
+                    CacheSource::Disk | CacheSource::Compiled => Limits {
+                        timeout: limits.timeout.saturating_sub(started.elapsed()),
+                        ..limits.clone()
+                    },
+                };
                 self.runtime
                     .run(
                         &module,
@@ -132,7 +149,7 @@ impl Executor {
                     )
                     .await
             }
-            Some(Err(e)) => failed_load(task, e),
+            Ok(Err(e)) => failed_load(task, e),
         };
         // Once the task completes the fenced write is refused, so the last
         // report goes out now.
