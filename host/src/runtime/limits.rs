@@ -138,17 +138,28 @@ pub fn parse_size(text: &str) -> Result<u64, LimitError> {
         .ok_or_else(|| LimitError::Size(text.to_string(), "too large".into()))
 }
 
+/// The longest duration [`parse_duration`] accepts: as many milliseconds as
+/// a task's stored timeout holds (a signed 64-bit column), some 292 million
+/// years. Anything longer is a typo, and would overflow `now + timeout` (a
+/// panic) or wrap in the conversion to milliseconds.
+const MAX_DURATION: Duration = Duration::from_millis(i64::MAX as u64);
+
 /// Parses a duration such as `500ms`, `30s`, `2m` or `1h 30m`; a bare number
 /// means seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, LimitError> {
     let t = text.trim();
-    if !t.is_empty() && t.chars().all(|c| c.is_ascii_digit()) {
-        return t
-            .parse::<u64>()
+    let parsed = if !t.is_empty() && t.chars().all(|c| c.is_ascii_digit()) {
+        t.parse::<u64>()
             .map(Duration::from_secs)
-            .map_err(|e| LimitError::Duration(text.to_string(), e.to_string()));
+            .map_err(|e| e.to_string())
+    } else {
+        humantime::parse_duration(t).map_err(|e| e.to_string())
+    };
+    match parsed {
+        Ok(d) if d <= MAX_DURATION => Ok(d),
+        Ok(_) => Err(LimitError::Duration(text.to_string(), "too long".into())),
+        Err(e) => Err(LimitError::Duration(text.to_string(), e)),
     }
-    humantime::parse_duration(t).map_err(|e| LimitError::Duration(text.to_string(), e.to_string()))
 }
 
 #[cfg(test)]
@@ -173,6 +184,24 @@ mod tests {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn durations_too_long_for_a_deadline_are_refused() {
+        // Found by fuzzing (cli_parsers): accepted, then `now + timeout`
+        // panicked, or the task's timeout in milliseconds wrapped around.
+        for text in [
+            "18446744073709551615",
+            "65553655555356366",
+            "300000000 years",
+        ] {
+            let e = parse_duration(text).unwrap_err();
+            assert!(e.to_string().contains("too long"), "{text}: {e}");
+        }
+        let longest = parse_duration(&MAX_DURATION.as_secs().to_string()).unwrap();
+        assert!(std::time::Instant::now().checked_add(longest).is_some());
+        assert!(std::time::SystemTime::now().checked_add(longest).is_some());
+        assert!(i64::try_from(longest.as_millis()).is_ok());
     }
 
     #[test]

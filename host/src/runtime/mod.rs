@@ -40,7 +40,7 @@ pub use module::{LoadedModule, ModuleError, check_header, sha256_hex};
 pub use outcome::{
     CacheSource, FailureKind, LogRecord, Outcome, OutcomeKind, RunReport, TaskErrorKind,
 };
-pub use run::{DirGrant, RunRequest};
+pub use run::{DirGrant, RunRequest, check_output};
 pub use state::{ProgressSink, TaskInfo};
 
 use cache::DiskCache;

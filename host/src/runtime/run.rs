@@ -263,7 +263,9 @@ fn cancelled() -> Outcome {
     }
 }
 
-fn check_output(output: &str, cap: usize) -> Outcome {
+/// What a task's returned output becomes: `Success` when it is JSON within
+/// `cap` bytes (and then stored as it is), else `InvalidOutput`.
+pub fn check_output(output: &str, cap: usize) -> Outcome {
     if output.len() > cap {
         return Outcome::InvalidOutput {
             message: format!(

@@ -54,6 +54,7 @@ pub use notify::Listener;
 pub use postgres::PgStore;
 pub use shared::{
     MAX_STORED_ERROR, MAX_STORED_LOGS, MAX_STORED_PROGRESS_MESSAGE, unstorable_completion,
+    validate_new_task,
 };
 pub use sqlite::SqliteStore;
 

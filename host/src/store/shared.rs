@@ -81,7 +81,9 @@ pub(crate) fn validate_sha256(sha256: &str) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn validate_new_task(task: &NewTask) -> Result<()> {
+/// The checks every backend makes on a task before it is stored: names,
+/// ranges, and an input that is JSON (stored verbatim).
+pub fn validate_new_task(task: &NewTask) -> Result<()> {
     validate_queue(&task.queue)?;
     validate_module_ref(&task.module_name, Some(&task.module_version))?;
     validate_sha256(&task.module_sha256)?;
