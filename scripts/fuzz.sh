@@ -70,7 +70,7 @@ for target in "${targets[@]}"; do
   echo "fuzz: $target for ${SECONDS_EACH} s"
   if ! cargo fuzz run "${build_flags[@]}" "$target" "$work" "$seeds" -- \
     -max_total_time="$SECONDS_EACH" -max_len="$(max_len "$target")" \
-    -timeout=30 -rss_limit_mb=4096 -print_final_stats=1 2>"$work.log"; then
+    -timeout=120 -rss_limit_mb=4096 -print_final_stats=1 2>"$work.log"; then
     tail -n 40 "$work.log" >&2
     failed+=("$target")
   fi
