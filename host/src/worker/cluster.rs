@@ -424,7 +424,9 @@ impl Cluster {
                 id.to_string()
             }
         };
-        let (end, ended) = self.follow(store, task, &job_id, cancel, shutdown).await?;
+        let (end, ended) = self
+            .follow(store, task, &job_id, &limits, cancel, shutdown)
+            .await?;
         // Only the job this attempt submitted, and only while the task is
         // still ours at this attempt: a later attempt may have adopted it.
         if !self.config.keep_jobs
@@ -562,6 +564,7 @@ impl Cluster {
         store: &AnyStore,
         task: &ClaimedTask,
         job_id: &str,
+        limits: &Limits,
         cancel: &CancelToken,
         shutdown: &CancelToken,
     ) -> Result<(End, bool), Halt> {
@@ -643,7 +646,7 @@ impl Cluster {
             }
         };
         let end = self
-            .read_end(task, &job, stop_sent.is_some(), shutdown)
+            .read_end(task, &job, limits, stop_sent.is_some(), shutdown)
             .await?;
         Ok((end, true))
     }
@@ -713,6 +716,7 @@ impl Cluster {
         &self,
         task: &ClaimedTask,
         job: &JobDetails,
+        limits: &Limits,
         stopped_by_us: bool,
         shutdown: &CancelToken,
     ) -> Result<End, Halt> {
@@ -725,7 +729,7 @@ impl Cluster {
                 match Envelope::find_in(&logs) {
                     Ok(env) => {
                         debug!(ray_ms, runner_ms = env.runner_ms, "job succeeded");
-                        env.into_report()
+                        env.into_checked_report(limits)
                     }
                     Err(e) => host_error(task, format!("Ray job {id}: {e}"), Some(&logs)),
                 }

@@ -3,7 +3,7 @@
 //! worker, through Ray's job logs (stdout and stderr merged, Ray's own lines
 //! interleaved, so it is searched from the end).
 
-use crate::runtime::{CacheSource, LogRecord, Outcome, RunReport};
+use crate::runtime::{CacheSource, Limits, LogRecord, Outcome, RunReport, check_output};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde::{Deserialize, Serialize};
@@ -107,6 +107,29 @@ impl Envelope {
         }
     }
 
+    /// The report the cluster worker completes the task with, held to the
+    /// worker's `limits` as if the run had been local: the envelope crossed
+    /// Ray's log store, so every text is bounded again and a success's
+    /// output checked again.
+    pub fn into_checked_report(self, limits: &Limits) -> RunReport {
+        let mut report = self.into_report();
+        if report.outcome.is_success() {
+            let checked = match &report.output {
+                Some(output) => check_output(output, limits.max_output_bytes),
+                None => Outcome::InvalidOutput {
+                    message: "the runner reported a success without an output".into(),
+                },
+            };
+            if !checked.is_success() {
+                report.outcome = checked;
+            }
+        }
+        if !report.outcome.is_success() {
+            report.output = None;
+        }
+        report.bounded(limits)
+    }
+
     /// The marked line, without a newline.
     pub fn to_line(&self) -> String {
         let json = serde_json::to_vec(self).expect("plain data serializes");
@@ -187,5 +210,31 @@ mod tests {
         assert_eq!(Envelope::find_in("hello\n"), Err(EnvelopeError::Missing));
         let err = Envelope::find_in(&format!("{ENVELOPE_MARKER}!!!\n")).unwrap_err();
         assert!(matches!(err, EnvelopeError::Corrupt(_)), "{err}");
+    }
+
+    #[test]
+    fn a_decoded_report_is_held_to_the_limits() {
+        let limits = Limits {
+            max_output_bytes: 8,
+            ..Limits::default()
+        };
+        let mut e = sample();
+        e.outcome = Outcome::Success;
+        e.output = Some("\"far too long\"".into());
+        e.stdout = "\0".repeat(1 << 20);
+        let r = e.clone().into_checked_report(&limits);
+        assert_eq!(r.outcome.kind(), "invalid-output");
+        assert_eq!(r.output, None);
+        assert!(!r.stdout.contains('\0'));
+        assert!(r.stdout.len() < 2 * limits.max_stdout_bytes);
+
+        e.output = Some("{}".into());
+        let r = e.clone().into_checked_report(&limits);
+        assert!(r.outcome.is_success(), "{:?}", r.outcome);
+        e.output = None;
+        assert_eq!(
+            e.into_checked_report(&limits).outcome.kind(),
+            "invalid-output"
+        );
     }
 }
