@@ -111,15 +111,18 @@ pub(super) fn compile(engine: &Engine, bytes: &[u8]) -> Result<Component, Module
     })
 }
 
-/// Whether a compile error is the pooling allocator refusing the component
-/// for this host's per-run bounds (it checks them when the component is
-/// created): valid WebAssembly, but never runnable here.
+/// Whether an error is wasmtime refusing a component for this host's
+/// per-run bounds: the pooling allocator's (checked when the component is
+/// created) or the store's counts of instances, memories and tables
+/// (checked as it is instantiated). Valid WebAssembly, but never runnable
+/// here.
 pub(super) fn is_instance_limit(message: &str) -> bool {
-    const PHRASES: [&str; 4] = [
+    const PHRASES: [&str; 5] = [
         "in the pooling allocator",
         "exceeds the per-instance limit",
         "exceeds the total tables limit",
         "which exceeds the limit of",
+        "count too high",
     ];
     PHRASES.iter().any(|p| message.contains(p))
 }

@@ -95,6 +95,17 @@ impl Outcome {
         }
     }
 
+    /// A task this worker will not run as it asks (a limit above what the
+    /// worker allows): an `invalid-input` task error, which no retry can
+    /// change.
+    pub fn refused(why: impl fmt::Display) -> Outcome {
+        Outcome::TaskError {
+            error_kind: TaskErrorKind::InvalidInput,
+            message: format!("refused by this worker: {why}"),
+            details: None,
+        }
+    }
+
     pub fn is_success(&self) -> bool {
         matches!(self, Outcome::Success)
     }

@@ -5,7 +5,7 @@ use super::Runtime;
 use super::cancel::CancelToken;
 use super::capture::CapturePipe;
 use super::limits::Limits;
-use super::module::LoadedModule;
+use super::module::{LoadedModule, ModuleError, is_instance_limit};
 use super::outcome::{CacheSource, Outcome, RunReport, TaskErrorKind};
 use super::state::{HostState, MemoryLimiter, ProgressSink, TaskInfo, WitErrorKind};
 use std::path::PathBuf;
@@ -103,15 +103,11 @@ impl Runtime {
         if self.pooling && limits.memory_bytes > self.config.pool_max_memory {
             // Every attempt would be refused the same way: not a host error,
             // which the retry policy would try again.
-            report.outcome = Outcome::TaskError {
-                error_kind: TaskErrorKind::InvalidInput,
-                message: format!(
-                    "refused by this worker: the memory limit of {} bytes is above this \
-                     host's maximum of {} bytes (WASMQ_POOL_MAX_MEMORY)",
-                    limits.memory_bytes, self.config.pool_max_memory
-                ),
-                details: None,
-            };
+            report.outcome = Outcome::refused(format!(
+                "the memory limit of {} bytes is above this host's maximum of {} bytes \
+                 (WASMQ_POOL_MAX_MEMORY)",
+                limits.memory_bytes, self.config.pool_max_memory
+            ));
             return report;
         }
 
@@ -375,8 +371,8 @@ fn says_allocation_failed(stderr: &str) -> bool {
 
 /// Classifies an instantiation that failed without a trap or a refusal by
 /// the limiter. Only a full pool is worth retrying (another run will have
-/// ended); a module over this host's per-instance bounds fails the same way
-/// on every attempt.
+/// ended); a module over this host's per-run bounds fails the same way on
+/// every attempt.
 fn instantiation_failed(e: &wasmtime::Error) -> Outcome {
     let message = format!("{e:#}");
     if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
@@ -386,23 +382,11 @@ fn instantiation_failed(e: &wasmtime::Error) -> Outcome {
             message: format!("no free instance slot in this worker: {message}"),
         };
     }
-    // The pooling allocator's words for a memory or table whose declared
-    // minimum is above its slot size.
-    if message.contains("which exceeds the limit of") {
-        return Outcome::OutOfMemory {
-            message: format!(
-                "the module declares more memory or table space than this host allows: {message}"
-            ),
-        };
-    }
-    // The pooling allocator's per-component bounds, and the store's counts
-    // of instances, memories and tables.
-    if message.contains("exceeds the configured maximum") || message.contains("count too high") {
+    // The store's counts of instances, memories and tables (the pooling
+    // allocator's bounds are checked earlier, as the component loads).
+    if is_instance_limit(&message) {
         return Outcome::InvalidModule {
-            message: format!(
-                "the module needs more instances, memories or tables than this host allows: \
-                 {message}"
-            ),
+            message: ModuleError::InstanceLimits(message).to_string(),
         };
     }
     Outcome::HostError {

@@ -1,7 +1,7 @@
 //! Runs one claimed task in-process and turns the report into a completion.
 
 use super::retry::RetryPolicy;
-use crate::kinds::{OutcomeKind, TaskErrorKind};
+use crate::kinds::OutcomeKind;
 use crate::runtime::{
     CacheSource, CancelToken, Limits, LoadError, Maxima, Outcome, ProgressSink, RunReport,
     RunRequest, Runtime, TaskInfo,
@@ -191,11 +191,7 @@ impl Executor {
         if let Some(t) = task.limits.timeout_ms {
             l.timeout = Duration::from_millis(t);
         }
-        self.maxima.check(&l).map_err(|e| Outcome::TaskError {
-            error_kind: TaskErrorKind::InvalidInput,
-            message: format!("refused by this worker: {e}"),
-            details: None,
-        })?;
+        self.maxima.check(&l).map_err(Outcome::refused)?;
         Ok(l)
     }
 
