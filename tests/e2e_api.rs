@@ -485,6 +485,20 @@ fn api_auth_modules_tasks_and_errors(env: &mut Env) {
         );
     }
     s.wait_state(&flaky, "succeeded");
+    // Listings carry summaries: no input, no result, a preview of the result.
+    let r = s.get("/api/v1/tasks?state=succeeded&module=hello&limit=1");
+    let first = &r.body["tasks"][0];
+    assert!(
+        first.get("input").is_none() && first.get("result").is_none(),
+        "{r:?}"
+    );
+    assert!(
+        first["result_preview"]
+            .as_str()
+            .unwrap()
+            .contains("Hello, t"),
+        "{r:?}"
+    );
     let a = s.get(&format!("/api/v1/tasks/{flaky}/attempts"));
     let outcomes: Vec<&str> = a.body["attempts"]
         .as_array()
@@ -522,6 +536,66 @@ fn api_auth_modules_tasks_and_errors(env: &mut Env) {
         "{q:?}"
     );
     assert_eq!(default["counts"]["queued"], 0);
+
+    // A batch is stored whole or not at all; an error names the item.
+    let r = s.post(
+        "/api/v1/tasks/batch",
+        json!({"tasks": [
+            {"module": "hello", "input": {"name": "b0"}},
+            {"module": "hello", "input": {"name": "b1"}, "priority": 5},
+        ]}),
+    );
+    assert_eq!(r.status, 201, "{r:?}");
+    let batch: Vec<String> = r.body["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(batch.len(), 2, "{r:?}");
+    for (i, id) in batch.iter().enumerate() {
+        let t = s.wait_state(id, "succeeded");
+        assert_eq!(t["input"], json!({"name": format!("b{i}")}), "{t}");
+    }
+    let count = |s: &Server| {
+        s.get("/api/v1/tasks?limit=10000").body["tasks"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    let stored = count(&s);
+    for (body, status, kind, item) in [
+        (
+            json!({"tasks": [{"module": "hello"}, {"module": "nope"}]}),
+            404,
+            "not-found",
+            "tasks[1]",
+        ),
+        (
+            json!({"tasks": [{"module": "hello"}, {"module": "hello", "priority": 500}]}),
+            400,
+            "invalid-argument",
+            "tasks[1]",
+        ),
+        (
+            json!({"tasks": [{"module": "hello", "fuel": "unlimited"}]}),
+            400,
+            "above-maximum",
+            "tasks[0]",
+        ),
+        (
+            json!({"tasks": [{"module": "hello"}, {"module": "hello", "input": "x", "delay_ms": 1, "run_after": "2030-01-01T00:00:00Z"}]}),
+            400,
+            "bad-request",
+            "tasks[1]",
+        ),
+        (json!({"tasks": []}), 400, "bad-request", "1..=1000"),
+    ] {
+        let r = s.post("/api/v1/tasks/batch", body);
+        assert_eq!((r.status, r.kind()), (status, kind), "{r:?}");
+        assert!(r.body.to_string().contains(item), "{r:?}");
+    }
+    assert_eq!(count(&s), stored, "a refused batch stored nothing");
 
     // Fuel is a number of at least 1 or "unlimited", down to the runtime:
     // no 0 that secretly means "no limit".

@@ -126,13 +126,23 @@ impl Env {
         self.rt.block_on(self.store.list_attempts(id)).unwrap()
     }
 
+    /// Every task, whole (a listing holds summaries).
     fn all_tasks(&self) -> Vec<TaskRecord> {
-        self.rt
-            .block_on(self.store.list_tasks(&TaskFilter {
-                limit: 10_000,
-                ..TaskFilter::default()
-            }))
-            .unwrap()
+        self.rt.block_on(async {
+            let listed = self
+                .store
+                .list_tasks(&TaskFilter {
+                    limit: 10_000,
+                    ..TaskFilter::default()
+                })
+                .await
+                .unwrap();
+            let mut all = Vec::with_capacity(listed.len());
+            for t in listed {
+                all.push(self.store.get_task(t.id).await.unwrap());
+            }
+            all
+        })
     }
 
     /// One integer from SQL that both backends understand.

@@ -4,7 +4,7 @@
 use crate::runtime::{AboveMaximum, LoadError, Maxima, Runtime, sha256_hex};
 use crate::store::{
     AnyStore, CancelOutcome, EnqueueOutcome, ModuleRecord, NewTask, Store, StoreError, TaskLimits,
-    TaskRecord,
+    TaskRecord, validate_new_task,
 };
 use chrono::{DateTime, Utc};
 use std::time::Duration;
@@ -171,6 +171,39 @@ impl Client {
         let (name, version) = parse_reference(&req.module)?;
         let module = self.store.resolve_module(name, version).await?;
         Ok(batcher::new_task_for(&module, req))
+    }
+
+    /// [`Client::new_task`] for many, resolving each module reference once.
+    /// A failure names the index of the request that caused it.
+    pub async fn new_tasks(
+        &self,
+        reqs: Vec<EnqueueRequest>,
+    ) -> Result<Vec<NewTask>, (usize, ClientError)> {
+        let mut modules: std::collections::HashMap<String, ModuleRecord> = Default::default();
+        let mut tasks = Vec::with_capacity(reqs.len());
+        for (i, req) in reqs.into_iter().enumerate() {
+            let checked = serde_json::from_str::<serde::de::IgnoredAny>(&req.input)
+                .map_err(|e| ClientError::InvalidInput(e.to_string()))
+                .and_then(|_| Ok(check_limits(&self.maxima, &req.limits)?));
+            checked.map_err(|e| (i, e))?;
+            let module = match modules.get(&req.module) {
+                Some(m) => m.clone(),
+                None => {
+                    let (name, version) = parse_reference(&req.module).map_err(|e| (i, e))?;
+                    let m = self
+                        .store
+                        .resolve_module(name, version)
+                        .await
+                        .map_err(|e| (i, e.into()))?;
+                    modules.insert(req.module.clone(), m.clone());
+                    m
+                }
+            };
+            let task = batcher::new_task_for(&module, req);
+            validate_new_task(&task).map_err(|e| (i, e.into()))?;
+            tasks.push(task);
+        }
+        Ok(tasks)
     }
 
     pub async fn get(&self, id: Uuid) -> Result<TaskRecord, ClientError> {

@@ -235,6 +235,8 @@ store_tests! {
     concurrent_claims_each_task_exactly_once,
     purge_terminal_tasks,
     queue_stats_counts,
+    queue_stats_follow_every_terminal_arrow,
+    listings_are_summaries,
     workers_register_heartbeat_stale,
     listen_receives_events,
     listener_reports_missed_events,
@@ -1926,6 +1928,177 @@ async fn queue_stats_counts(h: Harness) {
     let oldest = s.get_task(first).await.unwrap().enqueued_at;
     assert_eq!(stats[0].oldest_queued_at, Some(oldest));
     assert!(stats[1].oldest_queued_at.is_none() && stats[2].oldest_queued_at.is_none());
+}
+
+/// `queue_stats` as a full scan of the table would count it.
+async fn recount(s: &AnyStore) -> Vec<(String, TaskState, u64)> {
+    let all = s
+        .list_tasks(&TaskFilter {
+            limit: MAX_LIST_LIMIT,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut counts = std::collections::BTreeMap::new();
+    for t in all {
+        *counts.entry((t.queue, t.state)).or_insert(0u64) += 1;
+    }
+    counts.into_iter().map(|((q, st), n)| (q, st, n)).collect()
+}
+
+async fn stats(s: &AnyStore) -> Vec<(String, TaskState, u64)> {
+    let mut rows: Vec<_> = s
+        .queue_stats()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|q| (q.queue, q.state, q.count))
+        .collect();
+    rows.sort();
+    rows
+}
+
+/// Finished tasks are counted by triggers (migration 0004), not by a scan:
+/// every arrow into or out of a terminal state must keep the counts equal to
+/// a recount.
+async fn queue_stats_follow_every_terminal_arrow(h: Harness) {
+    let s = h.store().await;
+    let m = module(&s).await;
+    let check = |step: &'static str| {
+        let s = s.clone();
+        async move {
+            let (kept, counted) = (stats(&s).await, recount(&s).await);
+            assert_eq!(kept, counted, "after {step}");
+        }
+    };
+    for q in ["a", "a", "a", "b", "b", "b"] {
+        enqueue(&s, task(&m).queue(q).max_attempts(1)).await;
+    }
+    check("enqueue").await;
+
+    // Completion: succeed, fail and cancel in one batch.
+    let c = s
+        .claim("w", &QueueSelector::parse("a"), 3, LONG)
+        .await
+        .unwrap();
+    let batch: Vec<Completion> = c
+        .iter()
+        .zip([succeed(), Transition::Fail, Transition::Cancel])
+        .map(|(t, tr)| completion(t, tr))
+        .collect();
+    s.complete("w", &batch).await.unwrap();
+    check("a completion batch").await;
+
+    // Cancel of a queued task.
+    let b = recount(&s).await;
+    assert!(
+        b.iter()
+            .any(|(q, st, _)| q == "b" && *st == TaskState::Queued)
+    );
+    let queued_b = s
+        .list_tasks(&TaskFilter {
+            queue: Some("b".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    s.request_cancel(queued_b[0].id).await.unwrap();
+    check("cancel of a queued task").await;
+
+    // The reaper fails a task whose one attempt expired.
+    let short = Duration::from_millis(100);
+    let leased = s
+        .claim("w-dead", &QueueSelector::parse("b"), 1, short)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert!(
+        s.expire(leased[0].id, leased[0].epoch, Transition::Fail)
+            .await
+            .unwrap()
+    );
+    check("lease expiry").await;
+
+    // A manual retry takes a task out of a terminal state.
+    s.retry(leased[0].id).await.unwrap();
+    s.retry(queued_b[0].id).await.unwrap();
+    check("retry").await;
+
+    // Purge deletes finished rows.
+    let purged = s
+        .purge(TaskState::Succeeded, now_plus(1_000))
+        .await
+        .unwrap();
+    assert_eq!(purged, 1);
+    check("purge").await;
+
+    // Everything drains: only terminal counts remain, and they add up.
+    while let Ok(c) = s.claim("w", &QueueSelector::All, 10, LONG).await {
+        if c.is_empty() {
+            break;
+        }
+        let batch: Vec<Completion> = c.iter().map(|t| completion(t, succeed())).collect();
+        s.complete("w", &batch).await.unwrap();
+    }
+    check("drain").await;
+    let total: u64 = stats(&s).await.iter().map(|r| r.2).sum();
+    assert_eq!(total, 5, "six enqueued, one purged");
+}
+
+/// A listing carries no input, result or logs, only bounded previews.
+async fn listings_are_summaries(h: Harness) {
+    let s = h.store().await;
+    let m = module(&s).await;
+    let big = format!("\"{}\"", "x".repeat(100_000));
+    let id = enqueue(&s, task(&m).queue("big").max_attempts(1)).await;
+    let c = claim_one(&s, "w", LONG).await;
+    assert!(
+        complete1(
+            &s,
+            "w",
+            &c,
+            Transition::Succeed {
+                result: big.clone()
+            }
+        )
+        .await
+    );
+    let t = s.get_task(id).await.unwrap();
+    assert_eq!(
+        t.result.as_deref(),
+        Some(big.as_str()),
+        "the task keeps it whole"
+    );
+
+    let page = s.list_tasks(&TaskFilter::default()).await.unwrap();
+    assert_eq!(page.len(), 1);
+    let summary = &page[0];
+    assert_eq!((summary.id, summary.state), (id, TaskState::Succeeded));
+    let preview = summary.result_preview.as_deref().unwrap();
+    assert_eq!(
+        preview.chars().count(),
+        PREVIEW_CHARS + 1,
+        "cut, with a mark"
+    );
+    assert!(preview.starts_with("\"xxx") && preview.ends_with('…'));
+    assert!(summary.error_preview.is_none());
+    let json = serde_json::to_string(&page).unwrap();
+    assert!(
+        json.len() < 2_000,
+        "a summary is small: {} bytes",
+        json.len()
+    );
+    assert!(!json.contains("\"input\""));
+
+    // A short error is shown whole.
+    let id = enqueue(&s, task(&m).queue("big").max_attempts(1)).await;
+    let c = claim_one(&s, "w", LONG).await;
+    let mut fail = completion(&c, Transition::Fail);
+    fail.report.error_message = Some("boom".into());
+    s.complete("w", &[fail]).await.unwrap();
+    let page = s.list_tasks(&TaskFilter::default()).await.unwrap();
+    assert_eq!(page[0].id, id);
+    assert_eq!(page[0].error_preview.as_deref(), Some("boom"));
 }
 
 async fn workers_register_heartbeat_stale(h: Harness) {

@@ -30,6 +30,8 @@ use std::time::Duration;
 
 pub use auth::{ApiToken, DEFAULT_SESSION_TTL, Sessions, check_listen};
 pub use guard::AllowedHosts;
+/// A task as `GET /api/v1/tasks/{id}` shows it.
+pub use routes::tasks::task_json;
 
 /// Where `wasmq serve` listens unless told otherwise.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";

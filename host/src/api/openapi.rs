@@ -127,7 +127,7 @@ fn schemas() -> Value {
             { "type": "null" }
         ]
     });
-    json!({
+    let mut all = json!({
         "Error": {
             "type": "object",
             "required": ["error"],
@@ -203,7 +203,7 @@ fn schemas() -> Value {
         "TaskPage": {
             "type": "object",
             "properties": {
-                "tasks": { "type": "array", "items": reference("Task") },
+                "tasks": { "type": "array", "items": reference("TaskSummary") },
                 "next_before": { "type": ["integer", "null"], "description": "Pass as `before` for the next page; null on the last page" }
             }
         },
@@ -250,7 +250,43 @@ fn schemas() -> Value {
                 "oldest_queued_age_seconds": { "type": ["number", "null"] }
             } } } }
         }
-    })
+    });
+    // A second literal: one would exceed `json!`'s recursion limit.
+    let more = json!({
+        "EnqueueBatch": {
+            "type": "object",
+            "required": ["tasks"],
+            "additionalProperties": false,
+            "properties": {
+                "tasks": { "type": "array", "minItems": 1, "maxItems": 1000, "items": reference("EnqueueRequest") }
+            }
+        },
+        "EnqueuedList": {
+            "type": "object",
+            "properties": { "tasks": { "type": "array", "items": reference("Enqueued") } }
+        },
+        "TaskSummary": {
+            "type": "object",
+            "description": "A task without its input, result or logs",
+            "properties": {
+                "id": { "type": "string", "format": "uuid" }, "seq": { "type": "integer" },
+                "module_name": { "type": "string" }, "module_version": { "type": "string" },
+                "queue": { "type": "string" }, "priority": { "type": "integer" }, "state": state,
+                "run_after": time, "attempt": { "type": "integer" }, "max_attempts": { "type": "integer" },
+                "free_runs": { "type": "integer" }, "lease_owner": opt_str,
+                "cancel_requested": { "type": "boolean" }, "error_kind": opt_str,
+                "error_preview": { "type": ["string", "null"], "description": "First 120 characters of the error message, `…` when cut" },
+                "result_preview": { "type": ["string", "null"], "description": "First 120 characters of the result's JSON text, `…` when cut" },
+                "progress_percent": opt_int,
+                "enqueued_at": time, "started_at": opt_time, "finished_at": opt_time,
+                "parent_id": opt_str, "ray_submission_id": opt_str
+            }
+        }
+    });
+    if let (Value::Object(all), Value::Object(more)) = (&mut all, more) {
+        all.extend(more);
+    }
+    all
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use super::table::{Table, clip};
 use super::term;
 use crate::client::{Client, ClientError, EnqueueRequest};
 use crate::runtime::{Runtime, parse_duration};
-use crate::store::{CancelOutcome, Store, TaskFilter, TaskRecord, TaskState};
+use crate::store::{CancelOutcome, Store, TaskFilter, TaskRecord, TaskState, TaskSummary};
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
@@ -472,7 +472,7 @@ async fn enqueue(client: &Client, a: EnqueueArgs) -> anyhow::Result<u8> {
     })
 }
 
-fn print_tasks(tasks: &[TaskRecord]) {
+fn print_tasks(tasks: &[TaskSummary]) {
     let mut t = Table::new(&[
         "ID",
         "MODULE",
@@ -483,7 +483,7 @@ fn print_tasks(tasks: &[TaskRecord]) {
         "RESULT / ERROR",
     ]);
     for task in tasks {
-        let detail = match (&task.result, &task.error_message) {
+        let detail = match (&task.result_preview, &task.error_preview) {
             (Some(r), _) if task.state == TaskState::Succeeded => r.clone(),
             (_, Some(e)) => format!("{}: {}", task.error_kind.as_deref().unwrap_or("error"), e),
             _ => String::new(),

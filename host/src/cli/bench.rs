@@ -25,6 +25,9 @@ pub enum BenchCommand {
     /// Enqueue→succeeded latency in cluster mode vs local mode, Ray's own
     /// time vs wasmq's, and throughput with 16 jobs in flight.
     Cluster(super::bench_cluster::ClusterBench),
+    /// Listing and queue statistics on a table of many finished tasks, in
+    /// the store and through a `wasmq serve` process.
+    History(super::bench_history::HistoryBench),
     /// Worker processes drain a mix of tasks on PostgreSQL while one is
     /// killed and restarted; then the attempt history is checked.
     Soak(super::bench_soak::SoakBench),
@@ -65,6 +68,7 @@ pub async fn run(cmd: BenchCommand, _db: &str) -> anyhow::Result<()> {
         BenchCommand::Cold(b) => super::bench_cold::run(b).await,
         BenchCommand::Cluster(b) => super::bench_cluster::run(b).await,
         BenchCommand::Soak(b) => super::bench_soak::run(b).await,
+        BenchCommand::History(b) => super::bench_history::run(b).await,
     }
 }
 

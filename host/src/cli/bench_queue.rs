@@ -43,17 +43,8 @@ pub struct QueueBench {
     /// each drain: history the claim must not slow down with.
     #[arg(long, default_value_t = 0)]
     pub history: usize,
-    /// PostgreSQL server to measure (a private schema is created and dropped
-    /// for each run). Its CPU is read from /proc: run on an otherwise idle
-    /// server for a meaningful database figure.
-    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/test")]
-    pub postgres_url: String,
-    /// Skip PostgreSQL.
-    #[arg(long)]
-    pub no_postgres: bool,
-    /// Skip SQLite.
-    #[arg(long)]
-    pub no_sqlite: bool,
+    #[command(flatten)]
+    pub backends: Backends,
     #[arg(
         long,
         default_value = "examples/target/wasm32-wasip2/release/hello.wasm"
@@ -66,6 +57,36 @@ pub struct QueueBench {
     /// The wasmq binary whose workers are measured [default: this one].
     #[arg(long)]
     pub bin: Option<PathBuf>,
+}
+
+/// Which databases a bench measures.
+#[derive(Debug, Args)]
+pub struct Backends {
+    /// PostgreSQL server to measure (a private schema is created and dropped
+    /// for each run). Its CPU is read from /proc: run on an otherwise idle
+    /// server for a meaningful database figure.
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/test")]
+    pub postgres_url: String,
+    /// Skip PostgreSQL.
+    #[arg(long)]
+    pub no_postgres: bool,
+    /// Skip SQLite.
+    #[arg(long)]
+    pub no_sqlite: bool,
+}
+
+impl Backends {
+    /// The selected backends, SQLite first.
+    pub fn selected(&self) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        if !self.no_sqlite {
+            v.push("sqlite");
+        }
+        if !self.no_postgres {
+            v.push("postgres");
+        }
+        v
+    }
 }
 
 /// One run's figures.
@@ -156,13 +177,7 @@ pub async fn run(b: QueueBench) -> anyhow::Result<()> {
 
     let mut variants = vec![String::new()];
     variants.extend(b.variants.iter().cloned());
-    let mut backends = Vec::new();
-    if !b.no_sqlite {
-        backends.push("sqlite");
-    }
-    if !b.no_postgres {
-        backends.push("postgres");
-    }
+    let backends = b.backends.selected();
     for backend in backends {
         let mut best = 0f64;
         let mut default_drain = 0f64;
@@ -170,7 +185,7 @@ pub async fn run(b: QueueBench) -> anyhow::Result<()> {
             let args = shell_words(flags);
             let mut samples = Vec::new();
             for run in 0..b.runs {
-                let db = Db::create(backend, &b.postgres_url, work.path(), run).await?;
+                let db = Db::create(backend, &b.backends.postgres_url, work.path(), run).await?;
                 let r = measure(&ctx, &b, &db, &args).await;
                 db.remove().await?;
                 samples.push(r.with_context(|| format!("{backend} {flags:?} run {}", run + 1))?);
@@ -203,7 +218,7 @@ pub async fn run(b: QueueBench) -> anyhow::Result<()> {
             );
         }
     }
-    if ctx.server.is_none() && !b.no_postgres {
+    if ctx.server.is_none() && !b.backends.no_postgres {
         println!("(no local `postgres` processes found: database CPU not measured)");
     }
     println!("drain: first task started → last finished, from the database's timestamps");
@@ -219,7 +234,7 @@ async fn measure(ctx: &Ctx, b: &QueueBench, db: &Db, flags: &[String]) -> anyhow
         .push_module(&ctx.runtime, "hello", None, ctx.bytes.clone())
         .await?;
     if b.history > 0 {
-        fill_history(&store, &module, b.history).await?;
+        fill_history(&store, &module, b.history, 0).await?;
     }
     let mut batch = Vec::with_capacity(ENQUEUE_CHUNK);
     for i in 0..b.tasks {
@@ -375,15 +390,15 @@ async fn terminate(child: &mut Child) -> anyhow::Result<()> {
 }
 
 /// A fresh database for one run.
-struct Db {
-    url: String,
-    backend: &'static str,
+pub(super) struct Db {
+    pub(super) url: String,
+    pub(super) backend: &'static str,
     /// PostgreSQL: the private schema and a connection to drop it with.
     schema: Option<(String, AnyStore)>,
 }
 
 impl Db {
-    async fn create(
+    pub(super) async fn create(
         backend: &'static str,
         postgres_url: &str,
         dir: &Path,
@@ -420,7 +435,7 @@ impl Db {
         })
     }
 
-    async fn remove(self) -> anyhow::Result<()> {
+    pub(super) async fn remove(self) -> anyhow::Result<()> {
         if let Some((schema, admin)) = self.schema
             && let AnyStore::Postgres(pg) = &admin
         {
@@ -488,14 +503,18 @@ impl Db {
 }
 
 /// `n` succeeded tasks with one attempt each, as years of use leave them.
-async fn fill_history(
+/// Each task's input (and result: the same text) carries `pad` bytes of padding.
+pub(super) async fn fill_history(
     store: &AnyStore,
     module: &crate::store::ModuleRecord,
     n: usize,
+    pad: usize,
 ) -> anyhow::Result<()> {
+    let pad = "x".repeat(pad);
     let mut batch = Vec::with_capacity(ENQUEUE_CHUNK);
     for i in 0..n {
-        batch.push(NewTask::new(module, format!(r#"{{"name":"h{i}"}}"#)).queue("history"));
+        let input = format!(r#"{{"name":"h{i}","pad":"{pad}"}}"#);
+        batch.push(NewTask::new(module, input).queue("history"));
         if batch.len() == ENQUEUE_CHUNK || i + 1 == n {
             store.enqueue_batch(&batch).await?;
             batch.clear();
@@ -506,7 +525,7 @@ async fn fill_history(
             let mut tx = pg.pool().begin().await?;
             sqlx::query(
                 "UPDATE tasks SET state = 'succeeded', attempt = 1, lease_epoch = 1, \
-                 started_at = now(), finished_at = now(), result = '{}' WHERE queue = 'history'",
+                 started_at = now(), finished_at = now(), result = input WHERE queue = 'history'",
             )
             .execute(&mut *tx)
             .await?;
@@ -531,7 +550,7 @@ async fn fill_history(
             let mut tx = lite.pool().begin().await?;
             sqlx::query(
                 "UPDATE tasks SET state = 'succeeded', attempt = 1, lease_epoch = 1, \
-                 started_at = ?1, finished_at = ?1, result = '{}' WHERE queue = 'history'",
+                 started_at = ?1, finished_at = ?1, result = input WHERE queue = 'history'",
             )
             .bind(now)
             .execute(&mut *tx)

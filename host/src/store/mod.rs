@@ -29,6 +29,19 @@ macro_rules! task_columns {
     };
 }
 
+/// Columns of a task summary ([`TaskSummary`]): no input, no result, no
+/// logs, only the first characters of the result and of the error, so a page
+/// of a listing costs the same whatever the tasks carried.
+macro_rules! summary_columns {
+    () => {
+        "seq, id, module_name, module_version, queue, priority, state, run_after, attempt, \
+         max_attempts, free_runs, lease_owner, cancel_requested, error_kind, \
+         substr(error_message, 1, 121) AS error_preview, \
+         substr(result, 1, 121) AS result_preview, progress_percent, enqueued_at, started_at, \
+         finished_at, parent_id, ray_submission_id"
+    };
+}
+
 #[macro_use]
 mod transitions;
 
@@ -141,11 +154,11 @@ pub trait Store: Clone + Send + Sync + 'static {
 
     fn get_task(&self, id: Uuid) -> impl Future<Output = Result<TaskRecord>> + Send;
 
-    /// Newest first.
+    /// Summaries, newest first.
     fn list_tasks(
         &self,
         filter: &TaskFilter,
-    ) -> impl Future<Output = Result<Vec<TaskRecord>>> + Send;
+    ) -> impl Future<Output = Result<Vec<TaskSummary>>> + Send;
 
     /// Oldest first.
     fn list_attempts(
@@ -429,7 +442,7 @@ impl Store for AnyStore {
         dispatch!(self, s => s.get_task(id).await)
     }
 
-    async fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>> {
+    async fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskSummary>> {
         dispatch!(self, s => s.list_tasks(filter).await)
     }
 

@@ -326,6 +326,51 @@ impl TaskRecord {
     }
 }
 
+/// Characters of a result or an error message a [`TaskSummary`] carries
+/// (the summary SQL selects one more, to know whether it clipped).
+pub const PREVIEW_CHARS: usize = 120;
+
+/// A task as listings show it: what a table row needs, without the input,
+/// the result or the logs (read those with `get_task`). A listing of tasks
+/// that each carry megabytes costs the same as one of empty tasks.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TaskSummary {
+    pub id: Uuid,
+    pub seq: i64,
+    pub module_name: String,
+    pub module_version: String,
+    pub queue: String,
+    pub priority: i16,
+    pub state: TaskState,
+    pub run_after: DateTime<Utc>,
+    pub attempt: u32,
+    pub max_attempts: u32,
+    pub free_runs: u32,
+    pub lease_owner: Option<String>,
+    pub cancel_requested: bool,
+    pub error_kind: Option<String>,
+    /// The first [`PREVIEW_CHARS`] characters of the error message, with `…`
+    /// when there were more.
+    pub error_preview: Option<String>,
+    /// The first [`PREVIEW_CHARS`] characters of the result's JSON text,
+    /// with `…` when there were more.
+    pub result_preview: Option<String>,
+    pub progress_percent: Option<u8>,
+    pub enqueued_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub parent_id: Option<Uuid>,
+    pub ray_submission_id: Option<String>,
+}
+
+/// `text` cut to [`PREVIEW_CHARS`] characters, marked with `…` when cut.
+pub fn preview(text: Option<String>) -> Option<String> {
+    text.map(|t| match t.char_indices().nth(PREVIEW_CHARS) {
+        Some((end, _)) => format!("{}…", &t[..end]),
+        None => t,
+    })
+}
+
 /// Default and maximum of [`TaskFilter::limit`].
 pub const DEFAULT_LIST_LIMIT: u32 = 100;
 pub const MAX_LIST_LIMIT: u32 = 10_000;

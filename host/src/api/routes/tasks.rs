@@ -7,7 +7,8 @@ use crate::api::errors::{ApiError, ApiPath, ApiQuery, ApiResult, read_body};
 use crate::client::{DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, EnqueueRequest};
 use crate::fuel::Fuel;
 use crate::store::{
-    CancelOutcome, MAX_LIST_LIMIT, Store, StoreError, TaskFilter, TaskLimits, TaskRecord, TaskState,
+    CancelOutcome, MAX_LIST_LIMIT, Store, StoreError, TaskFilter, TaskLimits, TaskRecord,
+    TaskState, TaskSummary,
 };
 use axum::Json;
 use axum::extract::{Request, State};
@@ -40,10 +41,22 @@ pub(super) fn endpoints() -> Vec<Endpoint> {
                 (404, "Unknown module", "Error"),
                 (413, "Body larger than the limit", "Error"),
             ]),
+        endpoint("post", "/api/v1/tasks/batch", enqueue_batch)
+            .doc(
+                "tasks",
+                "Enqueue up to 1000 tasks in one transaction: all are stored or none",
+            )
+            .body(&[("application/json", "EnqueueBatch")])
+            .responses(&[
+                (201, "Enqueued, in request order", "EnqueuedList"),
+                (400, "A bad item (the message names its index as `tasks[i]`): nothing enqueued", "Error"),
+                (404, "Unknown module (`tasks[i]`): nothing enqueued", "Error"),
+                (413, "Body larger than the limit", "Error"),
+            ]),
         endpoint("get", "/api/v1/tasks", list)
             .doc(
                 "tasks",
-                "Tasks, newest first. Pass `next_before` of a page as `before` for the next page.",
+                "Task summaries (no input, result or logs: `GET /api/v1/tasks/{id}` has them), newest first. Pass `next_before` of a page as `before` for the next page.",
             )
             .params(&[
                 ("state", In::Query, "string", false, "queued, running, succeeded, failed or cancelled"),
@@ -175,6 +188,61 @@ async fn enqueue(
     ))
 }
 
+/// Most tasks of one `POST /api/v1/tasks/batch`.
+pub const MAX_BATCH: usize = 1000;
+
+/// `POST /api/v1/tasks/batch`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnqueueBatchBody {
+    pub tasks: Vec<EnqueueBody>,
+}
+
+async fn enqueue_batch(
+    State(state): State<AppState>,
+    req: Request,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let bytes = read_body(req.into_body(), state.max_body_bytes).await?;
+    let Json(body) = Json::<EnqueueBatchBody>::from_bytes(&bytes)?;
+    if !(1..=MAX_BATCH).contains(&body.tasks.len()) {
+        return Err(ApiError::bad_request(format!(
+            "tasks must hold 1..={MAX_BATCH} items, not {}",
+            body.tasks.len()
+        )));
+    }
+    let at = |i: usize, e: ApiError| ApiError {
+        message: format!("tasks[{i}]: {}", e.message),
+        ..e
+    };
+    let reqs = body
+        .tasks
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| t.into_request().map_err(|e| at(i, e)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let tasks = state
+        .client
+        .new_tasks(reqs)
+        .await
+        .map_err(|(i, e)| at(i, e.into()))?;
+    let outcomes = state.client.store().enqueue_batch(&tasks).await?;
+    let metrics = crate::metrics::global();
+    for (task, out) in tasks.iter().zip(&outcomes) {
+        if !out.deduplicated {
+            metrics.task_enqueued(&task.queue);
+        }
+    }
+    let created = outcomes.iter().any(|o| !o.deduplicated);
+    Ok((
+        if created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        },
+        Json(json!({ "tasks": outcomes })),
+    ))
+}
+
 /// A task as the API shows it: input and result as JSON values, not text.
 pub fn task_json(t: &TaskRecord) -> Value {
     let mut v = serde_json::to_value(t).expect("a task record serializes");
@@ -239,7 +307,7 @@ impl ListQuery {
 }
 
 /// The cursor of the page after `tasks`, if there may be one.
-pub fn next_before(tasks: &[TaskRecord], limit: u32) -> Option<i64> {
+pub fn next_before(tasks: &[TaskSummary], limit: u32) -> Option<i64> {
     (tasks.len() as u32 == limit)
         .then(|| tasks.last().map(|t| t.seq))
         .flatten()
@@ -252,7 +320,7 @@ async fn list(
     let filter = q.filter(DEFAULT_PAGE)?;
     let tasks = state.client.store().list_tasks(&filter).await?;
     Ok(Json(json!({
-        "tasks": tasks.iter().map(task_json).collect::<Vec<_>>(),
+        "tasks": tasks,
         "next_before": next_before(&tasks, filter.limit),
     })))
 }

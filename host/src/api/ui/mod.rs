@@ -16,7 +16,7 @@ use super::auth::{SESSION_COOKIE, Session, session_cookie};
 use super::errors::ApiError;
 use super::routes::system::{age_seconds, queue_rows};
 use super::routes::tasks::{ListQuery, next_before};
-use crate::store::{CancelOutcome, Store, TaskRecord, TaskState};
+use crate::store::{CancelOutcome, Store, TaskState, TaskSummary};
 use axum::Router;
 use axum::extract::{Extension, Form, Path, Query, Request, State};
 use axum::http::{Method, StatusCode, header};
@@ -270,7 +270,7 @@ async fn overview(
     Ok(Html(page(&session, "Overview", &body)))
 }
 
-fn task_table(tasks: &[TaskRecord]) -> String {
+fn task_table(tasks: &[TaskSummary]) -> String {
     let rows: Vec<Vec<String>> = tasks
         .iter()
         .map(|t| {
@@ -285,9 +285,9 @@ fn task_table(tasks: &[TaskRecord]) -> String {
                 format!("{}/{}", t.attempt, t.max_attempts),
                 time(Some(t.enqueued_at)),
                 esc(&html_clip(
-                    t.error_message
+                    t.error_preview
                         .as_deref()
-                        .or(t.result.as_deref())
+                        .or(t.result_preview.as_deref())
                         .unwrap_or(""),
                     80,
                 )),

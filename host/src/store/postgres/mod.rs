@@ -466,11 +466,11 @@ impl Store for PgStore {
         }
     }
 
-    async fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>> {
+    async fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskSummary>> {
         let limit = list_limit(filter.limit)?;
         let mut qb: QueryBuilder<Postgres> = QueryBuilder::new(concat!(
             "SELECT ",
-            task_columns!(),
+            summary_columns!(),
             " FROM tasks WHERE true"
         ));
         if let Some(state) = filter.state {
@@ -487,7 +487,7 @@ impl Store for PgStore {
         }
         qb.push(" ORDER BY seq DESC LIMIT ").push_bind(limit);
         let rows = qb.build().fetch_all(&self.pool).await?;
-        rows.iter().map(task_from_row).collect()
+        rows.iter().map(summary_from_row).collect()
     }
 
     async fn list_attempts(&self, task_id: Uuid) -> Result<Vec<AttemptRecord>> {
@@ -508,11 +508,18 @@ impl Store for PgStore {
     }
 
     async fn queue_stats(&self) -> Result<Vec<QueueStat>> {
-        let rows = sqlx::query(
+        // Unfinished rows through tasks_state_idx; finished ones from the
+        // counts the trigger of migration 0004 keeps, one row per shard.
+        let rows = sqlx::query(concat!(
             "SELECT queue, state, count(*) AS n, \
                  min(enqueued_at) FILTER (WHERE state = 'queued') AS oldest \
-             FROM tasks GROUP BY queue, state",
-        )
+             FROM tasks WHERE state IN ",
+            unfinished_states!(),
+            " GROUP BY queue, state \
+             UNION ALL \
+             SELECT queue, state, sum(n)::bigint, NULL FROM task_counts \
+             GROUP BY queue, state HAVING sum(n) <> 0"
+        ))
         .fetch_all(&self.pool)
         .await?;
         let mut stats = rows
@@ -569,13 +576,10 @@ impl Store for PgStore {
                     queue: row.try_get("queue")?,
                     priority: row.try_get("priority")?,
                     input: row.try_get("input")?,
-                    attempt: to_u32(row.try_get::<i32, _>("attempt")?.into(), "attempt")?,
+                    attempt: int4(row, "attempt")?,
                     epoch: from_i64(row.try_get("lease_epoch")?, "lease_epoch")?,
-                    max_attempts: to_u32(
-                        row.try_get::<i32, _>("max_attempts")?.into(),
-                        "max_attempts",
-                    )?,
-                    free_runs: to_u32(row.try_get::<i32, _>("free_runs")?.into(), "free_runs")?,
+                    max_attempts: int4(row, "max_attempts")?,
+                    free_runs: int4(row, "free_runs")?,
                     limits: limits_from_row(row)?,
                     enqueued_at: row.try_get("enqueued_at")?,
                     lease_expires_at: row.try_get("lease_expires_at")?,
@@ -685,13 +689,10 @@ impl Store for PgStore {
             .map(|row| {
                 Ok(ExpiredTask {
                     id: row.try_get("id")?,
-                    attempt: to_u32(row.try_get::<i32, _>("attempt")?.into(), "attempt")?,
+                    attempt: int4(row, "attempt")?,
                     epoch: from_i64(row.try_get("lease_epoch")?, "lease_epoch")?,
-                    max_attempts: to_u32(
-                        row.try_get::<i32, _>("max_attempts")?.into(),
-                        "max_attempts",
-                    )?,
-                    free_runs: to_u32(row.try_get::<i32, _>("free_runs")?.into(), "free_runs")?,
+                    max_attempts: int4(row, "max_attempts")?,
+                    free_runs: int4(row, "free_runs")?,
                     lease_owner: row.try_get("lease_owner")?,
                     queue: row.try_get("queue")?,
                     module: row.try_get("module")?,

@@ -6,6 +6,11 @@ use sqlx::postgres::PgRow;
 use crate::store::shared::*;
 use crate::store::{Result, model::*};
 
+/// An `integer` column holding a count that is never negative.
+pub(super) fn int4(row: &PgRow, column: &str) -> Result<u32> {
+    to_u32(row.try_get::<i32, _>(column)?.into(), column)
+}
+
 pub(super) fn task_from_row(row: &PgRow) -> Result<TaskRecord> {
     Ok(TaskRecord {
         id: row.try_get("id")?,
@@ -18,12 +23,9 @@ pub(super) fn task_from_row(row: &PgRow) -> Result<TaskRecord> {
         input: row.try_get("input")?,
         state: parse_state(row.try_get("state")?)?,
         run_after: row.try_get("run_after")?,
-        attempt: to_u32(row.try_get::<i32, _>("attempt")?.into(), "attempt")?,
-        max_attempts: to_u32(
-            row.try_get::<i32, _>("max_attempts")?.into(),
-            "max_attempts",
-        )?,
-        free_runs: to_u32(row.try_get::<i32, _>("free_runs")?.into(), "free_runs")?,
+        attempt: int4(row, "attempt")?,
+        max_attempts: int4(row, "max_attempts")?,
+        free_runs: int4(row, "free_runs")?,
         limits: limits_from_row(row)?,
         unique_key: row.try_get("unique_key")?,
         lease_owner: row.try_get("lease_owner")?,
@@ -45,6 +47,36 @@ pub(super) fn task_from_row(row: &PgRow) -> Result<TaskRecord> {
         parent_id: row.try_get("parent_id")?,
         ray_submission_id: row.try_get("ray_submission_id")?,
         updated_at: row.try_get("updated_at")?,
+    })
+}
+
+pub(super) fn summary_from_row(row: &PgRow) -> Result<TaskSummary> {
+    Ok(TaskSummary {
+        id: row.try_get("id")?,
+        seq: row.try_get("seq")?,
+        module_name: row.try_get("module_name")?,
+        module_version: row.try_get("module_version")?,
+        queue: row.try_get("queue")?,
+        priority: row.try_get("priority")?,
+        state: parse_state(row.try_get("state")?)?,
+        run_after: row.try_get("run_after")?,
+        attempt: int4(row, "attempt")?,
+        max_attempts: int4(row, "max_attempts")?,
+        free_runs: int4(row, "free_runs")?,
+        lease_owner: row.try_get("lease_owner")?,
+        cancel_requested: row.try_get("cancel_requested")?,
+        error_kind: row.try_get("error_kind")?,
+        error_preview: preview(row.try_get("error_preview")?),
+        result_preview: preview(row.try_get("result_preview")?),
+        progress_percent: parse_progress(
+            row.try_get::<Option<i16>, _>("progress_percent")?
+                .map(i64::from),
+        )?,
+        enqueued_at: row.try_get("enqueued_at")?,
+        started_at: row.try_get("started_at")?,
+        finished_at: row.try_get("finished_at")?,
+        parent_id: row.try_get("parent_id")?,
+        ray_submission_id: row.try_get("ray_submission_id")?,
     })
 }
 
@@ -71,7 +103,7 @@ pub(super) fn attempt_from_row(row: &PgRow) -> Result<AttemptRecord> {
     Ok(AttemptRecord {
         id: row.try_get("id")?,
         task_id: row.try_get("task_id")?,
-        attempt: to_u32(row.try_get::<i32, _>("attempt")?.into(), "attempt")?,
+        attempt: int4(row, "attempt")?,
         lease_epoch: from_i64_opt(row.try_get("lease_epoch")?, "lease_epoch")?,
         worker_id: row.try_get("worker_id")?,
         started_at: row.try_get("started_at")?,
@@ -93,7 +125,7 @@ pub(super) fn worker_from_row(row: &PgRow) -> Result<WorkerRecord> {
         pid: to_u32(row.try_get("pid")?, "pid")?,
         mode: row.try_get("mode")?,
         queues: QueueSelector::parse(row.try_get("queues")?),
-        concurrency: to_u32(row.try_get::<i32, _>("concurrency")?.into(), "concurrency")?,
+        concurrency: int4(row, "concurrency")?,
         started_at: row.try_get("started_at")?,
         last_heartbeat_at: row.try_get("last_heartbeat_at")?,
         stopped_at: row.try_get("stopped_at")?,

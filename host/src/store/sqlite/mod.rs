@@ -505,11 +505,11 @@ impl Store for SqliteStore {
         }
     }
 
-    async fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>> {
+    async fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskSummary>> {
         let limit = list_limit(filter.limit)?;
         let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(concat!(
             "SELECT ",
-            task_columns!(),
+            summary_columns!(),
             " FROM tasks WHERE 1 = 1"
         ));
         if let Some(state) = filter.state {
@@ -526,7 +526,7 @@ impl Store for SqliteStore {
         }
         qb.push(" ORDER BY seq DESC LIMIT ").push_bind(limit);
         let rows = qb.build().fetch_all(&self.pool).await?;
-        rows.iter().map(task_from_row).collect()
+        rows.iter().map(summary_from_row).collect()
     }
 
     async fn list_attempts(&self, task_id: Uuid) -> Result<Vec<AttemptRecord>> {
@@ -547,11 +547,17 @@ impl Store for SqliteStore {
     }
 
     async fn queue_stats(&self) -> Result<Vec<QueueStat>> {
-        let rows = sqlx::query(
+        // Unfinished rows through tasks_state_idx; finished ones from the
+        // counts the triggers of migration 0004 keep.
+        let rows = sqlx::query(concat!(
             "SELECT queue, state, count(*) AS n, \
                  min(CASE WHEN state = 'queued' THEN enqueued_at END) AS oldest \
-             FROM tasks GROUP BY queue, state",
-        )
+             FROM tasks WHERE state IN ",
+            unfinished_states!(),
+            " GROUP BY queue, state \
+             UNION ALL \
+             SELECT queue, state, n, NULL FROM task_counts WHERE n > 0"
+        ))
         .fetch_all(&self.pool)
         .await?;
         let mut stats = rows

@@ -66,6 +66,33 @@ pub(super) fn task_from_row(row: &SqliteRow) -> Result<TaskRecord> {
     })
 }
 
+pub(super) fn summary_from_row(row: &SqliteRow) -> Result<TaskSummary> {
+    Ok(TaskSummary {
+        id: uuid(row.try_get("id")?)?,
+        seq: row.try_get("seq")?,
+        module_name: row.try_get("module_name")?,
+        module_version: row.try_get("module_version")?,
+        queue: row.try_get("queue")?,
+        priority: row.try_get("priority")?,
+        state: parse_state(row.try_get("state")?)?,
+        run_after: ts(row.try_get("run_after")?)?,
+        attempt: to_u32(row.try_get("attempt")?, "attempt")?,
+        max_attempts: to_u32(row.try_get("max_attempts")?, "max_attempts")?,
+        free_runs: to_u32(row.try_get("free_runs")?, "free_runs")?,
+        lease_owner: row.try_get("lease_owner")?,
+        cancel_requested: row.try_get("cancel_requested")?,
+        error_kind: row.try_get("error_kind")?,
+        error_preview: preview(row.try_get("error_preview")?),
+        result_preview: preview(row.try_get("result_preview")?),
+        progress_percent: parse_progress(row.try_get("progress_percent")?)?,
+        enqueued_at: ts(row.try_get("enqueued_at")?)?,
+        started_at: ts_opt(row.try_get("started_at")?)?,
+        finished_at: ts_opt(row.try_get("finished_at")?)?,
+        parent_id: uuid_opt(row.try_get("parent_id")?)?,
+        ray_submission_id: row.try_get("ray_submission_id")?,
+    })
+}
+
 pub(super) fn limits_from_row(row: &SqliteRow) -> Result<TaskLimits> {
     Ok(TaskLimits {
         fuel: fuel_from_db(row.try_get("fuel")?)?,
