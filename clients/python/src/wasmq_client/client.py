@@ -14,6 +14,7 @@ from typing import IO, Any, Literal, TypedDict, Unpack
 
 import httpx
 
+from ._coalesce import BATCH_LIMIT, Coalescer
 from .errors import TransportError, WaitTimeout, api_error
 
 __all__ = [
@@ -31,8 +32,6 @@ __all__ = [
 #: States a task does not leave on its own (``retry`` can requeue the last two).
 FINISHED_STATES = frozenset({"succeeded", "failed", "cancelled"})
 
-#: The most tasks one ``POST /api/v1/tasks/batch`` takes.
-BATCH_LIMIT = 1000
 
 Fuel = int | Literal["unlimited"]
 
@@ -180,6 +179,11 @@ class Client:
     ``--api-token-file`` does). Every call reuses the connections of one
     pool, so a process should keep one client rather than make one per call;
     it is thread-safe. Close it with :meth:`close` or a ``with`` block.
+
+    With ``coalesce`` (the default), :meth:`enqueue` calls made at the same
+    moment from several threads share requests (``POST /api/v1/tasks/batch``)
+    while each still gets its own id or error; one thread's calls are sent
+    one by one as ever.
     """
 
     def __init__(
@@ -190,6 +194,7 @@ class Client:
         token_file: str | os.PathLike[str] | None = None,
         timeout: float = 30.0,
         max_connections: int = 64,
+        coalesce: bool = True,
     ) -> None:
         if token is not None and token_file is not None:
             raise ValueError("give token or token_file, not both")
@@ -205,8 +210,13 @@ class Client:
         self._http = httpx.Client(
             base_url=self.url, headers=headers, timeout=timeout, limits=limits
         )
+        self._coalescer = (
+            Coalescer(self._enqueue_one, self._enqueue_batch, senders=4) if coalesce else None
+        )
 
     def close(self) -> None:
+        if self._coalescer is not None:
+            self._coalescer.close()
         self._http.close()
 
     def __enter__(self) -> Client:
@@ -277,14 +287,21 @@ class Client:
         ``POST /api/v1/tasks``, more with ``POST /api/v1/tasks/batch`` per
         1,000."""
         if len(bodies) == 1:
-            v = self._request("POST", "/api/v1/tasks", json=bodies[0])
-            return [Enqueued(v["id"], v["deduplicated"])]
+            if self._coalescer is not None:
+                return [self._coalescer.submit(bodies[0])]
+            return [self._enqueue_one(bodies[0])]
         out: list[Enqueued] = []
         for i in range(0, len(bodies), BATCH_LIMIT):
-            chunk = list(bodies[i : i + BATCH_LIMIT])
-            v = self._request("POST", "/api/v1/tasks/batch", json={"tasks": chunk})
-            out.extend(Enqueued(t["id"], t["deduplicated"]) for t in v["tasks"])
+            out.extend(self._enqueue_batch(list(bodies[i : i + BATCH_LIMIT])))
         return out
+
+    def _enqueue_one(self, body: Mapping[str, Any]) -> Enqueued:
+        v = self._request("POST", "/api/v1/tasks", json=body)
+        return Enqueued(v["id"], v["deduplicated"])
+
+    def _enqueue_batch(self, bodies: list[Mapping[str, Any]]) -> list[Enqueued]:
+        v = self._request("POST", "/api/v1/tasks/batch", json={"tasks": bodies})
+        return [Enqueued(t["id"], t["deduplicated"]) for t in v["tasks"]]
 
     # Tasks
 

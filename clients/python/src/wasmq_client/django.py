@@ -63,17 +63,17 @@ _TASK_OPTIONS = {"max_attempts", "unique_key", "fuel", "memory_bytes", "timeout_
 # the HTTP clients, and the tasks each backend alias has seen, are shared by
 # every thread of the process.
 _lock = threading.Lock()
-_clients: dict[tuple[str, str | None, float], Client] = {}
+_clients: dict[tuple[str, str | None, float, bool], Client] = {}
 _registry: dict[str, dict[str, Task]] = {}
 _discovered = False
 
 
-def _shared_client(url: str, token: str | None, timeout: float) -> Client:
-    key = (url, token, timeout)
+def _shared_client(url: str, token: str | None, timeout: float, coalesce: bool) -> Client:
+    key = (url, token, timeout, coalesce)
     with _lock:
         client = _clients.get(key)
         if client is None:
-            client = _clients[key] = Client(url, token, timeout=timeout)
+            client = _clients[key] = Client(url, token, timeout=timeout, coalesce=coalesce)
         return client
 
 
@@ -83,7 +83,9 @@ class WasmqBackend(BaseTaskBackend):
     ``module`` and any of ``max_attempts``, ``unique_key``, ``fuel``,
     ``memory_bytes``, ``timeout_ms``), ``DATABASE`` (the alias whose
     transactions delay an enqueue; default ``"default"``), ``TIMEOUT``
-    (seconds per HTTP request; default 30)."""
+    (seconds per HTTP request; default 30), ``COALESCE`` (default true:
+    enqueues made at the same moment by several threads share requests,
+    see :class:`wasmq_client.Client`)."""
 
     supports_defer = True
     # The task runs in a WebAssembly component's Python, which has no event loop.
@@ -103,7 +105,9 @@ class WasmqBackend(BaseTaskBackend):
                 raise ImproperlyConfigured(f"TASKS[{alias!r}]: give TOKEN or TOKEN_FILE, not both")
             with open(options["TOKEN_FILE"]) as f:
                 token = f.read().strip()
-        self.client = _shared_client(url, token, float(options.get("TIMEOUT", 30)))
+        self.client = _shared_client(
+            url, token, float(options.get("TIMEOUT", 30)), bool(options.get("COALESCE", True))
+        )
         self.database = options.get("DATABASE", "default")
         self.modules: dict[str, dict[str, Any]] = {}
         for path, entry in options.get("MODULES", {}).items():
