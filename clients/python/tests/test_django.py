@@ -203,3 +203,53 @@ def test_bulk_enqueue(tasks_on, client):
     assert len({r.id for r in results}) == 50
     last = client.wait(results[-1].id, timeout=60)
     assert last.input == {"args": [LINES], "kwargs": {"discount_percent": 49}}
+
+
+def test_get_result_in_a_process_that_never_imported_the_task(order_total, stack, client, tmp_path):
+    import subprocess
+
+    result = order_total.enqueue(LINES)
+    client.wait(result.id, timeout=60)
+    # A process that only reads results: the backend finds the task by
+    # importing the apps' tasks modules itself.
+    script = (
+        "import django; django.setup()\n"
+        "from django.tasks import default_task_backend\n"
+        f"r = default_task_backend.get_result({result.id!r})\n"
+        "print(r.task.module_path, r.status, r.return_value['total_cents'])\n"
+    )
+    env = dict(os.environ, WASMQ_URL=stack.url, WASMQ_TOKEN_FILE=str(stack.token_file),
+               DJANGO_DB=str(tmp_path / "db.sqlite3"), DJANGO_SETTINGS_MODULE="mysite.settings",
+               PYTHONPATH=os.pathsep.join([str(PROJECT), str(REPO / "clients/python/src")]))
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["shop.tasks.order_total", "SUCCESSFUL", "700"]
+
+
+def test_the_example_views(order_total, client):
+    import json
+
+    from django.test import Client as HttpClient
+
+    http = HttpClient()
+    body = {"lines": LINES, "discount_percent": 10}
+    answer = http.post("/totals/", json.dumps(body), content_type="application/json")
+    assert answer.status_code == 202
+    task_id = answer.json()["id"]
+    client.wait(task_id, timeout=60)
+    shown = http.get(f"/totals/{task_id}/").json()
+    assert shown["status"] == "SUCCESSFUL" and shown["total"]["total_cents"] == 630
+    bad = http.post("/totals/", json.dumps({"lines": [dict(LINES[0], quantity=0)]}), content_type="application/json")
+    client.wait(bad.json()["id"], timeout=60)
+    shown = http.get(f"/totals/{bad.json()['id']}/").json()
+    assert shown["status"] == "FAILED" and shown["error"] == "ValueError: quantity of tea must be at least 1"
+    assert http.get(f"/totals/{uuid.uuid4()}/").status_code == 404
+
+
+def test_async_enqueue_and_get_result(order_total, client):
+    import asyncio
+
+    result = asyncio.run(order_total.aenqueue(LINES, discount_percent=100))
+    client.wait(result.id, timeout=60)
+    got = asyncio.run(order_total.aget_result(result.id))
+    assert got.return_value["total_cents"] == 0
