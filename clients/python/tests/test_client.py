@@ -148,6 +148,10 @@ def test_unknown_task(client: Client):
     with pytest.raises(NotFound) as e:
         client.get(str(uuid.uuid4()))
     assert e.value.status == 404 and e.value.kind == "not-found"
+    # Quoted into one path segment: not another route.
+    for odd in ("../modules", "x?state=queued", ""):
+        with pytest.raises((BadRequest, NotFound)):
+            client.get(odd)
 
 
 def test_enqueue_many(client: Client):

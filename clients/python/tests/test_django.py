@@ -140,8 +140,9 @@ def test_unknown_id_raises_task_result_does_not_exist(order_total):
 
     with pytest.raises(TaskResultDoesNotExist):
         order_total.get_result(str(uuid.uuid4()))
-    with pytest.raises(TaskResultDoesNotExist):
-        order_total.get_result("not-a-task-id")
+    for odd in ("not-a-task-id", "../modules", ""):
+        with pytest.raises(TaskResultDoesNotExist):
+            order_total.get_result(odd)
 
 
 def test_priority_queue_and_run_after_are_honoured(order_total, client):

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import IO, Any, Literal, TypedDict, Unpack
+from urllib.parse import quote
 
 import httpx
 
@@ -36,6 +37,13 @@ FINISHED_STATES = frozenset({"succeeded", "failed", "cancelled"})
 Fuel = int | Literal["unlimited"]
 
 _FRACTION = re.compile(r"(\.\d{6})\d+")
+
+
+def _task_path(task_id: str, action: str | None = None) -> str:
+    # An id is text from elsewhere (a URL, a form): quoted, it cannot name
+    # another route ("../modules").
+    path = f"/api/v1/tasks/{quote(str(task_id), safe='')}"
+    return f"{path}/{action}" if action else path
 
 
 def parse_time(value: str | None) -> datetime | None:
@@ -306,7 +314,7 @@ class Client:
     # Tasks
 
     def get(self, task_id: str) -> Task:
-        return Task.from_json(self._request("GET", f"/api/v1/tasks/{task_id}"))
+        return Task.from_json(self._request("GET", _task_path(task_id)))
 
     def wait(
         self, task_id: str, timeout: float | None = None, *, poll_interval: float = 0.5
@@ -332,12 +340,12 @@ class Client:
     def cancel(self, task_id: str) -> CancelResult:
         """Cancels a queued task, or asks the worker of a running one to stop
         it; :class:`IllegalTransition` once it has finished."""
-        v = self._request("POST", f"/api/v1/tasks/{task_id}/cancel")
+        v = self._request("POST", _task_path(task_id, "cancel"))
         return CancelResult(v["id"], v["outcome"], v["state"])
 
     def retry(self, task_id: str) -> Task:
         """Requeues a failed or cancelled task (its attempts are kept)."""
-        return Task.from_json(self._request("POST", f"/api/v1/tasks/{task_id}/retry"))
+        return Task.from_json(self._request("POST", _task_path(task_id, "retry")))
 
     def list_tasks(
         self,
@@ -375,7 +383,7 @@ class Client:
 
     def attempts(self, task_id: str) -> list[Attempt]:
         """Every attempt of the task, oldest first, with its captured logs."""
-        v = self._request("GET", f"/api/v1/tasks/{task_id}/attempts")
+        v = self._request("GET", _task_path(task_id, "attempts"))
         return [Attempt.from_json(a) for a in v["attempts"]]
 
 

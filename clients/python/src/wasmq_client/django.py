@@ -217,7 +217,8 @@ class WasmqBackend(BaseTaskBackend):
         result = TaskResult(
             task=task,
             id=record.id,
-            status=_STATUS[record.state],
+            # A state newer than this module: not finished as far as it knows.
+            status=_STATUS.get(record.state, TaskResultStatus.RUNNING),
             enqueued_at=record.enqueued_at,
             started_at=attempts[0].started_at if attempts else None,
             finished_at=record.finished_at,
