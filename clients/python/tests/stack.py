@@ -4,7 +4,7 @@ PostgreSQL in a private schema (like tests/common/pg.rs) on
 WASMQ_TEST_PG_URL (default postgres://postgres@127.0.0.1:5432/test),
 dropped by Stack.stop().
 
-The binary is $WASMQ_BIN, else target/release/wasmq of the repository; the
+The binary is $WASMQ_BIN, else ${CARGO_TARGET_DIR:-target}/release/wasmq; the
 component is the Django example's, built by scripts/build-examples.sh python.
 """
 
@@ -38,7 +38,8 @@ class PgUnreachable(StackError):
 
 
 def wasmq_bin() -> Path:
-    path = Path(os.environ.get("WASMQ_BIN") or REPO / "target/release/wasmq")
+    target = Path(os.environ.get("CARGO_TARGET_DIR") or REPO / "target")
+    path = Path(os.environ.get("WASMQ_BIN") or target / "release/wasmq")
     if not path.is_file():
         raise StackError(f"{path} is missing: cargo build --release -p wasmq, or set WASMQ_BIN")
     return path
