@@ -4,6 +4,7 @@
 #
 #   Rust        examples/target/wasm32-wasip2/release/NAME.wasm   (cargo)
 #   Python      examples/target/wasm/python-NAME.wasm             (componentize-py)
+#               examples/target/wasm/django-NAME.wasm             (the Django example's tasks)
 #   JavaScript  examples/target/wasm/js-NAME.wasm                 (componentize-js)
 #   C           examples/target/wasm/c-NAME.wasm                  (clang, wit-bindgen, wasm-tools)
 #
@@ -76,6 +77,22 @@ build_python() {
         # its bytecode out of the source tree.
         PYTHONDONTWRITEBYTECODE=1 "$cpy" -d wit -w task componentize app \
             -p "$dir" -p guest-sdk/python -o "$output.tmp" >/dev/null
+        mv "$output.tmp" "$output"
+        stamp "$output"
+        report "$output"
+    done
+    # The Django example's tasks: examples/django/components/NAME.py exports
+    # a function of the project's apps (shop/tasks.py) with function_task.
+    local project=examples/django
+    for entry in "$project"/components/*.py; do
+        name=$(basename "$entry" .py)
+        output="$OUT/django-$name.wasm"
+        if up_to_date "$output" "$version" "$project/components" "$project/shop" guest-sdk/python wit; then
+            report "$output" "  (unchanged)"
+            continue
+        fi
+        PYTHONDONTWRITEBYTECODE=1 "$cpy" -d wit -w task componentize "$name" \
+            -p "$project/components" -p "$project" -p guest-sdk/python -o "$output.tmp" >/dev/null
         mv "$output.tmp" "$output"
         stamp "$output"
         report "$output"

@@ -48,6 +48,36 @@ if [ "$(cat "$VENV/.wasmq-requirements" 2>/dev/null)" != "$want" ]; then
   echo "$want" >"$VENV/.wasmq-requirements"
 fi
 
+# The Python client's tests and bench (clients/python) run in a venv of their
+# own: Django 6 needs Python >= 3.12, the project venv above is the system's
+# 3.11. Any 3.12+ interpreter will do: on PATH, or one pyenv has installed.
+# The client itself is not installed: the tests import it from the source
+# tree (pytest's pythonpath), so the venv serves every clone.
+python312() {
+  local py
+  for py in python3.14 python3.13 python3.12 python3 \
+    "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.1[2-9]*/bin/python3; do
+    if "$py" -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null; then
+      command -v "$py"
+      return
+    fi
+  done
+  return 1
+}
+CLIENT_VENV="${WASMQ_CLIENT_VENV:-$HOME/.cache/wasmq/venv-client}"
+CLIENT_REQS="$(dirname "$0")/../clients/python/requirements-test.txt"
+if [ ! -x "$CLIENT_VENV/bin/python" ]; then
+  py=$(python312) || { echo "setup: no Python >= 3.12 found (Django 6 needs it)" >&2; exit 1; }
+  echo "setup: creating the client's Python venv at $CLIENT_VENV with $py"
+  "$py" -m venv "$CLIENT_VENV"
+fi
+want="$(sha256sum "$CLIENT_REQS" | cut -d' ' -f1)"
+if [ "$(cat "$CLIENT_VENV/.wasmq-requirements" 2>/dev/null)" != "$want" ]; then
+  echo "setup: installing Python packages from $CLIENT_REQS into $CLIENT_VENV"
+  "$CLIENT_VENV/bin/pip" install --quiet --disable-pip-version-check -r "$CLIENT_REQS"
+  echo "$want" >"$CLIENT_VENV/.wasmq-requirements"
+fi
+
 # JavaScript tasks: componentize-js, pinned in examples/js/package-lock.json.
 # `npm ci` runs only when the lock file changed since the last install.
 JS="$(dirname "$0")/../examples/js"

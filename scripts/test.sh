@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: builds the example task modules, then runs every unit,
 # integration and end-to-end test against release builds (wasmtime is too slow
-# unoptimised), then fuzzes the parsers of untrusted input for a bounded time. Needs PostgreSQL on 127.0.0.1:5432 (WASMQ_TEST_PG_URL to
+# unoptimised), then the Python client and its Django backend against the
+# release binary (scripts/test-python.sh), then fuzzes the parsers of untrusted input for a bounded time. Needs PostgreSQL on 127.0.0.1:5432 (WASMQ_TEST_PG_URL to
 # override); with CI=true a missing database fails the run instead of skipping.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,4 +10,5 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 scripts/build-examples.sh
 cargo test --release --workspace --locked "$@"
+scripts/test-python.sh
 scripts/fuzz.sh

@@ -41,6 +41,15 @@ What the SDK does for you:
 - **Host services**: the :class:`Context` gives the task's id, attempt
   number, queue and deadline, sends log lines and progress to the host, and
   tells whether cancellation was requested.
+
+A plain function whose input is ``{"args": [...], "kwargs": {...}}`` (what
+the Django backend of the ``wasmq-client`` package sends) is exported with
+:func:`function_task` instead, in the component's entry module::
+
+    from shop.tasks import divide
+    from wasmq import function_task
+
+    WitWorld = function_task(divide)      # runs divide(*args, **kwargs)
 """
 
 from __future__ import annotations
@@ -55,7 +64,7 @@ from componentize_py_types import Err
 from wit_world.imports import host
 from wit_world.imports import types as wit
 
-__all__ = ["Context", "LogLevel", "TaskError", "task"]
+__all__ = ["Context", "LogLevel", "TaskError", "function_task", "task"]
 
 LogLevel = wit.LogLevel
 """Severity of a log line: ``LogLevel.TRACE``, ``DEBUG``, ``INFO``, ``WARN``, ``ERROR``."""
@@ -243,3 +252,51 @@ def task(fn: Callable[[Context, Any], Any]) -> Callable[[Context, Any], Any]:
         raise RuntimeError(f"module {fn.__module__} already exports a task (use @task once)")
     module.WitWorld = WitWorld
     return fn
+
+
+def _call_with_arguments(fn: Callable[..., Any]) -> Callable[[Context, Any], Any]:
+    # Imported here, which is still at build time (function_task runs when
+    # the app module loads, before the snapshot), so that components of
+    # @task functions do not carry inspect and what it imports.
+    import inspect
+
+    signature = inspect.signature(fn)
+
+    def call(ctx: Context, input: Any) -> Any:
+        if not isinstance(input, dict) or not set(input) <= {"args", "kwargs"}:
+            raise TaskError.invalid_input('the input must be {"args": [...], "kwargs": {...}}')
+        args = input.get("args", [])
+        kwargs = input.get("kwargs", {})
+        if not isinstance(args, list) or not isinstance(kwargs, dict):
+            raise TaskError.invalid_input("`args` must be a list and `kwargs` an object")
+        # A mismatch is the caller's mistake, not the function's: checking it
+        # before the call keeps a TypeError raised inside the function a
+        # failure of the function.
+        try:
+            signature.bind(*args, **kwargs)
+        except TypeError as e:
+            raise TaskError.invalid_input(f"{fn.__name__}(): {e}")
+        return fn(*args, **kwargs)
+
+    return call
+
+
+def function_task(fn: Callable[..., Any]) -> type:
+    """The ``WitWorld`` of a task that calls the plain function
+    ``fn(*args, **kwargs)`` with its input ``{"args": [...], "kwargs": {...}}``
+    (either key may be left out) and returns what it returns.
+
+    Assign the result to ``WitWorld`` in the module componentize-py builds
+    (``WitWorld = function_task(divide)``): ``fn`` can then live in a module
+    that knows nothing of wasmq, such as a Django app's ``tasks.py``. Input of
+    another shape, or arguments that do not fit ``fn``'s signature, fail the
+    task as ``invalid-input``; errors raised by ``fn`` are handled as with
+    :func:`task`.
+    """
+    call = _call_with_arguments(fn)
+
+    class WitWorld:
+        def run(self, input: str) -> str:
+            return _run(call, input)
+
+    return WitWorld
