@@ -10,5 +10,10 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 scripts/build-examples.sh
 cargo test --release --workspace --locked "$@"
+# Task logic tested natively through wasmq_guest::testing, as a task author
+# would (no host, no WebAssembly).
+cargo test --locked --manifest-path examples/Cargo.toml -p flaky -p sleepy
+# The Rust SDK packages as it would be published, its WIT inside.
+cargo package --locked --allow-dirty -p wasmq-guest
 scripts/test-python.sh
 scripts/fuzz.sh

@@ -1,9 +1,11 @@
 //! What a running task can ask of, and tell, the host.
 
 use std::cell::OnceCell;
+use std::rc::Rc;
 use std::time::{Duration, SystemTime};
 
 use crate::bindings::wasmq::task::{host, types as wit};
+use crate::testing::Recorder;
 
 /// Severity of a log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -32,25 +34,59 @@ impl From<LogLevel> for wit::LogLevel {
     }
 }
 
+/// Who the running attempt is.
+#[derive(Debug, Clone)]
+pub(crate) struct Info {
+    pub task_id: String,
+    pub attempt: u32,
+    pub max_attempts: u32,
+    pub queue: String,
+    pub deadline_unix_ms: Option<u64>,
+}
+
+impl From<wit::TaskContext> for Info {
+    fn from(c: wit::TaskContext) -> Self {
+        Info {
+            task_id: c.task_id,
+            attempt: c.attempt,
+            max_attempts: c.max_attempts,
+            queue: c.queue,
+            deadline_unix_ms: c.deadline_unix_ms,
+        }
+    }
+}
+
 /// The running attempt's view of the host: who it is, and a channel for logs,
 /// progress and cancellation.
 ///
 /// The task's identity is fetched from the host on first use only, so a task
-/// that never asks (like a latency-sensitive one) pays nothing for it.
+/// that never asks (like a latency-sensitive one) pays nothing for it. Under
+/// [`testing::TestContext`](crate::testing::TestContext) it is the test's,
+/// and logs, progress and cancellation checks are recorded instead.
 #[derive(Debug)]
 pub struct Context {
-    info: OnceCell<wit::TaskContext>,
+    info: OnceCell<Info>,
+    /// `None` inside a component: the host's imports.
+    recorder: Option<Rc<Recorder>>,
 }
 
 impl Context {
     pub(crate) fn new() -> Self {
         Context {
             info: OnceCell::new(),
+            recorder: None,
         }
     }
 
-    fn info(&self) -> &wit::TaskContext {
-        self.info.get_or_init(host::context)
+    pub(crate) fn recording(info: Info, recorder: Rc<Recorder>) -> Self {
+        Context {
+            info: OnceCell::from(info),
+            recorder: Some(recorder),
+        }
+    }
+
+    fn info(&self) -> &Info {
+        self.info.get_or_init(|| host::context().into())
     }
 
     /// The task's id: a UUID for queued tasks, `local` under `wasmq run`.
@@ -104,7 +140,10 @@ impl Context {
     /// Writes a log line, stored with the attempt. The host bounds how much
     /// it keeps.
     pub fn log(&self, level: LogLevel, message: impl AsRef<str>) {
-        host::log(level.into(), message.as_ref());
+        match &self.recorder {
+            Some(r) => r.log(level, message.as_ref()),
+            None => host::log(level.into(), message.as_ref()),
+        }
     }
 
     /// [`log`](Self::log) at [`LogLevel::Debug`].
@@ -129,12 +168,18 @@ impl Context {
 
     /// Reports progress; the host clamps `percent` to 0..=100.
     pub fn progress(&self, percent: u8, message: impl AsRef<str>) {
-        host::progress(percent, message.as_ref());
+        match &self.recorder {
+            Some(r) => r.progress(percent, message.as_ref()),
+            None => host::progress(percent, message.as_ref()),
+        }
     }
 
     /// True once cancellation was requested. A long-running task that checks
     /// this now and then can stop cleanly instead of being killed.
     pub fn is_cancelled(&self) -> bool {
-        host::is_cancelled()
+        match &self.recorder {
+            Some(r) => r.is_cancelled(),
+            None => host::is_cancelled(),
+        }
     }
 }

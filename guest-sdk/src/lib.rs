@@ -77,8 +77,11 @@
 //! ```
 //!
 //! `cargo component build --release` works as well. The crate also compiles
-//! for native targets, so `cargo check`, `cargo clippy` and unit tests of your
-//! own logic work as usual; only calls into the host need the real thing.
+//! for native targets, so `cargo check`, `cargo clippy` and `cargo test` work
+//! as usual; [`testing::TestContext`] runs a task function natively with a
+//! chosen input and attempt, and records its logs, progress and cancellation
+//! checks (a [`Context`] outside a component and outside a test has no host
+//! to call).
 
 #![warn(missing_docs)]
 
@@ -88,6 +91,7 @@ extern crate self as wasmq_guest;
 
 mod context;
 mod error;
+pub mod testing;
 
 pub use context::{Context, LogLevel};
 pub use error::{ErrorKind, TaskError};
@@ -99,7 +103,7 @@ pub use error::{ErrorKind, TaskError};
 pub mod bindings {
     wit_bindgen::generate!({
         world: "task",
-        path: "../wit",
+        path: "wit",
         // Task crates depend on this crate only, so everything the export
         // macro expands to has to be reachable through it.
         runtime_path: "wasmq_guest::__private::rt",
@@ -166,11 +170,25 @@ pub mod __private {
         E: Into<TaskError>,
     {
         crate::panic::install_hook();
+        run_json(&Context::new(), input, task).map_err(Into::into)
+    }
+
+    /// JSON in, the task, JSON out, under `ctx`: what a component's `run`
+    /// does, and what [`crate::testing::TestContext::run_json`] runs natively.
+    pub(crate) fn run_json<I, O, E>(
+        ctx: &Context,
+        input: &str,
+        task: impl FnOnce(&Context, I) -> Result<O, E>,
+    ) -> Result<String, TaskError>
+    where
+        I: DeserializeOwned,
+        O: Serialize,
+        E: Into<TaskError>,
+    {
         let input = serde_json::from_str(input).map_err(TaskError::from)?;
-        let output = task(&Context::new(), input).map_err(Into::into)?;
-        serde_json::to_string(&output).map_err(|e| {
-            TaskError::permanent(format!("task output could not be serialized: {e}")).into()
-        })
+        let output = task(ctx, input).map_err(Into::into)?;
+        serde_json::to_string(&output)
+            .map_err(|e| TaskError::permanent(format!("task output could not be serialized: {e}")))
     }
 }
 

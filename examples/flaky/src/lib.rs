@@ -42,3 +42,30 @@ fn run(ctx: &Context, input: Input) -> Result<Output, TaskError> {
 }
 
 wasmq_guest::export_task!(run);
+
+/// Native unit tests: `cargo test -p flaky` in `examples/` (no host needed).
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wasmq_guest::ErrorKind;
+    use wasmq_guest::testing::TestContext;
+
+    #[test]
+    fn fails_retryably_until_its_attempt_then_succeeds() {
+        let input = r#"{"succeed_on_attempt": 2}"#;
+        let first = TestContext::new().run_json(run, input);
+        let err = first.error();
+        assert_eq!(err.kind(), ErrorKind::Retryable);
+        assert_eq!(
+            err.message(),
+            "attempt 1 of 3: not yet (succeeds on attempt 2)"
+        );
+        assert_eq!(
+            first.logs[0].message,
+            "flaky: attempt 1, succeeding on attempt 2"
+        );
+
+        let second = TestContext::new().attempt(2).run_json(run, input);
+        assert_eq!(second.output(), r#"{"attempt":2}"#);
+    }
+}

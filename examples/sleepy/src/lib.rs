@@ -50,3 +50,25 @@ fn run(ctx: &Context, input: Input) -> Result<Output, TaskError> {
 }
 
 wasmq_guest::export_task!(run);
+
+/// Native unit tests: `cargo test -p sleepy` in `examples/` (no host needed).
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wasmq_guest::testing::TestContext;
+
+    #[test]
+    fn a_cooperative_sleep_stops_when_cancelled() {
+        let input = Input {
+            ms: 10_000,
+            cooperative: true,
+        };
+        let run = TestContext::new().cancelled_after(3).run(run, input);
+        let err = run.error();
+        assert!(err.message().starts_with("cancelled after"), "{err:?}");
+        assert_eq!(
+            run.cancel_checks, 4,
+            "stopped at the first check that said so"
+        );
+    }
+}
