@@ -6,7 +6,8 @@
 //! queues requests, and one loop writes whatever has gathered (after a short
 //! linger) with [`Store::enqueue_batch`], at most `max_in_flight` batches at
 //! a time. While those commit, the next requests gather, so batches grow with
-//! the load and an idle system pays only the linger. Every request still gets
+//! the load; a request that finds nothing being written is written at once,
+//! without the linger. Every request still gets
 //! its own answer: its own id, its own deduplication, its own error.
 
 use super::{Client, ClientError, EnqueueRequest};
@@ -85,10 +86,16 @@ async fn batch_loop(
     mut rx: mpsc::UnboundedReceiver<(EnqueueRequest, Answer)>,
 ) {
     let slots = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
+    let slot_count = config.max_in_flight.max(1);
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
+        // Nothing being written: company would only come from the linger,
+        // and a lone caller (one thread enqueueing in a loop) would pay it
+        // on every request. Write at once; while this batch commits, the
+        // next requests gather by themselves.
+        let idle = slots.available_permits() == slot_count;
         let until = tokio::time::Instant::now() + config.linger;
-        while batch.len() < config.max_batch {
+        while batch.len() < config.max_batch && !idle {
             match rx.try_recv() {
                 Ok(r) => batch.push(r),
                 Err(mpsc::error::TryRecvError::Disconnected) => break,
@@ -120,7 +127,7 @@ async fn batch_loop(
         });
     }
     // Wait for the batches still being written.
-    let _ = slots.acquire_many(config.max_in_flight.max(1) as u32).await;
+    let _ = slots.acquire_many(slot_count as u32).await;
 }
 
 async fn write_batch(client: &Client, batch: Vec<(EnqueueRequest, Answer)>) {
@@ -270,6 +277,38 @@ mod tests {
             sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionReset)),
         ] {
             assert!(!refused(&StoreError::Database(lost)));
+        }
+    }
+
+    /// A request that finds nothing being written does not wait for company:
+    /// with an hour of linger, it is still answered at once.
+    #[tokio::test]
+    async fn a_lone_request_is_written_without_the_linger() {
+        let store = crate::store::AnyStore::connect("sqlite::memory:")
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        let bytes = b"not compiled here";
+        store
+            .push_module("m", None, bytes, &crate::runtime::sha256_hex(bytes))
+            .await
+            .unwrap();
+        let batcher = EnqueueBatcher::spawn(
+            Client::from_store(store),
+            BatchConfig {
+                linger: Duration::from_secs(3600),
+                ..BatchConfig::default()
+            },
+        );
+        for _ in 0..3 {
+            let out = tokio::time::timeout(
+                Duration::from_secs(60),
+                batcher.enqueue(EnqueueRequest::new("m", "{}")),
+            )
+            .await
+            .expect("answered without waiting for the linger")
+            .unwrap();
+            assert!(!out.deduplicated);
         }
     }
 }
