@@ -103,6 +103,16 @@ pub fn check_limits(maxima: &Maxima, limits: &TaskLimits) -> Result<(), AboveMax
     Ok(())
 }
 
+/// What can be checked of a request without the database: its input is
+/// JSON, its limits are within `maxima`, its module reference parses.
+pub(crate) fn check_request(maxima: &Maxima, req: &EnqueueRequest) -> Result<(), ClientError> {
+    serde_json::from_str::<serde::de::IgnoredAny>(&req.input)
+        .map_err(|e| ClientError::InvalidInput(e.to_string()))?;
+    check_limits(maxima, &req.limits)?;
+    parse_reference(&req.module)?;
+    Ok(())
+}
+
 #[derive(Clone, Debug)]
 pub struct Client {
     store: AnyStore,
@@ -165,12 +175,8 @@ impl Client {
 
     /// Resolves the module and checks the input; the task is not stored.
     pub async fn new_task(&self, req: EnqueueRequest) -> Result<NewTask, ClientError> {
-        serde_json::from_str::<serde::de::IgnoredAny>(&req.input)
-            .map_err(|e| ClientError::InvalidInput(e.to_string()))?;
-        check_limits(&self.maxima, &req.limits)?;
-        let (name, version) = parse_reference(&req.module)?;
-        let module = self.store.resolve_module(name, version).await?;
-        Ok(batcher::new_task_for(&module, req))
+        let mut tasks = self.new_tasks(vec![req]).await.map_err(|(_, e)| e)?;
+        Ok(tasks.remove(0))
     }
 
     /// [`Client::new_task`] for many, resolving each module reference once.
@@ -182,10 +188,7 @@ impl Client {
         let mut modules: std::collections::HashMap<String, ModuleRecord> = Default::default();
         let mut tasks = Vec::with_capacity(reqs.len());
         for (i, req) in reqs.into_iter().enumerate() {
-            let checked = serde_json::from_str::<serde::de::IgnoredAny>(&req.input)
-                .map_err(|e| ClientError::InvalidInput(e.to_string()))
-                .and_then(|_| Ok(check_limits(&self.maxima, &req.limits)?));
-            checked.map_err(|e| (i, e))?;
+            check_request(&self.maxima, &req).map_err(|e| (i, e))?;
             let module = match modules.get(&req.module) {
                 Some(m) => m.clone(),
                 None => {

@@ -167,28 +167,25 @@ async fn figures(b: &HistoryBench, db: &Db, store: &AnyStore) -> anyhow::Result<
     };
     let mut serve = Serve::start(&db.url).await?;
     let http = reqwest::Client::new();
-    let get = |path: &'static str| {
-        let (http, base) = (http.clone(), serve.base.clone());
-        move || {
-            let (http, url) = (http.clone(), format!("{base}{path}"));
-            async move {
-                let r = http.get(url).send().await?.error_for_status()?;
-                anyhow::Ok(r.bytes().await?.len())
-            }
-        }
-    };
     let result = async {
-        f.metrics = median_ms(n, || async { get("/metrics")().await.map(drop) }).await?;
-        f.api_page = median_ms(n, || async { get("/api/v1/tasks")().await.map(drop) }).await?;
-        f.api_page_bytes = get("/api/v1/tasks")().await?;
-        let big = "/api/v1/tasks?limit=1000";
-        f.api_big_page = median_ms(n, || async { get(big)().await.map(drop) }).await?;
-        f.api_big_page_bytes = get(big)().await?;
+        let (metrics, page) = (serve.url("/metrics"), serve.url("/api/v1/tasks"));
+        let big = serve.url("/api/v1/tasks?limit=1000");
+        f.metrics = median_ms(n, || body_bytes(&http, &metrics)).await?;
+        f.api_page = median_ms(n, || body_bytes(&http, &page)).await?;
+        f.api_page_bytes = body_bytes(&http, &page).await?;
+        f.api_big_page = median_ms(n, || body_bytes(&http, &big)).await?;
+        f.api_big_page_bytes = body_bytes(&http, &big).await?;
         anyhow::Ok(())
     }
     .await;
     serve.stop().await?;
     result.map(|()| f)
+}
+
+/// GETs `url` and reads the whole body; its size in bytes.
+async fn body_bytes(http: &reqwest::Client, url: &str) -> anyhow::Result<usize> {
+    let r = http.get(url).send().await?.error_for_status()?;
+    Ok(r.bytes().await?.len())
 }
 
 /// Median wall time of `n` sequential calls of `f`, after one warm-up call.
@@ -276,6 +273,10 @@ impl Serve {
             ensure!(Instant::now() < until, "wasmq serve was not ready in 30 s");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
     }
 
     async fn stop(&mut self) -> anyhow::Result<()> {

@@ -66,10 +66,7 @@ impl EnqueueBatcher {
     pub async fn enqueue(&self, req: EnqueueRequest) -> Result<EnqueueOutcome, ClientError> {
         // Check what needs no database here, so that a bad request never
         // costs a batch its single transaction.
-        serde_json::from_str::<serde::de::IgnoredAny>(&req.input)
-            .map_err(|e| ClientError::InvalidInput(e.to_string()))?;
-        super::check_limits(&self.maxima, &req.limits)?;
-        super::parse_reference(&req.module)?;
+        super::check_request(&self.maxima, &req)?;
         let (answer, rx) = oneshot::channel();
         self.tx
             .send((req, answer))
