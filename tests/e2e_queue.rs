@@ -375,6 +375,10 @@ fn run_on(backend: Backend, test: fn(&mut Env)) {
 }
 
 on_both_backends!(
+    subtasks_give_exact_results_in_every_local_mode,
+    killed_worker_mid_fanout_loses_no_child_and_makes_none_twice,
+    cancelling_a_parent_cancels_its_descendants,
+    a_replay_that_spawns_differently_fails_as_non_deterministic,
     four_workers_run_2000_tasks_exactly_once,
     default_prefetch_shares_long_tasks,
     another_process_enqueue_wakes_an_idle_worker,
@@ -1176,4 +1180,263 @@ fn pg_url_options_select_the_schema() {
         });
         assert_eq!(n, 3);
     });
+}
+
+// ---- subtasks ---------------------------------------------------------------
+
+/// The Monte-Carlo `pi-sample` example's count, computed here the same way
+/// (SplitMix64, 53-bit floats), so the fan-out's result is checked against
+/// an independent computation.
+fn pi_hits(seed: u64, samples: u64) -> u64 {
+    let mut state = seed;
+    let mut next = || {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+    };
+    (0..samples)
+        .filter(|_| {
+            let (x, y) = (next(), next());
+            x * x + y * y < 1.0
+        })
+        .count() as u64
+}
+
+/// Pushes the subtask examples (file names use `_`, module names `-`).
+fn push_subtask_examples(env: &Env) {
+    for (file, name) in [
+        ("add", "add"),
+        ("sleepy", "sleepy"),
+        ("fanout", "fanout"),
+        ("words", "words"),
+        ("wordcount", "wordcount"),
+        ("pi_sample", "pi-sample"),
+        ("pi", "pi"),
+        ("tree", "tree"),
+    ] {
+        let path = example(file);
+        env.ok(&["module", "push", path.to_str().unwrap(), "--name", name]);
+    }
+}
+
+/// Every child of `parent`, whole.
+fn children_of(env: &Env, parent: Uuid) -> Vec<TaskRecord> {
+    env.rt.block_on(async {
+        let listed = env.store.list_children(parent, 0, 10_000).await.unwrap();
+        let mut all = Vec::new();
+        for c in listed {
+            all.push(env.store.get_task(c.id).await.unwrap());
+        }
+        all
+    })
+}
+
+fn subtasks_give_exact_results_in_every_local_mode(env: &mut Env) {
+    push_subtask_examples(env);
+    let hello = common::repo_root().join("tests/fixtures/wit-0.1.0/hello.wasm");
+    env.ok(&[
+        "module",
+        "push",
+        hello.to_str().unwrap(),
+        "--name",
+        "hello-0.1.0",
+    ]);
+    let text = "the cat sat on the mat\nthe dog sat\n\nA cat, a dog; THE end\n";
+    let expected_pi: u64 = (0..6).map(|i| pi_hits(42 + i, 2_000)).sum();
+    for mode in [&["--sync"][..], &["--local", "--concurrency", "1"][..]] {
+        let fan = env.enqueue("fanout", r#"{"count": 50}"#, &[]);
+        let windowed = env.enqueue("fanout", r#"{"count": 30, "max_running": 4}"#, &[]);
+        let wc = env.enqueue(
+            "wordcount",
+            &serde_json::json!({ "text": text, "lines_per_chunk": 1 }).to_string(),
+            &[],
+        );
+        let pi = env.enqueue("pi", r#"{"children": 6, "samples": 2000, "seed": 42}"#, &[]);
+        let tree = env.enqueue("tree", r#"{"depth": 3, "fanout": 3}"#, &[]);
+        let old = env.enqueue("hello-0.1.0", r#"{"name": "Ada"}"#, &[]);
+        let mut args = vec!["--exit-when-idle", "--poll-interval", "200ms"];
+        args.extend_from_slice(mode);
+        let mut w = env.worker(&args, &[]);
+        w.wait_success(Duration::from_secs(120));
+
+        let result = |id: Uuid| -> serde_json::Value {
+            let t = env.task(id);
+            assert_eq!(
+                t.state,
+                TaskState::Succeeded,
+                "{mode:?}: {t:#?}\n{}",
+                w.logs()
+            );
+            serde_json::from_str(t.result.as_deref().unwrap()).unwrap()
+        };
+        assert_eq!(
+            result(fan),
+            serde_json::json!({"children": 50, "sum": 2450})
+        );
+        assert_eq!(
+            result(windowed),
+            serde_json::json!({"children": 30, "sum": 870})
+        );
+        assert_eq!(
+            result(wc),
+            serde_json::json!({
+                "chunks": 4, "words": 15, "distinct": 8,
+                "top": [["the", 4], ["a", 2], ["cat", 2], ["dog", 2], ["sat", 2],
+                        ["end", 1], ["mat", 1], ["on", 1]]
+            })
+        );
+        let pi_out = result(pi);
+        assert_eq!(pi_out["hits"], expected_pi);
+        assert_eq!(pi_out["samples"], 12_000);
+        assert_eq!(result(tree), serde_json::json!({"tasks": 40}));
+        assert_eq!(result(old), serde_json::json!({"greeting": "Hello, Ada!"}));
+
+        // One child per key, each succeeded; the parent spent one attempt.
+        let kids = children_of(env, fan);
+        assert_eq!(kids.len(), 50);
+        let seqs: std::collections::BTreeSet<u32> =
+            kids.iter().map(|k| k.spawn_seq.unwrap()).collect();
+        assert_eq!(seqs.len(), 50);
+        assert!(
+            kids.iter()
+                .all(|k| k.state == TaskState::Succeeded && k.depth == 1)
+        );
+        let parent = env.task(fan);
+        assert_eq!(parent.counted_attempts(), 1, "{parent:#?}");
+        assert_eq!(parent.children, 50);
+        // The window: never more than 4 of those children unfinished, so
+        // the parent waited several times.
+        let waits = outcomes(&env.attempts(windowed))
+            .iter()
+            .filter(|o| **o == "waiting")
+            .count();
+        assert!(waits >= 30 / 4, "{waits} waits");
+        // The nested tree: depth 3 below the root.
+        let depths =
+            env.count("SELECT CAST(max(depth) AS BIGINT) FROM tasks WHERE module_name = 'tree'");
+        assert_eq!(depths, 3);
+        // The API and `task show` show the tree.
+        let shown: serde_json::Value =
+            serde_json::from_str(&env.ok(&["task", "show", &fan.to_string(), "--json"])).unwrap();
+        assert_eq!(shown["children"].as_array().unwrap().len(), 20);
+        assert_eq!(shown["descendants"]["descendants"], 50);
+        assert!(shown["descendants"]["fuel_used"].as_u64().unwrap() > 0);
+        assert!(
+            env.ok(&["task", "show", &fan.to_string()])
+                .contains("children  50")
+        );
+    }
+}
+
+fn killed_worker_mid_fanout_loses_no_child_and_makes_none_twice(env: &mut Env) {
+    push_subtask_examples(env);
+    let parent = env.enqueue("fanout", r#"{"count": 20, "sleep_ms": 150}"#, &[]);
+    let lease = [
+        "--lease",
+        "2s",
+        "--poll-interval",
+        "200ms",
+        "--concurrency",
+        "2",
+    ];
+    let mut first = env.worker(&lease, &[]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let done = children_of(env, parent)
+            .iter()
+            .filter(|c| c.state == TaskState::Succeeded)
+            .count();
+        if done >= 5 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no progress\n{}", first.logs());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    first.kill9();
+
+    let mut args = vec!["--exit-when-idle"];
+    args.extend_from_slice(&lease);
+    let mut second = env.worker(&args, &[("WASMQ_REAPER_INTERVAL", "500ms")]);
+    second.wait_success(Duration::from_secs(60));
+    let t = env.task(parent);
+    assert_eq!(t.state, TaskState::Succeeded, "{t:#?}\n{}", second.logs());
+    assert_eq!(t.result.as_deref(), Some(r#"{"children":20,"sum":3000}"#));
+    let kids = children_of(env, parent);
+    assert_eq!(kids.len(), 20, "exactly one child per key");
+    assert_eq!(
+        env.count("SELECT count(*) FROM tasks WHERE parent_id IS NOT NULL"),
+        20
+    );
+    assert!(kids.iter().all(|k| k.state == TaskState::Succeeded));
+}
+
+fn cancelling_a_parent_cancels_its_descendants(env: &mut Env) {
+    push_subtask_examples(env);
+    // A tree of sleepers two levels deep, so that some descendants are
+    // queued, some running, some waiting when the root is cancelled.
+    let root = env.enqueue("fanout", r#"{"count": 12, "sleep_ms": 2000}"#, &[]);
+    let mut w = env.worker(&["--concurrency", "2", "--poll-interval", "200ms"], &[]);
+    env.wait_task(root, Duration::from_secs(30), "waiting", &[&w], |t| {
+        t.state == TaskState::Waiting
+    });
+    let running = children_of(env, root);
+    let first = running[0].id;
+    env.wait_running(first, &[&w]);
+    env.ok(&["task", "cancel", &root.to_string()]);
+    assert_eq!(env.task(root).state, TaskState::Cancelled);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let kids = children_of(env, root);
+        if kids.iter().all(|k| k.state == TaskState::Cancelled) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "children not all cancelled: {:?}\n{}",
+            kids.iter().map(|k| k.state).collect::<Vec<_>>(),
+            w.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(w.is_running(), "the worker goes on");
+    assert_eq!(env.task(root).state, TaskState::Cancelled, "and stays so");
+}
+
+fn a_replay_that_spawns_differently_fails_as_non_deterministic(env: &mut Env) {
+    push_subtask_examples(env);
+    let parent = env.enqueue("fanout", r#"{"count": 3, "sleep_ms": 1000}"#, &[]);
+    // The first run spawns 3 sleepers and waits; then the record of what
+    // spawn #1 asked for is altered, as if the parent's code had changed
+    // what it spawns between runs.
+    let mut w = env.worker(
+        &["--sync", "--poll-interval", "100ms", "--lease", "2s"],
+        &[],
+    );
+    env.wait_task(parent, Duration::from_secs(30), "waiting", &[&w], |t| {
+        t.free_runs >= 1
+    });
+    w.kill9();
+    env.count(
+        "UPDATE tasks SET spawn_digest = 'changed' WHERE spawn_seq = 1 \
+         RETURNING CAST(1 AS BIGINT)",
+    );
+    let mut w = env.worker(
+        &[
+            "--sync",
+            "--exit-when-idle",
+            "--poll-interval",
+            "100ms",
+            "--lease",
+            "2s",
+        ],
+        &[("WASMQ_REAPER_INTERVAL", "500ms")],
+    );
+    w.wait_success(Duration::from_secs(60));
+    let t = env.task(parent);
+    assert_eq!(t.state, TaskState::Failed, "{t:#?}\n{}", w.logs());
+    let message = t.error_message.unwrap_or_default();
+    assert!(message.contains("non-deterministic: spawn #1"), "{message}");
+    assert_eq!(t.error_kind.as_deref(), Some("permanent"));
 }

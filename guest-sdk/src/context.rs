@@ -137,6 +137,11 @@ impl Context {
         )
     }
 
+    /// A native test's context (no host behind it).
+    pub(crate) fn is_native(&self) -> bool {
+        self.recorder.is_some()
+    }
+
     /// Writes a log line, stored with the attempt. The host bounds how much
     /// it keeps.
     pub fn log(&self, level: LogLevel, message: impl AsRef<str>) {

@@ -137,6 +137,20 @@ impl From<TaskError> for wit::TaskError {
     }
 }
 
+impl From<wit::TaskError> for TaskError {
+    fn from(err: wit::TaskError) -> Self {
+        TaskError {
+            kind: match err.kind {
+                wit::ErrorKind::Permanent => ErrorKind::Permanent,
+                wit::ErrorKind::Retryable => ErrorKind::Retryable,
+                wit::ErrorKind::InvalidInput => ErrorKind::InvalidInput,
+            },
+            message: err.message,
+            details: err.details,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

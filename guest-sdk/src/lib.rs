@@ -1,7 +1,7 @@
 //! Write wasmq tasks in Rust.
 //!
 //! A wasmq task is a WebAssembly component that implements the `task` world of
-//! the `wasmq:task@0.1.0` WIT package: the host hands it its input as JSON
+//! the `wasmq:task@0.1.1` WIT package: the host hands it its input as JSON
 //! text and gets JSON text back, or a `task-error` that says whether retrying
 //! could help. This crate hides that plumbing. You write one function over
 //! your own [`serde`] types and export it with [`export_task!`]:
@@ -47,6 +47,9 @@
 //! - **Host services**: [`Context`] gives the task's id, attempt number,
 //!   queue and deadline, and sends logs and progress to the host. Long tasks
 //!   should poll [`Context::is_cancelled`] and stop early.
+//! - **Subtasks**: [`Context::spawn`], [`Context::wait`] and [`Context::map`]
+//!   fan work out to durable child tasks; see [`subtasks`] for how a wait
+//!   suspends the task and what must be deterministic.
 //! - **Panics** are not caught: a panic aborts the instance, which the host
 //!   sees as a trap. The standard panic message still goes to stderr, which
 //!   the host attaches to the failure, and the SDK also sends it to the host
@@ -91,10 +94,12 @@ extern crate self as wasmq_guest;
 
 mod context;
 mod error;
+pub mod subtasks;
 pub mod testing;
 
 pub use context::{Context, LogLevel};
 pub use error::{ErrorKind, TaskError};
+pub use subtasks::{Child, SpawnOptions};
 
 /// Raw bindings generated from `wit/task.wit`. Use [`Context`] and
 /// [`export_task!`] instead.

@@ -119,6 +119,9 @@ named_kinds! {
         /// The worker shut down and gave the task back without spending
         /// the attempt.
         Shutdown = "shutdown",
+        /// The run ended waiting for children it spawned; the task runs
+        /// again when they are done, without spending an attempt.
+        Waiting = "waiting",
     }
 }
 
@@ -171,7 +174,10 @@ impl FailureKind {
     /// not a failure.
     pub fn of(outcome: OutcomeKind, error_kind: Option<TaskErrorKind>) -> Option<FailureKind> {
         Some(match outcome {
-            OutcomeKind::Success | OutcomeKind::Cancelled | OutcomeKind::Shutdown => return None,
+            OutcomeKind::Success
+            | OutcomeKind::Cancelled
+            | OutcomeKind::Shutdown
+            | OutcomeKind::Waiting => return None,
             // A task error whose kind got lost is taken at its word as final.
             OutcomeKind::TaskError => {
                 FailureKind::TaskError(error_kind.unwrap_or(TaskErrorKind::Permanent))
@@ -274,7 +280,10 @@ mod tests {
                 Some(f) => assert_eq!(f.outcome(), outcome),
                 None => assert!(matches!(
                     outcome,
-                    OutcomeKind::Success | OutcomeKind::Cancelled | OutcomeKind::Shutdown
+                    OutcomeKind::Success
+                        | OutcomeKind::Cancelled
+                        | OutcomeKind::Shutdown
+                        | OutcomeKind::Waiting
                 )),
             }
         }

@@ -38,6 +38,7 @@ fn request<'a>(
         cancel,
         dirs: &[],
         progress: None,
+        subtasks: None,
     }
 }
 
@@ -192,5 +193,156 @@ async fn runs_beyond_the_pool_wait_for_a_slot_instead_of_failing() {
     for run in runs {
         let r = run.await.unwrap();
         assert!(r.outcome.is_success(), "{:?}", r.outcome);
+    }
+}
+
+// ---- subtasks: suspend and replay, without a database -----------------------
+
+mod subtasks {
+    use super::*;
+    use wasmq::runtime::Outcome;
+    use wasmq::runtime::subtasks::{
+        ChildDefaults, ChildEnd, KnownChild, SubtaskPlan, child_id, spawn_digest,
+    };
+
+    fn plan(parent: uuid::Uuid, known: Vec<KnownChild>) -> SubtaskPlan {
+        SubtaskPlan {
+            parent_id: parent,
+            depth: 0,
+            max_children: 100,
+            max_depth: 8,
+            defaults: ChildDefaults {
+                queue: "q".into(),
+                priority: 0,
+                max_attempts: 3,
+                fuel: None,
+                memory_bytes: None,
+                timeout_ms: None,
+            },
+            known,
+            maxima: Default::default(),
+        }
+    }
+
+    async fn run_fanout(rt: &Runtime, input: &str, plan: SubtaskPlan) -> RunReport {
+        let (m, cache) = rt.load_bytes(example("fanout")).await.unwrap();
+        let limits = Limits::default();
+        let mut req = request(input, &limits, TaskInfo::local(), CancelToken::new());
+        req.subtasks = Some(plan);
+        rt.run(&m, cache, req).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_wait_suspends_and_the_replay_returns_the_recorded_results() {
+        let rt = runtime();
+        let parent = uuid::Uuid::now_v7();
+        let first = run_fanout(&rt, r#"{"count": 3}"#, plan(parent, vec![])).await;
+        assert!(
+            matches!(first.outcome, Outcome::Waiting { .. }),
+            "{:?}",
+            first.outcome
+        );
+        assert_eq!(first.spawns.len(), 3);
+        let s = first.suspension.as_ref().unwrap();
+        assert_eq!(
+            (s.awaited.as_slice(), s.allowed_unfinished),
+            (&[0, 1, 2][..], 0)
+        );
+        for (i, spawn) in first.spawns.iter().enumerate() {
+            assert_eq!(spawn.seq, i as u32);
+            assert_eq!(spawn.id, child_id(parent, i as u32));
+            assert_eq!(spawn.module, "add");
+            assert_eq!(spawn.digest, spawn_digest("add", &spawn.input));
+            assert!(spawn.awaited);
+            assert_eq!(spawn.queue, "q", "inherited");
+        }
+
+        // Replayed with two children done and one not: the same spawns,
+        // nothing new, and another wait.
+        let known = |ends: [Option<u64>; 3]| -> Vec<KnownChild> {
+            first
+                .spawns
+                .iter()
+                .zip(ends)
+                .map(|(s, end)| KnownChild {
+                    seq: s.seq,
+                    id: s.id,
+                    digest: s.digest.clone(),
+                    end: end.map(|sum| ChildEnd::Succeeded {
+                        result: format!(r#"{{"sum":{sum}}}"#),
+                    }),
+                })
+                .collect()
+        };
+        let second = run_fanout(
+            &rt,
+            r#"{"count": 3}"#,
+            plan(parent, known([Some(0), Some(2), None])),
+        )
+        .await;
+        assert!(matches!(second.outcome, Outcome::Waiting { .. }));
+        assert!(second.spawns.is_empty(), "every spawn was known");
+
+        let third = run_fanout(
+            &rt,
+            r#"{"count": 3}"#,
+            plan(parent, known([Some(0), Some(2), Some(4)])),
+        )
+        .await;
+        assert!(third.outcome.is_success(), "{:?}", third.outcome);
+        assert_eq!(third.output.as_deref(), Some(r#"{"children":3,"sum":6}"#));
+
+        // A failed child fails the map with its outcome in the message.
+        let mut failed = known([Some(0), Some(2), Some(4)]);
+        failed[1].end = Some(ChildEnd::Failed {
+            task_state: "failed".into(),
+            error_kind: Some("out-of-fuel".into()),
+            message: Some("the task used all of its fuel".into()),
+        });
+        let fourth = run_fanout(&rt, r#"{"count": 3}"#, plan(parent, failed)).await;
+        let message = fourth.outcome.message().unwrap_or_default().to_string();
+        assert!(message.contains("failed (out-of-fuel)"), "{message}");
+
+        // A different input at a known spawn: non-deterministic.
+        let mut changed = known([None, None, None]);
+        changed[1].digest = spawn_digest("add", r#"{"a":9,"b":9}"#);
+        let fifth = run_fanout(&rt, r#"{"count": 3}"#, plan(parent, changed)).await;
+        let message = fifth.outcome.message().unwrap_or_default().to_string();
+        assert!(
+            message.starts_with("non-deterministic: spawn #1"),
+            "{message}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn spawns_past_the_bounds_are_refused_with_a_task_error() {
+        let rt = runtime();
+        let mut p = plan(uuid::Uuid::now_v7(), vec![]);
+        p.max_children = 2;
+        let r = run_fanout(&rt, r#"{"count": 3}"#, p).await;
+        let message = r.outcome.message().unwrap_or_default().to_string();
+        assert!(message.contains("at most 2 children"), "{message}");
+        let mut p = plan(uuid::Uuid::now_v7(), vec![]);
+        p.depth = 8;
+        let r = run_fanout(&rt, r#"{"count": 1}"#, p).await;
+        let message = r.outcome.message().unwrap_or_default().to_string();
+        assert!(message.contains("nest at most 8 deep"), "{message}");
+        // Without a plan (as under `wasmq run`), spawning says why not.
+        let (m, cache) = rt.load_bytes(example("fanout")).await.unwrap();
+        let limits = Limits::default();
+        let r = rt
+            .run(
+                &m,
+                cache,
+                request(
+                    r#"{"count": 1}"#,
+                    &limits,
+                    TaskInfo::local(),
+                    CancelToken::new(),
+                ),
+            )
+            .await;
+        let message = r.outcome.message().unwrap_or_default().to_string();
+        assert!(message.contains("subtasks are not available"), "{message}");
     }
 }

@@ -248,6 +248,10 @@ store_tests! {
     purge_deletes_in_batches,
     unique_key_held_by_leased_tasks,
     attempt_rows_one_per_epoch_and_closed,
+    children_are_stored_once_and_resume_their_parent,
+    a_wait_on_finished_children_requeues_at_once,
+    cancel_reaches_every_descendant,
+    concurrent_child_completions_resume_the_parent_once,
     #[ignore = "benchmark; run with --ignored --nocapture"]
     drain_throughput,
 }
@@ -319,6 +323,7 @@ fn completion(t: &ClaimedTask, transition: Transition) -> Completion {
         Transition::Cancel => OutcomeKind::Cancelled,
         Transition::Release => OutcomeKind::Shutdown,
         Transition::Defer { .. } => OutcomeKind::HostError,
+        Transition::Wait { .. } => OutcomeKind::Waiting,
     };
     Completion {
         task_id: t.id,
@@ -327,7 +332,64 @@ fn completion(t: &ClaimedTask, transition: Transition) -> Completion {
         started_at: None,
         report: report(outcome),
         transition,
+        spawns: Vec::new(),
     }
+}
+
+/// The child of `parent` at spawn number `seq`, as a worker stores it.
+fn child(m: &ModuleRecord, parent: &ClaimedTask, seq: u32, awaited: bool) -> NewTask {
+    NewTask {
+        id: wasmq::runtime::subtasks::child_id(parent.id, seq),
+        parent_id: Some(parent.id),
+        child: Some(ChildKey {
+            seq,
+            digest: format!("digest-{seq}"),
+            depth: parent.depth + 1,
+            awaited,
+        }),
+        ..NewTask::new(m, format!("{{\"seq\":{seq}}}"))
+    }
+}
+
+fn wait_on(seqs: &[u32]) -> Transition {
+    Transition::Wait {
+        awaited: seqs.to_vec(),
+        allowed_unfinished: 0,
+    }
+}
+
+/// Ends `t`'s run with `tr`, storing `spawns`; true when applied.
+async fn complete_spawning(
+    store: &AnyStore,
+    worker: &str,
+    t: &ClaimedTask,
+    tr: Transition,
+    spawns: Vec<NewTask>,
+) -> bool {
+    let c = Completion {
+        spawns,
+        ..completion(t, tr)
+    };
+    store.complete(worker, &[c]).await.expect("complete")[0]
+}
+
+/// Claims exactly the task `id` (others may be claimable too: they are
+/// given back by a release).
+async fn claim_id(store: &AnyStore, worker: &str, id: Uuid) -> ClaimedTask {
+    let claimed = claim_all(store, worker).await;
+    let mut found = None;
+    let mut others = Vec::new();
+    for t in claimed {
+        if t.id == id {
+            found = Some(t);
+        } else {
+            others.push(completion(&t, Transition::Release));
+        }
+    }
+    if !others.is_empty() {
+        store.complete(worker, &others).await.expect("release");
+    }
+    found.unwrap_or_else(|| panic!("task {id} was not claimable"))
 }
 
 async fn complete1(store: &AnyStore, worker: &str, t: &ClaimedTask, tr: Transition) -> bool {
@@ -385,6 +447,154 @@ async fn recv_until(
 }
 
 // ---- tests -----------------------------------------------------------------
+
+async fn children_are_stored_once_and_resume_their_parent(h: Harness) {
+    let s = h.store().await;
+    let m = module(&s).await;
+    let pid = enqueue(&s, task(&m)).await;
+    let p = claim_one(&s, "w", LONG).await;
+    assert_eq!((p.depth, p.children), (0, 0));
+    let spawns = vec![child(&m, &p, 0, true), child(&m, &p, 1, true)];
+    assert!(complete_spawning(&s, "w", &p, wait_on(&[0, 1]), spawns.clone()).await);
+    let parent = s.get_task(pid).await.unwrap();
+    assert_eq!(parent.state, TaskState::Waiting);
+    assert_eq!((parent.children, parent.waiting_on), (2, 2));
+    assert_eq!(parent.counted_attempts(), 0, "a wait spends no attempt");
+    // A stale completion of the same run stores nothing.
+    assert!(!complete_spawning(&s, "w", &p, wait_on(&[0, 1]), spawns).await);
+    assert_eq!(s.list_children(pid, 0, 0).await.unwrap().len(), 2);
+
+    let c0 = claim_id(&s, "w", child(&m, &p, 0, true).id).await;
+    assert_eq!(c0.depth, 1);
+    assert!(complete1(&s, "w", &c0, succeed()).await);
+    assert_eq!(state(&s, pid).await, TaskState::Waiting);
+    let c1 = claim_id(&s, "w", child(&m, &p, 1, true).id).await;
+    assert!(complete1(&s, "w", &c1, Transition::Fail).await);
+    let parent = s.get_task(pid).await.unwrap();
+    assert_eq!(parent.state, TaskState::Queued, "the last child queued it");
+    assert_eq!(parent.waiting_on, 0);
+
+    let p2 = claim_one(&s, "w", LONG).await;
+    assert_eq!((p2.id, p2.children), (pid, 2));
+    assert_eq!(p2.counted_attempt(), 1, "a resume is not a new attempt");
+    let ledger = s.child_ledger(pid).await.unwrap();
+    assert_eq!(ledger.len(), 2);
+    assert_eq!(ledger[0].state, TaskState::Succeeded);
+    assert_eq!(ledger[0].result.as_deref(), Some(r#"{"ok":true}"#));
+    assert_eq!(ledger[0].digest, "digest-0");
+    assert_eq!(ledger[1].state, TaskState::Failed);
+    // Spawning a known key again stores nothing new.
+    let again = vec![child(&m, &p2, 0, false)];
+    assert!(complete_spawning(&s, "w", &p2, succeed(), again).await);
+    let parent = s.get_task(pid).await.unwrap();
+    assert_eq!((parent.state, parent.children), (TaskState::Succeeded, 2));
+    let usage = s.family_usage(pid).await.unwrap();
+    assert_eq!(usage.descendants, 2);
+    // Three child runs of 7 ms: claiming child 0 released child 1 once.
+    assert_eq!(usage.duration_ms, 21);
+}
+
+async fn a_wait_on_finished_children_requeues_at_once(h: Harness) {
+    let s = h.store().await;
+    let m = module(&s).await;
+    let pid = enqueue(&s, task(&m)).await;
+    let p = claim_one(&s, "w", LONG).await;
+    // The first run spawns without waiting, then fails and is retried: the
+    // child is stored all the same.
+    let retry = Transition::Retry {
+        run_after: Utc::now(),
+    };
+    assert!(complete_spawning(&s, "w", &p, retry, vec![child(&m, &p, 0, false)]).await);
+    let c0 = claim_id(&s, "w", child(&m, &p, 0, false).id).await;
+    assert!(complete1(&s, "w", &c0, succeed()).await);
+    assert_eq!(
+        state(&s, pid).await,
+        TaskState::Queued,
+        "not awaited: no resume"
+    );
+    let p2 = claim_one(&s, "w", LONG).await;
+    assert_eq!(p2.id, pid);
+    assert!(complete_spawning(&s, "w", &p2, wait_on(&[0]), Vec::new()).await);
+    let parent = s.get_task(pid).await.unwrap();
+    assert_eq!(parent.state, TaskState::Queued, "nothing left to wait for");
+    assert_eq!(parent.counted_attempts(), 1, "only the failed run counts");
+}
+
+async fn cancel_reaches_every_descendant(h: Harness) {
+    let s = h.store().await;
+    let m = module(&s).await;
+    let pid = enqueue(&s, task(&m)).await;
+    let p = claim_one(&s, "w", LONG).await;
+    let spawns = vec![
+        child(&m, &p, 0, true),
+        child(&m, &p, 1, true),
+        child(&m, &p, 2, true),
+    ];
+    assert!(complete_spawning(&s, "w", &p, wait_on(&[0, 1, 2]), spawns).await);
+    // Child 0 waits on a grandchild; child 1 is running; child 2 is queued.
+    let c0 = claim_id(&s, "w", child(&m, &p, 0, true).id).await;
+    let g = child(&m, &c0, 0, true);
+    assert!(complete_spawning(&s, "w", &c0, wait_on(&[0]), vec![g.clone()]).await);
+    let c1 = claim_id(&s, "w", child(&m, &p, 1, true).id).await;
+    assert!(start1(&s, "w", &c1).await);
+
+    assert_eq!(
+        s.request_cancel(pid).await.unwrap(),
+        CancelOutcome::Cancelled
+    );
+    assert_eq!(state(&s, pid).await, TaskState::Cancelled);
+    assert_eq!(
+        state(&s, c0.id).await,
+        TaskState::Cancelled,
+        "waiting: at once"
+    );
+    assert_eq!(state(&s, g.id).await, TaskState::Cancelled, "grandchild");
+    assert_eq!(
+        state(&s, child(&m, &p, 2, true).id).await,
+        TaskState::Cancelled
+    );
+    let running = s.get_task(c1.id).await.unwrap();
+    assert_eq!(running.state, TaskState::Running);
+    assert!(running.cancel_requested, "its worker is asked to stop it");
+    assert!(complete1(&s, "w", &c1, Transition::Cancel).await);
+    assert_eq!(
+        state(&s, pid).await,
+        TaskState::Cancelled,
+        "stays cancelled"
+    );
+}
+
+async fn concurrent_child_completions_resume_the_parent_once(h: Harness) {
+    const CHILDREN: u32 = 40;
+    let s = h.store().await;
+    let m = module(&s).await;
+    let pid = enqueue(&s, task(&m)).await;
+    let p = claim_one(&s, "w", LONG).await;
+    let seqs: Vec<u32> = (0..CHILDREN).collect();
+    let spawns = seqs.iter().map(|&i| child(&m, &p, i, true)).collect();
+    assert!(complete_spawning(&s, "w", &p, wait_on(&seqs), spawns).await);
+    // Each child claimed by its own worker and all completed at once, each
+    // in its own transaction.
+    let mut claimed = Vec::new();
+    for i in 0..CHILDREN {
+        let worker = format!("w{i}");
+        let c = s
+            .claim(&worker, &QueueSelector::All, 1, LONG)
+            .await
+            .unwrap()
+            .remove(0);
+        claimed.push((worker, c));
+    }
+    let completions = claimed.iter().map(|(worker, c)| {
+        let s = s.clone();
+        async move { complete1(&s, worker, c, succeed()).await }
+    });
+    let applied = futures::future::join_all(completions).await;
+    assert!(applied.iter().all(|&a| a));
+    let parent = s.get_task(pid).await.unwrap();
+    assert_eq!(parent.state, TaskState::Queued, "resumed by the last child");
+    assert_eq!(parent.waiting_on, 0);
+}
 
 async fn migrate_is_idempotent(h: Harness) {
     let store = h.store().await;
@@ -1214,6 +1424,8 @@ fn claim_template(m: &ModuleRecord) -> ClaimedTask {
         enqueued_at: Utc::now(),
         lease_expires_at: Utc::now(),
         cancel_requested: false,
+        depth: 0,
+        children: 0,
     }
 }
 
@@ -3101,7 +3313,12 @@ fn task_state_strings_roundtrip() {
         .collect();
     assert_eq!(
         unfinished,
-        [TaskState::Queued, TaskState::Leased, TaskState::Running]
+        [
+            TaskState::Queued,
+            TaskState::Leased,
+            TaskState::Running,
+            TaskState::Waiting
+        ]
     );
     assert!(
         TaskState::ALL.windows(2).all(|w| w[0] < w[1]),

@@ -114,7 +114,7 @@ fn reference(schema: &str) -> Value {
 }
 
 fn schemas() -> Value {
-    let state = json!({ "type": "string", "enum": ["queued", "leased", "running", "succeeded", "failed", "cancelled"] });
+    let state = json!({ "type": "string", "enum": ["queued", "leased", "running", "waiting", "succeeded", "failed", "cancelled"] });
     let time = json!({ "type": "string", "format": "date-time" });
     let opt_time = json!({ "type": ["string", "null"], "format": "date-time" });
     let opt_str = json!({ "type": ["string", "null"] });
@@ -220,6 +220,15 @@ fn schemas() -> Value {
                 "peak_memory": opt_int, "duration_ms": opt_int, "ray_submission_id": opt_str
             }
         },
+        "ChildList": { "type": "object", "properties": {
+            "task_id": { "type": "string" },
+            "children_total": { "type": "integer" },
+            "waiting_on": { "type": ["integer", "null"] },
+            "descendants": { "type": "object", "properties": {
+                "descendants": { "type": "integer" }, "fuel_used": { "type": "integer" },
+                "duration_ms": { "type": "integer" } } },
+            "children": { "type": "array", "items": reference("TaskSummary") },
+            "next_from": { "type": ["integer", "null"] } } },
         "AttemptList": { "type": "object", "properties": { "task_id": { "type": "string" }, "attempts": { "type": "array", "items": reference("Attempt") } } },
         "TaskLogs": {
             "type": "object",

@@ -6,7 +6,9 @@ use super::table::{Table, clip};
 use super::term;
 use crate::client::{Client, ClientError, EnqueueRequest};
 use crate::runtime::{Runtime, parse_duration};
-use crate::store::{CancelOutcome, Store, TaskFilter, TaskRecord, TaskState, TaskSummary};
+use crate::store::{
+    CancelOutcome, FamilyUsage, Store, TaskFilter, TaskRecord, TaskState, TaskSummary,
+};
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
@@ -338,11 +340,30 @@ pub async fn task(db: &str, cmd: TaskCommand) -> anyhow::Result<u8> {
                 .list_attempts(id)
                 .await
                 .map_err(|e| fail(e.into()))?;
+            let store = client.store();
+            let (children, usage) = if t.children > 0 {
+                let children = store
+                    .list_children(id, 0, SHOWN_CHILDREN)
+                    .await
+                    .map_err(|e| fail(e.into()))?;
+                let usage = store.family_usage(id).await.map_err(|e| fail(e.into()))?;
+                (children, Some(usage))
+            } else {
+                (Vec::new(), None)
+            };
             if json {
-                return print_json(&serde_json::json!({"task": t, "attempts": attempts}))
-                    .map(|()| exit::SUCCESS);
+                return print_json(&serde_json::json!({
+                    "task": t,
+                    "attempts": attempts,
+                    "children": children,
+                    "descendants": usage,
+                }))
+                .map(|()| exit::SUCCESS);
             }
             show_task(&t);
+            if let Some(usage) = usage {
+                show_children(&t, &children, usage);
+            }
             println!("\nattempts:");
             let mut table = Table::new(&[
                 "#", "WORKER", "STARTED", "OUTCOME", "MS", "FUEL", "PEAK MEM", "ERROR",
@@ -515,7 +536,28 @@ fn show_task(t: &TaskRecord) {
         t.priority
     );
     println!("state     {}", t.state);
-    println!("attempt   {} of {}", t.attempt, t.max_attempts);
+    if t.free_runs > 0 {
+        // Free runs (resumes after a wait, releases at shutdown) spend no
+        // attempt; the table below lists every run.
+        println!(
+            "attempt   {} of {} ({} runs, {} free)",
+            t.counted_attempts(),
+            t.max_attempts,
+            t.attempt,
+            t.free_runs
+        );
+    } else {
+        println!("attempt   {} of {}", t.attempt, t.max_attempts);
+    }
+    if let Some(parent) = t.parent_id {
+        match t.spawn_seq {
+            Some(seq) => println!("parent    {parent} (spawn #{seq}, depth {})", t.depth),
+            None => println!("parent    {parent}"),
+        }
+    }
+    if t.state == TaskState::Waiting {
+        println!("waiting   for {} more of its children", t.waiting_on);
+    }
     if let Some(p) = t.progress_percent {
         println!(
             "progress  {p}% {}",
@@ -550,6 +592,37 @@ fn show_task(t: &TaskRecord) {
             term::text(e)
         );
     }
+}
+
+/// Children listed by `task show`; the API pages through all of them.
+const SHOWN_CHILDREN: u32 = 20;
+
+/// A parent's children: counts by state of the first ones, what all
+/// descendants used, and the first ones listed.
+fn show_children(t: &TaskRecord, children: &[TaskSummary], usage: FamilyUsage) {
+    println!(
+        "children  {} ({} descendants in all; their runs used {} fuel in {} ms)",
+        t.children, usage.descendants, usage.fuel_used, usage.duration_ms
+    );
+    println!("\nchildren (first {}):", children.len());
+    let mut table = Table::new(&["#", "ID", "MODULE", "STATE", "RESULT / ERROR"]);
+    for c in children {
+        table.row(vec![
+            c.spawn_seq.map_or("-".into(), |s| s.to_string()),
+            c.id.to_string(),
+            term::line(&format!("{}@{}", c.module_name, c.module_version)).into_owned(),
+            c.state.to_string(),
+            term::line(&clip(
+                c.result_preview
+                    .as_deref()
+                    .or(c.error_preview.as_deref())
+                    .unwrap_or(""),
+                60,
+            ))
+            .into_owned(),
+        ]);
+    }
+    table.print();
 }
 
 // ---- workers -------------------------------------------------------------------

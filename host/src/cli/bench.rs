@@ -28,6 +28,9 @@ pub enum BenchCommand {
     /// Listing and queue statistics on a table of many finished tasks, in
     /// the store and through a `wasmq serve` process.
     History(super::bench_history::HistoryBench),
+    /// Durable fan-out: a parent mapping `add` over 1,000 children, per
+    /// child against plain tasks, and the parent's resume latency.
+    Fanout(super::bench_fanout::FanoutBench),
     /// Worker processes drain a mix of tasks on PostgreSQL while one is
     /// killed and restarted; then the attempt history is checked.
     Soak(super::bench_soak::SoakBench),
@@ -68,6 +71,7 @@ pub async fn run(cmd: BenchCommand, _db: &str) -> anyhow::Result<()> {
         BenchCommand::Cold(b) => super::bench_cold::run(b).await,
         BenchCommand::Cluster(b) => super::bench_cluster::run(b).await,
         BenchCommand::Soak(b) => super::bench_soak::run(b).await,
+        BenchCommand::Fanout(b) => super::bench_fanout::run(b).await,
         BenchCommand::History(b) => super::bench_history::run(b).await,
     }
 }
@@ -157,6 +161,7 @@ async fn once(
                 cancel: CancelToken::new(),
                 dirs: &[],
                 progress: None,
+                subtasks: None,
             },
         )
         .await;

@@ -102,6 +102,7 @@ pub async fn run(b: ColdBench) -> anyhow::Result<()> {
                     cancel: CancelToken::new(),
                     dirs: &[],
                     progress: None,
+                    subtasks: None,
                 },
             )
             .await;

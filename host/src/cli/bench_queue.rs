@@ -109,6 +109,43 @@ struct Sample {
     busiest: f64,
 }
 
+/// A bench's scratch space: a module cache the worker processes share, a
+/// directory for their logs, the runtime that pushes modules (compiling
+/// them into that cache, as `module push` does before `worker` on a real
+/// machine), and the binary whose workers are measured.
+pub(super) struct Workspace {
+    pub(super) work: tempfile::TempDir,
+    pub(super) cache: PathBuf,
+    pub(super) logs: PathBuf,
+    pub(super) runtime: Runtime,
+    pub(super) bin: PathBuf,
+}
+
+impl Workspace {
+    /// `bin`: the binary to measure, by default this one.
+    pub(super) fn new(bin: Option<&Path>) -> anyhow::Result<Workspace> {
+        let work = tempfile::Builder::new().prefix("wasmq-bench-").tempdir()?;
+        let cache = work.path().join("cache");
+        let logs = work.path().join("logs");
+        std::fs::create_dir_all(&logs)?;
+        let runtime = Runtime::new(RuntimeConfig {
+            cache_dir: Some(cache.clone()),
+            ..RuntimeConfig::from_env()?
+        })?;
+        let bin = match bin {
+            Some(p) => p.to_path_buf(),
+            None => std::env::current_exe()?,
+        };
+        Ok(Workspace {
+            work,
+            cache,
+            logs,
+            runtime,
+            bin,
+        })
+    }
+}
+
 struct Ctx {
     bin: PathBuf,
     cache: PathBuf,
@@ -125,20 +162,13 @@ pub async fn run(b: QueueBench) -> anyhow::Result<()> {
     );
     let bytes = std::fs::read(&b.module)
         .with_context(|| format!("reading {} (build the examples first)", b.module.display()))?;
-    let work = tempfile::Builder::new().prefix("wasmq-bench-").tempdir()?;
-    let cache = work.path().join("cache");
-    let logs = work.path().join("logs");
-    std::fs::create_dir_all(&logs)?;
-    // Pushing compiles the module into this cache, which the workers share:
-    // as on a machine where `module push` ran before `worker`.
-    let runtime = Runtime::new(RuntimeConfig {
-        cache_dir: Some(cache.clone()),
-        ..RuntimeConfig::from_env()?
-    })?;
-    let bin = match &b.bin {
-        Some(p) => p.clone(),
-        None => std::env::current_exe()?,
-    };
+    let Workspace {
+        work,
+        cache,
+        logs,
+        runtime,
+        bin,
+    } = Workspace::new(b.bin.as_deref())?;
     let ctx = Ctx {
         bin,
         cache,
@@ -336,30 +366,52 @@ impl Ctx {
         exit_when_idle: bool,
         name: &str,
     ) -> anyhow::Result<Child> {
-        let mut cmd = Command::new(&self.bin);
-        cmd.arg("--database-url")
-            .arg(url)
-            .arg("worker")
-            .arg("--all-queues")
-            .args(flags);
-        if exit_when_idle {
-            cmd.arg("--exit-when-idle");
-        }
-        let log = |ext: &str| std::fs::File::create(self.logs.join(format!("{name}.{ext}")));
-        cmd.env("WASMQ_CACHE_DIR", &self.cache)
-            .env_remove("DATABASE_URL")
-            .stdin(Stdio::null())
-            .stdout(log("out")?)
-            .stderr(log("err")?)
-            .kill_on_drop(true);
-        cmd.spawn()
-            .with_context(|| format!("starting {}", self.bin.display()))
+        start_worker(
+            &self.bin,
+            &self.cache,
+            &self.logs,
+            url,
+            flags,
+            exit_when_idle,
+            name,
+        )
     }
+}
+
+/// Starts `bin worker --all-queues FLAGS` on `url`, its module cache in
+/// `cache`, its output in `logs/NAME.out` and `.err`; killed if dropped.
+pub(super) fn start_worker(
+    bin: &Path,
+    cache: &Path,
+    logs: &Path,
+    url: &str,
+    flags: &[String],
+    exit_when_idle: bool,
+    name: &str,
+) -> anyhow::Result<Child> {
+    let mut cmd = Command::new(bin);
+    cmd.arg("--database-url")
+        .arg(url)
+        .arg("worker")
+        .arg("--all-queues")
+        .args(flags);
+    if exit_when_idle {
+        cmd.arg("--exit-when-idle");
+    }
+    let log = |ext: &str| std::fs::File::create(logs.join(format!("{name}.{ext}")));
+    cmd.env("WASMQ_CACHE_DIR", cache)
+        .env_remove("DATABASE_URL")
+        .stdin(Stdio::null())
+        .stdout(log("out")?)
+        .stderr(log("err")?)
+        .kill_on_drop(true);
+    cmd.spawn()
+        .with_context(|| format!("starting {}", bin.display()))
 }
 
 /// Until a worker has registered (so that the first latency sample does
 /// not include the process start).
-async fn wait_registered(store: &AnyStore) -> anyhow::Result<()> {
+pub(super) async fn wait_registered(store: &AnyStore) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let workers = store.list_workers().await?;
@@ -377,7 +429,7 @@ async fn wait_registered(store: &AnyStore) -> anyhow::Result<()> {
 }
 
 /// SIGTERM, then wait for the graceful exit.
-async fn terminate(child: &mut Child) -> anyhow::Result<()> {
+pub(super) async fn terminate(child: &mut Child) -> anyhow::Result<()> {
     if let Some(pid) = child.id() {
         // SAFETY: kill(2) on our own child's pid, which is not reaped yet.
         unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };

@@ -112,6 +112,9 @@ pub async fn run(args: ExecArgs) -> anyhow::Result<u8> {
                         cancel: CancelToken::new(),
                         dirs: &[],
                         progress: None,
+                        // Not yet in cluster mode: a spawn is refused with
+                        // an error that says so.
+                        subtasks: None,
                     },
                 )
                 .await

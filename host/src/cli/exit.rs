@@ -40,7 +40,12 @@ fn for_outcome_kind(outcome: OutcomeKind, error_kind: Option<TaskErrorKind>) -> 
         OutcomeKind::Cancelled => CANCELLED,
         OutcomeKind::InvalidModule => INVALID_MODULE,
         OutcomeKind::InvalidOutput => INVALID_OUTPUT,
-        OutcomeKind::HostError | OutcomeKind::LeaseExpired | OutcomeKind::Shutdown => HOST_ERROR,
+        // A run outside a queue never waits; a queued one that does is not
+        // over, so no command ends on it.
+        OutcomeKind::HostError
+        | OutcomeKind::LeaseExpired
+        | OutcomeKind::Shutdown
+        | OutcomeKind::Waiting => HOST_ERROR,
     }
 }
 

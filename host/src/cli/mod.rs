@@ -7,6 +7,7 @@ mod bench_api;
 mod bench_cluster;
 mod bench_cold;
 mod bench_cpu;
+mod bench_fanout;
 mod bench_history;
 mod bench_queue;
 mod bench_soak;

@@ -80,6 +80,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
                 cancel,
                 dirs: &args.allow_dir,
                 progress: None,
+                subtasks: None,
             },
         )
         .await;

@@ -17,6 +17,7 @@ mod module;
 mod outcome;
 mod run;
 mod state;
+pub mod subtasks;
 
 pub use cancel::CancelToken;
 pub use compiler::{

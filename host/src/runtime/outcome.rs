@@ -58,6 +58,11 @@ pub enum Outcome {
     HostError {
         message: String,
     },
+    /// The task waits for children it spawned ([`RunReport::suspension`]):
+    /// not an end, a pause; it runs again when they are done.
+    Waiting {
+        message: String,
+    },
 }
 
 impl Outcome {
@@ -92,6 +97,7 @@ impl Outcome {
             Outcome::InvalidModule { .. } => OutcomeKind::InvalidModule,
             Outcome::InvalidOutput { .. } => OutcomeKind::InvalidOutput,
             Outcome::HostError { .. } => OutcomeKind::HostError,
+            Outcome::Waiting { .. } => OutcomeKind::Waiting,
         }
     }
 
@@ -122,7 +128,8 @@ impl Outcome {
             | Outcome::Cancelled { message }
             | Outcome::InvalidModule { message }
             | Outcome::InvalidOutput { message }
-            | Outcome::HostError { message } => Some(message),
+            | Outcome::HostError { message }
+            | Outcome::Waiting { message } => Some(message),
         }
     }
 }
@@ -156,7 +163,8 @@ impl Outcome {
             | Outcome::Cancelled { message }
             | Outcome::InvalidModule { message }
             | Outcome::InvalidOutput { message }
-            | Outcome::HostError { message } => make_storable(message, MAX_ERROR_MESSAGE_BYTES),
+            | Outcome::HostError { message }
+            | Outcome::Waiting { message } => make_storable(message, MAX_ERROR_MESSAGE_BYTES),
         }
         self
     }
@@ -220,6 +228,11 @@ pub struct RunReport {
     pub logs: Vec<LogRecord>,
     /// The last progress the guest reported.
     pub progress: Option<(u8, String)>,
+    /// Children this run spawned that earlier runs had not (whatever the
+    /// outcome: a retry or a resume must find them).
+    pub spawns: Vec<super::subtasks::Spawn>,
+    /// Set with [`Outcome::Waiting`]: what the task waits for.
+    pub suspension: Option<super::subtasks::Suspension>,
 }
 
 impl RunReport {
@@ -238,6 +251,8 @@ impl RunReport {
             stderr: String::new(),
             logs: Vec::new(),
             progress: None,
+            spawns: Vec::new(),
+            suspension: None,
         }
     }
 

@@ -8,6 +8,7 @@ use super::limits::Limits;
 use super::module::{LoadedModule, ModuleError, is_instance_limit};
 use super::outcome::{CacheSource, Outcome, RunReport, TaskErrorKind};
 use super::state::{HostState, MemoryLimiter, ProgressSink, TaskInfo, WitErrorKind};
+use super::subtasks::{NonDeterministic, SubtaskPlan, Subtasks, Suspended};
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use wasmtime::{Store, Trap, UpdateDeadline};
@@ -46,6 +47,8 @@ pub struct RunRequest<'a> {
     pub cancel: CancelToken,
     pub dirs: &'a [DirGrant],
     pub progress: Option<ProgressSink>,
+    /// The parent's side of the `subtasks` interface; `None` refuses spawns.
+    pub subtasks: Option<SubtaskPlan>,
 }
 
 /// Raised from the epoch callback to stop a running guest.
@@ -154,6 +157,7 @@ impl Runtime {
             req.cancel.clone(),
             limits.max_log_bytes,
             req.progress,
+            req.subtasks.map(Subtasks::new),
         );
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -193,6 +197,12 @@ impl Runtime {
         report.progress = data.progress.clone();
         let denied = data.limiter.denied;
         report.logs = store.data_mut().logs.finish(report.wall_time_us / 1000);
+        let (spawns, suspension) = store
+            .data_mut()
+            .subtasks
+            .take()
+            .map(Subtasks::finish)
+            .unwrap_or_default();
         drop(store);
         report.stdout = stdout.text();
         report.stderr = stderr.text();
@@ -218,6 +228,13 @@ impl Runtime {
             },
             Ok(Err(e)) => classify_error(e, phase, denied, limits, &report.stderr),
         };
+        // Children spawned by a run that ended any way are recorded: a retry
+        // or a resume finds them (only a stale run's are refused, by the
+        // store's fencing).
+        report.spawns = spawns;
+        if let (Outcome::Waiting { .. }, Some(s)) = (&report.outcome, suspension) {
+            report.suspension = Some(s);
+        }
         report
     }
 }
@@ -289,6 +306,18 @@ fn classify_error(
         return match i {
             Interrupted::Timeout => timeout(limits),
             Interrupted::Cancelled => cancelled(),
+        };
+    }
+    if e.downcast_ref::<Suspended>().is_some() {
+        return Outcome::Waiting {
+            message: "waiting for its children".into(),
+        };
+    }
+    if let Some(nd) = e.downcast_ref::<NonDeterministic>() {
+        return Outcome::TaskError {
+            error_kind: TaskErrorKind::Permanent,
+            message: nd.to_string(),
+            details: None,
         };
     }
     let trap = e.downcast_ref::<Trap>().copied();

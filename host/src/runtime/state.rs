@@ -6,6 +6,7 @@ use super::limits::{
     LOG_RECORD_OVERHEAD_BYTES, MAX_LOG_MESSAGE_BYTES, MAX_LOG_RECORDS, MAX_PROGRESS_MESSAGE_BYTES,
 };
 use super::outcome::{LogRecord, make_storable};
+use super::subtasks::{ChildEnd, Refused, SpawnOptions, Subtasks, WaitError};
 use std::sync::Arc;
 use std::time::Instant;
 use wasmtime::ResourceLimiter;
@@ -16,8 +17,18 @@ wasmtime::component::bindgen!({
     path: "../wit",
     world: "task",
     exports: { default: async },
+    // A wait that must suspend, or a spawn that differs from the first
+    // run's, ends the run: a trap the guest cannot catch.
+    imports: {
+        "wasmq:task/subtasks.spawn": trappable,
+        "wasmq:task/subtasks.spawn-many": trappable,
+        "wasmq:task/subtasks.wait": trappable,
+        "wasmq:task/subtasks.map": trappable,
+    },
 });
 
+use self::wasmq::task::subtasks::{Child as WitChild, SpawnOptions as WitSpawnOptions};
+use self::wasmq::task::types::TaskError as WitTaskError;
 pub use self::wasmq::task::types::{ErrorKind as WitErrorKind, LogLevel, TaskContext};
 
 /// Receives progress reports as the guest makes them (the worker stores them).
@@ -59,6 +70,9 @@ pub struct HostState {
     pub(super) logs: LogBuffer,
     pub(super) progress: Option<(u8, String)>,
     progress_sink: Option<ProgressSink>,
+    /// `None` where subtasks are not available (`wasmq run`): a spawn is
+    /// refused with an error that says so.
+    pub(super) subtasks: Option<Subtasks>,
 }
 
 impl HostState {
@@ -72,6 +86,7 @@ impl HostState {
         cancel: CancelToken,
         max_log_bytes: usize,
         progress_sink: Option<ProgressSink>,
+        subtasks: Option<Subtasks>,
     ) -> Self {
         HostState {
             wasi,
@@ -85,6 +100,7 @@ impl HostState {
             logs: LogBuffer::new(max_log_bytes),
             progress: None,
             progress_sink,
+            subtasks,
         }
     }
 }
@@ -127,6 +143,173 @@ impl self::wasmq::task::host::Host for HostState {
 
     fn is_cancelled(&mut self) -> bool {
         self.cancel.is_cancelled()
+    }
+}
+
+impl self::wasmq::task::subtasks::Host for HostState {
+    fn spawn(
+        &mut self,
+        module: String,
+        input: String,
+        options: WitSpawnOptions,
+    ) -> wasmtime::Result<Result<WitChild, WitTaskError>> {
+        let options = spawn_options(options);
+        let Some(subtasks) = &mut self.subtasks else {
+            return Ok(Err(no_subtasks()));
+        };
+        Ok(match subtasks.spawn(&module, input, &options)? {
+            Ok((id, seq)) => Ok(WitChild {
+                id: id.to_string(),
+                seq,
+            }),
+            Err(refused) => Err(refused_error(refused)),
+        })
+    }
+
+    fn spawn_many(
+        &mut self,
+        module: String,
+        inputs: Vec<String>,
+        options: WitSpawnOptions,
+    ) -> wasmtime::Result<Result<Vec<WitChild>, WitTaskError>> {
+        let options = spawn_options(options);
+        let Some(subtasks) = &mut self.subtasks else {
+            return Ok(Err(no_subtasks()));
+        };
+        let mut children = Vec::with_capacity(inputs.len().min(1024));
+        for input in inputs {
+            match subtasks.spawn(&module, input, &options)? {
+                Ok((id, seq)) => children.push(WitChild {
+                    id: id.to_string(),
+                    seq,
+                }),
+                Err(refused) => return Ok(Err(refused_error(refused))),
+            }
+        }
+        Ok(Ok(children))
+    }
+
+    fn wait(
+        &mut self,
+        children: Vec<WitChild>,
+    ) -> wasmtime::Result<Vec<Result<String, WitTaskError>>> {
+        let Some(subtasks) = &mut self.subtasks else {
+            // Nothing can have been spawned.
+            return Ok(children.iter().map(|_| Err(no_subtasks())).collect());
+        };
+        let keys: Vec<(String, u32)> = children.into_iter().map(|c| (c.id, c.seq)).collect();
+        wait_results(subtasks, &keys, 0)
+    }
+
+    fn map(
+        &mut self,
+        module: String,
+        inputs: Vec<String>,
+        options: WitSpawnOptions,
+        max_running: Option<u32>,
+    ) -> wasmtime::Result<Result<Vec<Result<String, WitTaskError>>, WitTaskError>> {
+        let options = spawn_options(options);
+        let Some(subtasks) = &mut self.subtasks else {
+            return Ok(Err(no_subtasks()));
+        };
+        let n = u32::try_from(inputs.len()).unwrap_or(u32::MAX);
+        let first = subtasks.reserve(n);
+        let end = first.saturating_add(n);
+        // With a window, only so many of this map's children are unfinished
+        // at once: the recorded unfinished ones take their places first.
+        let window = max_running.filter(|&w| w > 0).unwrap_or(u32::MAX);
+        let mut room = window.saturating_sub(subtasks.unfinished_known(first..end));
+        let mut keys = Vec::with_capacity(inputs.len().min(1024));
+        let mut unspawned = 0u32;
+        for (i, input) in inputs.into_iter().enumerate() {
+            let seq = first + i as u32;
+            if !subtasks.is_known(seq) {
+                if room == 0 {
+                    unspawned += 1;
+                    continue;
+                }
+                room -= 1;
+            }
+            subtasks.set_next(seq);
+            match subtasks.spawn(&module, input, &options)? {
+                Ok((id, seq)) => keys.push((id.to_string(), seq)),
+                Err(refused) => return Ok(Err(refused_error(refused))),
+            }
+        }
+        subtasks.set_next(end);
+        // Resume when half the window is free, to spawn the next ones.
+        let allowed = if unspawned > 0 { window / 2 } else { 0 };
+        match wait_results(subtasks, &keys, allowed) {
+            Ok(results) if unspawned == 0 => Ok(Ok(results)),
+            // Every spawned child is done but some are not spawned yet:
+            // the room computed above makes this impossible, and a short
+            // list must never be returned.
+            Ok(_) => Err(wasmtime::Error::msg(
+                "map: children left unspawned with none running (a bug in the host)",
+            )),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// The results of a wait, or the trap that ends the run.
+fn wait_results(
+    subtasks: &mut Subtasks,
+    keys: &[(String, u32)],
+    allowed_unfinished: u32,
+) -> wasmtime::Result<Vec<Result<String, WitTaskError>>> {
+    match subtasks.wait(keys, allowed_unfinished) {
+        Ok(ends) => Ok(ends.into_iter().map(child_result).collect()),
+        Err(WaitError::Suspended(s)) => Err(s.into()),
+        Err(WaitError::Unknown(message)) => Err(wasmtime::Error::msg(message)),
+    }
+}
+
+fn child_result(end: &ChildEnd) -> Result<String, WitTaskError> {
+    match end {
+        ChildEnd::Succeeded { result } => Ok(result.clone()),
+        ChildEnd::Failed {
+            task_state,
+            error_kind,
+            message,
+        } => Err(WitTaskError {
+            kind: WitErrorKind::Permanent,
+            message: format!(
+                "{task_state} ({}): {}",
+                error_kind.as_deref().unwrap_or("unknown"),
+                message.as_deref().unwrap_or("no message")
+            ),
+            details: None,
+        }),
+    }
+}
+
+fn spawn_options(o: WitSpawnOptions) -> SpawnOptions {
+    SpawnOptions {
+        queue: o.queue,
+        priority: o.priority,
+        max_attempts: o.max_attempts,
+        fuel: o.fuel,
+        memory_bytes: o.memory_bytes,
+        timeout_ms: o.timeout_ms,
+    }
+}
+
+fn refused_error(refused: Refused) -> WitTaskError {
+    WitTaskError {
+        kind: WitErrorKind::Permanent,
+        message: refused.0,
+        details: None,
+    }
+}
+
+fn no_subtasks() -> WitTaskError {
+    WitTaskError {
+        kind: WitErrorKind::Permanent,
+        message: "subtasks are not available to this run: they need a queued task run by a \
+                  `--local` or `--sync` worker (not `wasmq run`, not yet a Ray job)"
+            .into(),
+        details: None,
     }
 }
 

@@ -25,7 +25,8 @@ macro_rules! task_columns {
          run_after, attempt, max_attempts, fuel, memory_bytes, timeout_ms, unique_key, \
          lease_owner, lease_expires_at, cancel_requested, result, error_kind, error_message, \
          error_logs, progress_percent, progress_message, enqueued_at, started_at, finished_at, \
-         parent_id, ray_submission_id, updated_at, lease_epoch, free_runs"
+         parent_id, ray_submission_id, updated_at, lease_epoch, free_runs, spawn_seq, depth, \
+         children, waiting_on"
     };
 }
 
@@ -38,7 +39,7 @@ macro_rules! summary_columns {
          max_attempts, free_runs, lease_owner, cancel_requested, error_kind, \
          substr(error_message, 1, 121) AS error_preview, \
          substr(result, 1, 121) AS result_preview, progress_percent, enqueued_at, started_at, \
-         finished_at, parent_id, ray_submission_id"
+         finished_at, parent_id, ray_submission_id, spawn_seq, children"
     };
 }
 
@@ -168,6 +169,25 @@ pub trait Store: Clone + Send + Sync + 'static {
 
     fn queue_stats(&self) -> impl Future<Output = Result<Vec<QueueStat>>> + Send;
 
+    // ---- subtasks --------------------------------------------------------
+
+    /// The children `parent` spawned, by spawn number, with how each ended
+    /// (results of succeeded ones only): what the parent's next run replays
+    /// against.
+    fn child_ledger(&self, parent: Uuid) -> impl Future<Output = Result<Vec<ChildRecord>>> + Send;
+
+    /// Summaries of `parent`'s children, by spawn number, at most `limit`
+    /// (0 = [`DEFAULT_LIST_LIMIT`]) from spawn number `from` on.
+    fn list_children(
+        &self,
+        parent: Uuid,
+        from: u32,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<TaskSummary>>> + Send;
+
+    /// How many descendants `id` has and what all their runs used.
+    fn family_usage(&self, id: Uuid) -> impl Future<Output = Result<FamilyUsage>> + Send;
+
     // ---- the worker's loop ---------------------------------------------
 
     /// Leases up to `limit` due queued tasks to `worker_id` for `lease`,
@@ -216,6 +236,12 @@ pub trait Store: Clone + Send + Sync + 'static {
         lease: Duration,
     ) -> impl Future<Output = Result<HeartbeatReply>> + Send;
 
+    /// The live tasks of `worker_id` whose cancellation was requested. A
+    /// read only: a worker calls it when another process committed (SQLite
+    /// has no notifications between processes), and a write there would
+    /// make workers wake each other without end.
+    fn cancel_requests(&self, worker_id: &str) -> impl Future<Output = Result<Vec<Uuid>>> + Send;
+
     /// Live tasks whose lease has run out, oldest lease first.
     fn expired_leases(&self, limit: u32) -> impl Future<Output = Result<Vec<ExpiredTask>>> + Send;
 
@@ -254,8 +280,9 @@ pub trait Store: Clone + Send + Sync + 'static {
 
     // ---- operator actions ------------------------------------------------
 
-    /// Cancels a queued task at once; asks the worker of a live one to stop
-    /// it.
+    /// Cancels a queued or waiting task at once; asks the worker of a live
+    /// one to stop it. Its unfinished descendants are cancelled the same
+    /// way, in the same transaction.
     fn request_cancel(&self, id: Uuid) -> impl Future<Output = Result<CancelOutcome>> + Send;
 
     /// Requeues a failed or cancelled task now, keeping its attempt history
@@ -454,6 +481,18 @@ impl Store for AnyStore {
         dispatch!(self, s => s.queue_stats().await)
     }
 
+    async fn child_ledger(&self, parent: Uuid) -> Result<Vec<ChildRecord>> {
+        dispatch!(self, s => s.child_ledger(parent).await)
+    }
+
+    async fn list_children(&self, parent: Uuid, from: u32, limit: u32) -> Result<Vec<TaskSummary>> {
+        dispatch!(self, s => s.list_children(parent, from, limit).await)
+    }
+
+    async fn family_usage(&self, id: Uuid) -> Result<FamilyUsage> {
+        dispatch!(self, s => s.family_usage(id).await)
+    }
+
     async fn claim(
         &self,
         worker_id: &str,
@@ -488,6 +527,10 @@ impl Store for AnyStore {
     ) -> Result<HeartbeatReply> {
         self.inject_before(Op::Heartbeat)?;
         dispatch!(self, s => s.heartbeat(worker_id, leases, lease).await)
+    }
+
+    async fn cancel_requests(&self, worker_id: &str) -> Result<Vec<Uuid>> {
+        dispatch!(self, s => s.cancel_requests(worker_id).await)
     }
 
     async fn expired_leases(&self, limit: u32) -> Result<Vec<ExpiredTask>> {

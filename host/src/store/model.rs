@@ -3,7 +3,7 @@
 //! # Task states
 //!
 //! ```text
-//!                         enqueue
+//!                         enqueue (or spawn, by a parent's run)
 //!                            │
 //!                            ▼
 //!    retry (manual)    ┌───────────┐   cancel
@@ -18,9 +18,11 @@
 //!   │                  └─────┬─────┘                                     │
 //!   │                 start  │  (any arrow out of `running` also leaves  │
 //!   │                        ▼   `leased`: release, expiry, cancel, …)   │
-//!   │                  ┌───────────┐                                     │
-//!   │                  │  running  │                                     │
-//!   │                  └─────┬─────┘                                     │
+//!   │                  ┌───────────┐  wait (free run)  ┌───────────┐     │
+//!   │                  │  running  │──────────────────▶│  waiting  │─────┤
+//!   │                  └─────┬─────┘                   └─────┬─────┘cancel
+//!   │                        │        the last awaited child │           │
+//!   │                        │        ends: → queued (resume)┘           │
 //!   │            ┌───────────┼───────────┐                               │
 //!   │     succeed│       fail│           │ cancel (the worker stopped    │
 //!   │            │           │           │ it, or a requeue found a      │
@@ -33,6 +35,20 @@
 //!
 //!   succeeded, failed and cancelled are terminal; only they can be purged.
 //! ```
+//!
+//! **Subtasks.** A run may spawn children (tasks whose `parent_id` is the
+//! run's task, keyed by `spawn_seq`: one child per key, whatever runs of the
+//! parent spawn it). The children a run spawned are stored with its
+//! completion, whatever its outcome, so a retried or resumed parent finds
+//! them. A run that waits on unfinished children ends `waiting` (a free
+//! run, like a release): its awaited children are marked, and `waiting_on`
+//! counts those that must still end. A trigger (migration 0005) counts it
+//! down as each awaited child reaches a terminal state, by whatever arrow,
+//! and queues the parent again when it reaches zero, in the child's own
+//! transaction. The parent then runs again from the start and replays (see
+//! [`crate::runtime::subtasks`]). Cancelling a task cancels its unfinished
+//! descendants in the same transaction: queued and waiting ones at once,
+//! live ones by request.
 //!
 //! `leased` and `running` are the *live* states: the task holds a lease
 //! (`lease_owner`, `lease_expires_at`, `lease_epoch`). A claim leases a task
@@ -73,8 +89,8 @@ pub use crate::fuel::Fuel;
 pub use crate::kinds::{OutcomeKind, TaskErrorKind};
 
 /// Lifecycle state of a task; see the module documentation for the diagram.
-/// Ordered by lifecycle (queued < leased < running < succeeded < failed <
-/// cancelled).
+/// Ordered by lifecycle (queued < leased < running < waiting < succeeded <
+/// failed < cancelled).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TaskState {
@@ -82,16 +98,20 @@ pub enum TaskState {
     /// Claimed by a worker, not started yet (prefetched).
     Leased,
     Running,
+    /// Its run ended waiting for children it spawned; queued again when
+    /// they are done. Holds no lease and no worker slot.
+    Waiting,
     Succeeded,
     Failed,
     Cancelled,
 }
 
 impl TaskState {
-    pub const ALL: [TaskState; 6] = [
+    pub const ALL: [TaskState; 7] = [
         TaskState::Queued,
         TaskState::Leased,
         TaskState::Running,
+        TaskState::Waiting,
         TaskState::Succeeded,
         TaskState::Failed,
         TaskState::Cancelled,
@@ -103,6 +123,7 @@ impl TaskState {
             TaskState::Queued => "queued",
             TaskState::Leased => "leased",
             TaskState::Running => "running",
+            TaskState::Waiting => "waiting",
             TaskState::Succeeded => "succeeded",
             TaskState::Failed => "failed",
             TaskState::Cancelled => "cancelled",
@@ -122,7 +143,7 @@ impl TaskState {
         matches!(self, TaskState::Leased | TaskState::Running)
     }
 
-    /// Not finished: queued or live.
+    /// Not finished: queued, waiting or live.
     pub fn is_unfinished(self) -> bool {
         !self.is_terminal()
     }
@@ -142,7 +163,7 @@ impl fmt::Display for ParseTaskStateError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "unknown task state {:?} (expected queued, leased, running, succeeded, failed or cancelled)",
+            "unknown task state {:?} (expected queued, leased, running, waiting, succeeded, failed or cancelled)",
             self.0
         )
     }
@@ -192,7 +213,7 @@ pub struct TaskLimits {
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 
 /// A task to enqueue. Build it with [`NewTask::new`] and the setters.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct NewTask {
     /// Generated by the caller (UUIDv7 by default, so ids sort by time).
     pub id: Uuid,
@@ -211,6 +232,23 @@ pub struct NewTask {
     /// At most one queued or running task per key.
     pub unique_key: Option<String>,
     pub parent_id: Option<Uuid>,
+    /// Set on a child spawned by a task (`parent_id` is that task).
+    pub child: Option<ChildKey>,
+}
+
+/// Where a spawned child sits under its parent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChildKey {
+    /// The number of the spawn call that made it: one child per
+    /// (parent, seq), whatever runs of the parent spawn it again.
+    pub seq: u32,
+    /// What the spawn asked for (module reference and input), compared by
+    /// later runs of the parent.
+    pub digest: String,
+    /// The parent's depth + 1.
+    pub depth: u32,
+    /// The parent's run ended waiting on it.
+    pub awaited: bool,
 }
 
 impl NewTask {
@@ -229,6 +267,7 @@ impl NewTask {
             limits: TaskLimits::default(),
             unique_key: None,
             parent_id: None,
+            child: None,
         }
     }
 
@@ -317,6 +356,14 @@ pub struct TaskRecord {
     pub ray_submission_id: Option<String>,
     /// Last write to the row other than a lease extension.
     pub updated_at: DateTime<Utc>,
+    /// A child's key under its parent.
+    pub spawn_seq: Option<u32>,
+    /// 0 for a task nobody spawned.
+    pub depth: u32,
+    /// Children it has spawned (recorded ones).
+    pub children: u32,
+    /// While `waiting`: awaited children that must still end.
+    pub waiting_on: i64,
 }
 
 impl TaskRecord {
@@ -361,6 +408,8 @@ pub struct TaskSummary {
     pub finished_at: Option<DateTime<Utc>>,
     pub parent_id: Option<Uuid>,
     pub ray_submission_id: Option<String>,
+    pub spawn_seq: Option<u32>,
+    pub children: u32,
 }
 
 /// `text` cut to [`PREVIEW_CHARS`] characters, marked with `…` when cut.
@@ -503,6 +552,11 @@ pub struct ClaimedTask {
     pub enqueued_at: DateTime<Utc>,
     pub lease_expires_at: DateTime<Utc>,
     pub cancel_requested: bool,
+    /// 0 for a task nobody spawned.
+    pub depth: u32,
+    /// Children recorded by earlier runs (their ledger is read only when
+    /// there are some).
+    pub children: u32,
 }
 
 impl ClaimedTask {
@@ -595,6 +649,14 @@ pub enum Transition {
     /// for reasons outside the task (a Ray cluster that cannot be reached).
     /// The attempt row and the task's error record why.
     Defer { run_after: DateTime<Utc> },
+    /// → waiting, as a free run, until at most `allowed_unfinished` of its
+    /// awaited children (those at the spawn numbers `awaited`, and any
+    /// awaited by earlier runs) are unfinished; → queued at once when that
+    /// already holds.
+    Wait {
+        awaited: Vec<u32>,
+        allowed_unfinished: u32,
+    },
 }
 
 /// The end of one attempt, reported by the worker that holds the lease.
@@ -610,6 +672,9 @@ pub struct Completion {
     pub started_at: Option<DateTime<Utc>>,
     pub report: AttemptReport,
     pub transition: Transition,
+    /// Children the run spawned, stored with the completion (their
+    /// `parent_id` and `child` set); a spawn already stored is skipped.
+    pub spawns: Vec<NewTask>,
 }
 
 impl Completion {
@@ -642,10 +707,31 @@ impl ExpiredTask {
     }
 }
 
+/// A child as its parent's next run needs it: what the spawn asked for,
+/// and how the child ended, if it did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChildRecord {
+    pub seq: u32,
+    pub id: Uuid,
+    pub digest: String,
+    pub state: TaskState,
+    pub result: Option<String>,
+    pub error_kind: Option<String>,
+    pub error_message: Option<String>,
+}
+
+/// What a task's descendants used, summed over all their runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct FamilyUsage {
+    pub descendants: u64,
+    pub fuel_used: u64,
+    pub duration_ms: u64,
+}
+
 /// Result of `request_cancel`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum CancelOutcome {
-    /// The task was queued and is now cancelled.
+    /// The task was queued (or waiting) and is now cancelled.
     Cancelled,
     /// The task is live (leased or running); its worker has been asked to
     /// stop it.

@@ -321,6 +321,14 @@ pub(crate) struct FinishPlan<'a> {
     pub fuel_used: Option<i64>,
     pub peak_memory: Option<i64>,
     pub duration_ms: i64,
+    /// A `waiting` target: awaited children that must still end; the
+    /// backend counts them in the transaction (see [`FinishPlan::wait`]).
+    pub waiting_on: i64,
+    /// The run spawned children: the task's `children` is recounted.
+    pub spawned: bool,
+    /// For `Wait`: the awaited spawn numbers and how many may stay
+    /// unfinished.
+    pub wait: Option<(&'a [u32], u32)>,
 }
 
 impl<'a> FinishPlan<'a> {
@@ -346,7 +354,13 @@ impl<'a> FinishPlan<'a> {
             fuel_used: limit_to_i64(r.fuel_used, "fuel_used")?,
             peak_memory: limit_to_i64(r.peak_memory, "peak_memory")?,
             duration_ms: to_i64(r.duration_ms, "duration_ms")?,
+            waiting_on: 0,
+            spawned: !c.spawns.is_empty(),
+            wait: None,
         };
+        for spawn in &c.spawns {
+            validate_spawn(c.task_id, spawn)?;
+        }
         match &c.transition {
             Transition::Succeed { result } => {
                 plan.target = TaskState::Succeeded;
@@ -373,9 +387,45 @@ impl<'a> FinishPlan<'a> {
                 plan.run_after = Some(*run_after);
                 plan.free_run = true;
             }
+            Transition::Wait {
+                awaited,
+                allowed_unfinished,
+            } => {
+                plan.target = TaskState::Waiting;
+                plan.set_error = false;
+                plan.free_run = true;
+                plan.wait = Some((awaited, *allowed_unfinished));
+            }
         }
         Ok(plan)
     }
+
+    /// Settles a `Wait` given the awaited children unfinished right now
+    /// (counted in the completion's transaction, after its spawns were
+    /// stored and marked): waiting for as many as must still end, or
+    /// queued at once when none must.
+    pub(crate) fn settle_wait(&mut self, unfinished: i64) {
+        if let Some((_, allowed)) = self.wait {
+            let needed = unfinished - i64::from(allowed);
+            if needed > 0 {
+                self.waiting_on = needed;
+            } else {
+                self.target = TaskState::Queued;
+                self.waiting_on = 0;
+            }
+        }
+    }
+}
+
+/// A child stored with its parent's completion: keyed under that parent.
+fn validate_spawn(parent: Uuid, spawn: &NewTask) -> Result<()> {
+    validate_new_task(spawn)?;
+    if spawn.parent_id != Some(parent) || spawn.child.is_none() {
+        return Err(StoreError::invalid(format!(
+            "a spawn stored with task {parent}'s completion must be its child, with a key"
+        )));
+    }
+    Ok(())
 }
 
 /// The completion that replaces one the database refused even alone: the
@@ -407,6 +457,7 @@ pub fn unstorable_completion(c: &Completion, error: &StoreError) -> Completion {
             duration_ms: c.report.duration_ms,
         },
         transition: Transition::Fail,
+        spawns: Vec::new(),
     }
 }
 

@@ -19,7 +19,14 @@ macro_rules! live_states {
 /// The states a unique key and `module rm` care about.
 macro_rules! unfinished_states {
     () => {
-        "('queued', 'leased', 'running')"
+        "('queued', 'waiting', 'leased', 'running')"
+    };
+}
+
+/// The states that end a task.
+macro_rules! terminal_states {
+    () => {
+        "('succeeded', 'failed', 'cancelled')"
     };
 }
 
@@ -28,7 +35,7 @@ macro_rules! unfinished_states {
 /// 0003) and of every `ON CONFLICT` that names it.
 macro_rules! unique_key_scope {
     () => {
-        "unique_key IS NOT NULL AND state IN ('queued', 'leased', 'running')"
+        "unique_key IS NOT NULL AND state IN ('queued', 'waiting', 'leased', 'running')"
     };
 }
 
@@ -79,16 +86,32 @@ macro_rules! start_set {
     };
 }
 
-/// live → the batch row's `target` (see `FinishPlan`): a requeue of a task
-/// whose cancellation was requested ends `cancelled` instead; a free run
-/// (release, defer) counts in `free_runs`; the lease is dropped; only
-/// terminal rows have `finished_at`.
+/// live → the batch row's `target` (see `FinishPlan`): a requeue (or a
+/// wait) of a task whose cancellation was requested ends `cancelled`
+/// instead; a free run (release, defer, wait) counts in `free_runs`; the
+/// lease is dropped; only terminal rows have `finished_at`. A `waiting`
+/// target sets how many awaited children must end before the task is
+/// queued again; a run that spawned children recounts them.
 macro_rules! finish_set {
     ($t:expr, $c:expr, $now:expr) => {
         concat!(
-            "state = CASE WHEN ",
+            "waiting_on = CASE WHEN ",
             $c,
-            ".target = 'queued' AND ",
+            ".target = 'waiting' THEN ",
+            $c,
+            ".waiting_on ELSE ",
+            $t,
+            ".waiting_on END, \
+             children = CASE WHEN ",
+            $c,
+            ".spawned THEN (SELECT count(*) FROM tasks ch WHERE ch.parent_id = ",
+            $t,
+            ".id) ELSE ",
+            $t,
+            ".children END, \
+             state = CASE WHEN ",
+            $c,
+            ".target IN ('queued', 'waiting') AND ",
             $t,
             ".cancel_requested \
                           THEN 'cancelled' ELSE ",
@@ -145,7 +168,7 @@ macro_rules! finish_set {
              lease_owner = NULL, lease_expires_at = NULL, \
              finished_at = CASE WHEN ",
             $c,
-            ".target = 'queued' AND NOT ",
+            ".target IN ('queued', 'waiting') AND NOT ",
             $t,
             ".cancel_requested \
                                 THEN NULL ELSE ",
@@ -225,23 +248,25 @@ macro_rules! expirable {
     };
 }
 
-/// An operator's cancel: queued → cancelled at once; live → the flag the
-/// owning worker acts on. `$true` is the dialect's boolean true.
+/// An operator's cancel: queued or waiting → cancelled at once; live → the
+/// flag the owning worker acts on. `$true` is the dialect's boolean true.
 macro_rules! cancel_set {
     ($now:expr, $true:expr) => {
         concat!(
-            "state = CASE WHEN state = 'queued' THEN 'cancelled' ELSE state END, \
+            "state = CASE WHEN state IN ('queued', 'waiting') THEN 'cancelled' ELSE state END, \
              cancel_requested = CASE WHEN state IN ",
             live_states!(),
             " THEN ",
             $true,
             " \
                                      ELSE cancel_requested END, \
-             finished_at = CASE WHEN state = 'queued' THEN ",
+             finished_at = CASE WHEN state IN ('queued', 'waiting') THEN ",
             $now,
             " ELSE finished_at END, \
-             error_kind = CASE WHEN state = 'queued' THEN 'cancelled' ELSE error_kind END, \
-             error_message = CASE WHEN state = 'queued' THEN 'cancelled while queued' \
+             error_kind = CASE WHEN state IN ('queued', 'waiting') THEN 'cancelled' \
+                               ELSE error_kind END, \
+             error_message = CASE WHEN state IN ('queued', 'waiting') \
+                                  THEN 'cancelled while ' || state \
                                   ELSE error_message END, \
              updated_at = ",
             $now

@@ -1058,6 +1058,8 @@ mod tests {
             enqueued_at: Utc::now(),
             lease_expires_at: Utc::now(),
             cancel_requested: false,
+            depth: 0,
+            children: 0,
         }
     }
 

@@ -104,6 +104,9 @@ impl Envelope {
                 })
                 .collect(),
             progress: self.progress,
+            // A Ray job's runner has no subtasks (see `wasmq exec`).
+            spawns: Vec::new(),
+            suspension: None,
         }
     }
 

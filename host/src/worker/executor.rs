@@ -1,12 +1,16 @@
 //! Runs one claimed task in-process and turns the report into a completion.
 
 use super::retry::RetryPolicy;
+use super::spawning;
 use crate::kinds::OutcomeKind;
+use crate::runtime::subtasks::SubtaskPlan;
 use crate::runtime::{
     CacheSource, CancelToken, Limits, LoadError, Maxima, Outcome, ProgressSink, RunReport,
     RunRequest, Runtime, TaskInfo,
 };
-use crate::store::{AnyStore, AttemptReport, ClaimedTask, Completion, Lease, Store, Transition};
+use crate::store::{
+    AnyStore, AttemptReport, ClaimedTask, Completion, Lease, NewTask, Store, Transition,
+};
 use crate::text::storable;
 use chrono::Utc;
 use futures::future::BoxFuture;
@@ -65,10 +69,17 @@ impl Executor {
             let wait = (Utc::now() - task.enqueued_at).to_std().unwrap_or_default();
             metrics.queue_waited(&task.queue, wait);
         }
-        let report = match self.limits_for(task) {
-            Ok(limits) => self.load_and_run(worker_id, task, &limits, cancel).await,
-            Err(refused) => RunReport::not_run(refused, task.module_sha256.clone()),
+        let plan = spawning::plan_for(&self.store, task, self.maxima).await;
+        let report = match (self.limits_for(task), plan) {
+            (Ok(limits), Ok(plan)) => {
+                self.load_and_run(worker_id, task, &limits, cancel, plan)
+                    .await
+            }
+            (Err(refused), _) | (_, Err(refused)) => {
+                RunReport::not_run(refused, task.module_sha256.clone())
+            }
         };
+        let (report, spawns) = spawning::resolve(&self.store, task, report).await;
         let interrupted =
             shutdown.is_cancelled() && report.outcome.outcome_kind() == OutcomeKind::Cancelled;
         let elapsed = started.elapsed();
@@ -78,7 +89,9 @@ impl Executor {
             report.outcome.outcome_kind()
         };
         metrics.attempt_finished(end, &task.module_name, elapsed, report.fuel_used);
-        self.complete(task, report, interrupted, elapsed)
+        let mut completion = self.complete(task, report, interrupted, elapsed);
+        completion.spawns = spawns;
+        completion
     }
 
     /// Loads the task's module (compiling it on first use) and runs it under
@@ -89,6 +102,7 @@ impl Executor {
         task: &ClaimedTask,
         limits: &Limits,
         cancel: CancelToken,
+        subtasks: SubtaskPlan,
     ) -> RunReport {
         let progress = self.progress_sink(worker_id, task);
         let store = self.store.clone();
@@ -145,6 +159,7 @@ impl Executor {
                             cancel,
                             dirs: &[],
                             progress: Some(progress.sink()),
+                            subtasks: Some(subtasks),
                         },
                     )
                     .await
@@ -210,6 +225,14 @@ impl Executor {
                 (Outcome::Success, _) => Transition::Succeed {
                     result: report.output.clone().unwrap_or_else(|| "null".into()),
                 },
+                (Outcome::Waiting { .. }, _) => match &report.suspension {
+                    Some(s) => Transition::Wait {
+                        awaited: s.awaited.clone(),
+                        allowed_unfinished: s.allowed_unfinished,
+                    },
+                    // A waiting outcome always carries its suspension.
+                    None => Transition::Fail,
+                },
                 (Outcome::Cancelled { .. }, _) | (_, None) => Transition::Cancel,
                 (_, Some(kind)) => {
                     match self
@@ -232,6 +255,7 @@ impl Executor {
             started_at: None,
             report: attempt_report(&report, elapsed),
             transition,
+            spawns: Vec::<NewTask>::new(),
         }
     }
 

@@ -24,6 +24,7 @@ mod pace;
 mod retry;
 mod run;
 pub mod shipping;
+mod spawning;
 
 pub use cluster::{Cluster, ClusterConfig};
 pub use config::{

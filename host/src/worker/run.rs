@@ -16,7 +16,7 @@ use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
@@ -58,6 +58,8 @@ struct Shared {
     completed: AtomicU64,
     succeeded: AtomicU64,
     fenced: AtomicU64,
+    /// A [`check_cancels`] is under way.
+    checking_cancels: AtomicBool,
 }
 
 /// A claimed task whose completion is not written yet: the lease the
@@ -160,6 +162,7 @@ impl Worker {
             completed: AtomicU64::new(0),
             succeeded: AtomicU64::new(0),
             fenced: AtomicU64::new(0),
+            checking_cancels: AtomicBool::new(false),
             config: cfg.clone(),
         });
         let (done_tx, done_rx) = mpsc::unbounded_channel::<Report>();
@@ -417,6 +420,7 @@ fn release(task: &ClaimedTask) -> Completion {
             ..AttemptReport::of(OutcomeKind::Shutdown)
         },
         transition: Transition::Release,
+        spawns: Vec::new(),
     }
 }
 
@@ -438,6 +442,13 @@ fn log_end(c: &Completion) {
         Transition::Defer { run_after } => {
             warn!(outcome = %r.outcome, error = r.error_message.as_deref().unwrap_or(""),
             retry_at = %run_after, "could not run the task here; requeued without spending the attempt")
+        }
+        Transition::Wait { awaited, .. } => {
+            debug!(
+                children = awaited.len(),
+                spawned = c.spawns.len(),
+                "task waits for its children"
+            )
         }
     }
 }
@@ -703,6 +714,26 @@ fn cancel_inflight(shared: &Shared, id: Uuid) {
     }
 }
 
+/// Events were missed, or (SQLite) another process committed: a cancel
+/// request for one of this worker's tasks may be among them. Asks the
+/// database (a read), at most one check at a time, only with tasks in
+/// flight; the heartbeat would learn it too, a third of a lease later.
+fn check_cancels(shared: &Arc<Shared>) {
+    if shared.inflight.lock().unwrap().is_empty()
+        || shared.checking_cancels.swap(true, Ordering::AcqRel)
+    {
+        return;
+    }
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        match shared.store.cancel_requests(&shared.id).await {
+            Ok(ids) => ids.into_iter().for_each(|id| cancel_inflight(&shared, id)),
+            Err(e) => debug!(error = %e, "could not check for cancel requests"),
+        }
+        shared.checking_cancels.store(false, Ordering::Release);
+    });
+}
+
 fn lose_inflight(shared: &Shared, id: Uuid) {
     let inflight = shared.inflight.lock().unwrap();
     let Some(t) = inflight.get(&id) else { return };
@@ -777,7 +808,10 @@ async fn listener(shared: Arc<Shared>) {
                     }
                 }
                 Ok(StoreEvent::CancelRequested { id }) => cancel_inflight(&shared, id),
-                Ok(StoreEvent::Missed) => shared.wake.notify_one(),
+                Ok(StoreEvent::Missed) => {
+                    shared.wake.notify_one();
+                    check_cancels(&shared);
+                }
                 Err(e) => {
                     debug!(error = %e, "event listener lost its connection");
                     tokio::time::sleep(Duration::from_secs(1)).await;

@@ -59,7 +59,7 @@ pub(super) fn endpoints() -> Vec<Endpoint> {
                 "Task summaries (no input, result or logs: `GET /api/v1/tasks/{id}` has them), newest first. Pass `next_before` of a page as `before` for the next page.",
             )
             .params(&[
-                ("state", In::Query, "string", false, "queued, running, succeeded, failed or cancelled"),
+                ("state", In::Query, "string", false, "queued, leased, running, waiting, succeeded, failed or cancelled"),
                 ("queue", In::Query, "string", false, "Queue name"),
                 ("module", In::Query, "string", false, "Module name (any version)"),
                 ("limit", In::Query, "integer", false, "Page size, 1..=10000 (default 50)"),
@@ -97,6 +97,17 @@ pub(super) fn endpoints() -> Vec<Endpoint> {
             .doc("tasks", "Every attempt of a task, oldest first")
             .params(&[TASK_ID])
             .responses(&[(200, "The attempts", "AttemptList"), (404, "Unknown task", "Error")]),
+        endpoint("get", "/api/v1/tasks/{id}/children", children)
+            .doc(
+                "tasks",
+                "The children a task spawned, by spawn number, and what all its descendants used",
+            )
+            .params(&[
+                TASK_ID,
+                ("limit", In::Query, "integer", false, "Page size, 1..=10000 (default 50)"),
+                ("from", In::Query, "integer", false, "Cursor: children from this spawn number on"),
+            ])
+            .responses(&[(200, "The children", "ChildList"), (404, "Unknown task", "Error")]),
         endpoint("get", "/api/v1/tasks/{id}/logs", logs)
             .doc(
                 "tasks",
@@ -377,6 +388,36 @@ async fn attempts(
     state.client.get(id).await?;
     let attempts = state.client.store().list_attempts(id).await?;
     Ok(Json(json!({ "task_id": id, "attempts": attempts })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChildrenQuery {
+    pub limit: Option<u32>,
+    pub from: Option<u32>,
+}
+
+async fn children(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiQuery(q): ApiQuery<ChildrenQuery>,
+) -> ApiResult<Json<Value>> {
+    let task = state.client.get(id).await?;
+    let limit = q.limit.unwrap_or(DEFAULT_PAGE);
+    let store = state.client.store();
+    let children = store.list_children(id, q.from.unwrap_or(0), limit).await?;
+    let usage = store.family_usage(id).await?;
+    let next_from = (children.len() as u32 == limit)
+        .then(|| children.last().and_then(|c| c.spawn_seq).map(|s| s + 1))
+        .flatten();
+    Ok(Json(json!({
+        "task_id": id,
+        "children_total": task.children,
+        "waiting_on": (task.state == TaskState::Waiting).then_some(task.waiting_on),
+        "descendants": usage,
+        "children": children,
+        "next_from": next_from,
+    })))
 }
 
 async fn logs(State(state): State<AppState>, ApiPath(id): ApiPath<Uuid>) -> ApiResult<Json<Value>> {

@@ -57,7 +57,7 @@ pub fn age(seconds: f64) -> String {
 /// A state badge; the class only ever comes from the fixed state names.
 pub fn badge(state: &str) -> String {
     let class = match state {
-        "queued" | "leased" | "running" | "succeeded" | "failed" | "cancelled" => state,
+        "queued" | "leased" | "running" | "waiting" | "succeeded" | "failed" | "cancelled" => state,
         _ => "other",
     };
     format!(

@@ -406,7 +406,20 @@ async fn task(
             "queue",
             format!("{} (priority {})", esc(&t.queue), t.priority),
         ),
-        ("attempt", format!("{} of {}", t.attempt, t.max_attempts)),
+        (
+            "attempt",
+            if t.free_runs > 0 {
+                format!(
+                    "{} of {} ({} runs, {} free)",
+                    t.counted_attempts(),
+                    t.max_attempts,
+                    t.attempt,
+                    t.free_runs
+                )
+            } else {
+                format!("{} of {}", t.attempt, t.max_attempts)
+            },
+        ),
         ("enqueued", time(Some(t.enqueued_at))),
         ("run after", time(Some(t.run_after))),
         ("started", time(t.started_at)),
@@ -433,6 +446,42 @@ async fn task(
     if let Some(r) = &t.ray_submission_id {
         facts.push(("Ray job", ray_link(r)));
     }
+    if let Some(parent) = t.parent_id {
+        facts.push((
+            "parent",
+            format!(
+                r#"<a href="/tasks/{parent}" id="parent-link">{parent}</a> (spawn #{}, depth {})"#,
+                t.spawn_seq.map_or("-".into(), |s| s.to_string()),
+                t.depth
+            ),
+        ));
+    }
+    if t.state == TaskState::Waiting {
+        facts.push((
+            "waiting",
+            format!("for {} more of its children", t.waiting_on),
+        ));
+    }
+    let family = if t.children > 0 {
+        let store = state.client.store();
+        let children = store.list_children(id, 0, CHILDREN_SHOWN).await?;
+        let usage = store.family_usage(id).await?;
+        facts.push((
+            "children",
+            format!(
+                "{} ({} descendants; their runs used {} fuel in {} ms)",
+                t.children, usage.descendants, usage.fuel_used, usage.duration_ms
+            ),
+        ));
+        format!(
+            "<h2>Children</h2><p class=\"muted\">The first {} by spawn number \
+             (<code>GET /api/v1/tasks/{id}/children</code> pages through all).</p>{}",
+            children.len(),
+            task_table(&children)
+        )
+    } else {
+        String::new()
+    };
     let facts: Vec<Vec<String>> = facts.into_iter().map(|(k, v)| vec![esc(k), v]).collect();
 
     let mut actions = String::new();
@@ -496,6 +545,7 @@ async fn task(
             esc(e)
         ));
     }
+    body.push_str(&family);
     body.push_str(&format!(
         "<h2>Attempts</h2>{}<h2>Logs</h2>{logs}",
         table(
@@ -515,6 +565,9 @@ async fn task(
     ));
     Ok(Html(page(&session, &format!("Task {id}"), &body)))
 }
+
+/// Children listed on a task's page.
+const CHILDREN_SHOWN: u32 = 50;
 
 fn parse_id(id: &str) -> Result<Uuid, PageError> {
     Uuid::parse_str(id).map_err(|_| PageError(ApiError::not_found(format!("task {id} not found"))))

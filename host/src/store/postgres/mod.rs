@@ -120,6 +120,10 @@ struct TaskColumns<'a> {
     timeout_ms: Vec<Option<i64>>,
     unique_key: Vec<Option<&'a str>>,
     parent_id: Vec<Option<Uuid>>,
+    spawn_seq: Vec<Option<i32>>,
+    spawn_digest: Vec<Option<&'a str>>,
+    depth: Vec<i32>,
+    awaited: Vec<bool>,
 }
 
 impl<'a> TaskColumns<'a> {
@@ -142,12 +146,24 @@ impl<'a> TaskColumns<'a> {
                 .push(limit_to_i64(t.limits.timeout_ms, "timeout_ms")?);
             c.unique_key.push(t.unique_key.as_deref());
             c.parent_id.push(t.parent_id);
+            let child = t.child.as_ref();
+            c.spawn_seq
+                .push(child.map(|k| to_i32(k.seq, "spawn_seq")).transpose()?);
+            c.spawn_digest.push(child.map(|k| k.digest.as_str()));
+            c.depth
+                .push(child.map_or(Ok(0), |k| to_i32(k.depth, "depth"))?);
+            c.awaited.push(child.is_some_and(|k| k.awaited));
         }
         Ok(c)
     }
 
-    async fn insert(self, conn: &mut PgConnection) -> std::result::Result<Vec<Uuid>, sqlx::Error> {
-        sqlx::query_scalar(INSERT_TASKS)
+    /// Inserts the rows with `sql` ([`INSERT_TASKS`] or [`INSERT_CHILDREN`]).
+    async fn insert(
+        self,
+        conn: &mut PgConnection,
+        sql: &'static str,
+    ) -> std::result::Result<Vec<Uuid>, sqlx::Error> {
+        sqlx::query_scalar(sql)
             .bind(self.id)
             .bind(self.module_name)
             .bind(self.module_version)
@@ -162,9 +178,116 @@ impl<'a> TaskColumns<'a> {
             .bind(self.timeout_ms)
             .bind(self.unique_key)
             .bind(self.parent_id)
+            .bind(self.spawn_seq)
+            .bind(self.spawn_digest)
+            .bind(self.depth)
+            .bind(self.awaited)
             .fetch_all(conn)
             .await
     }
+}
+
+/// The statement that ends a batch of runs ([`COMPLETE`]).
+fn complete_statement<'q>(
+    worker_id: &'q str,
+    plans: &'q [FinishPlan<'q>],
+) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
+    sqlx::query(COMPLETE)
+        .bind(worker_id)
+        .bind(plans.iter().map(|p| p.task_id).collect::<Vec<_>>())
+        .bind(plans.iter().map(|p| p.epoch).collect::<Vec<_>>())
+        .bind(plans.iter().map(|p| p.target.as_str()).collect::<Vec<_>>())
+        .bind(plans.iter().map(|p| p.result).collect::<Vec<_>>())
+        .bind(plans.iter().map(|p| p.set_error).collect::<Vec<_>>())
+        .bind(plans.iter().map(|p| p.error_kind).collect::<Vec<_>>())
+        .bind(
+            plans
+                .iter()
+                .map(|p| p.error_message.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            plans
+                .iter()
+                .map(|p| p.error_logs.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(plans.iter().map(|p| p.run_after).collect::<Vec<_>>())
+        .bind(plans.iter().map(|p| p.free_run).collect::<Vec<_>>())
+        .bind(plans.iter().map(|p| p.started_at).collect::<Vec<_>>())
+        .bind(plans.iter().map(|p| p.outcome).collect::<Vec<_>>())
+        .bind(plans.iter().map(|p| p.logs.as_deref()).collect::<Vec<_>>())
+        .bind(plans.iter().map(|p| p.fuel_used).collect::<Vec<_>>())
+        .bind(plans.iter().map(|p| p.peak_memory).collect::<Vec<_>>())
+        .bind(plans.iter().map(|p| p.duration_ms).collect::<Vec<_>>())
+        .bind(TASK_CHANNEL)
+        .bind(
+            plans
+                .iter()
+                .map(|p| i32::try_from(p.waiting_on).unwrap_or(i32::MAX))
+                .collect::<Vec<_>>(),
+        )
+        .bind(plans.iter().map(|p| p.spawned).collect::<Vec<_>>())
+}
+
+/// Stores the children of a completion batch and settles its waits, for
+/// the runs still held by this worker (a stale run stores nothing; its
+/// completion is fenced off after). Children are written and locked before
+/// the parents are (by the completion), in the order the resume trigger
+/// locks them, so the two never deadlock.
+async fn store_children(
+    tx: &mut PgConnection,
+    worker_id: &str,
+    completions: &[Completion],
+    plans: &mut [FinishPlan<'_>],
+) -> Result<()> {
+    let held: HashSet<Uuid> = sqlx::query_scalar(STILL_HELD)
+        .bind(worker_id)
+        .bind(plans.iter().map(|p| p.task_id).collect::<Vec<_>>())
+        .bind(plans.iter().map(|p| p.epoch).collect::<Vec<_>>())
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .collect();
+    let spawns = completions
+        .iter()
+        .filter(|c| held.contains(&c.task_id))
+        .flat_map(|c| &c.spawns);
+    let columns = TaskColumns::new(spawns)?;
+    if !columns.id.is_empty() {
+        match columns.insert(&mut *tx, INSERT_CHILDREN).await {
+            Err(e) if is_fk_violation(&e) => {
+                let all: Vec<NewTask> = completions
+                    .iter()
+                    .flat_map(|c| c.spawns.iter().cloned())
+                    .collect();
+                return Err(unknown_module_bytes(&all));
+            }
+            other => {
+                other?;
+            }
+        }
+    }
+    for plan in plans.iter_mut().filter(|p| held.contains(&p.task_id)) {
+        let Some((awaited, _)) = plan.wait else {
+            continue;
+        };
+        let seqs = awaited
+            .iter()
+            .map(|&s| to_i32(s, "spawn_seq"))
+            .collect::<Result<Vec<_>>>()?;
+        sqlx::query(MARK_AWAITED)
+            .bind(plan.task_id)
+            .bind(seqs)
+            .execute(&mut *tx)
+            .await?;
+        let unfinished: i64 = sqlx::query_scalar(COUNT_AWAITED)
+            .bind(plan.task_id)
+            .fetch_one(&mut *tx)
+            .await?;
+        plan.settle_wait(unfinished);
+    }
+    Ok(())
 }
 
 impl Store for PgStore {
@@ -378,7 +501,7 @@ impl Store for PgStore {
         let mut pending: Vec<usize> = (0..tasks.len()).collect();
         for _ in 0..DEDUP_ROUNDS {
             let columns = TaskColumns::new(pending.iter().map(|&i| &tasks[i]))?;
-            let inserted: HashSet<Uuid> = match columns.insert(&mut tx).await {
+            let inserted: HashSet<Uuid> = match columns.insert(&mut tx, INSERT_TASKS).await {
                 Ok(ids) => ids.into_iter().collect(),
                 Err(e) if is_fk_violation(&e) => return Err(unknown_module_bytes(tasks)),
                 Err(e) => return Err(e.into()),
@@ -490,6 +613,58 @@ impl Store for PgStore {
         rows.iter().map(summary_from_row).collect()
     }
 
+    async fn child_ledger(&self, parent: Uuid) -> Result<Vec<ChildRecord>> {
+        let rows = sqlx::query(CHILD_LEDGER)
+            .bind(parent)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(ChildRecord {
+                    seq: int4(row, "spawn_seq")?,
+                    id: row.try_get("id")?,
+                    digest: row
+                        .try_get::<Option<String>, _>("spawn_digest")?
+                        .unwrap_or_default(),
+                    state: parse_state(row.try_get("state")?)?,
+                    result: row.try_get("result")?,
+                    error_kind: row.try_get("error_kind")?,
+                    error_message: row.try_get("error_message")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn list_children(&self, parent: Uuid, from: u32, limit: u32) -> Result<Vec<TaskSummary>> {
+        let limit = list_limit(limit)?;
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            summary_columns!(),
+            " FROM tasks WHERE parent_id = $1 AND spawn_seq >= $2 ORDER BY spawn_seq LIMIT $3"
+        ))
+        .bind(parent)
+        .bind(to_i32(from, "from")?)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        if rows.is_empty() {
+            self.task_state(parent).await?;
+        }
+        rows.iter().map(summary_from_row).collect()
+    }
+
+    async fn family_usage(&self, id: Uuid) -> Result<FamilyUsage> {
+        let (descendants, fuel, ms): (i64, i64, i64) = sqlx::query_as(FAMILY_USAGE)
+            .bind(id)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(FamilyUsage {
+            descendants: from_i64(descendants, "descendants")?,
+            fuel_used: from_i64(fuel, "fuel_used")?,
+            duration_ms: from_i64(ms, "duration_ms")?,
+        })
+    }
+
     async fn list_attempts(&self, task_id: Uuid) -> Result<Vec<AttemptRecord>> {
         let rows = sqlx::query(
             "SELECT id, task_id, attempt, lease_epoch, worker_id, started_at, finished_at, \
@@ -584,6 +759,8 @@ impl Store for PgStore {
                     enqueued_at: row.try_get("enqueued_at")?,
                     lease_expires_at: row.try_get("lease_expires_at")?,
                     cancel_requested: row.try_get("cancel_requested")?,
+                    depth: int4(row, "depth")?,
+                    children: int4(row, "children")?,
                 })
             })
             .collect()
@@ -609,41 +786,26 @@ impl Store for PgStore {
 
     async fn complete(&self, worker_id: &str, completions: &[Completion]) -> Result<Vec<bool>> {
         validate_worker_id(worker_id)?;
-        let plans = completion_plans(completions)?;
+        let mut plans = completion_plans(completions)?;
         if plans.is_empty() {
             return Ok(Vec::new());
         }
-        let rows = sqlx::query(COMPLETE)
-            .bind(worker_id)
-            .bind(plans.iter().map(|p| p.task_id).collect::<Vec<_>>())
-            .bind(plans.iter().map(|p| p.epoch).collect::<Vec<_>>())
-            .bind(plans.iter().map(|p| p.target.as_str()).collect::<Vec<_>>())
-            .bind(plans.iter().map(|p| p.result).collect::<Vec<_>>())
-            .bind(plans.iter().map(|p| p.set_error).collect::<Vec<_>>())
-            .bind(plans.iter().map(|p| p.error_kind).collect::<Vec<_>>())
-            .bind(
-                plans
-                    .iter()
-                    .map(|p| p.error_message.as_deref())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                plans
-                    .iter()
-                    .map(|p| p.error_logs.as_deref())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(plans.iter().map(|p| p.run_after).collect::<Vec<_>>())
-            .bind(plans.iter().map(|p| p.free_run).collect::<Vec<_>>())
-            .bind(plans.iter().map(|p| p.started_at).collect::<Vec<_>>())
-            .bind(plans.iter().map(|p| p.outcome).collect::<Vec<_>>())
-            .bind(plans.iter().map(|p| p.logs.as_deref()).collect::<Vec<_>>())
-            .bind(plans.iter().map(|p| p.fuel_used).collect::<Vec<_>>())
-            .bind(plans.iter().map(|p| p.peak_memory).collect::<Vec<_>>())
-            .bind(plans.iter().map(|p| p.duration_ms).collect::<Vec<_>>())
-            .bind(TASK_CHANNEL)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = if plans.iter().any(|p| p.spawned || p.wait.is_some()) {
+            // Children and waits: a transaction that stores the children and
+            // settles the waits before the completion statement.
+            let mut tx = self.pool.begin().await?;
+            store_children(&mut tx, worker_id, completions, &mut plans).await?;
+            let rows = complete_statement(worker_id, &plans)
+                .fetch_all(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            rows
+        } else {
+            // One statement, and so one round trip and one commit.
+            complete_statement(worker_id, &plans)
+                .fetch_all(&self.pool)
+                .await?
+        };
         let applied = leases_from_rows(&rows)?;
         Ok(applied_flags(
             completions.iter().map(Completion::lease),
@@ -670,6 +832,17 @@ impl Store for PgStore {
         // Held but locked rows are still ours: not lost, not (yet) extended.
         let ours: Vec<(Uuid, bool)> = rows.iter().map(|&(id, cancel, _)| (id, cancel)).collect();
         Ok(heartbeat_reply(leases, &ours))
+    }
+
+    async fn cancel_requests(&self, worker_id: &str) -> Result<Vec<Uuid>> {
+        Ok(sqlx::query_scalar(concat!(
+            "SELECT id FROM tasks WHERE state IN ",
+            live_states!(),
+            " AND lease_owner = $1 AND cancel_requested"
+        ))
+        .bind(worker_id)
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     async fn expired_leases(&self, limit: u32) -> Result<Vec<ExpiredTask>> {
@@ -722,20 +895,27 @@ impl Store for PgStore {
 
     async fn request_cancel(&self, id: Uuid) -> Result<CancelOutcome> {
         let mut tx = self.pool.begin().await?;
-        let state: Option<String> = sqlx::query_scalar(REQUEST_CANCEL)
+        let changed: Vec<(Uuid, String)> = sqlx::query_as(REQUEST_CANCEL)
             .bind(id)
-            .fetch_optional(&mut *tx)
+            .fetch_all(&mut *tx)
             .await?;
-        let outcome = match state.as_deref().map(parse_state).transpose()? {
+        // Workers stop the live ones (the task or its descendants).
+        let live: Vec<String> = changed
+            .iter()
+            .filter(|(_, state)| state != TaskState::Cancelled.as_str())
+            .map(|(id, _)| id.to_string())
+            .collect();
+        if !live.is_empty() {
+            sqlx::query("SELECT pg_notify($1, i) FROM unnest($2::text[]) AS i")
+                .bind(CANCEL_CHANNEL)
+                .bind(live)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let own = changed.iter().find(|(changed, _)| *changed == id);
+        let outcome = match own.map(|(_, s)| parse_state(s)).transpose()? {
             Some(TaskState::Cancelled) => CancelOutcome::Cancelled,
-            Some(_) => {
-                sqlx::query("SELECT pg_notify($1, $2)")
-                    .bind(CANCEL_CHANNEL)
-                    .bind(id.to_string())
-                    .execute(&mut *tx)
-                    .await?;
-                CancelOutcome::Requested
-            }
+            Some(_) => CancelOutcome::Requested,
             None => {
                 drop(tx);
                 return Ok(CancelOutcome::AlreadyFinished(self.task_state(id).await?));

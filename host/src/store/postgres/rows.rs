@@ -6,6 +6,13 @@ use sqlx::postgres::PgRow;
 use crate::store::shared::*;
 use crate::store::{Result, model::*};
 
+/// An `integer` column that may be NULL, never negative.
+pub(super) fn int4_opt(row: &PgRow, column: &str) -> Result<Option<u32>> {
+    row.try_get::<Option<i32>, _>(column)?
+        .map(|v| to_u32(v.into(), column))
+        .transpose()
+}
+
 /// An `integer` column holding a count that is never negative.
 pub(super) fn int4(row: &PgRow, column: &str) -> Result<u32> {
     to_u32(row.try_get::<i32, _>(column)?.into(), column)
@@ -47,6 +54,10 @@ pub(super) fn task_from_row(row: &PgRow) -> Result<TaskRecord> {
         parent_id: row.try_get("parent_id")?,
         ray_submission_id: row.try_get("ray_submission_id")?,
         updated_at: row.try_get("updated_at")?,
+        spawn_seq: int4_opt(row, "spawn_seq")?,
+        depth: int4(row, "depth")?,
+        children: int4(row, "children")?,
+        waiting_on: row.try_get::<i32, _>("waiting_on")?.into(),
     })
 }
 
@@ -77,6 +88,8 @@ pub(super) fn summary_from_row(row: &PgRow) -> Result<TaskSummary> {
         finished_at: row.try_get("finished_at")?,
         parent_id: row.try_get("parent_id")?,
         ray_submission_id: row.try_get("ray_submission_id")?,
+        spawn_seq: int4_opt(row, "spawn_seq")?,
+        children: int4(row, "children")?,
     })
 }
 

@@ -19,24 +19,62 @@ macro_rules! plus_micros {
     };
 }
 
-pub(super) const INSERT_TASKS: &str = concat!(
-    "INSERT INTO tasks (id, module_name, module_version, module_sha256, \
-         queue, priority, input, state, run_after, max_attempts, fuel, memory_bytes, timeout_ms, \
-         unique_key, parent_id) \
-     SELECT u.id, u.module_name, u.module_version, u.module_sha256, u.queue, u.priority, \
-         u.input, 'queued', coalesce(u.run_after, now()), u.max_attempts, u.fuel, \
-         u.memory_bytes, u.timeout_ms, u.unique_key, u.parent_id \
-     FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int2[], \
-                 $7::text[], $8::timestamptz[], $9::int4[], $10::int8[], $11::int8[], \
-                 $12::int8[], $13::text[], $14::uuid[]) \
-          WITH ORDINALITY AS u(id, module_name, module_version, module_sha256, queue, priority, \
-                 input, run_after, max_attempts, fuel, memory_bytes, timeout_ms, unique_key, \
-                 parent_id, ord) \
-     ORDER BY u.ord \
-     ON CONFLICT (unique_key) WHERE ",
+/// An insert of a batch of tasks from column arrays; `$conflict` is what a
+/// clash with an existing row does.
+macro_rules! insert_tasks {
+    ($conflict:expr) => {
+        concat!(
+            "INSERT INTO tasks (id, module_name, module_version, module_sha256, \
+                 queue, priority, input, state, run_after, max_attempts, fuel, memory_bytes, \
+                 timeout_ms, unique_key, parent_id, spawn_seq, spawn_digest, depth, awaited) \
+             SELECT u.id, u.module_name, u.module_version, u.module_sha256, u.queue, \
+                 u.priority, u.input, 'queued', coalesce(u.run_after, now()), u.max_attempts, \
+                 u.fuel, u.memory_bytes, u.timeout_ms, u.unique_key, u.parent_id, u.spawn_seq, \
+                 u.spawn_digest, u.depth, u.awaited \
+             FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], \
+                         $6::int2[], $7::text[], $8::timestamptz[], $9::int4[], $10::int8[], \
+                         $11::int8[], $12::int8[], $13::text[], $14::uuid[], $15::int4[], \
+                         $16::text[], $17::int4[], $18::bool[]) \
+                  WITH ORDINALITY AS u(id, module_name, module_version, module_sha256, queue, \
+                         priority, input, run_after, max_attempts, fuel, memory_bytes, \
+                         timeout_ms, unique_key, parent_id, spawn_seq, spawn_digest, depth, \
+                         awaited, ord) \
+             ORDER BY u.ord ",
+            $conflict,
+            " RETURNING id"
+        )
+    };
+}
+
+pub(super) const INSERT_TASKS: &str = insert_tasks!(concat!(
+    "ON CONFLICT (unique_key) WHERE ",
     unique_key_scope!(),
-    " DO NOTHING \
-     RETURNING id"
+    " DO NOTHING"
+));
+
+/// Children stored with their parent's completion: one per (parent, seq),
+/// so a child that an earlier run stored is skipped.
+pub(super) const INSERT_CHILDREN: &str = insert_tasks!("ON CONFLICT DO NOTHING");
+
+/// $1 parent, $2 spawn numbers: the children a wait names are awaited;
+/// then the number of the parent's awaited children that are unfinished.
+/// The rows are locked child first, parent later (by the completion), as
+/// the resume trigger locks them.
+pub(super) const MARK_AWAITED: &str = "UPDATE tasks SET awaited = true \
+     WHERE parent_id = $1 AND spawn_seq = ANY($2)";
+
+pub(super) const COUNT_AWAITED: &str = concat!(
+    "SELECT count(*) FROM tasks WHERE parent_id = $1 AND awaited AND state NOT IN ",
+    terminal_states!()
+);
+
+/// $1 worker, $2 ids, $3 epochs: the tasks still live under this worker in
+/// these epochs.
+pub(super) const STILL_HELD: &str = concat!(
+    "SELECT t.id FROM tasks t \
+     JOIN UNNEST($2::uuid[], $3::int8[]) AS l(task_id, epoch) ON t.id = l.task_id \
+     WHERE ",
+    fenced!("t", "$1", "l.epoch")
 );
 
 /// $1 worker, $2 lease µs, $3 limit, $4 queue(s); `{queues}` is one of three
@@ -58,7 +96,7 @@ pub(super) const CLAIM_TEMPLATE: &str = concat!(
          RETURNING t.seq, t.id, t.module_name, t.module_version, t.module_sha256, t.queue, \
              t.priority, t.input, t.run_after, t.attempt, t.lease_epoch, t.max_attempts, \
              t.free_runs, t.fuel, t.memory_bytes, t.timeout_ms, t.enqueued_at, \
-             t.lease_expires_at, t.cancel_requested \
+             t.lease_expires_at, t.cancel_requested, t.depth, t.children \
      ), opened AS ( \
          INSERT INTO attempts (task_id, attempt, lease_epoch, worker_id, started_at) \
          SELECT id, attempt, lease_epoch, $1, now() FROM claimed \
@@ -95,10 +133,10 @@ pub(super) const COMPLETE: &str = concat!(
          SELECT * FROM UNNEST($2::uuid[], $3::int8[], $4::text[], $5::text[], $6::bool[], \
                  $7::text[], $8::text[], $9::text[], $10::timestamptz[], $11::bool[], \
                  $12::timestamptz[], $13::text[], $14::text[], $15::int8[], $16::int8[], \
-                 $17::int8[]) \
+                 $17::int8[], $19::int4[], $20::bool[]) \
              AS c(task_id, epoch, target, result, set_error, error_kind, error_message, \
                  error_logs, run_after, free_run, started_at, outcome, logs, fuel_used, \
-                 peak_memory, duration_ms) \
+                 peak_memory, duration_ms, waiting_on, spawned) \
      ), done AS ( \
          UPDATE tasks t SET ",
     finish_set!("t", "c", "now()"),
@@ -169,13 +207,37 @@ pub(super) const EXPIRE: &str = concat!(
      SELECT queue, state, due FROM t"
 );
 
+/// $1 id: cancels the task and its unfinished descendants; returns each
+/// changed row's id and new state.
 pub(super) const REQUEST_CANCEL: &str = concat!(
-    "UPDATE tasks SET ",
+    "WITH RECURSIVE tree(id) AS ( \
+         SELECT $1::uuid \
+         UNION ALL \
+         SELECT t.id FROM tasks t JOIN tree ON t.parent_id = tree.id \
+     ) \
+     UPDATE tasks SET ",
     cancel_set!("now()", "true"),
-    " WHERE id = $1 AND state IN ",
+    " WHERE id IN (SELECT id FROM tree) AND state IN ",
     unfinished_states!(),
-    " RETURNING state"
+    " RETURNING id, state"
 );
+
+/// $1 parent: its children as its next run needs them.
+pub(super) const CHILD_LEDGER: &str = "SELECT spawn_seq, id, spawn_digest, state, \
+         CASE WHEN state = 'succeeded' THEN result END AS result, \
+         error_kind, error_message \
+     FROM tasks WHERE parent_id = $1 AND spawn_seq IS NOT NULL ORDER BY spawn_seq";
+
+/// $1 id: the number of its descendants and what their runs used.
+pub(super) const FAMILY_USAGE: &str = "WITH RECURSIVE tree(id) AS ( \
+         SELECT id FROM tasks WHERE parent_id = $1 \
+         UNION ALL \
+         SELECT t.id FROM tasks t JOIN tree ON t.parent_id = tree.id \
+     ) \
+     SELECT (SELECT count(*) FROM tree) AS descendants, \
+         coalesce(sum(a.fuel_used), 0)::int8 AS fuel_used, \
+         coalesce(sum(a.duration_ms), 0)::int8 AS duration_ms \
+     FROM attempts a WHERE a.task_id IN (SELECT id FROM tree)";
 
 pub(super) const RETRY_TASK: &str = concat!(
     "UPDATE tasks SET ",

@@ -211,6 +211,81 @@ fn is_fk_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.is_foreign_key_violation())
 }
 
+/// Stores the children of a completion batch and settles its waits, for
+/// the runs still held by this worker (a stale run stores nothing; its
+/// completion is fenced off after). The write transaction holds SQLite's
+/// one write lock, so no child can end between the count and the
+/// completion.
+async fn store_children(
+    w: &mut WriteTx,
+    worker_id: &str,
+    completions: &[Completion],
+    plans: &mut [FinishPlan<'_>],
+    now: i64,
+) -> Result<()> {
+    let named: Vec<StartRow> = plans
+        .iter()
+        .map(|p| StartRow {
+            id: p.task_id,
+            epoch: p.epoch,
+            at: now,
+        })
+        .collect();
+    let held: Vec<String> = sqlx::query_scalar(concat!(
+        "SELECT tasks.id FROM tasks \
+         JOIN (SELECT value ->> 'id' AS id, value ->> 'epoch' AS epoch \
+               FROM json_each(?1)) AS l ON tasks.id = l.id \
+         WHERE ",
+        fenced!("tasks", "?2", "l.epoch")
+    ))
+    .bind(to_json(&named))
+    .bind(worker_id)
+    .fetch_all(&mut *w.tx)
+    .await?;
+    let held: HashSet<Uuid> = held.iter().map(|id| uuid(id)).collect::<Result<_>>()?;
+    let rows = completions
+        .iter()
+        .filter(|c| held.contains(&c.task_id))
+        .flat_map(|c| &c.spawns)
+        .map(|t| TaskRow::new(t, now))
+        .collect::<Result<Vec<_>>>()?;
+    if !rows.is_empty() {
+        let inserted = sqlx::query(INSERT_CHILDREN)
+            .bind(to_json(&rows))
+            .bind(now)
+            .execute(&mut *w.tx)
+            .await;
+        match inserted {
+            Err(e) if is_fk_violation(&e) => {
+                let all: Vec<NewTask> = completions
+                    .iter()
+                    .flat_map(|c| c.spawns.iter().cloned())
+                    .collect();
+                return Err(unknown_module_bytes(&all));
+            }
+            other => {
+                other?;
+            }
+        }
+    }
+    for plan in plans.iter_mut().filter(|p| held.contains(&p.task_id)) {
+        let Some((awaited, _)) = plan.wait else {
+            continue;
+        };
+        sqlx::query(MARK_AWAITED)
+            .bind(plan.task_id.to_string())
+            .bind(to_json(&awaited))
+            .execute(&mut *w.tx)
+            .await?;
+        let unfinished: i64 = sqlx::query_scalar(COUNT_AWAITED)
+            .bind(plan.task_id.to_string())
+            .fetch_one(&mut *w.tx)
+            .await?;
+        plan.settle_wait(unfinished);
+    }
+    Ok(())
+}
+
 impl Store for SqliteStore {
     fn backend_name(&self) -> &'static str {
         "sqlite"
@@ -529,6 +604,58 @@ impl Store for SqliteStore {
         rows.iter().map(summary_from_row).collect()
     }
 
+    async fn child_ledger(&self, parent: Uuid) -> Result<Vec<ChildRecord>> {
+        let rows = sqlx::query(CHILD_LEDGER)
+            .bind(parent.to_string())
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(ChildRecord {
+                    seq: to_u32(row.try_get("spawn_seq")?, "spawn_seq")?,
+                    id: uuid(row.try_get("id")?)?,
+                    digest: row
+                        .try_get::<Option<String>, _>("spawn_digest")?
+                        .unwrap_or_default(),
+                    state: parse_state(row.try_get("state")?)?,
+                    result: row.try_get("result")?,
+                    error_kind: row.try_get("error_kind")?,
+                    error_message: row.try_get("error_message")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn list_children(&self, parent: Uuid, from: u32, limit: u32) -> Result<Vec<TaskSummary>> {
+        let limit = list_limit(limit)?;
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            summary_columns!(),
+            " FROM tasks WHERE parent_id = ?1 AND spawn_seq >= ?2 ORDER BY spawn_seq LIMIT ?3"
+        ))
+        .bind(parent.to_string())
+        .bind(i64::from(from))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        if rows.is_empty() {
+            self.task_state(parent).await?;
+        }
+        rows.iter().map(summary_from_row).collect()
+    }
+
+    async fn family_usage(&self, id: Uuid) -> Result<FamilyUsage> {
+        let (descendants, fuel, ms): (i64, i64, i64) = sqlx::query_as(FAMILY_USAGE)
+            .bind(id.to_string())
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(FamilyUsage {
+            descendants: from_i64(descendants, "descendants")?,
+            fuel_used: from_i64(fuel, "fuel_used")?,
+            duration_ms: from_i64(ms, "duration_ms")?,
+        })
+    }
+
     async fn list_attempts(&self, task_id: Uuid) -> Result<Vec<AttemptRecord>> {
         let rows = sqlx::query(
             "SELECT id, task_id, attempt, lease_epoch, worker_id, started_at, finished_at, \
@@ -636,6 +763,8 @@ impl Store for SqliteStore {
                     enqueued_at: ts(row.try_get("enqueued_at")?)?,
                     lease_expires_at: ts(row.try_get("lease_expires_at")?)?,
                     cancel_requested: row.try_get("cancel_requested")?,
+                    depth: to_u32(row.try_get("depth")?, "depth")?,
+                    children: to_u32(row.try_get("children")?, "children")?,
                 },
             ));
         }
@@ -695,13 +824,16 @@ impl Store for SqliteStore {
 
     async fn complete(&self, worker_id: &str, completions: &[Completion]) -> Result<Vec<bool>> {
         validate_worker_id(worker_id)?;
-        let plans = completion_plans(completions)?;
+        let mut plans = completion_plans(completions)?;
         if plans.is_empty() {
             return Ok(Vec::new());
         }
         let now = us(Utc::now());
-        let rows: Vec<FinishRow<'_>> = plans.iter().map(|p| FinishRow::new(p, now)).collect();
         let mut w = self.begin_write().await?;
+        if plans.iter().any(|p| p.spawned || p.wait.is_some()) {
+            store_children(&mut w, worker_id, completions, &mut plans, now).await?;
+        }
+        let rows: Vec<FinishRow<'_>> = plans.iter().map(|p| FinishRow::new(p, now)).collect();
         let updated = sqlx::query(FINISH_TASKS)
             .bind(to_json(&rows))
             .bind(now)
@@ -710,12 +842,16 @@ impl Store for SqliteStore {
             .await?;
         let mut applied_ids = HashSet::with_capacity(updated.len());
         let mut requeued = BTreeSet::new();
+        let mut parents = Vec::new();
         for row in &updated {
             applied_ids.insert(uuid(row.try_get("id")?)?);
             let state: &str = row.try_get("state")?;
             let run_after: i64 = row.try_get("run_after")?;
             if state == TaskState::Queued.as_str() && run_after <= now {
                 requeued.insert(row.try_get::<String, _>("queue")?);
+            }
+            if let Some(parent) = row.try_get::<Option<String>, _>("parent_id")? {
+                parents.push(parent);
             }
         }
         if !applied_ids.is_empty() {
@@ -728,6 +864,17 @@ impl Store for SqliteStore {
                 .bind(now)
                 .execute(&mut *w.tx)
                 .await?;
+        }
+        if !parents.is_empty() {
+            // Parents the trigger queued again, for the wake-up.
+            let queues: Vec<String> = sqlx::query_scalar(
+                "SELECT DISTINCT queue FROM tasks \
+                 WHERE id IN (SELECT value FROM json_each(?1)) AND state = 'queued'",
+            )
+            .bind(to_json(&parents))
+            .fetch_all(&mut *w.tx)
+            .await?;
+            requeued.extend(queues);
         }
         w.commit().await?;
         for queue in requeued {
@@ -797,6 +944,18 @@ impl Store for SqliteStore {
         Ok(heartbeat_reply(leases, &extended))
     }
 
+    async fn cancel_requests(&self, worker_id: &str) -> Result<Vec<Uuid>> {
+        let ids: Vec<String> = sqlx::query_scalar(concat!(
+            "SELECT id FROM tasks WHERE state IN ",
+            live_states!(),
+            " AND lease_owner = ?1 AND cancel_requested"
+        ))
+        .bind(worker_id)
+        .fetch_all(&self.pool)
+        .await?;
+        ids.iter().map(|id| uuid(id)).collect()
+    }
+
     async fn expired_leases(&self, limit: u32) -> Result<Vec<ExpiredTask>> {
         let limit = validate_limit(limit)?;
         let rows = sqlx::query(concat!(
@@ -864,18 +1023,28 @@ impl Store for SqliteStore {
     async fn request_cancel(&self, id: Uuid) -> Result<CancelOutcome> {
         let now = us(Utc::now());
         let mut w = self.begin_write().await?;
-        let state: Option<String> = sqlx::query_scalar(REQUEST_CANCEL)
+        let changed: Vec<(String, String)> = sqlx::query_as(REQUEST_CANCEL)
             .bind(now)
             .bind(id.to_string())
-            .fetch_optional(&mut *w.tx)
+            .fetch_all(&mut *w.tx)
             .await?;
         w.commit().await?;
-        match state.as_deref().map(parse_state).transpose()? {
-            Some(TaskState::Cancelled) => Ok(CancelOutcome::Cancelled),
-            Some(_) => {
-                self.events.send(StoreEvent::CancelRequested { id });
-                Ok(CancelOutcome::Requested)
+        let mut own = None;
+        for (changed_id, state) in &changed {
+            let changed_id = uuid(changed_id)?;
+            let state = parse_state(state)?;
+            if state != TaskState::Cancelled {
+                // Workers stop the live ones (the task or its descendants).
+                self.events
+                    .send(StoreEvent::CancelRequested { id: changed_id });
             }
+            if changed_id == id {
+                own = Some(state);
+            }
+        }
+        match own {
+            Some(TaskState::Cancelled) => Ok(CancelOutcome::Cancelled),
+            Some(_) => Ok(CancelOutcome::Requested),
             None => Ok(CancelOutcome::AlreadyFinished(self.task_state(id).await?)),
         }
     }

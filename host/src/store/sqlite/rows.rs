@@ -30,6 +30,10 @@ pub(super) fn uuid_opt(s: Option<String>) -> Result<Option<Uuid>> {
     s.as_deref().map(uuid).transpose()
 }
 
+pub(super) fn u32_opt(v: Option<i64>, what: &str) -> Result<Option<u32>> {
+    v.map(|v| to_u32(v, what)).transpose()
+}
+
 pub(super) fn task_from_row(row: &SqliteRow) -> Result<TaskRecord> {
     Ok(TaskRecord {
         id: uuid(row.try_get("id")?)?,
@@ -63,6 +67,10 @@ pub(super) fn task_from_row(row: &SqliteRow) -> Result<TaskRecord> {
         parent_id: uuid_opt(row.try_get("parent_id")?)?,
         ray_submission_id: row.try_get("ray_submission_id")?,
         updated_at: ts(row.try_get("updated_at")?)?,
+        spawn_seq: u32_opt(row.try_get("spawn_seq")?, "spawn_seq")?,
+        depth: to_u32(row.try_get("depth")?, "depth")?,
+        children: to_u32(row.try_get("children")?, "children")?,
+        waiting_on: row.try_get("waiting_on")?,
     })
 }
 
@@ -90,6 +98,8 @@ pub(super) fn summary_from_row(row: &SqliteRow) -> Result<TaskSummary> {
         finished_at: ts_opt(row.try_get("finished_at")?)?,
         parent_id: uuid_opt(row.try_get("parent_id")?)?,
         ray_submission_id: row.try_get("ray_submission_id")?,
+        spawn_seq: u32_opt(row.try_get("spawn_seq")?, "spawn_seq")?,
+        children: to_u32(row.try_get("children")?, "children")?,
     })
 }
 

@@ -19,24 +19,50 @@ pub(super) const GC_BLOBS: &str = "DELETE FROM module_blobs \
      WHERE NOT EXISTS (SELECT 1 FROM modules m WHERE m.sha256 = module_blobs.sha256) \
        AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.module_sha256 = module_blobs.sha256)";
 
-/// A whole enqueue batch in one statement: ?1 is a JSON array of
-/// [`TaskRow`]s (inserted in array order, so `seq` follows it), ?2 now.
-/// `WHERE true` resolves SQLite's parsing ambiguity between a join's ON and
-/// the upsert's ON CONFLICT.
-pub(super) const INSERT_TASKS: &str = concat!(
-    "INSERT INTO tasks (id, module_name, module_version, \
-         module_sha256, queue, priority, input, state, run_after, max_attempts, fuel, \
-         memory_bytes, timeout_ms, unique_key, parent_id, enqueued_at, updated_at) \
-     SELECT value ->> 'id', value ->> 'module_name', value ->> 'module_version', \
-         value ->> 'module_sha256', value ->> 'queue', value ->> 'priority', \
-         value ->> 'input', 'queued', value ->> 'run_after', value ->> 'max_attempts', \
-         value ->> 'fuel', value ->> 'memory_bytes', value ->> 'timeout_ms', \
-         value ->> 'unique_key', value ->> 'parent_id', ?2, ?2 \
-     FROM json_each(?1) WHERE true ORDER BY key \
-     ON CONFLICT (unique_key) WHERE ",
+/// A whole batch of tasks in one statement: ?1 is a JSON array of
+/// [`TaskRow`]s (inserted in array order, so `seq` follows it), ?2 now;
+/// `$conflict` is what a clash with an existing row does. `WHERE true`
+/// resolves SQLite's parsing ambiguity between a join's ON and the upsert's
+/// ON CONFLICT.
+macro_rules! insert_tasks {
+    ($conflict:expr) => {
+        concat!(
+            "INSERT INTO tasks (id, module_name, module_version, \
+                 module_sha256, queue, priority, input, state, run_after, max_attempts, fuel, \
+                 memory_bytes, timeout_ms, unique_key, parent_id, spawn_seq, spawn_digest, \
+                 depth, awaited, enqueued_at, updated_at) \
+             SELECT value ->> 'id', value ->> 'module_name', value ->> 'module_version', \
+                 value ->> 'module_sha256', value ->> 'queue', value ->> 'priority', \
+                 value ->> 'input', 'queued', value ->> 'run_after', value ->> 'max_attempts', \
+                 value ->> 'fuel', value ->> 'memory_bytes', value ->> 'timeout_ms', \
+                 value ->> 'unique_key', value ->> 'parent_id', value ->> 'spawn_seq', \
+                 value ->> 'spawn_digest', value ->> 'depth', value ->> 'awaited', ?2, ?2 \
+             FROM json_each(?1) WHERE true ORDER BY key ",
+            $conflict,
+            " RETURNING id"
+        )
+    };
+}
+
+pub(super) const INSERT_TASKS: &str = insert_tasks!(concat!(
+    "ON CONFLICT (unique_key) WHERE ",
     unique_key_scope!(),
-    " DO NOTHING \
-     RETURNING id"
+    " DO NOTHING"
+));
+
+/// Children stored with their parent's completion: one per (parent, seq),
+/// so a child that an earlier run stored is skipped.
+pub(super) const INSERT_CHILDREN: &str = insert_tasks!("ON CONFLICT DO NOTHING");
+
+/// ?1 parent, ?2 JSON array of spawn numbers: the children a wait names
+/// are awaited.
+pub(super) const MARK_AWAITED: &str = "UPDATE tasks SET awaited = 1 \
+     WHERE parent_id = ?1 AND spawn_seq IN (SELECT value FROM json_each(?2))";
+
+/// ?1 parent: its awaited children that are unfinished.
+pub(super) const COUNT_AWAITED: &str = concat!(
+    "SELECT count(*) FROM tasks WHERE parent_id = ?1 AND awaited AND state NOT IN ",
+    terminal_states!()
 );
 
 /// One task as a JSON object for `INSERT_TASKS`.
@@ -56,6 +82,10 @@ pub(super) struct TaskRow<'a> {
     timeout_ms: Option<i64>,
     unique_key: Option<&'a str>,
     parent_id: Option<Uuid>,
+    spawn_seq: Option<u32>,
+    spawn_digest: Option<&'a str>,
+    depth: u32,
+    awaited: bool,
 }
 
 impl<'a> TaskRow<'a> {
@@ -76,6 +106,10 @@ impl<'a> TaskRow<'a> {
             timeout_ms: limit_to_i64(task.limits.timeout_ms, "timeout_ms")?,
             unique_key: task.unique_key.as_deref(),
             parent_id: task.parent_id,
+            spawn_seq: task.child.as_ref().map(|k| k.seq),
+            spawn_digest: task.child.as_ref().map(|k| k.digest.as_str()),
+            depth: task.child.as_ref().map_or(0, |k| k.depth),
+            awaited: task.child.as_ref().is_some_and(|k| k.awaited),
         })
     }
 }
@@ -92,7 +126,7 @@ pub(super) const CLAIM_TEMPLATE: &str = concat!(
          LIMIT ?4) \
      RETURNING seq, id, module_name, module_version, module_sha256, queue, priority, input, \
          run_after, attempt, lease_epoch, max_attempts, free_runs, fuel, memory_bytes, \
-         timeout_ms, enqueued_at, lease_expires_at, cancel_requested"
+         timeout_ms, enqueued_at, lease_expires_at, cancel_requested, depth, children"
 );
 
 pub(super) const OPEN_ATTEMPTS: &str = "INSERT INTO attempts \
@@ -133,11 +167,12 @@ pub(super) const FINISH_TASKS: &str = concat!(
                value ->> 'set_error' AS set_error, value ->> 'error_kind' AS error_kind, \
                value ->> 'error_message' AS error_message, \
                value ->> 'error_logs' AS error_logs, value ->> 'run_after' AS run_after, \
-               value ->> 'free_run' AS free_run, value ->> 'started_at' AS started_at \
+               value ->> 'free_run' AS free_run, value ->> 'started_at' AS started_at, \
+               value ->> 'waiting_on' AS waiting_on, value ->> 'spawned' AS spawned \
            FROM json_each(?1)) AS c \
      WHERE tasks.id = c.id AND ",
     fenced!("+tasks", "?3", "c.epoch"),
-    " RETURNING tasks.id, tasks.state, tasks.queue, tasks.run_after"
+    " RETURNING tasks.id, tasks.state, tasks.queue, tasks.run_after, tasks.parent_id"
 );
 
 /// Closes the attempt rows of the applied part of a batch (?1, JSON), ?2 now.
@@ -181,6 +216,8 @@ pub(super) struct FinishRow<'a> {
     fuel_used: Option<i64>,
     peak_memory: Option<i64>,
     duration_ms: i64,
+    waiting_on: i64,
+    spawned: bool,
 }
 
 impl<'a> FinishRow<'a> {
@@ -202,6 +239,8 @@ impl<'a> FinishRow<'a> {
             fuel_used: plan.fuel_used,
             peak_memory: plan.peak_memory,
             duration_ms: plan.duration_ms,
+            waiting_on: plan.waiting_on,
+            spawned: plan.spawned,
         }
     }
 }
@@ -231,13 +270,38 @@ pub(super) const CLOSE_EXPIRED_ATTEMPT: &str = "UPDATE attempts SET finished_at 
          outcome = 'lease-expired', error_message = ?2, duration_ms = (?1 - started_at) / 1000 \
      WHERE task_id = ?3 AND lease_epoch = ?4 AND finished_at IS NULL";
 
+/// ?1 now, ?2 id: cancels the task and its unfinished descendants; returns
+/// each changed row's id and new state.
 pub(super) const REQUEST_CANCEL: &str = concat!(
     "UPDATE tasks SET ",
     cancel_set!("?1", "1"),
-    " WHERE id = ?2 AND state IN ",
+    " WHERE id IN ( \
+         WITH RECURSIVE tree(id) AS ( \
+             SELECT ?2 \
+             UNION ALL \
+             SELECT t.id FROM tasks t JOIN tree ON t.parent_id = tree.id) \
+         SELECT id FROM tree) \
+       AND state IN ",
     unfinished_states!(),
-    " RETURNING state"
+    " RETURNING id, state"
 );
+
+/// ?1 parent: its children as its next run needs them.
+pub(super) const CHILD_LEDGER: &str = "SELECT spawn_seq, id, spawn_digest, state, \
+         CASE WHEN state = 'succeeded' THEN result END AS result, \
+         error_kind, error_message \
+     FROM tasks WHERE parent_id = ?1 AND spawn_seq IS NOT NULL ORDER BY spawn_seq";
+
+/// ?1 id: the number of its descendants and what their runs used.
+pub(super) const FAMILY_USAGE: &str = "WITH RECURSIVE tree(id) AS ( \
+         SELECT id FROM tasks WHERE parent_id = ?1 \
+         UNION ALL \
+         SELECT t.id FROM tasks t JOIN tree ON t.parent_id = tree.id \
+     ) \
+     SELECT (SELECT count(*) FROM tree) AS descendants, \
+         coalesce(sum(a.fuel_used), 0) AS fuel_used, \
+         coalesce(sum(a.duration_ms), 0) AS duration_ms \
+     FROM attempts a WHERE a.task_id IN (SELECT id FROM tree)";
 
 pub(super) const RETRY_TASK: &str = concat!(
     "UPDATE tasks SET ",

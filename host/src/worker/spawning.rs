@@ -1,0 +1,192 @@
+//! The worker's side of subtasks: before a run, the ledger of the children
+//! the task recorded in earlier runs; after it, the children it spawned, as
+//! tasks to store with its completion.
+
+use crate::runtime::subtasks::{
+    ChildDefaults, ChildEnd, DEFAULT_MAX_CHILDREN, DEFAULT_MAX_DEPTH, KnownChild, Spawn,
+    SubtaskPlan,
+};
+use crate::runtime::{Maxima, Outcome, RunReport, TaskErrorKind};
+use crate::store::{
+    AnyStore, ChildKey, ChildRecord, ClaimedTask, ModuleRecord, NewTask, Store, StoreError,
+    TaskLimits, TaskState,
+};
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+/// Most bytes of children's results one run of a parent is handed (the
+/// replay holds them all in the worker's memory).
+pub const MAX_LEDGER_RESULT_BYTES: usize = 64 * 1024 * 1024;
+
+/// Bounds on fan-out: `WASMQ_MAX_CHILDREN` (children per task) and
+/// `WASMQ_MAX_DEPTH` (nesting), read once.
+pub fn bounds() -> (u32, u32) {
+    static BOUNDS: OnceLock<(u32, u32)> = OnceLock::new();
+    *BOUNDS.get_or_init(|| {
+        let env = |name: &str, default: u32| {
+            std::env::var(name)
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(default)
+        };
+        (
+            env("WASMQ_MAX_CHILDREN", DEFAULT_MAX_CHILDREN),
+            env("WASMQ_MAX_DEPTH", DEFAULT_MAX_DEPTH),
+        )
+    })
+}
+
+/// The plan of `task`'s run: its ledger (read only when it has children)
+/// and what its children inherit. An outcome ends the run unrun: the
+/// database could not be read (a host error, retried), or the ledger is
+/// over [`MAX_LEDGER_RESULT_BYTES`].
+pub async fn plan_for(
+    store: &AnyStore,
+    task: &ClaimedTask,
+    maxima: Maxima,
+) -> Result<SubtaskPlan, Outcome> {
+    let known = if task.children > 0 {
+        let records = store
+            .child_ledger(task.id)
+            .await
+            .map_err(|e| Outcome::HostError {
+                message: format!("reading the task's children: {e}"),
+            })?;
+        ledger(records)?
+    } else {
+        Vec::new()
+    };
+    let (max_children, max_depth) = bounds();
+    Ok(SubtaskPlan {
+        parent_id: task.id,
+        depth: task.depth,
+        max_children,
+        max_depth,
+        defaults: ChildDefaults {
+            queue: task.queue.clone(),
+            priority: task.priority,
+            max_attempts: task.max_attempts,
+            fuel: task.limits.fuel,
+            memory_bytes: task.limits.memory_bytes,
+            timeout_ms: task.limits.timeout_ms,
+        },
+        known,
+        maxima,
+    })
+}
+
+/// The runtime's view of the recorded children.
+pub fn ledger(records: Vec<ChildRecord>) -> Result<Vec<KnownChild>, Outcome> {
+    let mut bytes = 0usize;
+    records
+        .into_iter()
+        .map(|r| {
+            bytes += r.result.as_ref().map_or(0, String::len);
+            if bytes > MAX_LEDGER_RESULT_BYTES {
+                return Err(Outcome::TaskError {
+                    error_kind: TaskErrorKind::Permanent,
+                    message: format!(
+                        "the results of this task's children total more than \
+                         {MAX_LEDGER_RESULT_BYTES} bytes, more than one run may hold: \
+                         have children return less (a reference to where the data is)"
+                    ),
+                    details: None,
+                });
+            }
+            let end = match r.state {
+                TaskState::Succeeded => Some(ChildEnd::Succeeded {
+                    result: r.result.unwrap_or_else(|| "null".into()),
+                }),
+                TaskState::Failed | TaskState::Cancelled => Some(ChildEnd::Failed {
+                    task_state: r.state.as_str().to_owned(),
+                    error_kind: r.error_kind,
+                    message: r.error_message,
+                }),
+                _ => None,
+            };
+            Ok(KnownChild {
+                seq: r.seq,
+                id: r.id,
+                digest: r.digest,
+                end,
+            })
+        })
+        .collect()
+}
+
+/// The run's spawns as tasks to store with its completion. A spawn naming a
+/// module that is not stored fails the parent (permanently: its code names
+/// a module that does not exist) and nothing is stored; a database error
+/// is a host error, which the retry policy may retry.
+pub async fn resolve(
+    store: &AnyStore,
+    task: &ClaimedTask,
+    mut report: RunReport,
+) -> (RunReport, Vec<NewTask>) {
+    let spawns = std::mem::take(&mut report.spawns);
+    if spawns.is_empty() {
+        return (report, Vec::new());
+    }
+    let mut modules: HashMap<&str, ModuleRecord> = HashMap::new();
+    for spawn in &spawns {
+        if modules.contains_key(spawn.module.as_str()) {
+            continue;
+        }
+        let (name, version) = match spawn.module.split_once('@') {
+            Some((n, v)) => (n, Some(v)),
+            None => (spawn.module.as_str(), None),
+        };
+        match store.resolve_module(name, version).await {
+            Ok(m) => {
+                modules.insert(&spawn.module, m);
+            }
+            Err(e) => {
+                report.outcome = match e {
+                    StoreError::NotFound { .. } | StoreError::InvalidArgument(_) => {
+                        Outcome::TaskError {
+                            error_kind: TaskErrorKind::Permanent,
+                            message: format!(
+                                "spawn #{} names module `{}`, which is not stored: {e}",
+                                spawn.seq, spawn.module
+                            ),
+                            details: None,
+                        }
+                    }
+                    other => Outcome::HostError {
+                        message: format!("storing the task's children: {other}"),
+                    },
+                };
+                report.suspension = None;
+                report.output = None;
+                return (report, Vec::new());
+            }
+        }
+    }
+    let tasks = spawns
+        .iter()
+        .map(|s| child_task(task, &modules[s.module.as_str()], s))
+        .collect();
+    (report, tasks)
+}
+
+fn child_task(parent: &ClaimedTask, module: &ModuleRecord, s: &Spawn) -> NewTask {
+    NewTask {
+        id: s.id,
+        queue: s.queue.clone(),
+        priority: s.priority,
+        max_attempts: s.max_attempts,
+        limits: TaskLimits {
+            fuel: s.fuel,
+            memory_bytes: s.memory_bytes,
+            timeout_ms: s.timeout_ms,
+        },
+        parent_id: Some(parent.id),
+        child: Some(ChildKey {
+            seq: s.seq,
+            digest: s.digest.clone(),
+            depth: parent.depth + 1,
+            awaited: s.awaited,
+        }),
+        ..NewTask::new(module, s.input.clone())
+    }
+}
