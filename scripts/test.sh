@@ -13,6 +13,10 @@ cargo test --release --workspace --locked "$@"
 # Task logic tested natively through wasmq_guest::testing, as a task author
 # would (no host, no WebAssembly).
 cargo test --locked --manifest-path examples/Cargo.toml -p flaky -p sleepy
+# The Python and JavaScript SDKs' own logic, run natively against stand-ins
+# for the host's imports (no host, no WebAssembly).
+PYTHONDONTWRITEBYTECODE=1 python3 -m unittest discover -s guest-sdk/python/tests -q
+node --import ./guest-sdk/js/tests/register.mjs --test guest-sdk/js/tests/
 # The Rust SDK packages as it would be published, its WIT inside.
 cargo package --locked --allow-dirty -p wasmq-guest
 scripts/test-python.sh

@@ -8,7 +8,9 @@
 //! - each language's module is refused the file system, the environment and
 //!   the network;
 //! - Python and JavaScript components load from the precompiled disk cache in
-//!   a new process, under both instance allocators.
+//!   a new process, under both instance allocators;
+//! - Python's and JavaScript's `fanout` spawn children running the Rust `add`
+//!   through the queue, wait for them, and resume with their results.
 //!
 //! Python and JavaScript components take about 10 s each to compile with
 //! Cranelift, so every test here shares one module cache (under cargo's
@@ -345,6 +347,28 @@ fn admin(db: &Db, args: &[&str]) -> String {
     stdout(&out)
 }
 
+/// Runs one worker with two slots until the queue is idle; it must exit
+/// cleanly within two minutes.
+fn drain(db: &Db) {
+    let t = Instant::now();
+    let worker = wasmq(&cache())
+        .arg("--database-url")
+        .arg(&db.url)
+        .args(["worker", "--exit-when-idle", "--concurrency", "2"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(code(&worker), 0, "worker: {}", stderr(&worker));
+    assert!(t.elapsed() < Duration::from_secs(120));
+}
+
+/// The task of `task show ID --json`.
+fn show(db: &Db, id: &str) -> serde_json::Value {
+    let v: serde_json::Value =
+        serde_json::from_str(&admin(db, &["task", "show", id, "--json"])).unwrap();
+    v["task"].clone()
+}
+
 /// Every language's `hello` through the queue: pushed, enqueued with the
 /// same inputs (and one bad one), drained by one worker; the stored results
 /// are identical across languages and the errors carry each one's message.
@@ -362,27 +386,13 @@ fn hello_through_the_queue(db: &Db) {
             tasks.push((lang, *input, id.trim().to_string()));
         }
     }
-    let t = Instant::now();
-    let worker = wasmq(&cache())
-        .arg("--database-url")
-        .arg(&db.url)
-        .args(["worker", "--exit-when-idle", "--concurrency", "2"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert_eq!(code(&worker), 0, "worker: {}", stderr(&worker));
-    assert!(t.elapsed() < Duration::from_secs(120));
+    drain(db);
 
-    let show = |id: &str| -> serde_json::Value {
-        let v: serde_json::Value =
-            serde_json::from_str(&admin(db, &["task", "show", id, "--json"])).unwrap();
-        v["task"].clone()
-    };
     for input in HELLO_INPUTS {
         let results: Vec<_> = tasks
             .iter()
             .filter(|(_, i, _)| *i == input)
-            .map(|(lang, _, id)| (lang, show(id)))
+            .map(|(lang, _, id)| (lang, show(db, id)))
             .collect();
         for (lang, t) in &results {
             assert_eq!(t["state"], "succeeded", "{lang} {input}: {t}");
@@ -390,7 +400,7 @@ fn hello_through_the_queue(db: &Db) {
         }
     }
     for (lang, _, id) in tasks.iter().filter(|(_, i, _)| *i == "{}") {
-        let t = show(id);
+        let t = show(db, id);
         assert_eq!(t["state"], "failed", "{lang}: {t}");
         assert_eq!(t["error_kind"], "invalid-input", "{lang}: {t}");
         assert!(
@@ -411,5 +421,58 @@ fn hello_through_the_queue_on_sqlite() {
 fn hello_through_the_queue_on_postgres() {
     if let Some(db) = Db::postgres() {
         hello_through_the_queue(&db);
+    }
+}
+
+/// Python's and JavaScript's `fanout` through the queue: each maps the Rust
+/// `add` over its numbers as child tasks with `ctx.map`, ends its first run
+/// at the wait, runs again once the children are done, and returns the sum of
+/// their sums, still in its first attempt (a resume is not a new attempt).
+fn fanout_through_the_queue(db: &Db) {
+    let add = module("rust", "add");
+    admin(
+        db,
+        &["module", "push", add.to_str().unwrap(), "--name", "add"],
+    );
+    let mut tasks = Vec::new(); // (lang, id)
+    for lang in ["python", "js"] {
+        let m = module(lang, "fanout");
+        let name = format!("fanout-{lang}");
+        admin(
+            db,
+            &["module", "push", m.to_str().unwrap(), "--name", &name],
+        );
+        let id = admin(
+            db,
+            &[
+                "task",
+                "enqueue",
+                &name,
+                "--input",
+                r#"{"numbers":[1,2,3]}"#,
+            ],
+        );
+        tasks.push((lang, id.trim().to_string()));
+    }
+    drain(db);
+
+    for (lang, id) in &tasks {
+        let t = &show(db, id);
+        assert_eq!(t["state"], "succeeded", "{lang}: {t}");
+        assert_eq!(t["result"], serde_json::json!({"total": 12}), "{lang}: {t}");
+        assert_eq!(t["attempt"], 1, "{lang}: {t}");
+    }
+}
+
+#[test]
+fn fanout_through_the_queue_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    fanout_through_the_queue(&Db::sqlite(dir.path()));
+}
+
+#[test]
+fn fanout_through_the_queue_on_postgres() {
+    if let Some(db) = Db::postgres() {
+        fanout_through_the_queue(&db);
     }
 }

@@ -1,7 +1,7 @@
 // Write wasmq tasks in JavaScript.
 //
 // A wasmq task is a WebAssembly component that implements the `task` world of
-// the `wasmq:task@0.1.0` WIT package (wit/task.wit): the host hands it its input
+// the `wasmq:task@0.1.1` WIT package (wit/task.wit): the host hands it its input
 // as JSON text and gets JSON text back, or a `task-error` that says whether
 // retrying could help. This module hides that plumbing: write one function over
 // plain JSON values and export it, wrapped in `task`, as `run`:
@@ -29,8 +29,13 @@
 //   a normal failure of the task.
 // - Host services: the Context gives the task's id, attempt, queue and
 //   deadline, sends logs and progress to the host, and reports cancellation.
+// - Subtasks: ctx.spawn, spawnMany, wait and map fan work out to child tasks
+//   and collect their results. A wait whose results are not there yet ends
+//   the run, and the task runs again *from the start* once they are: all it
+//   does before a wait must be deterministic (see Context#spawn).
 
-import * as host from "wasmq:task/host@0.1.0";
+import * as host from "wasmq:task/host@0.1.1";
+import * as subtasks from "wasmq:task/subtasks@0.1.1";
 
 const KINDS = ["permanent", "retryable", "invalid-input"];
 const LEVELS = ["trace", "debug", "info", "warn", "error"];
@@ -148,6 +153,183 @@ export class Context {
   /** True once cancellation was requested; a long task checks it now and then. */
   isCancelled() {
     return host.isCancelled();
+  }
+
+  // Subtasks.
+
+  /**
+   * Spawns a child task running `module` ("name" or "name@version") on the
+   * JSON value `input`, and returns the child, `{ id, seq }`: its task id (the
+   * same on every run of this task) and the number of its spawn in the run,
+   * from 0. Results come from `wait`.
+   *
+   * `options`: any of `queue` (string), `priority` (-100..100), `maxAttempts`,
+   * `fuel` (0: unlimited), `memoryBytes`, `timeoutMs` (numbers or BigInts);
+   * each one left out is inherited from this task.
+   *
+   * Throws a TaskError when the host refuses the spawn (limits above the
+   * worker's, too many children, nesting too deep); left uncaught, it fails
+   * this task with the host's error.
+   *
+   * Determinism: children are durable. When this task is retried, or runs
+   * again after a wait, each spawn returns the child it made the first time,
+   * matched by the order of the calls. So everything before a wait must do
+   * the same on every run: the same spawns, in the same order, with the same
+   * modules, inputs and options (no clock, no Math.random in them). A spawn
+   * that differs from the first run's fails the task as `permanent`
+   * (`non-deterministic`).
+   */
+  spawn(module, input, options = {}) {
+    const text = childInput(input);
+    const opts = spawnOptions(options);
+    return hostCall(() => subtasks.spawn(String(module), text, opts));
+  }
+
+  /** Spawns one child per JSON value of `inputs`, in order (options as for
+   * `spawn`); returns the children. */
+  spawnMany(module, inputs, options = {}) {
+    const texts = Array.from(inputs, childInput);
+    const opts = spawnOptions(options);
+    return hostCall(() => subtasks.spawnMany(String(module), texts, opts));
+  }
+
+  /**
+   * The results of `children`, in the order given, once all of them are done:
+   * for each child its output as a JSON value, or a TaskError *instance*
+   * (returned, not thrown) when it failed, ran out of fuel or memory, trapped,
+   * timed out or was cancelled; its message starts with the outcome
+   * (`failed: …`). Tell them apart with `result instanceof TaskError`.
+   *
+   * When a result is not there yet, the run ends inside this call (the host
+   * stops the instance: no JavaScript runs after it, not even `catch` or
+   * `finally` blocks) and the task runs again from the start once the
+   * children are done; see `spawn` on determinism.
+   */
+  wait(children) {
+    const list = Array.from(children, (c) => {
+      if (c === null || typeof c !== "object" || typeof c.id !== "string" || !Number.isInteger(c.seq)) {
+        throw new TypeError(`wait() takes the children spawn() returned, not ${safeStringify(c)}`);
+      }
+      return { id: c.id, seq: c.seq };
+    });
+    return subtasks.wait(list).map(childResult);
+  }
+
+  /**
+   * Runs `module` on each JSON value of `inputs` as child tasks and returns
+   * their outputs, in order, as JSON values: `spawnMany` and `wait` in one
+   * call. `options` as for `spawn`, plus `maxRunning`: at most that many of
+   * these children unfinished at once.
+   *
+   * Throws the first failed child's error (in the order of `inputs`) as a
+   * TaskError of the same kind and message; use `spawnMany` and `wait` to
+   * see every result. Like `wait`, it may end the run and resume it from the
+   * start.
+   */
+  map(module, inputs, options = {}) {
+    const { maxRunning, ...rest } = options ?? {};
+    const texts = Array.from(inputs, childInput);
+    const max = maxRunning === undefined || maxRunning === null ? undefined : integer("maxRunning", maxRunning, 0, U32);
+    const opts = spawnOptions(rest);
+    const results = hostCall(() => subtasks.map(String(module), texts, opts, max)).map(childResult);
+    const failed = results.find((r) => r instanceof TaskError);
+    if (failed !== undefined) throw failed;
+    return results;
+  }
+}
+
+const U32 = 2 ** 32 - 1;
+const U64 = 2n ** 64n - 1n;
+
+// spawn-options: each field's range (its WIT type's; the host checks the
+// limits); u64 fields cross into the component as BigInts.
+const OPTIONS = {
+  queue: null,
+  priority: [-(2 ** 15), 2 ** 15 - 1],
+  maxAttempts: [0, U32],
+  fuel: [0n, U64],
+  memoryBytes: [0n, U64],
+  timeoutMs: [0n, U64],
+};
+
+function integer(name, value, low, high) {
+  if (!(typeof value === "bigint" || Number.isInteger(value))) {
+    throw new TypeError(`${name} must be an integer, not ${safeStringify(value)}`);
+  }
+  const v = BigInt(value);
+  if (v < BigInt(low) || v > BigInt(high)) {
+    throw new RangeError(`${name} must be in ${low}..${high}, not ${value}`);
+  }
+  return typeof low === "bigint" ? v : Number(v);
+}
+
+function spawnOptions(options) {
+  const out = {};
+  for (const [name, value] of Object.entries(options ?? {})) {
+    if (!(name in OPTIONS)) {
+      throw new TypeError(`unknown spawn option ${JSON.stringify(name)}: expected one of ${Object.keys(OPTIONS).join(", ")}`);
+    }
+    if (value === undefined || value === null) continue;
+    if (OPTIONS[name] === null) {
+      if (typeof value !== "string") throw new TypeError(`${name} must be a string, not ${safeStringify(value)}`);
+      out[name] = value;
+    } else {
+      out[name] = integer(name, value, ...OPTIONS[name]);
+    }
+  }
+  return out;
+}
+
+// A child's input, serialised like a task's output.
+function childInput(value, index) {
+  const which = index === undefined ? "subtask input" : `subtask input ${index}`;
+  let json;
+  try {
+    json = JSON.stringify(value);
+  } catch (e) {
+    throw TaskError.permanent(`${which} could not be serialized: ${e.message}`);
+  }
+  if (json === undefined) {
+    throw TaskError.permanent(`${which} could not be serialized: ${typeof value} has no JSON form`);
+  }
+  return json;
+}
+
+// The host's `task-error` record as a TaskError. Details are JSON text by
+// convention: parsed back into a value, or kept as the string they are.
+function fromWit(e) {
+  let details = e.details ?? undefined;
+  if (details !== undefined) {
+    try {
+      details = JSON.parse(details);
+    } catch {
+      // Not JSON: the text itself.
+    }
+  }
+  return new TaskError(e.kind, e.message, details);
+}
+
+// An import returning result<_, task-error>: componentize-js throws its error
+// as an Error whose `payload` is the record; rethrown as a TaskError.
+function hostCall(call) {
+  try {
+    return call();
+  } catch (e) {
+    const payload = e?.payload;
+    if (payload && KINDS.includes(payload.kind) && typeof payload.message === "string") {
+      throw fromWit(payload);
+    }
+    throw e;
+  }
+}
+
+// One child's result<string, task-error>: the output parsed, or the error.
+function childResult(r) {
+  if (r.tag === "err") return fromWit(r.val);
+  try {
+    return JSON.parse(r.val);
+  } catch (e) {
+    return TaskError.permanent(`subtask output is not JSON: ${e.message}`);
   }
 }
 

@@ -1,7 +1,7 @@
 """Write wasmq tasks in Python.
 
 A wasmq task is a WebAssembly component that implements the ``task`` world of
-the ``wasmq:task@0.1.0`` WIT package (``wit/task.wit``): the host hands it its
+the ``wasmq:task@0.1.1`` WIT package (``wit/task.wit``): the host hands it its
 input as JSON text and gets JSON text back, or a ``task-error`` that says
 whether retrying could help. This module hides that plumbing. You write one
 function over plain JSON values and mark it with :func:`task`::
@@ -41,6 +41,11 @@ What the SDK does for you:
 - **Host services**: the :class:`Context` gives the task's id, attempt
   number, queue and deadline, sends log lines and progress to the host, and
   tells whether cancellation was requested.
+- **Subtasks**: :meth:`Context.spawn`, :meth:`Context.spawn_many`,
+  :meth:`Context.wait` and :meth:`Context.map` fan work out to child tasks
+  and collect their results. A wait whose results are not there yet ends the
+  run, and the task runs again *from the start* once they are: everything a
+  task does before a wait must be deterministic (see :meth:`Context.spawn`).
 
 A plain function whose input is ``{"args": [...], "kwargs": {...}}`` (what
 the Django backend of the ``wasmq-client`` package sends) is exported with
@@ -58,16 +63,21 @@ import json
 import sys
 import time
 import traceback
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional
 
 from componentize_py_types import Err
-from wit_world.imports import host
+from wit_world.imports import host, subtasks
 from wit_world.imports import types as wit
 
-__all__ = ["Context", "LogLevel", "TaskError", "function_task", "task"]
+__all__ = ["Child", "Context", "LogLevel", "TaskError", "function_task", "task"]
 
 LogLevel = wit.LogLevel
 """Severity of a log line: ``LogLevel.TRACE``, ``DEBUG``, ``INFO``, ``WARN``, ``ERROR``."""
+
+Child = subtasks.Child
+"""A spawned child task: ``child.id`` (its task id, a UUID, the same on every
+run of the parent) and ``child.seq`` (the number of its spawn in the run,
+from 0). Hand it back to :meth:`Context.wait`."""
 
 
 class TaskError(Exception):
@@ -110,6 +120,29 @@ class TaskError(Exception):
 
     def __str__(self) -> str:
         return f"{self.kind}: {self.message}"
+
+    def __repr__(self) -> str:
+        return f"TaskError({self.kind!r}, {self.message!r}, {self.details!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, TaskError):
+            return NotImplemented
+        return (self.kind, self.message, self.details) == (other.kind, other.message, other.details)
+
+    __hash__ = Exception.__hash__
+
+    @classmethod
+    def _from_wit(cls, e: wit.TaskError) -> "TaskError":
+        # The host's error (a spawn refused, a child's failure). Details are
+        # JSON text by convention: parsed back into a value, or kept as the
+        # string they are when they are not JSON.
+        details = e.details
+        if details is not None:
+            try:
+                details = json.loads(details)
+            except ValueError:
+                pass
+        return cls(_KIND_NAMES[e.kind], e.message, details)
 
     def _to_wit(self) -> wit.TaskError:
         details = None
@@ -202,6 +235,148 @@ class Context:
         """True once cancellation was requested. A long-running task that
         checks this now and then can stop cleanly instead of being killed."""
         return host.is_cancelled()
+
+    # Subtasks.
+
+    def spawn(self, module: str, input: Any, **options: Any) -> "Child":
+        """Spawns a child task running ``module`` (``"name"`` or
+        ``"name@version"``) on the JSON value ``input``, and returns its
+        :data:`Child`. Results come from :meth:`wait`.
+
+        ``options`` are any of ``queue`` (str), ``priority`` (-100..100),
+        ``max_attempts``, ``fuel`` (0: unlimited), ``memory_bytes`` and
+        ``timeout_ms``; each one left out is inherited from this task.
+
+        Raises :class:`TaskError` when the host refuses the spawn (limits above
+        the worker's, too many children, nesting too deep); left uncaught, it
+        fails this task with the host's error.
+
+        **Determinism.** Children are durable: when this task is retried, or
+        runs again after a wait, each spawn returns the child it made the first
+        time, matched by the order of the calls. So everything before a wait
+        must do the same thing on every run: the same spawns, in the same
+        order, with the same modules, inputs and options (no clock, no
+        randomness, nothing read from outside in them). A spawn that differs
+        from the first run's fails the task as ``permanent``
+        (``non-deterministic``).
+        """
+        return _call(subtasks.spawn, str(module), _input(input), _options(options))
+
+    def spawn_many(self, module: str, inputs: Iterable[Any], **options: Any) -> List["Child"]:
+        """Spawns one child per JSON value of ``inputs``, in order, with the
+        same ``options`` as :meth:`spawn`; returns their :data:`Child` list."""
+        texts = [_input(value, i) for i, value in enumerate(inputs)]
+        return _call(subtasks.spawn_many, str(module), texts, _options(options))
+
+    def wait(self, children: Iterable["Child"]) -> List[Any]:
+        """The results of ``children``, in the order given, once all of them
+        are done: for each child, its output as a JSON value, or a
+        :class:`TaskError` *instance* (returned, not raised) when it failed,
+        ran out of fuel or memory, trapped, timed out or was cancelled; its
+        message starts with the outcome (``"failed: ..."``). Tell them apart
+        with ``isinstance(result, TaskError)``; ``raise`` one to fail with it.
+
+        When a result is not there yet, the run ends inside this call (the
+        host stops the instance; no Python code runs after it, not even
+        ``finally`` blocks or ``except`` clauses) and the task runs again from
+        the start once the children are done: see :meth:`spawn` on
+        determinism.
+        """
+        children = list(children)
+        for c in children:
+            if not isinstance(c, Child):
+                raise TypeError(f"wait() takes the children spawn() returned, not {type(c).__name__}")
+        return [_result(r) for r in subtasks.wait(children)]
+
+    def map(self, module: str, inputs: Iterable[Any], max_running: Optional[int] = None, **options: Any) -> List[Any]:
+        """Runs ``module`` on each JSON value of ``inputs`` as child tasks
+        (``options`` as for :meth:`spawn`) and returns their outputs, in
+        order, as JSON values: :meth:`spawn_many` and :meth:`wait` in one
+        call. With ``max_running``, at most that many of these children are
+        unfinished at once.
+
+        Raises the first failed child's error (in the order of ``inputs``) as
+        a :class:`TaskError` of the same kind and message; use
+        :meth:`spawn_many` and :meth:`wait` to see every result. Like
+        :meth:`wait`, it may end the run and resume it from the start.
+        """
+        texts = [_input(value, i) for i, value in enumerate(inputs)]
+        if max_running is not None:
+            max_running = _int("max_running", max_running, 0, _U32)
+        results = _call(subtasks.map, str(module), texts, _options(options), max_running)
+        values = [_result(r) for r in results]
+        for value in values:
+            if isinstance(value, TaskError):
+                raise value
+        return values
+
+
+_KIND_NAMES = {wit_kind: name for name, wit_kind in TaskError.KINDS.items()}
+
+_U32 = 2**32 - 1
+_U64 = 2**64 - 1
+
+# spawn-options: each field's Python type and range (its WIT type's; the host
+# checks the limits).
+_OPTIONS = {
+    "queue": None,
+    "priority": (-(2**15), 2**15 - 1),
+    "max_attempts": (0, _U32),
+    "fuel": (0, _U64),
+    "memory_bytes": (0, _U64),
+    "timeout_ms": (0, _U64),
+}
+
+
+def _int(name: str, value: Any, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be in {low}..{high}, not {value}")
+    return value
+
+
+def _options(options: Dict[str, Any]) -> "subtasks.SpawnOptions":
+    fields: Dict[str, Any] = {}
+    for name, value in options.items():
+        if name not in _OPTIONS:
+            raise TypeError(f"unknown spawn option {name!r}: expected one of {', '.join(_OPTIONS)}")
+        if value is None:
+            pass
+        elif _OPTIONS[name] is None:
+            if not isinstance(value, str):
+                raise TypeError(f"{name} must be a str, not {type(value).__name__}")
+        else:
+            value = _int(name, value, *_OPTIONS[name])
+        fields[name] = value
+    return subtasks.SpawnOptions(**{name: fields.get(name) for name in _OPTIONS})
+
+
+def _input(value: Any, index: Optional[int] = None) -> str:
+    # A child's input, serialised like a task's output.
+    try:
+        return _dumps(value)
+    except (TypeError, ValueError) as e:
+        which = "subtask input" if index is None else f"subtask input {index}"
+        raise TaskError.permanent(f"{which} could not be serialized: {e}") from None
+
+
+def _call(fn: Callable[..., Any], *args: Any) -> Any:
+    # An import returning result<_, task-error>: its error as a TaskError.
+    try:
+        return fn(*args)
+    except Err as e:
+        raise TaskError._from_wit(e.value) from None
+
+
+def _result(r: Any) -> Any:
+    # One child's result<string, task-error>: the output parsed, or the error.
+    if isinstance(r, Err):
+        return TaskError._from_wit(r.value)
+    try:
+        return json.loads(r.value)
+    except ValueError as e:
+        return TaskError.permanent(f"subtask output is not JSON: {e}")
 
 
 def _dumps(value: Any) -> str:
