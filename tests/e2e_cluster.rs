@@ -258,6 +258,8 @@ fn cluster_mode_against_a_real_ray_head() {
     let t = Instant::now();
     outputs_match_local_mode_and_limits_hold(&ray);
     eprintln!("[{:?}] outputs and limits: ok", t.elapsed());
+    subtasks_fan_out_through_ray_jobs(&ray);
+    eprintln!("[{:?}] subtasks: ok", t.elapsed());
     cancel_stops_the_ray_job(&ray);
     eprintln!("[{:?}] cancel: ok", t.elapsed());
     killed_worker_is_replaced_and_tasks_run_once(&ray);
@@ -390,6 +392,57 @@ fn outputs_match_local_mode_and_limits_hold(ray: &RayHead) {
         );
     }
     assert!(listed.contains("'wasmq_module': 'fib@1'"), "{listed}");
+}
+
+/// A parent and its children each run as Ray jobs: the runner gets the
+/// parent's recorded children with its job (in the environment, or as a
+/// file in the package when the ledger is large), and its envelope brings
+/// the spawns and the wait back.
+fn subtasks_fan_out_through_ray_jobs(ray: &RayHead) {
+    let mut env = Env::new(ray);
+    env.push(&["add", "fanout", "words", "wordcount"]);
+    let fan = env.enqueue("fanout", r#"{"count": 3}"#, &[]);
+    // Three chunks of 4,000 distinct words: each child's counts are about
+    // 40 KB, so the parent's replay gets a ledger over the 64 KiB that the
+    // environment carries, and the parent's input too.
+    let words: Vec<String> = (0..12_000).map(|i| format!("a{i}")).collect();
+    let text = words
+        .chunks(4_000)
+        .map(|c| c.join(" "))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let wc = env.enqueue(
+        "wordcount",
+        &serde_json::json!({ "text": text, "lines_per_chunk": 1 }).to_string(),
+        &[],
+    );
+    let mut w = env.worker(&["--exit-when-idle"], &[]);
+    w.finish(Duration::from_secs(300));
+
+    let t = env.task(fan);
+    assert_eq!(t.state, TaskState::Succeeded, "{t:#?}\n{}", w.log());
+    assert_eq!(t.result.as_deref(), Some(r#"{"children":3,"sum":6}"#));
+    assert_eq!((t.attempt, t.free_runs, t.children), (2, 1, 3));
+    let runs = env.attempts(fan);
+    assert_eq!(runs[0].outcome_name(), Some("waiting"));
+    assert!(
+        runs.iter().all(|a| a.ray_submission_id.is_some()),
+        "{runs:#?}"
+    );
+
+    let t = env.task(wc);
+    assert_eq!(t.state, TaskState::Succeeded, "{t:#?}\n{}", w.log());
+    let out: serde_json::Value = serde_json::from_str(t.result.as_deref().unwrap()).unwrap();
+    let mut sorted = words.clone();
+    sorted.sort();
+    let top: Vec<serde_json::Value> = sorted[..10]
+        .iter()
+        .map(|w| serde_json::json!([w, 1]))
+        .collect();
+    assert_eq!(
+        out,
+        serde_json::json!({"chunks": 3, "words": 12_000, "distinct": 12_000, "top": top})
+    );
 }
 
 /// On PostgreSQL, where the worker learns of the cancel through NOTIFY.

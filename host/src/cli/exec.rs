@@ -9,9 +9,10 @@
 //! `…_B64` variables: base64 has no `$`.
 
 use super::exit::Exit;
+use crate::runtime::subtasks::SubtaskPlan;
 use crate::runtime::{
-    Allocator, CancelToken, Limits, LoadError, Outcome, RunReport, RunRequest, Runtime, TaskInfo,
-    sha256_hex,
+    Allocator, CancelToken, Limits, LoadError, Maxima, Outcome, RunReport, RunRequest, Runtime,
+    TaskInfo, sha256_hex,
 };
 use crate::worker::envelope::Envelope;
 use crate::worker::shipping::MODULE_FILE;
@@ -52,6 +53,33 @@ pub struct ExecArgs {
     /// The queue name, base64-encoded; wins over --queue.
     #[arg(long, env = "WASMQ_EXEC_QUEUE_B64")]
     pub queue_b64: Option<String>,
+    /// The task's subtask plan (its recorded children, what a child
+    /// inherits), JSON, base64-encoded.
+    #[arg(
+        long,
+        env = "WASMQ_EXEC_SUBTASKS_B64",
+        hide_env_values = true,
+        conflicts_with = "subtasks_file"
+    )]
+    pub subtasks_b64: Option<String>,
+    /// The subtask plan from this file instead (a long ledger).
+    #[arg(long, env = "WASMQ_EXEC_SUBTASKS_FILE")]
+    pub subtasks_file: Option<PathBuf>,
+}
+
+/// The subtask plan the cluster worker sent, if any; its child limits are
+/// checked against this process's maxima (the `WASMQ_MAX_*` it was given).
+fn subtask_plan(args: &ExecArgs) -> anyhow::Result<Option<SubtaskPlan>> {
+    let json = match (&args.subtasks_b64, &args.subtasks_file) {
+        (Some(b64), _) => decode_b64("WASMQ_EXEC_SUBTASKS_B64", b64)?,
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .with_context(|| format!("reading the subtask plan {}", path.display()))?,
+        (None, None) => return Ok(None),
+    };
+    let mut plan: SubtaskPlan =
+        serde_json::from_str(&json).context("the subtask plan is not valid")?;
+    plan.maxima = Maxima::from_env().map_err(|e| Exit::usage(e.to_string()))?;
+    Ok(Some(plan))
 }
 
 /// Decodes one of the `…_B64` values into the text it carries.
@@ -66,6 +94,7 @@ pub fn decode_b64(what: &str, value: &str) -> anyhow::Result<String> {
 /// an error here (exit ≠ 0) means the runner itself broke.
 pub async fn run(args: ExecArgs) -> anyhow::Result<u8> {
     let started = Instant::now();
+    let subtasks = subtask_plan(&args)?;
     let input = match &args.input_b64 {
         Some(b64) => decode_b64("WASMQ_EXEC_INPUT_B64", b64)?,
         None => super::run::read_input(args.input.as_deref(), args.input_file.as_deref())?,
@@ -112,9 +141,7 @@ pub async fn run(args: ExecArgs) -> anyhow::Result<u8> {
                         cancel: CancelToken::new(),
                         dirs: &[],
                         progress: None,
-                        // Not yet in cluster mode: a spawn is refused with
-                        // an error that says so.
-                        subtasks: None,
+                        subtasks,
                     },
                 )
                 .await

@@ -307,7 +307,7 @@ fn no_subtasks() -> WitTaskError {
     WitTaskError {
         kind: WitErrorKind::Permanent,
         message: "subtasks are not available to this run: they need a queued task run by a \
-                  `--local` or `--sync` worker (not `wasmq run`, not yet a Ray job)"
+                  worker (`wasmq run` has no queue to spawn on)"
             .into(),
         details: None,
     }

@@ -45,12 +45,13 @@
 
 use super::envelope::Envelope;
 use super::executor::Executor;
-use super::shipping::{DEFAULT_INPUT_ENV_MAX, INPUT_FILE, Runner};
+use super::shipping::{DEFAULT_INPUT_ENV_MAX, INPUT_FILE, Runner, SUBTASKS_FILE};
 use crate::kinds::OutcomeKind;
 use crate::ray::{
     JobDetails, JobStatus, RUNTIME_ENV_SETUP_FAILURE, RayClient, RayError, RuntimeEnv,
     SubmitRequest,
 };
+use crate::runtime::subtasks::SubtaskPlan;
 use crate::runtime::{CancelToken, Limits, Outcome, RunReport};
 use crate::store::{AnyStore, ClaimedTask, Completion, Store, TaskRecord, TaskState, Transition};
 use base64::Engine as _;
@@ -300,7 +301,7 @@ impl Cluster {
         match end {
             End::Report(report) => {
                 self.unreachable.store(0, Ordering::Relaxed);
-                exec.complete(task, *report, false, started.elapsed())
+                exec.finish(task, *report, false, started.elapsed()).await
             }
             End::Interrupted => {
                 let report = host_error(task, "the worker shut down".into(), None);
@@ -381,6 +382,16 @@ impl Cluster {
                 ))));
             }
         };
+        // The runner has no database: its recorded children travel with it.
+        let plan = match super::spawning::plan_for(store, task, exec.maxima).await {
+            Ok(plan) => plan,
+            Err(refused) => {
+                return Ok(End::Report(Box::new(RunReport::not_run(
+                    refused,
+                    task.module_sha256.clone(),
+                ))));
+            }
+        };
         let job_id = match self
             .orphan_of_previous_attempt(store, task, shutdown)
             .await?
@@ -396,7 +407,7 @@ impl Cluster {
                 let submitted = tokio::select! {
                     biased;
                     () = shutdown.cancelled() => return Err(Halt::Interrupted),
-                    r = self.submit(store, task, id, &limits) => r,
+                    r = self.submit(store, task, id, &limits, &plan) => r,
                 };
                 match submitted {
                     Ok(()) => debug!("job submitted"),
@@ -509,6 +520,7 @@ impl Cluster {
         task: &ClaimedTask,
         id: &str,
         limits: &Limits,
+        plan: &SubtaskPlan,
     ) -> Result<(), Submitted> {
         let module = store
             .module_bytes(&task.module_sha256)
@@ -520,15 +532,29 @@ impl Cluster {
             tokio::task::block_in_place(|| self.runner.package(&task.module_sha256, &module))
                 .map_err(|e| Submitted::Host(e.to_string()))?;
         let mut env = exec_env(task, limits);
-        let big;
-        let package = if task.input.len() > self.config.input_env_max {
-            big = tokio::task::block_in_place(|| Runner::package_with_input(&base, &task.input))
-                .map_err(|e| Submitted::Host(e.to_string()))?;
+        // Values too large for the environment go into the package, as
+        // files next to the module.
+        let plan = serde_json::to_string(plan).expect("plain data serializes");
+        let mut files: Vec<(&str, &str)> = Vec::new();
+        if task.input.len() > self.config.input_env_max {
             env.insert("WASMQ_EXEC_INPUT_FILE".into(), INPUT_FILE.into());
-            &big
+            files.push((INPUT_FILE, &task.input));
         } else {
             env.insert("WASMQ_EXEC_INPUT_B64".into(), B64.encode(&task.input));
+        }
+        if plan.len() > self.config.input_env_max {
+            env.insert("WASMQ_EXEC_SUBTASKS_FILE".into(), SUBTASKS_FILE.into());
+            files.push((SUBTASKS_FILE, &plan));
+        } else {
+            env.insert("WASMQ_EXEC_SUBTASKS_B64".into(), B64.encode(&plan));
+        }
+        let big;
+        let package = if files.is_empty() {
             &*base
+        } else {
+            big = tokio::task::block_in_place(|| Runner::package_with_files(&base, &files))
+                .map_err(|e| Submitted::Host(e.to_string()))?;
+            &big
         };
         let uploaded = {
             let _one_at_a_time = self.shipping.lock().await;

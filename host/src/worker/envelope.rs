@@ -3,6 +3,7 @@
 //! worker, through Ray's job logs (stdout and stderr merged, Ray's own lines
 //! interleaved, so it is searched from the end).
 
+use crate::runtime::subtasks::{Spawn, Suspension};
 use crate::runtime::{CacheSource, Limits, LogRecord, Outcome, RunReport, check_output};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -29,6 +30,13 @@ pub struct Envelope {
     pub stderr: String,
     pub logs: Vec<EnvelopeLog>,
     pub progress: Option<(u8, String)>,
+    /// Children the run spawned (checked against the task by the worker
+    /// before they are stored: ids, digests, bounds).
+    #[serde(default)]
+    pub spawns: Vec<Spawn>,
+    /// Set when the run ended waiting for children.
+    #[serde(default)]
+    pub suspension: Option<Suspension>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -75,6 +83,8 @@ impl Envelope {
                 })
                 .collect(),
             progress: r.progress.clone(),
+            spawns: r.spawns.clone(),
+            suspension: r.suspension.clone(),
         }
     }
 
@@ -104,9 +114,8 @@ impl Envelope {
                 })
                 .collect(),
             progress: self.progress,
-            // A Ray job's runner has no subtasks (see `wasmq exec`).
-            spawns: Vec::new(),
-            suspension: None,
+            spawns: self.spawns,
+            suspension: self.suspension,
         }
     }
 
@@ -188,6 +197,8 @@ mod tests {
                 at_ms: 1,
             }],
             progress: Some((50, "half".into())),
+            spawns: Vec::new(),
+            suspension: None,
         }
     }
 

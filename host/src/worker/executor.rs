@@ -79,7 +79,7 @@ impl Executor {
                 RunReport::not_run(refused, task.module_sha256.clone())
             }
         };
-        let (report, spawns) = spawning::resolve(&self.store, task, report).await;
+
         let interrupted =
             shutdown.is_cancelled() && report.outcome.outcome_kind() == OutcomeKind::Cancelled;
         let elapsed = started.elapsed();
@@ -89,6 +89,19 @@ impl Executor {
             report.outcome.outcome_kind()
         };
         metrics.attempt_finished(end, &task.module_name, elapsed, report.fuel_used);
+        self.finish(task, report, interrupted, elapsed).await
+    }
+
+    /// [`Executor::complete`], with the children the run spawned resolved
+    /// into tasks that the completion stores (in whichever mode it ran).
+    pub async fn finish(
+        &self,
+        task: &ClaimedTask,
+        report: RunReport,
+        interrupted: bool,
+        elapsed: Duration,
+    ) -> Completion {
+        let (report, spawns) = spawning::resolve(&self.store, task, report).await;
         let mut completion = self.complete(task, report, interrupted, elapsed);
         completion.spawns = spawns;
         completion

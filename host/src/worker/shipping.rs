@@ -17,6 +17,8 @@ pub const RUNNER_FILE: &str = "wasmq";
 pub const MODULE_FILE: &str = "task.wasm";
 /// The input's file name when it does not fit in an environment variable.
 pub const INPUT_FILE: &str = "input.json";
+/// Where a job's subtask plan is when it is too large for the environment.
+pub const SUBTASKS_FILE: &str = "subtasks.json";
 /// Inputs up to this many bytes travel in `WASMQ_EXEC_INPUT_B64` (4/3 as
 /// many bytes once encoded); larger ones in a per-task package (Linux caps
 /// one environment string at 128 KiB, and Ray repeats the runtime_env inside
@@ -139,16 +141,21 @@ impl Runner {
         Ok(p)
     }
 
-    /// `package` plus the input file, for inputs too large for the environment.
-    pub fn package_with_input(base: &Package, input: &str) -> Result<Package, ShippingError> {
-        Ok(base.extended(
-            "wasmq-input",
-            &[PackageEntry {
-                path: INPUT_FILE.into(),
-                bytes: Bytes::copy_from_slice(input.as_bytes()),
+    /// `package` plus files (`(path, text)`): an input or a subtask plan too
+    /// large for the environment.
+    pub fn package_with_files(
+        base: &Package,
+        files: &[(&str, &str)],
+    ) -> Result<Package, ShippingError> {
+        let entries: Vec<PackageEntry> = files
+            .iter()
+            .map(|(path, text)| PackageEntry {
+                path: (*path).into(),
+                bytes: Bytes::copy_from_slice(text.as_bytes()),
                 mode: 0o644,
-            }],
-        )?)
+            })
+            .collect();
+        Ok(base.extended("wasmq-input", &entries)?)
     }
 }
 
@@ -197,7 +204,7 @@ mod tests {
         let b = r.package(&"b".repeat(64), b"module b").unwrap();
         assert!(Arc::ptr_eq(&a, &a2));
         assert_ne!(a.name, b.name);
-        let with_input = Runner::package_with_input(&a, "{}").unwrap();
+        let with_input = Runner::package_with_files(&a, &[(INPUT_FILE, "{}")]).unwrap();
         assert_ne!(with_input.name, a.name);
     }
 }

@@ -3,8 +3,8 @@
 //! tasks to store with its completion.
 
 use crate::runtime::subtasks::{
-    ChildDefaults, ChildEnd, DEFAULT_MAX_CHILDREN, DEFAULT_MAX_DEPTH, KnownChild, Spawn,
-    SubtaskPlan,
+    ChildDefaults, ChildEnd, DEFAULT_MAX_CHILDREN, DEFAULT_MAX_DEPTH, KnownChild,
+    MAX_CHILD_INPUT_BYTES, MAX_SPAWN_BYTES_PER_RUN, Spawn, SubtaskPlan, child_id, spawn_digest,
 };
 use crate::runtime::{Maxima, Outcome, RunReport, TaskErrorKind};
 use crate::store::{
@@ -127,6 +127,16 @@ pub async fn resolve(
     if spawns.is_empty() {
         return (report, Vec::new());
     }
+    // A report from a Ray job crossed its logs: hold it to what the
+    // runtime would have produced before storing anything of it.
+    if let Err(why) = check_spawns(task, &spawns) {
+        report.outcome = Outcome::HostError {
+            message: format!("the run's report of its children is not valid: {why}"),
+        };
+        report.suspension = None;
+        report.output = None;
+        return (report, Vec::new());
+    }
     let mut modules: HashMap<&str, ModuleRecord> = HashMap::new();
     for spawn in &spawns {
         if modules.contains_key(spawn.module.as_str()) {
@@ -167,6 +177,28 @@ pub async fn resolve(
         .map(|s| child_task(task, &modules[s.module.as_str()], s))
         .collect();
     (report, tasks)
+}
+
+/// What the runtime guarantees of its spawns, checked again.
+fn check_spawns(task: &ClaimedTask, spawns: &[Spawn]) -> Result<(), String> {
+    let (max_children, max_depth) = bounds();
+    if task.depth + 1 > max_depth {
+        return Err(format!("children at depth {} are too deep", task.depth + 1));
+    }
+    let mut bytes = 0usize;
+    for s in spawns {
+        bytes += s.input.len();
+        if s.seq >= max_children
+            || s.id != child_id(task.id, s.seq)
+            || s.digest != spawn_digest(&s.module, &s.input)
+            || s.input.len() > MAX_CHILD_INPUT_BYTES
+            || bytes > MAX_SPAWN_BYTES_PER_RUN
+            || serde_json::from_str::<serde::de::IgnoredAny>(&s.input).is_err()
+        {
+            return Err(format!("spawn #{} does not match what was asked", s.seq));
+        }
+    }
+    Ok(())
 }
 
 fn child_task(parent: &ClaimedTask, module: &ModuleRecord, s: &Spawn) -> NewTask {
