@@ -16,6 +16,7 @@ mod exec;
 pub mod exit;
 mod limits;
 mod logging;
+mod new;
 mod run;
 mod serve;
 mod table;
@@ -74,6 +75,8 @@ pub struct Cli {
 pub enum Command {
     /// Run one task module in this process, without a queue.
     Run(run::RunArgs),
+    /// Write a new task project (Rust, Python, JavaScript or C) that builds on its own.
+    New(new::NewArgs),
     /// Apply database migrations (every command that opens the database also does).
     Migrate,
     /// Manage task modules.
@@ -163,6 +166,7 @@ pub fn main() -> ExitCode {
         let ok = |r: anyhow::Result<()>| r.map(|()| exit::SUCCESS);
         match cli.command {
             Command::Run(args) => run::run(args).await,
+            Command::New(args) => ok(new::run(args)),
             Command::Migrate => ok(admin::migrate(&db).await),
             Command::Module(cmd) => ok(admin::module(&db, cmd).await),
             Command::Task(cmd) => admin::task(&db, cmd).await,
