@@ -2,7 +2,8 @@
 # The whole test suite: builds the example task modules, then runs every unit,
 # integration and end-to-end test against release builds (wasmtime is too slow
 # unoptimised), then the Python client and its Django backend against the
-# release binary (scripts/test-python.sh), then fuzzes the parsers of untrusted input for a bounded time. Needs PostgreSQL on 127.0.0.1:5432 (WASMQ_TEST_PG_URL to
+# release binary (scripts/test-python.sh), then the projects `wasmq new` writes
+# (scripts/test-scaffold.sh), then fuzzes the parsers of untrusted input for a bounded time. Needs PostgreSQL on 127.0.0.1:5432 (WASMQ_TEST_PG_URL to
 # override); with CI=true a missing database fails the run instead of skipping.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,4 +21,7 @@ node --import ./guest-sdk/js/tests/register.mjs --test guest-sdk/js/tests/
 # The Rust SDK packages as it would be published, its WIT inside.
 cargo package --locked --allow-dirty -p wasmq-guest
 scripts/test-python.sh
+# `wasmq new` in every language: each project built outside the repository with
+# its own tools, its Rust unit tests run, each component run (about 2 minutes).
+scripts/test-scaffold.sh
 scripts/fuzz.sh
