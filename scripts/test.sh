@@ -24,4 +24,6 @@ scripts/test-python.sh
 # `wasmq new` in every language: each project built outside the repository with
 # its own tools, its Rust unit tests run, each component run (about 2 minutes).
 scripts/test-scaffold.sh
+# README's "Your first task", run as written.
+scripts/test-tutorial.sh
 scripts/fuzz.sh
