@@ -110,3 +110,6 @@ cargo_tool() { # BINARY CRATE VERSION [CARGO INSTALL FLAGS...]
 }
 cargo_tool wit-bindgen wit-bindgen-cli 0.63.0
 cargo_tool wasm-tools wasm-tools 1.263.0 --no-default-features --features component
+# cargo-component, the other route to a Rust component, which the test of
+# `wasmq new`'s Rust project takes too (about 8 minutes to build, once).
+cargo_tool cargo-component cargo-component 0.21.1

@@ -86,6 +86,22 @@ check() { # LANG
         { echo "test-scaffold: $lang: unexpected queued result $out" >&2; cat "$work/worker.log" >&2; return 1; }
     printf 'test-scaffold: %-6s ok  %s  (%d s, %s bytes)\n' \
         "$lang" "$out" $((SECONDS - start)) "$(wc -c <"$wasm")"
+    [ "$lang" != rust ] || check_cargo_component "$dir" "$name"
+}
+
+# The Rust project built the other way its README gives, with cargo-component
+# (scripts/setup.sh installs it): a wasm32-wasip1 module made a component
+# with the preview-1 adapter, which must run the same.
+check_cargo_component() { # DIR NAME
+    local dir=$1 name=$2 start=$SECONDS
+    (cd "$dir" && unset CARGO_TARGET_DIR CARGO_BUILD_TARGET_DIR &&
+        cargo component build --quiet --release >/dev/null)
+    local wasm="$dir/target/wasm32-wasip1/release/${name//-/_}.wasm" out
+    out=$("$WASMQ_BIN" run "$wasm" --input '{"name":"Ada"}')
+    [ "$out" = '{"greeting":"Hello, Ada!"}' ] ||
+        { echo "test-scaffold: cargo component: unexpected output $out" >&2; return 1; }
+    printf 'test-scaffold: %-6s ok  %s  (cargo component build, %d s, %s bytes)\n' \
+        rust "$out" $((SECONDS - start)) "$(wc -c <"$wasm")"
 }
 
 # A name that is not a module name, and a directory that is not empty, are refused.

@@ -490,3 +490,72 @@ fn the_host_survives_many_bad_runs() {
         assert!(out.status.code().is_some(), "{m}: {out:?}");
     }
 }
+
+/// `wasmq dev` on a C project of `wasmq new` (the fastest to build): builds,
+/// runs the inputs on its private queue and prints the results, then does it
+/// again when a source file changes; `--once` exits with the outcome.
+#[test]
+fn dev_builds_runs_and_rebuilds_on_change() {
+    let dir = tmp();
+    let project = dir.path().join("greet");
+    let out = wasmq(&dir.path().join("cache"))
+        .args(["new", "greet", "--lang", "c", "--path"])
+        .arg(&project)
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+
+    let once = wasmq(&dir.path().join("cache"))
+        .args([
+            "dev",
+            "--once",
+            "--input",
+            r#"{"name":"Ada"}"#,
+            "--input",
+            "{}",
+        ])
+        .current_dir(&project)
+        .output()
+        .unwrap();
+    let printed = stdout(&once);
+    assert!(
+        printed.contains(r#"✓ {"name":"Ada"} → {"greeting":"Hello, Ada!"}"#),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("    [     0ms info ] greeting Ada"),
+        "{printed}"
+    );
+    assert!(printed.contains("✗ {} → failed invalid-input"), "{printed}");
+    assert_eq!(code(&once), 1, "a failed task fails --once");
+
+    // Watching: the output goes outside the project, or it would be a change.
+    let log = dir.path().join("dev.out");
+    let mut dev = wasmq(&dir.path().join("cache"))
+        .args(["dev", "--poll", "100ms", "--input", r#"{"name":"Ada"}"#])
+        .current_dir(&project)
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let wait_for = |text: &str| {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let seen = std::fs::read_to_string(&log).unwrap_or_default();
+            if seen.contains(text) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "no {text:?} in:\n{seen}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_for(r#"→ {"greeting":"Hello, Ada!"}"#);
+    let source = project.join("task.c");
+    let code_text = std::fs::read_to_string(&source).unwrap();
+    std::fs::write(&source, code_text.replace("Hello, ", "Howdy, ")).unwrap();
+    wait_for(r#"→ {"greeting":"Howdy, Ada!"}"#);
+    let _ = dev.kill();
+    let _ = dev.wait();
+    let seen = std::fs::read_to_string(&log).unwrap();
+    assert!(seen.contains("built and pushed greet@2"), "{seen}");
+}

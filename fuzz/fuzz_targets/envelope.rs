@@ -26,7 +26,7 @@ fn check_report(r: RunReport) {
 
 fn outcome(u: &mut Unstructured<'_>) -> Result<Outcome> {
     let message: String = u.arbitrary()?;
-    Ok(match u.int_in_range(0..=9)? {
+    Ok(match u.int_in_range(0..=10)? {
         0 => Outcome::Success,
         1 => Outcome::TaskError {
             error_kind: *u.choose(&[
@@ -47,6 +47,7 @@ fn outcome(u: &mut Unstructured<'_>) -> Result<Outcome> {
         6 => Outcome::Cancelled { message },
         7 => Outcome::InvalidModule { message },
         8 => Outcome::InvalidOutput { message },
+        9 => Outcome::Waiting { message },
         _ => Outcome::HostError { message },
     })
 }
@@ -76,6 +77,11 @@ fn envelope(u: &mut Unstructured<'_>) -> Result<Envelope> {
             })
             .collect::<Result<_>>()?,
         progress: u.arbitrary()?,
+        // Spawns come from the runtime only, and the cluster worker checks
+        // them against the task before storing (worker::spawning): the
+        // envelope only carries them.
+        spawns: Vec::new(),
+        suspension: None,
     })
 }
 

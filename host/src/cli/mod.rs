@@ -12,6 +12,7 @@ mod bench_history;
 mod bench_queue;
 mod bench_soak;
 mod cluster;
+mod dev;
 mod exec;
 pub mod exit;
 mod limits;
@@ -77,6 +78,9 @@ pub enum Command {
     Run(run::RunArgs),
     /// Write a new task project (Rust, Python, JavaScript or C) that builds on its own.
     New(new::NewArgs),
+    /// Build the task project here, run inputs on a private queue, print the
+    /// results; again on every change of its sources.
+    Dev(dev::DevArgs),
     /// Apply database migrations (every command that opens the database also does).
     Migrate,
     /// Manage task modules.
@@ -167,6 +171,7 @@ pub fn main() -> ExitCode {
         match cli.command {
             Command::Run(args) => run::run(args).await,
             Command::New(args) => ok(new::run(args)),
+            Command::Dev(args) => dev::run(args).await,
             Command::Migrate => ok(admin::migrate(&db).await),
             Command::Module(cmd) => ok(admin::module(&db, cmd).await),
             Command::Task(cmd) => admin::task(&db, cmd).await,
