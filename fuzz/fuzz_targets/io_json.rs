@@ -34,6 +34,7 @@ fn task(input: String, unique_key: Option<String>) -> NewTask {
         },
         unique_key,
         parent_id: None,
+        child: None,
     }
 }
 
