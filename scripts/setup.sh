@@ -111,5 +111,10 @@ cargo_tool() { # BINARY CRATE VERSION [CARGO INSTALL FLAGS...]
 cargo_tool wit-bindgen wit-bindgen-cli 0.63.0
 cargo_tool wasm-tools wasm-tools 1.263.0 --no-default-features --features component
 # cargo-component, the other route to a Rust component, which the test of
-# `wasmq new`'s Rust project takes too (about 8 minutes to build, once).
+# `wasmq new`'s Rust project takes too (about 8 minutes to build, once). It
+# builds for wasm32-wasip1 and adds the preview-1 adapter.
 cargo_tool cargo-component cargo-component 0.21.1
+if ! rustup target list --installed | grep -qx wasm32-wasip1; then
+  echo "setup: installing the wasm32-wasip1 target (for cargo-component)"
+  rustup target add wasm32-wasip1
+fi
