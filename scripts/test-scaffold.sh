@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # `wasmq new` in every language, as a task author would use it: writes each
 # project into a temporary directory outside this repository, builds it with
-# the commands its README gives (and `cargo test` for Rust's native unit
-# tests), then runs the component with `wasmq run` and through a queue
+# the commands its README gives (after its native unit tests: `cargo test`,
+# `python3 -m unittest`, `npm test`), then runs the component with `wasmq run` and through a queue
 # (`module push`, `task enqueue --wait`, as the README says) and checks its
 # output and log line.
 #
@@ -43,9 +43,19 @@ build_rust() {
     cargo test --quiet
     cargo build --quiet --release --target wasm32-wasip2
 }
-build_python() { make --quiet COMPONENTIZE_PY="$VENV/bin/componentize-py" >/dev/null; }
+# Python and JavaScript first run their native unit tests (test_app.py and
+# task.test.mjs, under the SDK's test context), as their READMEs say.
+build_python() {
+    local log
+    log=$(PYTHONDONTWRITEBYTECODE=1 python3 -m unittest 2>&1) ||
+        { echo "$log" >&2; echo "test-scaffold: python: unit tests failed" >&2; return 1; }
+    make --quiet COMPONENTIZE_PY="$VENV/bin/componentize-py" >/dev/null
+}
 build_js() {
     npm ci --offline --no-audit --no-fund --loglevel=error >/dev/null
+    local log
+    log=$(npm test --silent 2>&1) ||
+        { echo "$log" >&2; echo "test-scaffold: js: unit tests failed" >&2; return 1; }
     npm run --silent build >/dev/null
 }
 build_c() { make --quiet >/dev/null; }

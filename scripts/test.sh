@@ -18,6 +18,8 @@ cargo test --locked --manifest-path examples/Cargo.toml -p flaky -p sleepy
 # for the host's imports (no host, no WebAssembly).
 PYTHONDONTWRITEBYTECODE=1 python3 -m unittest discover -s guest-sdk/python/tests -q
 node --import ./guest-sdk/js/tests/register.mjs --test guest-sdk/js/tests/
+# wasmq-testing.js as a task's own tests load it: with no host stand-ins at all.
+node --test guest-sdk/js/tests/testing.test.mjs
 # The Rust SDK packages as it would be published, its WIT inside.
 cargo package --locked --allow-dirty -p wasmq-guest
 scripts/test-python.sh

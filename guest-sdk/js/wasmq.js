@@ -37,6 +37,11 @@
 import * as host from "wasmq:task/host@0.1.1";
 import * as subtasks from "wasmq:task/subtasks@0.1.1";
 
+// The key of Context's constructor for native tests (wasmq-testing.js).
+const NATIVE = Symbol("wasmq.native");
+// Each `task(fn)` wrapper's fn, for wasmq-testing.js.
+const TASK_FNS = new WeakMap();
+
 const KINDS = ["permanent", "retryable", "invalid-input"];
 const LEVELS = ["trace", "debug", "info", "warn", "error"];
 
@@ -87,6 +92,27 @@ export class TaskError extends Error {
  * from the host on first use only. */
 export class Context {
   #info;
+  // Set by wasmq-testing.js: what would go to the host is recorded there.
+  #recorder;
+
+  /** A native test's context (wasmq-testing.js): `info` shaped like the
+   * host's task context, `recorder` taking what would go to the host. */
+  static [NATIVE](info, recorder) {
+    const ctx = new Context();
+    ctx.#info = info;
+    ctx.#recorder = recorder;
+    return ctx;
+  }
+
+  // Outside a component (a native test) there is no host to spawn on.
+  #native() {
+    if (this.#recorder !== undefined) {
+      throw TaskError.permanent(
+        "subtasks need the wasmq host: they cannot run natively (test the parent's logic " +
+          "around them, and each child's task on its own)",
+      );
+    }
+  }
 
   #get() {
     if (this.#info === undefined) this.#info = host.context();
@@ -129,6 +155,7 @@ export class Context {
     if (!LEVELS.includes(level)) {
       throw new TypeError(`unknown log level ${JSON.stringify(level)}: expected one of ${LEVELS.join(", ")}`);
     }
+    if (this.#recorder !== undefined) return this.#recorder.log(level, String(message));
     host.log(level, String(message));
   }
   logDebug(message) {
@@ -147,11 +174,13 @@ export class Context {
   /** Reports progress; `percent` is clamped to 0..100. */
   progress(percent, message = "") {
     const p = Math.max(0, Math.min(100, Math.trunc(Number(percent) || 0)));
+    if (this.#recorder !== undefined) return this.#recorder.progress(p, String(message));
     host.progress(p, String(message));
   }
 
   /** True once cancellation was requested; a long task checks it now and then. */
   isCancelled() {
+    if (this.#recorder !== undefined) return this.#recorder.isCancelled();
     return host.isCancelled();
   }
 
@@ -180,6 +209,7 @@ export class Context {
    * (`non-deterministic`).
    */
   spawn(module, input, options = {}) {
+    this.#native();
     const text = childInput(input);
     const opts = spawnOptions(options);
     return hostCall(() => subtasks.spawn(String(module), text, opts));
@@ -188,6 +218,7 @@ export class Context {
   /** Spawns one child per JSON value of `inputs`, in order (options as for
    * `spawn`); returns the children. */
   spawnMany(module, inputs, options = {}) {
+    this.#native();
     const texts = Array.from(inputs, childInput);
     const opts = spawnOptions(options);
     return hostCall(() => subtasks.spawnMany(String(module), texts, opts));
@@ -206,6 +237,7 @@ export class Context {
    * children are done; see `spawn` on determinism.
    */
   wait(children) {
+    this.#native();
     const list = Array.from(children, (c) => {
       if (c === null || typeof c !== "object" || typeof c.id !== "string" || !Number.isInteger(c.seq)) {
         throw new TypeError(`wait() takes the children spawn() returned, not ${safeStringify(c)}`);
@@ -227,6 +259,7 @@ export class Context {
    * start.
    */
   map(module, inputs, options = {}) {
+    this.#native();
     const { maxRunning, ...rest } = options ?? {};
     const texts = Array.from(inputs, childInput);
     const max = maxRunning === undefined || maxRunning === null ? undefined : integer("maxRunning", maxRunning, 0, U32);
@@ -353,30 +386,49 @@ function safeStringify(value) {
   }
 }
 
+// What the exported `run` does, with its errors thrown as TaskErrors: also
+// what wasmq-testing.js's TestContext#runJson runs natively.
+function runJson(fn, ctx, text) {
+  let input;
+  try {
+    input = JSON.parse(text);
+  } catch (e) {
+    throw TaskError.invalidInput(`invalid input: ${e.message}`);
+  }
+  let output;
+  try {
+    output = fn(ctx, input);
+  } catch (e) {
+    throw e instanceof TaskError ? e : uncaught(e);
+  }
+  let json;
+  try {
+    json = JSON.stringify(output);
+  } catch (e) {
+    throw TaskError.permanent(`task output could not be serialized: ${e.message}`);
+  }
+  if (json === undefined) {
+    throw TaskError.permanent(`task output could not be serialized: ${typeof output} has no JSON form`);
+  }
+  return json;
+}
+
 /** Wraps `fn(ctx, input)` as the task's `run` export: `export const run = task(fn)`. */
 export function task(fn) {
-  return function run(text) {
-    let input;
+  const run = function run(text) {
     try {
-      input = JSON.parse(text);
+      return runJson(fn, new Context(), text);
     } catch (e) {
-      throw TaskError.invalidInput(`invalid input: ${e.message}`).toWit();
+      throw e.toWit();
     }
-    let output;
-    try {
-      output = fn(new Context(), input);
-    } catch (e) {
-      throw (e instanceof TaskError ? e : uncaught(e)).toWit();
-    }
-    let json;
-    try {
-      json = JSON.stringify(output);
-    } catch (e) {
-      throw TaskError.permanent(`task output could not be serialized: ${e.message}`).toWit();
-    }
-    if (json === undefined) {
-      throw TaskError.permanent(`task output could not be serialized: ${typeof output} has no JSON form`).toWit();
-    }
-    return json;
   };
+  TASK_FNS.set(run, fn);
+  return run;
 }
+
+/** For wasmq-testing.js only; not part of the SDK's API. */
+export const __private = {
+  runJson,
+  nativeContext: (info, recorder) => Context[NATIVE](info, recorder),
+  taskFunction: (f) => TASK_FNS.get(f) ?? f,
+};

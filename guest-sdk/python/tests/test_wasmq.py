@@ -6,7 +6,7 @@ the host and give back what the test scripts.
     python3 -m unittest discover -s guest-sdk/python/tests
 """
 
-import enum
+import importlib.util
 import json
 import sys
 import types
@@ -31,50 +31,16 @@ class Err(Exception, Generic[T]):
     value: T
 
 
-class ErrorKind(enum.Enum):
-    PERMANENT = 0
-    RETRYABLE = 1
-    INVALID_INPUT = 2
-
-
-class LogLevel(enum.Enum):
-    TRACE = 0
-    DEBUG = 1
-    INFO = 2
-    WARN = 3
-    ERROR = 4
-
-
-@dataclass
-class WitTaskError:
-    kind: ErrorKind
-    message: str
-    details: Optional[str]
-
-
-@dataclass
-class TaskContext:
-    task_id: str
-    attempt: int
-    max_attempts: int
-    queue: str
-    deadline_unix_ms: Optional[int]
-
-
-@dataclass
-class SpawnOptions:
-    queue: Optional[str]
-    priority: Optional[int]
-    max_attempts: Optional[int]
-    fuel: Optional[int]
-    memory_bytes: Optional[int]
-    timeout_ms: Optional[int]
-
-
-@dataclass
-class Child:
-    id: str
-    seq: int
+# The records and enums are the SDK's own native stand-ins (wasmq/_native.py,
+# what wasmq.testing runs on), loaded by path: importing them as part of the
+# package would import wasmq before the stand-ins below are in place.
+_spec = importlib.util.spec_from_file_location(
+    "_wasmq_native", Path(__file__).resolve().parents[1] / "wasmq" / "_native.py"
+)
+_native = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_native)
+ErrorKind, LogLevel, WitTaskError = _native.ErrorKind, _native.LogLevel, _native.TaskError
+TaskContext, SpawnOptions, Child = _native.TaskContext, _native.SpawnOptions, _native.Child
 
 
 class FakeSubtasks(types.ModuleType):

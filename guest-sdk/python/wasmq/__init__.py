@@ -65,9 +65,16 @@ import time
 import traceback
 from typing import Any, Callable, Dict, Iterable, List, Optional
 
-from componentize_py_types import Err
-from wit_world.imports import host, subtasks
-from wit_world.imports import types as wit
+try:
+    from componentize_py_types import Err
+    from wit_world.imports import host, subtasks
+    from wit_world.imports import types as wit
+except ModuleNotFoundError as _e:
+    # Natively (a unit test under wasmq.testing) there are no generated
+    # bindings: stand-ins with the same shapes, and no host behind them.
+    if (_e.name or "").split(".")[0] not in ("componentize_py_types", "wit_world"):
+        raise
+    from ._native import Err, host, subtasks, wit
 
 __all__ = ["Child", "Context", "LogLevel", "TaskError", "function_task", "task"]
 
@@ -165,6 +172,16 @@ class Context:
 
     def __init__(self) -> None:
         self._info: Optional[wit.TaskContext] = None
+        # Set by wasmq.testing: what would go to the host is recorded there.
+        self._recorder: Any = None
+
+    def _native(self) -> None:
+        # Outside a component (a native test) there is no host to spawn on.
+        if self._recorder is not None:
+            raise TaskError.permanent(
+                "subtasks need the wasmq host: they cannot run natively (test the parent's logic "
+                "around them, and each child's task on its own)"
+            )
 
     def _get(self) -> wit.TaskContext:
         if self._info is None:
@@ -213,6 +230,9 @@ class Context:
         :data:`LogLevel` or its name (``"info"``)."""
         if isinstance(level, str):
             level = LogLevel[level.upper()]
+        if self._recorder is not None:
+            self._recorder.log(level, str(message))
+            return
         host.log(level, str(message))
 
     def log_debug(self, message: str) -> None:
@@ -229,11 +249,17 @@ class Context:
 
     def progress(self, percent: int, message: str = "") -> None:
         """Reports progress; ``percent`` is clamped to 0..100."""
-        host.progress(max(0, min(100, int(percent))), str(message))
+        percent = max(0, min(100, int(percent)))
+        if self._recorder is not None:
+            self._recorder.progress(percent, str(message))
+            return
+        host.progress(percent, str(message))
 
     def is_cancelled(self) -> bool:
         """True once cancellation was requested. A long-running task that
         checks this now and then can stop cleanly instead of being killed."""
+        if self._recorder is not None:
+            return self._recorder.is_cancelled()
         return host.is_cancelled()
 
     # Subtasks.
@@ -260,11 +286,13 @@ class Context:
         from the first run's fails the task as ``permanent``
         (``non-deterministic``).
         """
+        self._native()
         return _call(subtasks.spawn, str(module), _input(input), _options(options))
 
     def spawn_many(self, module: str, inputs: Iterable[Any], **options: Any) -> List["Child"]:
         """Spawns one child per JSON value of ``inputs``, in order, with the
         same ``options`` as :meth:`spawn`; returns their :data:`Child` list."""
+        self._native()
         texts = [_input(value, i) for i, value in enumerate(inputs)]
         return _call(subtasks.spawn_many, str(module), texts, _options(options))
 
@@ -282,6 +310,7 @@ class Context:
         the start once the children are done: see :meth:`spawn` on
         determinism.
         """
+        self._native()
         children = list(children)
         for c in children:
             if not isinstance(c, Child):
@@ -300,6 +329,7 @@ class Context:
         :meth:`spawn_many` and :meth:`wait` to see every result. Like
         :meth:`wait`, it may end the run and resume it from the start.
         """
+        self._native()
         texts = [_input(value, i) for i, value in enumerate(inputs)]
         if max_running is not None:
             max_running = _int("max_running", max_running, 0, _U32)
@@ -392,21 +422,30 @@ def _uncaught(e: Exception) -> TaskError:
     return TaskError.permanent(message, {"exception": type(e).__qualname__, "traceback": trace})
 
 
-def _run(fn: Callable[[Context, Any], Any], text: str) -> str:
+def _run_json(fn: Callable[[Context, Any], Any], ctx: Context, text: str) -> str:
+    # What the exported run does, with its errors as TaskErrors: also what
+    # wasmq.testing.TestContext.run_json runs natively.
     try:
         value = json.loads(text)
     except ValueError as e:
-        raise Err(TaskError.invalid_input(f"invalid input: {e}")._to_wit())
+        raise TaskError.invalid_input(f"invalid input: {e}") from None
     try:
-        output = fn(Context(), value)
-    except TaskError as e:
-        raise Err(e._to_wit())
+        output = fn(ctx, value)
+    except TaskError:
+        raise
     except Exception as e:
-        raise Err(_uncaught(e)._to_wit())
+        raise _uncaught(e) from None
     try:
         return _dumps(output)
     except (TypeError, ValueError) as e:
-        raise Err(TaskError.permanent(f"task output could not be serialized: {e}")._to_wit())
+        raise TaskError.permanent(f"task output could not be serialized: {e}") from None
+
+
+def _run(fn: Callable[[Context, Any], Any], text: str) -> str:
+    try:
+        return _run_json(fn, Context(), text)
+    except TaskError as e:
+        raise Err(e._to_wit())
 
 
 def task(fn: Callable[[Context, Any], Any]) -> Callable[[Context, Any], Any]:

@@ -76,6 +76,10 @@ fn files(lang: Lang) -> Vec<(&'static str, Source)> {
         Lang::Python => vec![
             ("app.py", Template(include_str!("templates/python/app.py"))),
             (
+                "test_app.py",
+                Template(include_str!("templates/python/test_app.py")),
+            ),
+            (
                 "Makefile",
                 Template(include_str!("templates/python/Makefile")),
             ),
@@ -91,10 +95,16 @@ fn files(lang: Lang) -> Vec<(&'static str, Source)> {
                 "wasmq/__init__.py",
                 Sdk("guest-sdk/python/wasmq/__init__.py"),
             ),
+            ("wasmq/_native.py", Sdk("guest-sdk/python/wasmq/_native.py")),
+            ("wasmq/testing.py", Sdk("guest-sdk/python/wasmq/testing.py")),
             WIT,
         ],
         Lang::Js => vec![
             ("task.js", Template(include_str!("templates/js/task.js"))),
+            (
+                "task.test.mjs",
+                Template(include_str!("templates/js/task.test.mjs")),
+            ),
             (
                 "package.json",
                 Template(include_str!("templates/js/package.json")),
@@ -110,6 +120,7 @@ fn files(lang: Lang) -> Vec<(&'static str, Source)> {
             // componentize-js and its dependencies, as the examples pin them.
             ("package-lock.json", Sdk("examples/js/package-lock.json")),
             ("wasmq.js", Sdk("guest-sdk/js/wasmq.js")),
+            ("wasmq-testing.js", Sdk("guest-sdk/js/wasmq-testing.js")),
             WIT,
         ],
         Lang::C => vec![
