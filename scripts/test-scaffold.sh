@@ -47,15 +47,15 @@ build_rust() {
 # task.test.mjs, under the SDK's test context), as their READMEs say.
 build_python() {
     local log
-    log=$(PYTHONDONTWRITEBYTECODE=1 python3 -m unittest 2>&1) ||
-        { echo "$log" >&2; echo "test-scaffold: python: unit tests failed" >&2; return 1; }
+    log=$(PYTHONDONTWRITEBYTECODE=1 python3 -m unittest 2>&1) && grep -q '^Ran [1-9]' <<<"$log" ||
+        { echo "$log" >&2; echo "test-scaffold: python: unit tests failed or none ran" >&2; return 1; }
     make --quiet COMPONENTIZE_PY="$VENV/bin/componentize-py" >/dev/null
 }
 build_js() {
     npm ci --offline --no-audit --no-fund --loglevel=error >/dev/null
     local log
-    log=$(npm test --silent 2>&1) ||
-        { echo "$log" >&2; echo "test-scaffold: js: unit tests failed" >&2; return 1; }
+    log=$(npm test --silent 2>&1) && grep -q '^# pass [1-9]' <<<"$log" ||
+        { echo "$log" >&2; echo "test-scaffold: js: unit tests failed or none ran" >&2; return 1; }
     npm run --silent build >/dev/null
 }
 build_c() { make --quiet >/dev/null; }
