@@ -16,7 +16,6 @@
 //! So the same code works wherever the run happens: in a worker, or in a
 //! Ray job whose envelope carries the plan in and the spawns out.
 
-use super::limits::Limits;
 use super::maxima::Maxima;
 use crate::fuel::Fuel;
 use serde::{Deserialize, Serialize};
@@ -405,21 +404,6 @@ impl Subtasks {
             .filter(|(_, c)| c.end.is_none())
             .count() as u32
     }
-}
-
-/// The limits a child would run with on this worker, for checks.
-pub fn effective_limits(defaults: &Limits, spawn: &Spawn) -> Limits {
-    let mut l = defaults.clone();
-    if let Some(f) = spawn.fuel {
-        l.fuel = f.units();
-    }
-    if let Some(m) = spawn.memory_bytes {
-        l.memory_bytes = m;
-    }
-    if let Some(t) = spawn.timeout_ms {
-        l.timeout = Duration::from_millis(t);
-    }
-    l
 }
 
 #[cfg(test)]
