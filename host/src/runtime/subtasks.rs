@@ -359,8 +359,16 @@ impl Subtasks {
         self.known.get(&seq).and_then(|c| c.end.as_ref())
     }
 
-    fn is_spawned(&self, seq: u32) -> bool {
-        self.known.contains_key(&seq) || self.spawned.iter().any(|s| s.seq == seq)
+    /// The id of child `seq` if this task spawned it, in an earlier run or
+    /// this one (`spawned` is in spawn order, which is seq order).
+    fn spawned_id(&self, seq: u32) -> Option<Uuid> {
+        if let Some(known) = self.known.get(&seq) {
+            return Some(known.id);
+        }
+        self.spawned
+            .binary_search_by_key(&seq, |s| s.seq)
+            .ok()
+            .map(|i| self.spawned[i].id)
     }
 
     /// The results of `children` (sequence numbers, with the ids the guest
@@ -371,7 +379,10 @@ impl Subtasks {
         allowed_unfinished: u32,
     ) -> Result<Vec<&ChildEnd>, WaitError> {
         for (id, seq) in children {
-            if !self.is_spawned(*seq) || child_id(self.plan.parent_id, *seq).to_string() != *id {
+            if self
+                .spawned_id(*seq)
+                .is_none_or(|known| id.parse() != Ok(known))
+            {
                 return Err(WaitError::Unknown(format!(
                     "wait: child {id} (#{seq}) was not spawned by this task"
                 )));

@@ -16,7 +16,7 @@ use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
@@ -55,6 +55,9 @@ struct Shared {
     claim_slots: Arc<Semaphore>,
     /// How fast runs finish: sizes an adaptive prefetch.
     pace: Pace,
+    /// Claimed tasks whose run has not ended (buffered or running): while
+    /// there are none, no completion is coming that a linger could batch.
+    running: AtomicUsize,
     completed: AtomicU64,
     succeeded: AtomicU64,
     fenced: AtomicU64,
@@ -159,6 +162,7 @@ impl Worker {
             wake: Notify::new(),
             claim_slots: Arc::new(Semaphore::new(cfg.max_held() as usize)),
             pace: Pace::default(),
+            running: AtomicUsize::new(0),
             completed: AtomicU64::new(0),
             succeeded: AtomicU64::new(0),
             fenced: AtomicU64::new(0),
@@ -309,6 +313,7 @@ async fn claim_loop(
                 &task.queue,
                 &shared.id,
             );
+            shared.running.fetch_add(1, Ordering::Relaxed);
             shared.inflight.lock().unwrap().insert(
                 task.id,
                 InFlight {
@@ -397,6 +402,9 @@ async fn runner(
         // The claim slot is freed, and the task forgotten, once the
         // completion is written.
         let _ = done_tx.send(Report::Done(completion, span, claim_permit));
+        // After the send: the completer, seeing no run under way, must find
+        // this completion already queued.
+        shared.running.fetch_sub(1, Ordering::Release);
     }
 }
 
@@ -465,13 +473,21 @@ const MAX_WRITE_TRIES: u32 = 20;
 async fn completer(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Report>) {
     while let Some(first) = rx.recv().await {
         // Linger briefly for more: each write is a durable commit, so fewer,
-        // larger batches are what lets short tasks drain fast.
+        // larger batches are what lets short tasks drain fast. When no run
+        // is under way nothing more is coming, and a linger would only
+        // delay what waits on these: a single task's result, or the parent
+        // that the last of its children requeues.
         let mut batch = vec![first];
         let until = tokio::time::Instant::now() + COMPLETE_LINGER;
         while batch.len() < shared.config.complete_batch * 2 {
             match rx.try_recv() {
                 Ok(d) => batch.push(d),
                 Err(mpsc::error::TryRecvError::Disconnected) => break,
+                Err(mpsc::error::TryRecvError::Empty)
+                    if shared.running.load(Ordering::Acquire) == 0 =>
+                {
+                    break;
+                }
                 Err(mpsc::error::TryRecvError::Empty) => {
                     match tokio::time::timeout_at(until, rx.recv()).await {
                         Ok(Some(d)) => batch.push(d),

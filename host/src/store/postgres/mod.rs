@@ -614,25 +614,54 @@ impl Store for PgStore {
     }
 
     async fn child_ledger(&self, parent: Uuid) -> Result<Vec<ChildRecord>> {
-        let rows = sqlx::query(CHILD_LEDGER)
+        let row = sqlx::query(CHILD_LEDGER)
             .bind(parent)
-            .fetch_all(&self.pool)
+            .fetch_one(&self.pool)
             .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(ChildRecord {
-                    seq: int4(row, "spawn_seq")?,
-                    id: row.try_get("id")?,
-                    digest: row
-                        .try_get::<Option<String>, _>("spawn_digest")?
-                        .unwrap_or_default(),
-                    state: parse_state(row.try_get("state")?)?,
-                    result: row.try_get("result")?,
-                    error_kind: row.try_get("error_kind")?,
-                    error_message: row.try_get("error_message")?,
-                })
-            })
-            .collect()
+        let Some(seqs) = row.try_get::<Option<Vec<i32>>, _>("seqs")? else {
+            return Ok(Vec::new());
+        };
+        let column = |name: &str| row.try_get::<Vec<Option<String>>, _>(name);
+        let ids: Vec<Uuid> = row.try_get("ids")?;
+        let states: Vec<String> = row.try_get("states")?;
+        let (digests, results) = (column("digests")?, column("results")?);
+        let (kinds, messages) = (column("error_kinds")?, column("error_messages")?);
+        let n = seqs.len();
+        if [
+            ids.len(),
+            states.len(),
+            digests.len(),
+            results.len(),
+            kinds.len(),
+            messages.len(),
+        ]
+        .iter()
+        .any(|&len| len != n)
+        {
+            return Err(StoreError::corrupt(
+                "the children's ledger arrays differ in length",
+            ));
+        }
+        let mut out = Vec::with_capacity(n);
+        let rest = ids.into_iter().zip(states).zip(digests).zip(results);
+        for ((seq, (((id, state), digest), result)), (error_kind, error_message)) in seqs
+            .into_iter()
+            .zip(rest)
+            .zip(kinds.into_iter().zip(messages))
+        {
+            out.push(ChildRecord {
+                seq: u32::try_from(seq)
+                    .map_err(|_| StoreError::corrupt(format!("spawn_seq {seq} out of range")))?,
+                id,
+                digest: digest.unwrap_or_default(),
+                state: parse_state(&state)?,
+                result,
+                error_kind,
+                error_message,
+            });
+        }
+        out.sort_by_key(|c| c.seq);
+        Ok(out)
     }
 
     async fn list_children(&self, parent: Uuid, from: u32, limit: u32) -> Result<Vec<TaskSummary>> {

@@ -605,24 +605,38 @@ impl Store for SqliteStore {
     }
 
     async fn child_ledger(&self, parent: Uuid) -> Result<Vec<ChildRecord>> {
-        let rows = sqlx::query(CHILD_LEDGER)
+        /// One child: seq, id, digest, state, result, error kind and message.
+        type Entry = (
+            u32,
+            String,
+            Option<String>,
+            String,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+        );
+        let ledger: String = sqlx::query_scalar(CHILD_LEDGER)
             .bind(parent.to_string())
-            .fetch_all(&self.pool)
+            .fetch_one(&self.pool)
             .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(ChildRecord {
-                    seq: to_u32(row.try_get("spawn_seq")?, "spawn_seq")?,
-                    id: uuid(row.try_get("id")?)?,
-                    digest: row
-                        .try_get::<Option<String>, _>("spawn_digest")?
-                        .unwrap_or_default(),
-                    state: parse_state(row.try_get("state")?)?,
-                    result: row.try_get("result")?,
-                    error_kind: row.try_get("error_kind")?,
-                    error_message: row.try_get("error_message")?,
-                })
-            })
+        let mut entries: Vec<Entry> = serde_json::from_str(&ledger)
+            .map_err(|e| StoreError::corrupt(format!("the children's ledger: {e}")))?;
+        entries.sort_unstable_by_key(|e| e.0);
+        entries
+            .into_iter()
+            .map(
+                |(seq, id, digest, state, result, error_kind, error_message)| {
+                    Ok(ChildRecord {
+                        seq,
+                        id: uuid(&id)?,
+                        digest: digest.unwrap_or_default(),
+                        state: parse_state(&state)?,
+                        result,
+                        error_kind,
+                        error_message,
+                    })
+                },
+            )
             .collect()
     }
 

@@ -286,11 +286,15 @@ pub(super) const REQUEST_CANCEL: &str = concat!(
     " RETURNING id, state"
 );
 
-/// ?1 parent: its children as its next run needs them.
-pub(super) const CHILD_LEDGER: &str = "SELECT spawn_seq, id, spawn_digest, state, \
-         CASE WHEN state = 'succeeded' THEN result END AS result, \
-         error_kind, error_message \
-     FROM tasks WHERE parent_id = ?1 AND spawn_seq IS NOT NULL ORDER BY spawn_seq";
+/// ?1 parent: its children as its next run needs them, as one JSON array
+/// of `[seq, id, digest, state, result, error_kind, error_message]`: a
+/// parent resumed over thousands of children reads one row instead of one
+/// per child (each row crosses a thread in sqlx's SQLite driver). The
+/// caller orders by seq.
+pub(super) const CHILD_LEDGER: &str = "SELECT json_group_array(json_array(spawn_seq, id, \
+         spawn_digest, state, CASE WHEN state = 'succeeded' THEN result END, \
+         error_kind, error_message)) AS ledger \
+     FROM tasks WHERE parent_id = ?1 AND spawn_seq IS NOT NULL";
 
 /// ?1 id: the number of its descendants and what their runs used.
 pub(super) const FAMILY_USAGE: &str = "WITH RECURSIVE tree(id) AS ( \
