@@ -142,6 +142,9 @@ bool wasmq_test_check_str(const char *actual, const char *expected, const char *
 }
 
 int wasmq_test_summary(const char *name) {
+    /* Flushed at once: a sanitizer's leak check at exit ends the process
+     * without flushing stdout. */
+    setvbuf(stdout, NULL, _IONBF, 0);
     if (failures) {
         printf("%s: %u runs, %u checks, %u FAILED\n", name, runs, checks, failures);
         return 1;
