@@ -78,8 +78,10 @@ if [ "$(cat "$CLIENT_VENV/.wasmq-requirements" 2>/dev/null)" != "$want" ]; then
   echo "$want" >"$CLIENT_VENV/.wasmq-requirements"
 fi
 
-# JavaScript tasks: componentize-js, pinned in examples/js/package-lock.json.
-# `npm ci` runs only when the lock file changed since the last install.
+# JavaScript tasks: componentize-js (and rolldown, which bundles the projects
+# `wasmq new --lang js` writes), pinned in examples/js/package-lock.json.
+# `npm ci` runs only when the lock file changed since the last install; it
+# also fills npm's cache, from which those projects install offline.
 JS="$(dirname "$0")/../examples/js"
 want="$(sha256sum "$JS/package-lock.json" | cut -d' ' -f1)"
 if [ "$(cat "$JS/node_modules/.wasmq-lock" 2>/dev/null)" != "$want" ]; then

@@ -2,13 +2,14 @@
 # `wasmq new` in every language, as a task author would use it: writes each
 # project into a temporary directory outside this repository, builds it with
 # the commands its README gives (after its native unit tests: `cargo test`,
-# `python3 -m unittest`, `npm test`), then runs the component with `wasmq run` and through a queue
+# `make test` for Python and C, `npm test`), then runs the component with `wasmq run` and through a queue
 # (`module push`, `task enqueue --wait`, as the README says) and checks its
 # output and log line.
 #
 # No network beyond the package registries: JavaScript installs with
-# `npm ci --offline` from npm's cache, which scripts/setup.sh filled (the
-# project's package-lock.json is the examples' one); Rust and the C adapter
+# `npm install --offline` from npm's cache, which scripts/setup.sh filled (the
+# project's package-lock.json is the examples' one); the Python SDK's wheel
+# is built with hatchling, which pip fetches from PyPI; Rust and the C adapter
 # come from crates.io through cargo's cache.
 #
 # Usage: scripts/test-scaffold.sh [rust|python|js|c]...   (default: all)
@@ -43,22 +44,46 @@ build_rust() {
     cargo test --quiet
     cargo build --quiet --release --target wasm32-wasip2
 }
-# Python and JavaScript first run their native unit tests (test_app.py and
-# task.test.mjs, under the SDK's test context), as their READMEs say.
+# Python, JavaScript and C first run their native unit tests (test_app.py,
+# task.test.mjs, test_task.c, under the SDK's test context), as their READMEs
+# say, and must show that tests ran (Python 3.11's unittest exits 0 when it
+# finds none).
+#
+# Python and JavaScript use the SDK as a package, installed as their READMEs
+# say: a wheel built from guest-sdk/python, pip-installed into a fresh venv
+# (`make sdk`), and a tarball `npm pack`ed from guest-sdk/js, `npm install`ed
+# (offline, from npm's cache, with the examples' lock file). No copy of the
+# SDK may be in the project.
 build_python() {
+    make --quiet sdk >/dev/null
+    [ ! -e wasmq ] && compgen -G 'dist/wasmq_guest-*-py3-none-any.whl' >/dev/null ||
+        { echo "test-scaffold: python: no SDK wheel in dist/, or a copy of the SDK in the project" >&2; return 1; }
+    .venv/bin/python -c 'import sys, wasmq; sys.exit(not wasmq.__file__.startswith(sys.prefix + "/"))' ||
+        { echo "test-scaffold: python: wasmq is not imported from the project's venv" >&2; return 1; }
     local log
-    log=$(PYTHONDONTWRITEBYTECODE=1 python3 -m unittest 2>&1) && grep -q '^Ran [1-9]' <<<"$log" ||
+    log=$(make --quiet test 2>&1) && grep -q '^Ran [1-9]' <<<"$log" ||
         { echo "$log" >&2; echo "test-scaffold: python: unit tests failed or none ran" >&2; return 1; }
     make --quiet COMPONENTIZE_PY="$VENV/bin/componentize-py" >/dev/null
 }
 build_js() {
+    local tarball
+    tarball=$(npm pack --silent "$repo/guest-sdk/js")
+    npm install --offline --no-audit --no-fund --loglevel=error "./$tarball" >/dev/null
+    [ ! -e wasmq.js ] && grep -qF "\"wasmq-guest\": \"file:$tarball\"" package.json ||
+        { echo "test-scaffold: js: $tarball not installed as a dependency, or a copy of the SDK in the project" >&2; return 1; }
+    # What the lock file now holds installs again.
     npm ci --offline --no-audit --no-fund --loglevel=error >/dev/null
     local log
     log=$(npm test --silent 2>&1) && grep -q '^# pass [1-9]' <<<"$log" ||
         { echo "$log" >&2; echo "test-scaffold: js: unit tests failed or none ran" >&2; return 1; }
     npm run --silent build >/dev/null
 }
-build_c() { make --quiet >/dev/null; }
+build_c() {
+    local log
+    log=$(make --quiet test 2>&1) && grep -q '^test_task: [1-9][0-9]* runs, [1-9][0-9]* checks, all passed$' <<<"$log" ||
+        { echo "$log" >&2; echo "test-scaffold: c: unit tests failed or none ran" >&2; return 1; }
+    make --quiet >/dev/null
+}
 
 check() { # LANG
     local lang=$1 name="greet-$1" start=$SECONDS

@@ -20,11 +20,28 @@ PYTHONDONTWRITEBYTECODE=1 python3 -m unittest discover -s guest-sdk/python/tests
 node --import ./guest-sdk/js/tests/register.mjs --test guest-sdk/js/tests/
 # wasmq-testing.js as a task's own tests load it: with no host stand-ins at all.
 node --test guest-sdk/js/tests/testing.test.mjs
+# The C test context (guest-sdk/c/wasmq_testing.c), compiled natively with
+# the sanitizers against the generated task.h, under its own test task.
+(
+    gen=$(mktemp -d)
+    trap 'rm -rf "$gen"' EXIT
+    wit-bindgen c wit --world task --out-dir "$gen" 2>/dev/null
+    cc -g -Wall -Wextra -Werror -Wno-unused-parameter -fsanitize=address,undefined -I "$gen" -I guest-sdk/c \
+        guest-sdk/c/tests/test_testing.c guest-sdk/c/wasmq.c guest-sdk/c/wasmq_testing.c -o "$gen/test_testing"
+    "$gen/test_testing"
+    # It stands in for every function task.h declares but the task's export.
+    cc -c -I "$gen" -I guest-sdk/c guest-sdk/c/wasmq_testing.c -o "$gen/wasmq_testing.o"
+    missing=$(comm -23 \
+        <(grep -v '^ *//' "$gen/task.h" | grep -oE '\b[a-z][a-z0-9_]*\(' | tr -d '(' | grep -vx exports_task_run | sort -u) \
+        <(nm --defined-only "$gen/wasmq_testing.o" | awk '$2 == "T" { print $3 }' | sort -u))
+    [ -z "$missing" ] || { echo "test: guest-sdk/c/wasmq_testing.c lacks" $missing >&2; exit 1; }
+)
 # The Rust SDK packages as it would be published, its WIT inside.
 cargo package --locked --allow-dirty -p wasmq-guest
 scripts/test-python.sh
 # `wasmq new` in every language: each project built outside the repository with
-# its own tools, its Rust unit tests run, each component run (about 2 minutes).
+# its own tools (the Python and JavaScript SDKs installed as packages), its
+# native unit tests run, each component run (about 2 minutes).
 scripts/test-scaffold.sh
 # README's "Your first task", run as written.
 scripts/test-tutorial.sh

@@ -1,8 +1,11 @@
 //! `wasmq new`: a task project in its own directory, built with that
 //! language's own tools and nothing from this repository's build. The files
 //! are templates embedded in the binary (`templates/`); the SDK comes from a
-//! wasmq checkout (`--sdk`): copied into Python, JavaScript and C projects,
-//! depended on by path in Rust ones, since the SDKs are not published yet.
+//! wasmq checkout (`--sdk`), since the SDKs are not published yet: Rust
+//! projects depend on its crate by path, Python and JavaScript ones install
+//! its package (a wheel built from `guest-sdk/python`, a tarball packed from
+//! `guest-sdk/js`; their READMEs and the Python Makefile say how, with the
+//! checkout's path filled in), and C projects get copies of its helpers.
 
 use super::exit::Exit;
 use anyhow::Context;
@@ -91,12 +94,6 @@ fn files(lang: Lang) -> Vec<(&'static str, Source)> {
                 ".gitignore",
                 Template(include_str!("templates/python/gitignore")),
             ),
-            (
-                "wasmq/__init__.py",
-                Sdk("guest-sdk/python/wasmq/__init__.py"),
-            ),
-            ("wasmq/_native.py", Sdk("guest-sdk/python/wasmq/_native.py")),
-            ("wasmq/testing.py", Sdk("guest-sdk/python/wasmq/testing.py")),
             WIT,
         ],
         Lang::Js => vec![
@@ -117,14 +114,17 @@ fn files(lang: Lang) -> Vec<(&'static str, Source)> {
                 ".gitignore",
                 Template(include_str!("templates/js/gitignore")),
             ),
-            // componentize-js and its dependencies, as the examples pin them.
+            // componentize-js, rolldown and their dependencies, as the
+            // examples pin them.
             ("package-lock.json", Sdk("examples/js/package-lock.json")),
-            ("wasmq.js", Sdk("guest-sdk/js/wasmq.js")),
-            ("wasmq-testing.js", Sdk("guest-sdk/js/wasmq-testing.js")),
             WIT,
         ],
         Lang::C => vec![
             ("task.c", Template(include_str!("templates/c/task.c"))),
+            (
+                "test_task.c",
+                Template(include_str!("templates/c/test_task.c")),
+            ),
             ("Makefile", Template(include_str!("templates/c/Makefile"))),
             ("README.md", Template(include_str!("templates/c/README.md"))),
             (
@@ -133,6 +133,8 @@ fn files(lang: Lang) -> Vec<(&'static str, Source)> {
             ),
             ("wasmq.c", Sdk("guest-sdk/c/wasmq.c")),
             ("wasmq.h", Sdk("guest-sdk/c/wasmq.h")),
+            ("wasmq_testing.c", Sdk("guest-sdk/c/wasmq_testing.c")),
+            ("wasmq_testing.h", Sdk("guest-sdk/c/wasmq_testing.h")),
             ("adapter/Cargo.toml", Sdk("examples/c/adapter/Cargo.toml")),
             ("adapter/Cargo.lock", Sdk("examples/c/adapter/Cargo.lock")),
             ("adapter/src/lib.rs", Sdk("examples/c/adapter/src/lib.rs")),
@@ -152,12 +154,21 @@ fn wasm_path(lang: Lang, name: &str) -> String {
     }
 }
 
-/// The commands that build it, for the closing message.
-fn build_hint(lang: Lang) -> &'static str {
+/// The version of the Python and npm packages of the SDK (the WIT package's),
+/// which names the tarball `npm pack` writes.
+const SDK_VERSION: &str = "0.1.1";
+
+/// The commands that test and build it, for the closing message.
+fn build_hint(lang: Lang, sdk: &Path) -> String {
     match lang {
-        Lang::Rust => "cargo test && cargo build --release --target wasm32-wasip2",
-        Lang::Python | Lang::C => "make",
-        Lang::Js => "npm ci && npm run build",
+        Lang::Rust => "cargo test && cargo build --release --target wasm32-wasip2".to_owned(),
+        Lang::Python => "make sdk && make test && make".to_owned(),
+        Lang::C => "make test && make".to_owned(),
+        Lang::Js => format!(
+            "npm pack {}/guest-sdk/js && npm install ./wasmq-guest-{SDK_VERSION}.tgz \
+             && npm test && npm run build",
+            sdk.display()
+        ),
     }
 }
 
@@ -261,7 +272,7 @@ pub fn run(args: NewArgs) -> anyhow::Result<()> {
         args.name,
         sdk.display(),
         dir.display(),
-        build_hint(args.lang),
+        build_hint(args.lang, &sdk),
     );
     Ok(())
 }
@@ -293,5 +304,21 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The packages' versions, the WIT's and the one the JavaScript README
+    /// names its tarball with are the same.
+    #[test]
+    fn sdk_package_versions() {
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let read = |path: &str| std::fs::read_to_string(repo.join(path)).unwrap();
+        let version = format!("\"{SDK_VERSION}\"");
+        assert!(read("wit/task.wit").contains(&format!("package wasmq:task@{SDK_VERSION};")));
+        assert!(read("guest-sdk/js/package.json").contains(&format!("\"version\": {version}")));
+        assert!(read("guest-sdk/python/pyproject.toml").contains(&format!("version = {version}")));
+        assert!(
+            include_str!("templates/js/README.md")
+                .contains(&format!("wasmq-guest-{SDK_VERSION}.tgz"))
+        );
     }
 }

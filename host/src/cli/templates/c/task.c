@@ -12,7 +12,10 @@ bool exports_task_run(task_string_t *input, task_string_t *ret, task_task_error_
         return wasmq_fail(err, WASMQ_INVALID_INPUT, "`name` must be a non-empty string");
     }
     /* Stored with the attempt: `wasmq task show ID` and the dashboard show it. */
-    wasmq_log(WASMQ_INFO, "greeting %s", name);
+    wasmq_task_types_task_context_t ctx;
+    wasmq_context(&ctx);
+    wasmq_log(WASMQ_INFO, "greeting %s (attempt %u)", name, (unsigned)ctx.attempt);
+    wasmq_task_types_task_context_free(&ctx);
 
     wasmq_buf greeting = {0};
     wasmq_buf_append(&greeting, "Hello, ");

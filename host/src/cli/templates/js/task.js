@@ -1,6 +1,6 @@
 // The {{name}} task: {"name": "Ada"} -> {"greeting": "Hello, Ada!"}.
 
-import { task, TaskError } from "./wasmq.js";
+import { task, TaskError } from "wasmq-guest";
 
 export const run = task((ctx, input) => {
   const name = input !== null && typeof input === "object" ? input.name : undefined;

@@ -1,10 +1,10 @@
 // Unit tests of the {{name}} task, run natively by Node.js (no host, no
-// WebAssembly): npm test, or node --import ./wasmq-testing.js --test
+// WebAssembly): npm test, or node --import wasmq-guest/testing --test
 
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { TestContext } from "./wasmq-testing.js";
+import { TestContext } from "wasmq-guest/testing";
 import { run } from "./task.js";
 
 test("greets and logs", () => {
