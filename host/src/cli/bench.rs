@@ -162,6 +162,7 @@ async fn once(
                 dirs: &[],
                 progress: None,
                 subtasks: None,
+                http: None,
             },
         )
         .await;
