@@ -571,6 +571,10 @@ mod http {
             "/hello" => Reply::ok("hello world"),
             "/big" => Reply::ok(vec![b'x'; 100_000]),
             "/inside" => Reply::redirect("/hello"),
+            "/slow" => {
+                std::thread::sleep(std::time::Duration::from_secs(5));
+                Reply::ok("late")
+            }
             other => match other.strip_prefix("/to/") {
                 Some(target) => Reply::redirect(&format!("http://{target}")),
                 None => Reply {
@@ -726,6 +730,17 @@ mod http {
         let (c, r, _) = fetch_granted(dir.path(), &a, "/inside", &env);
         assert_refused(c, &r, "already made its 1 HTTP requests");
         assert_eq!(a.accepted(), 1);
+    }
+
+    #[test]
+    fn a_slow_response_times_out_at_the_http_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Server::http(routes);
+        let started = std::time::Instant::now();
+        let env = [("WASMQ_HTTP_TIMEOUT", "1s")];
+        let (c, r, _) = fetch_granted(dir.path(), &a, "/slow", &env);
+        assert_refused(c, &r, "ConnectionReadTimeout");
+        assert!(started.elapsed() < std::time::Duration::from_secs(4), "{r}");
     }
 
     #[test]
