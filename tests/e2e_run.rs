@@ -559,3 +559,235 @@ fn dev_builds_runs_and_rebuilds_on_change() {
     let seen = std::fs::read_to_string(&log).unwrap();
     assert!(seen.contains("built and pushed greet@2"), "{seen}");
 }
+
+// ---- Outbound HTTP (`--allow-http`), against loopback servers ----
+
+mod http {
+    use super::common::httpd::{Reply, Server};
+    use super::common::{code, example, json, stderr, wasmq};
+
+    fn routes(path: &str) -> Reply {
+        match path {
+            "/hello" => Reply::ok("hello world"),
+            "/big" => Reply::ok(vec![b'x'; 100_000]),
+            "/inside" => Reply::redirect("/hello"),
+            "/slow" => {
+                std::thread::sleep(std::time::Duration::from_secs(5));
+                Reply::ok("late")
+            }
+            other => match other.strip_prefix("/to/") {
+                Some(target) => Reply::redirect(&format!("http://{target}")),
+                None => Reply {
+                    status: 404,
+                    headers: vec![],
+                    body: b"not found".to_vec(),
+                },
+            },
+        }
+    }
+
+    /// `wasmq run fetch.wasm` on `url` with `args` → (exit code, report, stderr).
+    fn fetch(
+        dir: &std::path::Path,
+        url: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> (i32, serde_json::Value, String) {
+        let mut cmd = wasmq(dir);
+        cmd.arg("run")
+            .arg(example("fetch"))
+            .args(["--input", &serde_json::json!({ "url": url }).to_string()])
+            .args(args)
+            .arg("--json");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        (code(&out), json(&out), stderr(&out))
+    }
+
+    /// `fetch` of `path` on `a`, with `a`'s address granted.
+    fn fetch_granted(
+        dir: &std::path::Path,
+        a: &Server,
+        path: &str,
+        env: &[(&str, &str)],
+    ) -> (i32, serde_json::Value, String) {
+        fetch(
+            dir,
+            &a.url("http", path),
+            &["--allow-http", &a.url("http", "")],
+            env,
+        )
+    }
+
+    /// Asserts a success; returns the guest's (status, body bytes, redirects).
+    fn fetched((c, r, err): (i32, serde_json::Value, String)) -> (u64, u64, u64) {
+        assert_eq!(c, 0, "{r}\n{err}");
+        let o: serde_json::Value = serde_json::from_str(r["output"].as_str().unwrap()).unwrap();
+        let field = |k: &str| o[k].as_u64().unwrap_or_else(|| panic!("no {k} in {o}"));
+        (field("status"), field("bytes"), field("redirects"))
+    }
+
+    /// Asserts that the guest failed on a refusal whose message has `needle`.
+    fn assert_refused(c: i32, r: &serde_json::Value, needle: &str) {
+        assert_eq!(c, 10, "{r}");
+        let message = r["outcome"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(needle), "{needle:?} not in {r}");
+    }
+
+    #[test]
+    fn a_granted_http_call_works() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Server::http(routes);
+        let got = fetched(fetch_granted(dir.path(), &a, "/hello", &[]));
+        assert_eq!(got, (200, 11, 0));
+        // A redirect inside the grant is followed by the guest.
+        let got = fetched(fetch_granted(dir.path(), &a, "/inside", &[]));
+        assert_eq!(got, (200, 11, 1));
+        assert_eq!(a.accepted(), 3);
+    }
+
+    #[test]
+    fn a_granted_https_call_works_with_the_extra_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, ca) = Server::https(routes);
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, ca).unwrap();
+        let grant = s.url("https", "/");
+        let url = s.url("https", "/hello");
+        let ca_arg = ca_file.to_str().unwrap();
+        let with_ca = ["--allow-http", &grant, "--http-ca-file", ca_arg];
+        assert_eq!(
+            fetched(fetch(dir.path(), &url, &with_ca, &[])),
+            (200, 11, 0)
+        );
+        // Without the CA, the certificate is not trusted.
+        let (c, r, _) = fetch(dir.path(), &url, &["--allow-http", &grant], &[]);
+        assert_refused(c, &r, "ErrorCode::Tls");
+        assert_eq!(s.accepted(), 2);
+    }
+
+    #[test]
+    fn an_ungranted_host_is_refused_without_a_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (Server::http(routes), Server::http(routes));
+        // Another host (here: port), then a path outside the grant's prefix.
+        let cases = [
+            (a.url("http", ""), b.url("http", "/hello")),
+            (a.url("http", "/api"), a.url("http", "/hello")),
+        ];
+        for (grant, url) in cases {
+            let (c, r, err) = fetch(dir.path(), &url, &["--allow-http", &grant], &[]);
+            assert_refused(c, &r, "is not granted to this run");
+            assert!(err.contains("refused an outbound HTTP request"), "{err}");
+        }
+        assert_eq!((a.accepted(), b.accepted()), (0, 0));
+    }
+
+    #[test]
+    fn a_redirect_out_of_the_grant_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (Server::http(routes), Server::http(routes));
+        let away = format!("/to/127.0.0.1:{}/hello", b.port);
+        let (c, r, _) = fetch_granted(dir.path(), &a, &away, &[]);
+        assert_refused(c, &r, &format!("127.0.0.1:{}/hello is not granted", b.port));
+        assert_eq!((a.accepted(), b.accepted()), (1, 0));
+    }
+
+    #[test]
+    fn a_name_resolving_to_loopback_needs_the_address_granted() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Server::http(routes);
+        let grant = format!("http://localhost:{}", a.port);
+        let url = format!("http://localhost:{}/hello", a.port);
+        let (c, r, err) = fetch(dir.path(), &url, &["--allow-http", &grant], &[]);
+        assert_refused(c, &r, "localhost resolves to");
+        assert_refused(c, &r, "a loopback");
+        assert!(err.contains("forbidden-address"), "{err}");
+        assert_eq!(a.accepted(), 0);
+    }
+
+    #[test]
+    fn a_response_over_the_cap_is_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Server::http(routes);
+        let env = [("WASMQ_HTTP_MAX_RESPONSE_BYTES", "1000")];
+        let (c, r, _) = fetch_granted(dir.path(), &a, "/big", &env);
+        assert_refused(c, &r, "went over the cap of 1000 bytes");
+        // Under the cap, the body is read.
+        assert_eq!(
+            fetched(fetch_granted(dir.path(), &a, "/hello", &env)).0,
+            200
+        );
+    }
+
+    #[test]
+    fn too_many_requests_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Server::http(routes);
+        let env = [("WASMQ_HTTP_MAX_REQUESTS", "1")];
+        let (c, r, _) = fetch_granted(dir.path(), &a, "/inside", &env);
+        assert_refused(c, &r, "already made its 1 HTTP requests");
+        assert_eq!(a.accepted(), 1);
+    }
+
+    #[test]
+    fn a_slow_response_times_out_at_the_http_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Server::http(routes);
+        let started = std::time::Instant::now();
+        let env = [("WASMQ_HTTP_TIMEOUT", "1s")];
+        let (c, r, _) = fetch_granted(dir.path(), &a, "/slow", &env);
+        assert_refused(c, &r, "ConnectionReadTimeout");
+        assert!(started.elapsed() < std::time::Duration::from_secs(4), "{r}");
+    }
+
+    #[test]
+    fn a_module_importing_wasi_http_needs_a_grant() {
+        let dir = tempfile::tempdir().unwrap();
+        let (c, r, _) = fetch(dir.path(), "http://127.0.0.1:9/", &[], &[]);
+        assert_eq!(c, 30, "{r}");
+        assert_eq!(r["outcome"]["kind"], "invalid-module", "{r}");
+        let m = r["outcome"]["message"].as_str().unwrap_or_default();
+        assert!(m.contains("`wasi:http/outgoing-handler@0.2"), "{r}");
+        assert!(m.contains("--allow-http"), "{r}");
+    }
+
+    #[test]
+    fn bad_grants_are_usage_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        for bad in [
+            "example.com",
+            "ftp://example.com",
+            "https://*",
+            "https://example.com:0",
+        ] {
+            let out = wasmq(dir.path())
+                .arg("run")
+                .arg(example("fetch"))
+                .args(["--allow-http", bad])
+                .output()
+                .unwrap();
+            assert_eq!(code(&out), 2, "{bad}: {}", stderr(&out));
+            assert!(
+                stderr(&out).contains("scheme://host[:port][/path-prefix]"),
+                "{}",
+                stderr(&out)
+            );
+        }
+        let out = wasmq(dir.path())
+            .arg("run")
+            .arg(example("fetch"))
+            .args([
+                "--allow-http",
+                "https://example.com",
+                "--http-ca-file",
+                "/nonexistent.pem",
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(code(&out), 2, "{}", stderr(&out));
+        assert!(stderr(&out).contains("--http-ca-file"), "{}", stderr(&out));
+    }
+}

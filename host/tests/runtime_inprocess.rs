@@ -39,6 +39,7 @@ fn request<'a>(
         dirs: &[],
         progress: None,
         subtasks: None,
+        http: None,
     }
 }
 

@@ -2,6 +2,7 @@
 //! and scratch directories.
 #![allow(dead_code)]
 
+pub mod httpd;
 pub mod pg;
 
 /// The database an end-to-end scenario runs against.

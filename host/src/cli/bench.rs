@@ -34,6 +34,19 @@ pub enum BenchCommand {
     /// Worker processes drain a mix of tasks on PostgreSQL while one is
     /// killed and restarted; then the attempt history is checked.
     Soak(super::bench_soak::SoakBench),
+    /// The cost of checking one outbound HTTP request against `--allow-http`
+    /// grants and of the address check of an IP literal (no connection).
+    HttpGrants(HttpGrantsBench),
+}
+
+#[derive(Debug, Args)]
+pub struct HttpGrantsBench {
+    /// Grants in the policy; the URL checked matches only the last one.
+    #[arg(long, default_value_t = 16)]
+    pub grants: u32,
+    /// Checks timed per case.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub iterations: u32,
 }
 
 #[derive(Debug, Args)]
@@ -73,7 +86,62 @@ pub async fn run(cmd: BenchCommand, _db: &str) -> anyhow::Result<()> {
         BenchCommand::Soak(b) => super::bench_soak::run(b).await,
         BenchCommand::Fanout(b) => super::bench_fanout::run(b).await,
         BenchCommand::History(b) => super::bench_history::run(b).await,
+        BenchCommand::HttpGrants(b) => http_grants_bench(b),
     }
+}
+
+fn http_grants_bench(b: HttpGrantsBench) -> anyhow::Result<()> {
+    use crate::runtime::{HttpGrant, HttpLimits, HttpPolicy, forbidden_range};
+    if b.grants == 0 || b.iterations == 0 {
+        bail!("--grants and --iterations must be at least 1");
+    }
+    let grants = (0..b.grants)
+        .map(|i| format!("https://api{i}.example.com/v{i}/").parse::<HttpGrant>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(anyhow::Error::msg)?;
+    let policy =
+        HttpPolicy::new(grants, None, HttpLimits::default()).map_err(anyhow::Error::msg)?;
+    let last = b.grants - 1;
+    let cases: [(&str, http::Uri, bool); 2] = [
+        (
+            "granted (last grant)",
+            format!("https://api{last}.example.com/v{last}/items?page=2").parse()?,
+            true,
+        ),
+        (
+            "refused (no grant)",
+            "https://other.example.net/v1/items".parse()?,
+            false,
+        ),
+    ];
+    println!("{} grants, {} checks per case", b.grants, b.iterations);
+    for (name, uri, expected) in &cases {
+        let start = Instant::now();
+        let mut allowed = false;
+        for _ in 0..b.iterations {
+            allowed = policy.allows(std::hint::black_box(uri));
+        }
+        let elapsed = start.elapsed();
+        if allowed != *expected {
+            bail!("{name}: the check gave {allowed}");
+        }
+        println!(
+            "  grant check, {name:<22} {:>8.1} ns/request",
+            elapsed.as_nanos() as f64 / f64::from(b.iterations)
+        );
+    }
+    let ips: [std::net::IpAddr; 2] = ["93.184.215.14".parse()?, "::ffff:10.1.2.3".parse()?];
+    let start = Instant::now();
+    for _ in 0..b.iterations {
+        for ip in &ips {
+            std::hint::black_box(forbidden_range(std::hint::black_box(*ip)));
+        }
+    }
+    println!(
+        "  address check (per address)      {:>8.1} ns",
+        start.elapsed().as_nanos() as f64 / f64::from(b.iterations) / ips.len() as f64
+    );
+    Ok(())
 }
 
 async fn runtime_bench(b: RuntimeBench) -> anyhow::Result<()> {
@@ -162,6 +230,7 @@ async fn once(
                 dirs: &[],
                 progress: None,
                 subtasks: None,
+                http: None,
             },
         )
         .await;

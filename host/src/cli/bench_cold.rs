@@ -103,6 +103,7 @@ pub async fn run(b: ColdBench) -> anyhow::Result<()> {
                     dirs: &[],
                     progress: None,
                     subtasks: None,
+                    http: None,
                 },
             )
             .await;

@@ -142,6 +142,7 @@ pub async fn run(args: ExecArgs) -> anyhow::Result<u8> {
                         dirs: &[],
                         progress: None,
                         subtasks,
+                        http: None,
                     },
                 )
                 .await

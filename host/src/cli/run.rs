@@ -3,10 +3,14 @@
 use super::exit::{self, Exit};
 use super::limits::LimitArgs;
 use super::term;
-use crate::runtime::{CancelToken, DirGrant, LoadError, RunRequest, Runtime, TaskInfo};
+use crate::runtime::{
+    CancelToken, DirGrant, HttpGrant, HttpLimits, HttpPolicy, LoadError, RunRequest, Runtime,
+    TaskInfo,
+};
 use anyhow::Context;
 use clap::Args;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -23,6 +27,15 @@ pub struct RunArgs {
     /// Let the task read a host directory, HOST[:GUEST] (read-only; repeatable).
     #[arg(long = "allow-dir", value_name = "HOST[:GUEST]")]
     pub allow_dir: Vec<DirGrant>,
+    /// Let the task make HTTP requests under this URL prefix,
+    /// scheme://host[:port][/path-prefix] (host may be `*.example.com` or an IP
+    /// address; repeatable). Private and loopback addresses are refused unless
+    /// the grant names the address itself.
+    #[arg(long = "allow-http", value_name = "URL")]
+    pub allow_http: Vec<HttpGrant>,
+    /// Also trust the CA certificates in this PEM file for HTTPS (with --allow-http).
+    #[arg(long = "http-ca-file", value_name = "PEM", requires = "allow_http")]
+    pub http_ca_file: Option<PathBuf>,
     /// Print the full report as JSON instead of just the output.
     #[arg(long)]
     pub json: bool,
@@ -31,6 +44,18 @@ pub struct RunArgs {
 pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     let input = read_input(args.input.as_deref(), args.input_file.as_deref())?;
     let limits = args.limits.limits()?;
+    let http = if args.allow_http.is_empty() {
+        None
+    } else {
+        let http_limits = HttpLimits::from_env().map_err(Exit::usage)?;
+        let policy = HttpPolicy::new(
+            args.allow_http.clone(),
+            args.http_ca_file.as_deref(),
+            http_limits,
+        )
+        .map_err(Exit::usage)?;
+        Some(Arc::new(policy))
+    };
     let bytes = std::fs::read(&args.module)
         .map_err(|e| Exit::usage(format!("cannot read {}: {e}", args.module.display())))?;
 
@@ -81,6 +106,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
                 dirs: &args.allow_dir,
                 progress: None,
                 subtasks: None,
+                http,
             },
         )
         .await;

@@ -89,7 +89,8 @@ impl Limits {
     }
 }
 
-fn env(name: &str) -> Option<String> {
+/// An environment variable's value, unless unset or blank.
+pub(super) fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
 }
 

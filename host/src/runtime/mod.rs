@@ -11,6 +11,7 @@ mod cancel;
 mod capture;
 mod compiler;
 mod engine;
+mod http;
 mod limits;
 mod maxima;
 mod module;
@@ -27,6 +28,10 @@ pub use compiler::{
 pub use engine::{
     Allocator, DEFAULT_POOL_INSTANCES, DEFAULT_POOL_MAX_MEMORY, EPOCH_TICK, RuntimeConfig,
     compile_engine,
+};
+pub use http::{
+    DEFAULT_HTTP_MAX_REQUESTS, DEFAULT_HTTP_MAX_RESPONSE_BYTES, DEFAULT_HTTP_TIMEOUT, GrantHost,
+    HttpGrant, HttpLimits, HttpPolicy, forbidden_range,
 };
 pub use limits::{
     DEFAULT_FUEL, DEFAULT_MAX_CAPTURE_BYTES, DEFAULT_MAX_LOG_BYTES, DEFAULT_MAX_OUTPUT_BYTES,
@@ -53,6 +58,18 @@ use tokio::sync::OnceCell;
 use wasmtime::Engine;
 use wasmtime::component::{Component, HasSelf, Linker};
 
+/// The host's imports for a task: WASI (clocks, random, stdio, the granted
+/// directories) and the task world, plus `wasi:http` with `http`.
+fn task_linker(engine: &Engine, http: bool) -> anyhow::Result<Linker<HostState>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    if http {
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+    }
+    state::Task::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
+    Ok(linker)
+}
+
 /// Why a module could not be made ready to run.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -73,6 +90,8 @@ type Slot = Arc<OnceCell<Arc<LoadedModule>>>;
 pub struct Runtime {
     engine: Engine,
     linker: Linker<HostState>,
+    /// `linker` plus `wasi:http`, for runs with an HTTP grant.
+    http_linker: Linker<HostState>,
     pooling: bool,
     config: RuntimeConfig,
     disk: Option<Arc<DiskCache>>,
@@ -88,9 +107,8 @@ pub struct Runtime {
 impl Runtime {
     pub fn new(config: RuntimeConfig) -> anyhow::Result<Runtime> {
         let (engine, pooling) = engine::build_engine(&config)?;
-        let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-        state::Task::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
+        let linker = task_linker(&engine, false)?;
+        let http_linker = task_linker(&engine, true)?;
         let disk = config
             .cache_dir
             .clone()
@@ -109,6 +127,7 @@ impl Runtime {
             instance_slots,
             engine,
             linker,
+            http_linker,
             pooling,
             config,
             disk,
@@ -139,15 +158,35 @@ impl Runtime {
     /// Python or JavaScript component takes about 10 s to compile again.
     pub async fn validate(&self, bytes: Vec<u8>) -> Result<String, LoadError> {
         let sha256 = sha256_hex(&bytes);
-        if let Some(component) = self
+        let loaded = match self
             .disk
             .as_ref()
             .and_then(|d| d.load(&self.engine, &sha256))
         {
-            module::link(&self.engine, &self.linker, sha256.clone(), component)?;
-            return Ok(sha256);
+            Some(component) => module::link(
+                &self.engine,
+                &self.linker,
+                &self.http_linker,
+                sha256.clone(),
+                component,
+            )?,
+            None => self.compile_and_link(sha256.clone(), bytes).await?,
+        };
+        // Queued tasks cannot be granted outbound HTTP yet: a module that
+        // needs it could never run from the queue.
+        if !loaded.http_imports().is_empty() {
+            return Err(ModuleError::UnsupportedImport(format!(
+                "{}: outbound HTTP is granted only to `wasmq run --allow-http` so far, \
+                 not to queued tasks",
+                loaded
+                    .http_imports()
+                    .iter()
+                    .map(|i| format!("`{i}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+            .into());
         }
-        let loaded = self.compile_and_link(sha256.clone(), bytes).await?;
         Ok(loaded.sha256.clone())
     }
 
@@ -193,8 +232,13 @@ impl Runtime {
                     .and_then(|d| d.load(&self.engine, sha256))
                 {
                     source = CacheSource::Disk;
-                    let m =
-                        module::link(&self.engine, &self.linker, sha256.to_string(), component)?;
+                    let m = module::link(
+                        &self.engine,
+                        &self.linker,
+                        &self.http_linker,
+                        sha256.to_string(),
+                        component,
+                    )?;
                     return Ok(Arc::new(m));
                 }
                 source = CacheSource::Compiled;
@@ -224,7 +268,13 @@ impl Runtime {
         bytes: Vec<u8>,
     ) -> Result<LoadedModule, LoadError> {
         let component = self.compile(sha256.clone(), bytes).await?;
-        Ok(module::link(&self.engine, &self.linker, sha256, component)?)
+        Ok(module::link(
+            &self.engine,
+            &self.linker,
+            &self.http_linker,
+            sha256,
+            component,
+        )?)
     }
 
     /// Compiles in a task of its own, which also writes the disk cache: a

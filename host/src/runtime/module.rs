@@ -3,6 +3,7 @@
 
 use super::state::{HostState, TaskPre};
 use sha2::{Digest, Sha256};
+use std::sync::OnceLock;
 use wasmtime::Engine;
 use wasmtime::component::{Component, Linker};
 
@@ -62,9 +63,53 @@ impl ModuleError {
 }
 
 /// A module ready to instantiate: compiled, linked and type-checked.
+///
+/// It is linked once per linker it runs with: without `wasi:http` (every
+/// run), and with it for runs granted outbound HTTP (on the first such run).
 pub struct LoadedModule {
     pub sha256: String,
-    pub(super) pre: TaskPre<HostState>,
+    component: Component,
+    /// Linked without `wasi:http`; `None` when the component imports it.
+    pre: Option<TaskPre<HostState>>,
+    /// Linked with `wasi:http`, for runs with an HTTP grant.
+    http_pre: OnceLock<Result<TaskPre<HostState>, ModuleError>>,
+    /// The `wasi:http` interfaces the component imports.
+    http_imports: Vec<String>,
+}
+
+impl LoadedModule {
+    /// The `InstancePre` for a run: `http_linker` is the linker with
+    /// `wasi:http`, given only when the run has an HTTP grant. A component
+    /// that imports `wasi:http` cannot run without one: the error names the
+    /// imports and the flag that grants them.
+    pub(super) fn pre(
+        &self,
+        http_linker: Option<&Linker<HostState>>,
+    ) -> Result<&TaskPre<HostState>, String> {
+        match http_linker {
+            None => self.pre.as_ref().ok_or_else(|| {
+                format!(
+                    "the component imports {} (outbound HTTP), which this run is not granted; \
+                     the operator grants it host by host with `wasmq run --allow-http URL`",
+                    self.http_imports
+                        .iter()
+                        .map(|i| format!("`{i}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            }),
+            Some(linker) => self
+                .http_pre
+                .get_or_init(|| link_pre(linker, &self.component))
+                .as_ref()
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    /// The `wasi:http` interfaces the component imports (empty for most).
+    pub fn http_imports(&self) -> &[String] {
+        &self.http_imports
+    }
 }
 
 impl std::fmt::Debug for LoadedModule {
@@ -128,9 +173,12 @@ pub(super) fn is_instance_limit(message: &str) -> bool {
 }
 
 /// Links a compiled component against the host and checks its `run` export.
+/// A component importing `wasi:http` is linked with `http_linker` (and
+/// runs only with a grant); any other is linked with `linker`.
 pub(super) fn link(
     engine: &Engine,
     linker: &Linker<HostState>,
+    http_linker: &Linker<HostState>,
     sha256: String,
     component: Component,
 ) -> Result<LoadedModule, ModuleError> {
@@ -147,11 +195,44 @@ pub(super) fn link(
         };
         return Err(ModuleError::MissingExport { exports });
     }
+    let http_imports: Vec<String> = component
+        .component_type()
+        .imports(engine)
+        .map(|(name, _)| name.to_string())
+        .filter(|name| name.starts_with("wasi:http/"))
+        .collect();
+    let http_pre = OnceLock::new();
+    let pre = if http_imports.is_empty() {
+        Some(link_pre(linker, &component)?)
+    } else {
+        // Linked now, so that a component whose `wasi:http` imports do not
+        // match the host's is refused at load, naming them.
+        let pre = link_pre(http_linker, &component).map_err(|e| match e {
+            ModuleError::UnsupportedImport(m) => {
+                ModuleError::UnsupportedImport(format!("{}: {m}", http_imports.join(", ")))
+            }
+            other => other,
+        })?;
+        let _ = http_pre.set(Ok(pre));
+        None
+    };
+    Ok(LoadedModule {
+        sha256,
+        component,
+        pre,
+        http_pre,
+        http_imports,
+    })
+}
+
+fn link_pre(
+    linker: &Linker<HostState>,
+    component: &Component,
+) -> Result<TaskPre<HostState>, ModuleError> {
     let pre = linker
-        .instantiate_pre(&component)
+        .instantiate_pre(component)
         .map_err(|e| ModuleError::UnsupportedImport(format!("{e:#}")))?;
-    let pre = TaskPre::new(pre).map_err(|e| ModuleError::WrongExportType(format!("{e:#}")))?;
-    Ok(LoadedModule { sha256, pre })
+    TaskPre::new(pre).map_err(|e| ModuleError::WrongExportType(format!("{e:#}")))
 }
 
 #[cfg(test)]

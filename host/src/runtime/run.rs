@@ -4,12 +4,14 @@
 use super::Runtime;
 use super::cancel::CancelToken;
 use super::capture::CapturePipe;
+use super::http::{HttpPolicy, HttpRun};
 use super::limits::Limits;
 use super::module::{LoadedModule, ModuleError, is_instance_limit};
 use super::outcome::{CacheSource, Outcome, RunReport, TaskErrorKind};
 use super::state::{HostState, MemoryLimiter, ProgressSink, TaskInfo, WitErrorKind};
 use super::subtasks::{NonDeterministic, SubtaskPlan, Subtasks, Suspended};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use wasmtime::{Store, Trap, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
@@ -49,6 +51,8 @@ pub struct RunRequest<'a> {
     pub progress: Option<ProgressSink>,
     /// The parent's side of the `subtasks` interface; `None` refuses spawns.
     pub subtasks: Option<SubtaskPlan>,
+    /// Outbound HTTP the run may make; `None` links no `wasi:http` at all.
+    pub http: Option<Arc<HttpPolicy>>,
 }
 
 /// Raised from the epoch callback to stop a running guest.
@@ -114,6 +118,14 @@ impl Runtime {
             return report;
         }
 
+        let pre = match module.pre(req.http.is_some().then_some(&self.http_linker)) {
+            Ok(pre) => pre,
+            Err(message) => {
+                report.outcome = Outcome::InvalidModule { message };
+                return report;
+            }
+        };
+
         let stdout = CapturePipe::new(limits.max_stdout_bytes);
         let stderr = CapturePipe::new(limits.max_stderr_bytes);
         let wasi = match build_wasi(&stdout, &stderr, req.dirs) {
@@ -158,6 +170,7 @@ impl Runtime {
             limits.max_log_bytes,
             req.progress,
             req.subtasks.map(Subtasks::new),
+            HttpRun::new(req.http, deadline),
         );
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -178,7 +191,7 @@ impl Runtime {
 
         let mut phase = Phase::Instantiate;
         let call = async {
-            let instance = module.pre.instantiate_async(&mut store).await?;
+            let instance = pre.instantiate_async(&mut store).await?;
             phase = Phase::Call;
             instance.call_run(&mut store, req.input).await
         };

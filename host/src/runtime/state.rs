@@ -2,6 +2,7 @@
 //! interface every task imports.
 
 use super::cancel::CancelToken;
+use super::http::HttpRun;
 use super::limits::{
     LOG_RECORD_OVERHEAD_BYTES, MAX_LOG_MESSAGE_BYTES, MAX_LOG_RECORDS, MAX_PROGRESS_MESSAGE_BYTES,
 };
@@ -73,6 +74,9 @@ pub struct HostState {
     /// `None` where subtasks are not available (`wasmq run`): a spawn is
     /// refused with an error that says so.
     pub(super) subtasks: Option<Subtasks>,
+    /// Outbound HTTP: linked only for runs with a grant; without one every
+    /// request is refused anyway.
+    http: HttpRun,
 }
 
 impl HostState {
@@ -87,6 +91,7 @@ impl HostState {
         max_log_bytes: usize,
         progress_sink: Option<ProgressSink>,
         subtasks: Option<Subtasks>,
+        http: HttpRun,
     ) -> Self {
         HostState {
             wasi,
@@ -101,6 +106,7 @@ impl HostState {
             progress: None,
             progress_sink,
             subtasks,
+            http,
         }
     }
 }
@@ -110,6 +116,16 @@ impl WasiView for HostState {
         WasiCtxView {
             ctx: &mut self.wasi,
             table: &mut self.table,
+        }
+    }
+}
+
+impl wasmtime_wasi_http::WasiHttpView for HostState {
+    fn http(&mut self) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
+        wasmtime_wasi_http::WasiHttpCtxView {
+            ctx: &mut self.http.ctx,
+            table: &mut self.table,
+            hooks: &mut self.http.hooks,
         }
     }
 }

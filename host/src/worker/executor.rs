@@ -173,6 +173,7 @@ impl Executor {
                             dirs: &[],
                             progress: Some(progress.sink()),
                             subtasks: Some(subtasks),
+                            http: None,
                         },
                     )
                     .await

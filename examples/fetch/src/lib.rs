@@ -1,0 +1,152 @@
+//! `{"url": …}` → `{"url", "status", "bytes", "redirects"}`: one HTTP GET
+//! through `wasi:http`, following redirects itself (each one a new request,
+//! checked by the host like the first).
+
+use serde::{Deserialize, Serialize};
+use wasip2::http::outgoing_handler;
+use wasip2::http::types::{Fields, Method, OutgoingRequest, Scheme};
+use wasip2::io::streams::StreamError;
+use wasmq_guest::{Context, TaskError};
+
+#[derive(Deserialize)]
+struct Input {
+    url: String,
+    #[serde(default = "default_redirects")]
+    max_redirects: u32,
+}
+
+fn default_redirects() -> u32 {
+    5
+}
+
+#[derive(Serialize)]
+struct Output {
+    url: String,
+    status: u16,
+    bytes: u64,
+    redirects: u32,
+}
+
+struct Url {
+    https: bool,
+    authority: String,
+    path: String,
+}
+
+fn parse(url: &str) -> Result<Url, TaskError> {
+    let (https, rest) = if let Some(r) = url.strip_prefix("https://") {
+        (true, r)
+    } else if let Some(r) = url.strip_prefix("http://") {
+        (false, r)
+    } else {
+        return Err(TaskError::invalid_input(format!(
+            "{url}: only http:// and https:// URLs"
+        )));
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    if authority.is_empty() {
+        return Err(TaskError::invalid_input(format!("{url}: no host")));
+    }
+    Ok(Url {
+        https,
+        authority: authority.to_string(),
+        path: path.to_string(),
+    })
+}
+
+/// A redirect's `Location`, absolute or relative to `base`.
+fn resolve(base: &Url, location: &str) -> String {
+    let scheme = if base.https { "https" } else { "http" };
+    if location.starts_with("http://") || location.starts_with("https://") {
+        location.to_string()
+    } else if let Some(rest) = location.strip_prefix("//") {
+        format!("{scheme}://{rest}")
+    } else if location.starts_with('/') {
+        format!("{scheme}://{}{location}", base.authority)
+    } else {
+        let dir = &base.path[..base.path.rfind('/').map_or(0, |i| i + 1)];
+        format!("{scheme}://{}{dir}{location}", base.authority)
+    }
+}
+
+/// One GET: the status, the `Location` header and the body's length.
+fn get(url: &Url) -> Result<(u16, Option<String>, u64), String> {
+    let request = OutgoingRequest::new(Fields::new());
+    request.set_method(&Method::Get).map_err(|()| "method")?;
+    let scheme = if url.https {
+        Scheme::Https
+    } else {
+        Scheme::Http
+    };
+    request.set_scheme(Some(&scheme)).map_err(|()| "scheme")?;
+    request
+        .set_authority(Some(&url.authority))
+        .map_err(|()| "invalid host")?;
+    request
+        .set_path_with_query(Some(&url.path))
+        .map_err(|()| "invalid path")?;
+    let pending = outgoing_handler::handle(request, None).map_err(|e| format!("{e:?}"))?;
+    pending.subscribe().block();
+    let response = pending
+        .get()
+        .ok_or("no response")?
+        .map_err(|()| "response taken twice")?
+        .map_err(|e| format!("{e:?}"))?;
+    let status = response.status();
+    let location = response
+        .headers()
+        .get("location")
+        .into_iter()
+        .next()
+        .map(|v| String::from_utf8_lossy(&v).into_owned());
+    let body = response.consume().map_err(|()| "body taken twice")?;
+    let stream = body.stream().map_err(|()| "body stream taken twice")?;
+    let mut bytes = 0u64;
+    loop {
+        match stream.blocking_read(64 * 1024) {
+            Ok(chunk) => bytes += chunk.len() as u64,
+            Err(StreamError::Closed) => break,
+            Err(StreamError::LastOperationFailed(e)) => {
+                return Err(format!("reading the body: {}", e.to_debug_string()));
+            }
+        }
+    }
+    Ok((status, location, bytes))
+}
+
+fn run(ctx: &Context, input: Input) -> Result<Output, TaskError> {
+    let mut current = input.url;
+    let mut redirects = 0;
+    loop {
+        let url = parse(&current)?;
+        let (status, location, bytes) =
+            get(&url).map_err(|e| TaskError::permanent(format!("GET {current}: {e}")))?;
+        match location {
+            Some(location) if (300..400).contains(&status) => {
+                if redirects == input.max_redirects {
+                    return Err(TaskError::permanent(format!(
+                        "GET {current}: more than {} redirects",
+                        input.max_redirects
+                    )));
+                }
+                redirects += 1;
+                let next = resolve(&url, &location);
+                ctx.log_info(format!("{status} from {current}: following to {next}"));
+                current = next;
+            }
+            _ => {
+                return Ok(Output {
+                    url: current,
+                    status,
+                    bytes,
+                    redirects,
+                });
+            }
+        }
+    }
+}
+
+wasmq_guest::export_task!(run);
