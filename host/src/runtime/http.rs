@@ -543,7 +543,7 @@ impl HttpRun {
             hooks: GrantHooks {
                 policy,
                 requests: 0,
-                body_bytes: Arc::new(AtomicU64::new(0)),
+                body_bytes: None,
                 deadline,
             },
         }
@@ -554,8 +554,9 @@ impl HttpRun {
 pub(super) struct GrantHooks {
     policy: Option<Arc<HttpPolicy>>,
     requests: u32,
-    /// Response-body bytes read so far by this run, over all its requests.
-    body_bytes: Arc<AtomicU64>,
+    /// Response-body bytes read so far by this run, over all its requests;
+    /// made at the first request, so a run that makes none allocates nothing.
+    body_bytes: Option<Arc<AtomicU64>>,
     deadline: Instant,
 }
 
@@ -583,7 +584,10 @@ impl WasiHttpHooks for GrantHooks {
             }
             Some(p) => p.admit(request.uri()).map(|t| (t, p.clone())),
         };
-        let body_bytes = self.body_bytes.clone();
+        let body_bytes = self
+            .body_bytes
+            .get_or_insert_with(|| Arc::new(AtomicU64::new(0)))
+            .clone();
         let deadline = self.deadline;
         Box::new(async move {
             let (target, policy) = admitted.map_err(|why| refuse(&url, why))?;

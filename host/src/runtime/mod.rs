@@ -178,12 +178,7 @@ impl Runtime {
             return Err(ModuleError::UnsupportedImport(format!(
                 "{}: outbound HTTP is granted only to `wasmq run --allow-http` so far, \
                  not to queued tasks",
-                loaded
-                    .http_imports()
-                    .iter()
-                    .map(|i| format!("`{i}`"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                loaded.http_imports_named()
             ))
             .into());
         }

@@ -91,11 +91,7 @@ impl LoadedModule {
                 format!(
                     "the component imports {} (outbound HTTP), which this run is not granted; \
                      the operator grants it host by host with `wasmq run --allow-http URL`",
-                    self.http_imports
-                        .iter()
-                        .map(|i| format!("`{i}`"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    self.http_imports_named()
                 )
             }),
             Some(linker) => self
@@ -109,6 +105,15 @@ impl LoadedModule {
     /// The `wasi:http` interfaces the component imports (empty for most).
     pub fn http_imports(&self) -> &[String] {
         &self.http_imports
+    }
+
+    /// [`Self::http_imports`] as error messages name them: `` `a`, `b` ``.
+    pub fn http_imports_named(&self) -> String {
+        self.http_imports
+            .iter()
+            .map(|i| format!("`{i}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
