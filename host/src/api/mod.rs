@@ -17,6 +17,7 @@ pub mod metrics;
 mod openapi;
 mod routes;
 mod ui;
+mod unread_body;
 
 use crate::client::{BatchConfig, Client, EnqueueBatcher};
 use crate::runtime::Runtime;
@@ -139,6 +140,7 @@ pub fn app(state: AppState) -> Router {
         ))
         .layer(axum::middleware::from_fn(errors::catch_panics))
         .layer(axum::middleware::from_fn(metrics::record_request))
+        .layer(axum::middleware::from_fn(unread_body::close_if_unread))
         .with_state(state)
 }
 
