@@ -260,6 +260,8 @@ fn cluster_mode_against_a_real_ray_head() {
     eprintln!("[{:?}] outputs and limits: ok", t.elapsed());
     subtasks_fan_out_through_ray_jobs(&ray);
     eprintln!("[{:?}] subtasks: ok", t.elapsed());
+    granted_http_reaches_the_runner(&ray);
+    eprintln!("[{:?}] http grants: ok", t.elapsed());
     cancel_stops_the_ray_job(&ray);
     eprintln!("[{:?}] cancel: ok", t.elapsed());
     killed_worker_is_replaced_and_tasks_run_once(&ray);
@@ -442,6 +444,114 @@ fn subtasks_fan_out_through_ray_jobs(ray: &RayHead) {
     assert_eq!(
         out,
         serde_json::json!({"chunks": 3, "words": 12_000, "distinct": 12_000, "top": top})
+    );
+}
+
+/// A module's HTTP grants, its secrets (sealed) and the worker's extra CA
+/// travel with its Ray job: the granted HTTPS call works from the runner
+/// with the secret as its bearer token, an ungranted host gets no
+/// connection, and no secret value is in what `ray job list` shows.
+fn granted_http_reaches_the_runner(ray: &RayHead) {
+    use common::httpd::{Reply, Server};
+    let routes = |path: &str| match path {
+        "/hello" => Reply::ok("hello world"),
+        "/slow" => {
+            // Long enough for `ray job list` to see the job running (the
+            // worker deletes a job once it has its result).
+            std::thread::sleep(Duration::from_secs(8));
+            Reply::ok("hello world")
+        }
+        _ => Reply::redirect("/hello"),
+    };
+    let mut env = Env::new(ray);
+    env.push(&["fetch"]);
+    let (s, ca) = Server::https(routes);
+    let other = Server::http(routes);
+    let ca_file = env.dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca).unwrap();
+    const CANARY: &str = "canary-ray-5be11e";
+    let key = env.dir.path().join("secret.key");
+    let key_path = key.to_str().unwrap().to_string();
+    env.ok(&["secret", "new-key", &key_path]);
+    let mut set = env.cmd(&["secret", "set", "api-token", "--from-file", "/dev/stdin"]);
+    set.env("WASMQ_SECRET_KEY_FILE", &key)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = set.spawn().unwrap();
+    {
+        use std::io::Write;
+        write!(child.stdin.take().unwrap(), "{CANARY}").unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    env.ok(&[
+        "module",
+        "grant",
+        "fetch",
+        "--allow-http",
+        &s.url("https", ""),
+        "--secret",
+        "api-token",
+    ]);
+    let input = |url: String| {
+        serde_json::json!({ "url": url, "bearer_secret": "api-token", "leak_token": true })
+            .to_string()
+    };
+    let granted = env.enqueue("fetch", &input(s.url("https", "/slow")), &[]);
+    let refused = env.enqueue("fetch", &input(other.url("http", "/hello")), &[]);
+    let mut w = env.worker(
+        &[
+            "--exit-when-idle",
+            "--http-ca-file",
+            ca_file.to_str().unwrap(),
+        ],
+        &[("WASMQ_SECRET_KEY_FILE", &key_path)],
+    );
+    // While the granted job runs, Ray's own listing shows its environment:
+    // the secrets sealed, never in clear.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let jobs = loop {
+        let jobs = ray.job_list();
+        if jobs.contains("WASMQ_EXEC_SECRETS_B64") {
+            break jobs;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no running job with sealed secrets in `ray job list`: {jobs}\n{}",
+            w.log()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert!(!jobs.contains(CANARY), "a secret value in `ray job list`");
+    assert!(jobs.contains("WASMQ_SECRET_KEY_FILE"), "{jobs}");
+    w.finish(Duration::from_secs(120));
+
+    let t = env.task(granted);
+    assert_eq!(t.state, TaskState::Succeeded, "{t:#?}\n{}", w.log());
+    let out: serde_json::Value = serde_json::from_str(t.result.as_deref().unwrap()).unwrap();
+    assert_eq!(
+        (out["status"].as_u64(), out["bytes"].as_u64()),
+        (Some(200), Some(11))
+    );
+    assert_eq!(out["leaked"], "[redacted:api-token]", "{out}");
+    assert!(
+        s.heads()
+            .iter()
+            .any(|h| h.to_ascii_lowercase().contains(&format!("bearer {CANARY}"))),
+        "the server got the token"
+    );
+    assert!(!w.log().contains(CANARY));
+    let t = env.task(refused);
+    assert_eq!(t.state, TaskState::Failed, "{t:#?}");
+    let message = t.error_message.unwrap_or_default();
+    assert!(message.contains("is not granted to this run"), "{message}");
+    assert_eq!((s.accepted(), other.accepted()), (1, 0));
+    assert!(
+        env.attempts(granted)
+            .iter()
+            .all(|a| a.ray_submission_id.is_some()),
+        "ran as a Ray job"
     );
 }
 

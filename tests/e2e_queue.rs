@@ -395,6 +395,8 @@ on_both_backends!(
     bad_enqueue_input_is_refused,
     misspelled_retry_kind_stops_the_worker,
     operator_maxima_are_enforced,
+    module_grants_let_queued_tasks_reach_granted_hosts_only,
+    granted_secrets_reach_the_guest_and_no_row_or_log,
 );
 
 // ---- scenarios ------------------------------------------------------------------
@@ -1439,4 +1441,311 @@ fn a_replay_that_spawns_differently_fails_as_non_deterministic(env: &mut Env) {
     let message = t.error_message.unwrap_or_default();
     assert!(message.contains("non-deterministic: spawn #1"), "{message}");
     assert_eq!(t.error_kind.as_deref(), Some("permanent"));
+}
+
+// ---- grants (`wasmq module grant`) ------------------------------------------------
+
+/// The outcome a `fetch` task ended with: ("succeeded", status) or
+/// (state, error message).
+fn fetch_outcome(t: &TaskRecord) -> (TaskState, String) {
+    match t.state {
+        TaskState::Succeeded => {
+            let o: serde_json::Value =
+                serde_json::from_str(t.result.as_deref().unwrap_or("null")).unwrap();
+            (t.state, o["status"].to_string())
+        }
+        state => (state, t.error_message.clone().unwrap_or_default()),
+    }
+}
+
+/// HTTP grants given per module name and queue reach the worker's runs:
+/// an ungranted module or queue makes no request, a granted one does, a
+/// host outside the grant gets no connection, and grants go with the last
+/// version of their module.
+fn module_grants_let_queued_tasks_reach_granted_hosts_only(env: &mut Env) {
+    use common::httpd::{Reply, Server};
+    let routes = |path: &str| match path {
+        "/hello" => Reply::ok("hello world"),
+        _ => Reply {
+            status: 404,
+            headers: vec![],
+            body: b"not found".to_vec(),
+        },
+    };
+    let (a, b) = (Server::http(routes), Server::http(routes));
+    env.push("fetch");
+    let input = |s: &Server| serde_json::json!({ "url": s.url("http", "/hello") }).to_string();
+    let grant = a.url("http", "");
+
+    // A grant needs a stored module, and bad grants are usage errors.
+    let out = env.run(&["module", "grant", "nosuch", "--allow-http", &grant]);
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("push it before granting"),
+        "{}",
+        stderr(&out)
+    );
+    let out = env.run(&["module", "grant", "fetch", "--allow-http", "ftp://x"]);
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+
+    // Granted in queue `net` only.
+    let out = env.ok(&[
+        "module",
+        "grant",
+        "fetch",
+        "--allow-http",
+        &grant,
+        "--queue",
+        "net",
+    ]);
+    assert!(
+        out.starts_with("1 new grant(s) for fetch in queue net"),
+        "{out}"
+    );
+    let out = env.ok(&[
+        "module",
+        "grant",
+        "fetch",
+        "--allow-http",
+        &grant,
+        "--queue",
+        "net",
+    ]);
+    assert!(
+        out.starts_with("0 new grant(s)"),
+        "the same grant twice: {out}"
+    );
+    let shown = env.ok(&["module", "show", "fetch"]);
+    assert!(
+        shown.contains(&format!("http {grant}/ (queue net)")),
+        "{shown}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&env.ok(&["module", "show", "fetch", "--json"])).unwrap();
+    assert_eq!(json["grants"][0]["queue"], "net", "{json}");
+    assert_eq!(json["grants"][0]["kind"], "http", "{json}");
+
+    let in_net = env.enqueue("fetch", &input(&a), &["--queue", "net"]);
+    let in_default = env.enqueue("fetch", &input(&a), &[]);
+    let elsewhere = env.enqueue("fetch", &input(&b), &["--queue", "net"]);
+    let mut w = env.worker(&["--queues", "default,net", "--exit-when-idle"], &[]);
+    w.wait_success(Duration::from_secs(60));
+
+    let (state, status) = fetch_outcome(&env.task(in_net));
+    assert_eq!((state, status.as_str()), (TaskState::Succeeded, "200"));
+    let (state, message) = fetch_outcome(&env.task(in_default));
+    assert_eq!(state, TaskState::Failed, "{message}");
+    assert!(
+        message.contains("not granted") && message.contains("wasmq module grant"),
+        "{message}"
+    );
+    let (state, message) = fetch_outcome(&env.task(elsewhere));
+    assert_eq!(state, TaskState::Failed, "{message}");
+    assert!(message.contains("is not granted to this run"), "{message}");
+    assert_eq!(a.accepted(), 1, "only the granted task connected");
+    assert_eq!(b.accepted(), 0, "a refused request opens no connection");
+
+    // Revoked: the next worker runs the module without the network.
+    let out = env.ok(&["module", "revoke", "fetch", "--all"]);
+    assert!(out.starts_with("1 grant(s) of fetch revoked"), "{out}");
+    let again = env.enqueue("fetch", &input(&a), &["--queue", "net"]);
+    let mut w = env.worker(&["--queues", "net", "--exit-when-idle"], &[]);
+    w.wait_success(Duration::from_secs(60));
+    assert_eq!(fetch_outcome(&env.task(again)).0, TaskState::Failed);
+    assert_eq!(a.accepted(), 1);
+
+    // Grants go with the last version of their name.
+    let file = example("fetch");
+    let push = [
+        "module",
+        "push",
+        file.to_str().unwrap(),
+        "--name",
+        "fetch",
+        "--allow-http",
+        &grant,
+    ];
+    env.ok(&push);
+    assert!(
+        env.ok(&["module", "show", "fetch"])
+            .contains(&format!("http {grant}/ (every queue)"))
+    );
+    env.ok(&["module", "rm", "fetch", "--force"]);
+    env.push("fetch");
+    let shown = env.ok(&["module", "show", "fetch"]);
+    assert!(shown.contains("grants   none"), "{shown}");
+}
+
+/// Everything the database holds, as bytes to search: SQLite's files
+/// (database and write-ahead log), or PostgreSQL's rows of every table that
+/// task text, attempts, secrets and grants go to.
+fn everything_stored(env: &Env) -> Vec<u8> {
+    match &env.store {
+        AnyStore::Sqlite(_) => {
+            let db = env.url.trim_start_matches("sqlite://");
+            let db = db.split('?').next().unwrap();
+            ["", "-wal", "-shm"]
+                .iter()
+                .flat_map(|suffix| std::fs::read(format!("{db}{suffix}")).unwrap_or_default())
+                .collect()
+        }
+        AnyStore::Postgres(s) => env.rt.block_on(async {
+            let text: String = sqlx::query_scalar(
+                "SELECT coalesce(string_agg(x, ' '), '') FROM ( \
+                   SELECT t::text AS x FROM tasks t UNION ALL \
+                   SELECT a::text FROM attempts a UNION ALL \
+                   SELECT s::text FROM secrets s UNION ALL \
+                   SELECT g::text FROM module_grants g) q",
+            )
+            .fetch_one(s.pool())
+            .await
+            .unwrap();
+            text.into_bytes()
+        }),
+        AnyStore::Faulty(_) => unreachable!("the e2e tests inject no faults"),
+    }
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+}
+
+/// A secret set from stdin is sealed in the database, reaches a granted
+/// task through `wasi:config/store` (here as a bearer token the server
+/// sees), and never appears in clear in a row, a log line or the task's
+/// output, even when the guest tries to leak it. A worker without the key
+/// fails the task as a host error that says so.
+fn granted_secrets_reach_the_guest_and_no_row_or_log(env: &mut Env) {
+    use common::httpd::{Reply, Server};
+    const CANARY: &str = "canary-7f3a9c1e-d00d";
+    let a = Server::http(|_: &str| Reply::ok("{}"));
+    let key = env.dir.path().join("secret.key");
+    let key_path = key.to_str().unwrap().to_string();
+    let out = env.ok(&["secret", "new-key", &key_path]);
+    assert!(out.contains("wrote a new key"), "{out}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    let set = |with_key: bool, name: &str| {
+        let mut c = env.cmd(&["secret", "set", name]);
+        c.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if with_key {
+            c.env("WASMQ_SECRET_KEY_FILE", &key);
+        } else {
+            c.env_remove("WASMQ_SECRET_KEY_FILE");
+        }
+        let mut child = c.spawn().unwrap();
+        use std::io::Write;
+        writeln!(child.stdin.take().unwrap(), "{CANARY}").unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let out = set(false, "api-token");
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("WASMQ_SECRET_KEY_FILE"),
+        "{}",
+        stderr(&out)
+    );
+    let out = set(true, "api-token");
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stdout(&out).starts_with("secret api-token stored"),
+        "{}",
+        stdout(&out)
+    );
+    let out = set(true, "bad name");
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    for list in [
+        env.ok(&["secret", "list"]),
+        env.ok(&["secret", "list", "--json"]),
+    ] {
+        assert!(
+            list.contains("api-token") && !list.contains(CANARY),
+            "{list}"
+        );
+    }
+
+    env.push("fetch");
+    let out = env.run(&["module", "grant", "fetch", "--secret", "nosuch"]);
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("wasmq secret set nosuch"),
+        "{}",
+        stderr(&out)
+    );
+    env.ok(&[
+        "module",
+        "grant",
+        "fetch",
+        "--secret",
+        "api-token",
+        "--allow-http",
+        &a.url("http", ""),
+    ]);
+    let shown = env.ok(&["module", "show", "fetch"]);
+    assert!(shown.contains("secret api-token (every queue)"), "{shown}");
+
+    let input = serde_json::json!({
+        "url": a.url("http", "/items"),
+        "bearer_secret": "api-token",
+        "leak_token": true,
+    })
+    .to_string();
+    let id = env.enqueue("fetch", &input, &[]);
+    let key_env = [
+        ("WASMQ_SECRET_KEY_FILE", key_path.as_str()),
+        ("WASMQ_LOG", "debug"),
+    ];
+    let mut w = env.worker(&["--exit-when-idle"], &key_env);
+    w.wait_success(Duration::from_secs(60));
+    let t = env.task(id);
+    assert_eq!(t.state, TaskState::Succeeded, "{t:#?}\n{}", w.logs());
+    let heads = a.heads();
+    assert!(
+        heads.iter().any(|h| h
+            .to_ascii_lowercase()
+            .contains(&format!("authorization: bearer {CANARY}"))),
+        "the server got the token: {heads:?}"
+    );
+    let out: serde_json::Value = serde_json::from_str(t.result.as_deref().unwrap()).unwrap();
+    assert_eq!(out["leaked"], "[redacted:api-token]", "{out}");
+    let attempts = env.attempts(id);
+    assert!(
+        attempts[0]
+            .logs
+            .as_deref()
+            .unwrap_or_default()
+            .contains("using token [redacted:api-token]"),
+        "{attempts:#?}"
+    );
+
+    // A worker without the key: a host error that names it, no run.
+    let keyless = env.enqueue("fetch", &input, &["--max-attempts", "1"]);
+    let mut w2 = env.worker(&["--exit-when-idle"], &[("WASMQ_LOG", "debug")]);
+    w2.wait_success(Duration::from_secs(60));
+    let t = env.task(keyless);
+    assert_eq!(t.state, TaskState::Failed, "{t:#?}");
+    assert_eq!(t.error_kind.as_deref(), Some("host-error"), "{t:#?}");
+    let message = t.error_message.unwrap_or_default();
+    assert!(message.contains("WASMQ_SECRET_KEY_FILE"), "{message}");
+
+    // Nowhere in clear: rows, files, logs.
+    assert!(
+        !contains(&everything_stored(env), CANARY),
+        "the canary is stored in clear"
+    );
+    for w in [&w, &w2] {
+        assert!(!w.logs().contains(CANARY), "{}", w.logs());
+    }
+
+    // Deleting the secret takes its grants with it.
+    env.ok(&["secret", "rm", "api-token"]);
+    let shown = env.ok(&["module", "show", "fetch"]);
+    assert!(!shown.contains("secret api-token"), "{shown}");
+    assert!(shown.contains("http http://"), "{shown}");
 }

@@ -179,6 +179,20 @@ impl Context {
         }
     }
 
+    /// The secret `key` that the operator granted this task's module
+    /// (`wasmq secret set KEY`, then `wasmq module grant MODULE --secret
+    /// KEY`), read through `wasi:config/store`; `None` when none of that
+    /// name is granted. The host takes granted values back out of the
+    /// task's logs, output and errors, but a task should not print them.
+    pub fn config(&self, key: &str) -> Option<String> {
+        match &self.recorder {
+            Some(r) => r.config(key),
+            None => crate::config_bindings::wasi::config::store::get(key)
+                .ok()
+                .flatten(),
+        }
+    }
+
     /// True once cancellation was requested. A long-running task that checks
     /// this now and then can stop cleanly instead of being killed.
     pub fn is_cancelled(&self) -> bool {

@@ -47,6 +47,7 @@
 //! - **Host services**: [`Context`] gives the task's id, attempt number,
 //!   queue and deadline, and sends logs and progress to the host. Long tasks
 //!   should poll [`Context::is_cancelled`] and stop early.
+//!   [`Context::config`] reads the secrets the operator granted the module.
 //! - **Subtasks**: [`Context::spawn`], [`Context::wait`] and [`Context::map`]
 //!   fan work out to durable child tasks; see [`subtasks`] for how a wait
 //!   suspends the task and what must be deterministic.
@@ -115,6 +116,17 @@ pub mod bindings {
         pub_export_macro: true,
         export_macro_name: "export_raw",
         default_bindings_module: "wasmq_guest::bindings",
+    });
+}
+
+/// Bindings of `wasi:config/store`, through which [`Context::config`]
+/// reads granted secrets. A component imports it only if it calls that.
+#[doc(hidden)]
+#[allow(missing_docs)]
+pub mod config_bindings {
+    wit_bindgen::generate!({
+        world: "wasi:config/imports",
+        path: "wit",
     });
 }
 

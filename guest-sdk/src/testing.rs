@@ -44,6 +44,7 @@ use crate::{Context, LogLevel, TaskError};
 pub struct TestContext {
     info: Info,
     cancelled_after: Option<u32>,
+    config: Vec<(String, String)>,
 }
 
 impl Default for TestContext {
@@ -57,6 +58,7 @@ impl Default for TestContext {
                 deadline_unix_ms: None,
             },
             cancelled_after: None,
+            config: Vec::new(),
         }
     }
 }
@@ -109,6 +111,13 @@ impl TestContext {
         self
     }
 
+    /// A value [`Context::config`] returns for `key`, as a secret the
+    /// operator granted the module would be.
+    pub fn config(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.config.push((key.into(), value.into()));
+        self
+    }
+
     /// Runs `task` with `input` as a typed value.
     pub fn run<I, O, E>(
         &self,
@@ -140,6 +149,7 @@ impl TestContext {
     fn record<T>(&self, f: impl FnOnce(&Context) -> Result<T, TaskError>) -> TestRun<T> {
         let recorder = Rc::new(Recorder {
             cancelled_after: self.cancelled_after,
+            config: self.config.clone(),
             ..Recorder::default()
         });
         let ctx = Context::recording(self.info.clone(), recorder.clone());
@@ -214,6 +224,7 @@ pub(crate) struct Recorder {
     progress: RefCell<Vec<Progress>>,
     cancel_checks: Cell<u32>,
     cancelled_after: Option<u32>,
+    config: Vec<(String, String)>,
 }
 
 impl Recorder {
@@ -229,6 +240,14 @@ impl Recorder {
             percent: percent.min(100),
             message: message.to_owned(),
         });
+    }
+
+    pub(crate) fn config(&self, key: &str) -> Option<String> {
+        self.config
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
     }
 
     pub(crate) fn is_cancelled(&self) -> bool {

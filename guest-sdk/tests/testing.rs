@@ -133,3 +133,24 @@ fn a_deadline_is_reported() {
     let left = *run.output();
     assert!((55..=60).contains(&left), "{left}");
 }
+
+#[test]
+fn config_answers_what_the_test_granted() {
+    fn bearer(ctx: &Context, name: String) -> Result<String, TaskError> {
+        let token = ctx
+            .config(&name)
+            .ok_or_else(|| TaskError::permanent(format!("{name} is not granted")))?;
+        Ok(format!("Bearer {token}"))
+    }
+    let granted = TestContext::new()
+        .config("api-token", "old")
+        .config("api-token", "t0k3n")
+        .run(bearer, "api-token".to_string());
+    assert_eq!(
+        granted.output(),
+        "Bearer t0k3n",
+        "the last value given wins"
+    );
+    let missing = TestContext::new().run(bearer, "api-token".to_string());
+    assert_eq!(missing.error().kind(), ErrorKind::Permanent);
+}

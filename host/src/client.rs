@@ -1,10 +1,11 @@
 //! The Rust client API: push modules, enqueue tasks, follow and steer them.
 //! The `wasmq` CLI is built on it.
 
-use crate::runtime::{AboveMaximum, LoadError, Maxima, Runtime, sha256_hex};
+use crate::runtime::{AboveMaximum, HttpGrant, LoadError, Maxima, Runtime, sha256_hex};
+use crate::secrets::{SecretError, SecretKey};
 use crate::store::{
-    AnyStore, CancelOutcome, EnqueueOutcome, ModuleRecord, NewTask, Store, StoreError, TaskLimits,
-    TaskRecord, validate_new_task,
+    AnyStore, CancelOutcome, EnqueueOutcome, GrantKind, GrantSet, ModuleRecord, NewTask, Store,
+    StoreError, StoredSecret, TaskLimits, TaskRecord, validate_new_task,
 };
 use chrono::{DateTime, Utc};
 use std::time::Duration;
@@ -16,6 +17,12 @@ pub use crate::store::DEFAULT_MAX_ATTEMPTS;
 pub use batcher::{
     BatchConfig, DEFAULT_BATCH_IN_FLIGHT, DEFAULT_BATCH_LINGER, DEFAULT_BATCH_MAX, EnqueueBatcher,
 };
+/// Grants as the store keeps them: the canonical text of each (explicit
+/// port, lowercase host), so that two spellings of a grant are one row.
+fn canonical(grants: &[HttpGrant]) -> Vec<String> {
+    grants.iter().map(HttpGrant::to_string).collect()
+}
+
 /// The queue used when none is named.
 pub const DEFAULT_QUEUE: &str = "default";
 
@@ -33,6 +40,8 @@ pub enum ClientError {
     AboveMaximum(#[from] AboveMaximum),
     #[error("{0}")]
     Unavailable(&'static str),
+    #[error(transparent)]
+    Secret(#[from] SecretError),
 }
 
 impl ClientError {
@@ -165,6 +174,101 @@ impl Client {
         Ok(self
             .store
             .push_module(name, version, &bytes, &sha256)
+            .await?)
+    }
+
+    /// Lets the tasks of module `name` (every version), in `queue` or in
+    /// every queue, make HTTP requests under `grants`; returns how many
+    /// grants were new. Workers apply a change within their grant cache's
+    /// lifetime (`WASMQ_GRANT_TTL`).
+    pub async fn grant_http(
+        &self,
+        name: &str,
+        queue: Option<&str>,
+        grants: &[HttpGrant],
+    ) -> Result<u64, ClientError> {
+        let values = canonical(grants);
+        self.change_grants(true, name, queue, GrantKind::Http, &values)
+            .await
+    }
+
+    /// Takes `grants` back from module `name` in the scope `queue` names
+    /// (the every-queue scope when `None`); returns how many were removed.
+    pub async fn revoke_http(
+        &self,
+        name: &str,
+        queue: Option<&str>,
+        grants: &[HttpGrant],
+    ) -> Result<u64, ClientError> {
+        let values = canonical(grants);
+        self.change_grants(false, name, queue, GrantKind::Http, &values)
+            .await
+    }
+
+    /// Lets the tasks of module `name`, in `queue` or in every queue, read
+    /// `secrets` through `wasi:config/store`; returns how many grants were
+    /// new.
+    pub async fn grant_secrets(
+        &self,
+        name: &str,
+        queue: Option<&str>,
+        secrets: &[String],
+    ) -> Result<u64, ClientError> {
+        self.change_grants(true, name, queue, GrantKind::Secret, secrets)
+            .await
+    }
+
+    /// Takes secret grants back from a scope, as [`Client::revoke_http`].
+    pub async fn revoke_secrets(
+        &self,
+        name: &str,
+        queue: Option<&str>,
+        secrets: &[String],
+    ) -> Result<u64, ClientError> {
+        self.change_grants(false, name, queue, GrantKind::Secret, secrets)
+            .await
+    }
+
+    async fn change_grants(
+        &self,
+        add: bool,
+        module: &str,
+        queue: Option<&str>,
+        kind: GrantKind,
+        values: &[String],
+    ) -> Result<u64, ClientError> {
+        let set = GrantSet {
+            module,
+            queue,
+            kind,
+            values,
+        };
+        Ok(if add {
+            self.store.add_grants(set).await?
+        } else {
+            self.store.remove_grants(set).await?
+        })
+    }
+
+    /// Seals `value` under `key` and stores it as secret `name`; returns
+    /// whether the name is new. Workers use the new value within their
+    /// grant cache's lifetime.
+    pub async fn set_secret(
+        &self,
+        key: &SecretKey,
+        name: &str,
+        value: &str,
+    ) -> Result<bool, ClientError> {
+        crate::store::validate_secret_name(name)?;
+        let sealed = key.seal(name, value)?;
+        Ok(self
+            .store
+            .put_secret(&StoredSecret {
+                name: name.to_string(),
+                key_id: sealed.key_id,
+                nonce: sealed.nonce,
+                ciphertext: sealed.ciphertext,
+            })
             .await?)
     }
 

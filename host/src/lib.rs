@@ -14,7 +14,8 @@
 //! the API both update; [`text`] makes guest text storable and bounded for
 //! the runtime and the store alike; [`kinds`] names how attempts end, for
 //! the runtime, the store, the retry policy and the metrics alike; [`fuel`]
-//! is a fuel budget as the CLI, the API and a stored task say it.
+//! is a fuel budget as the CLI, the API and a stored task say it;
+//! [`secrets`] seals secrets for the store and opens them for a run.
 
 pub mod api;
 pub mod cli;
@@ -24,6 +25,7 @@ pub mod kinds;
 pub mod metrics;
 pub mod ray;
 pub mod runtime;
+pub mod secrets;
 pub mod store;
 pub mod text;
 pub mod worker;

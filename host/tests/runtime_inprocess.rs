@@ -40,6 +40,7 @@ fn request<'a>(
         progress: None,
         subtasks: None,
         http: None,
+        config: None,
     }
 }
 

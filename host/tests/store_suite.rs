@@ -252,6 +252,8 @@ store_tests! {
     a_wait_on_finished_children_requeues_at_once,
     cancel_reaches_every_descendant,
     concurrent_child_completions_resume_the_parent_once,
+    grants_are_per_name_and_scope_and_go_with_the_last_version,
+    secrets_are_kept_sealed_and_take_their_grants_with_them,
     #[ignore = "benchmark; run with --ignored --nocapture"]
     drain_throughput,
 }
@@ -3414,4 +3416,184 @@ fn errors_are_one_line() {
         let msg = e.to_string();
         assert!(!msg.contains('\n') && !msg.is_empty(), "{msg}");
     }
+}
+
+// ---- grants and secrets ------------------------------------------------------
+
+fn grant_set<'a>(
+    module: &'a str,
+    queue: Option<&'a str>,
+    kind: GrantKind,
+    values: &'a [String],
+) -> GrantSet<'a> {
+    GrantSet {
+        module,
+        queue,
+        kind,
+        values,
+    }
+}
+
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+async fn grants_are_per_name_and_scope_and_go_with_the_last_version(h: Harness) {
+    let s = h.store().await;
+    let api = strings(&["https://api.example.com:443/"]);
+    // No module of that name: nothing to grant.
+    assert!(matches!(
+        s.add_grants(grant_set("net", None, GrantKind::Http, &api))
+            .await,
+        Err(StoreError::NotFound { .. })
+    ));
+    push(&s, "net", "net-v1").await;
+    push(&s, "net", "net-v2").await;
+    assert_eq!(
+        s.add_grants(grant_set("net", None, GrantKind::Http, &api))
+            .await
+            .unwrap(),
+        1
+    );
+    // The same grant again is no new row; another scope is.
+    assert_eq!(
+        s.add_grants(grant_set("net", None, GrantKind::Http, &api))
+            .await
+            .unwrap(),
+        0
+    );
+    let mail = strings(&["https://mail.example.com:443/send", "http://10.0.0.7:25/"]);
+    assert_eq!(
+        s.add_grants(grant_set("net", Some("mail"), GrantKind::Http, &mail))
+            .await
+            .unwrap(),
+        2
+    );
+    let all = s.list_grants(Some("net")).await.unwrap();
+    let seen: Vec<(Option<&str>, &str)> = all
+        .iter()
+        .map(|g| (g.queue.as_deref(), g.value.as_str()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (None, "https://api.example.com:443/"),
+            (Some("mail"), "http://10.0.0.7:25/"),
+            (Some("mail"), "https://mail.example.com:443/send"),
+        ]
+    );
+    assert!(all[1].covers("mail") && !all[1].covers("default") && all[0].covers("x"));
+    assert_eq!(s.list_grants(None).await.unwrap().len(), 3);
+
+    // Bad input is refused before any write.
+    for bad in [
+        grant_set("net", Some("a,b"), GrantKind::Http, &api),
+        grant_set("", None, GrantKind::Http, &api),
+    ] {
+        assert!(matches!(
+            s.add_grants(bad).await,
+            Err(StoreError::InvalidArgument(_))
+        ));
+    }
+    let control = strings(&["https://x\u{1b}[2J"]);
+    assert!(
+        s.add_grants(grant_set("net", None, GrantKind::Http, &control))
+            .await
+            .is_err()
+    );
+    // At most MAX_GRANTS_PER_MODULE per name, all or nothing.
+    let many: Vec<String> = (0..MAX_GRANTS_PER_MODULE)
+        .map(|i| format!("https://h{i}.example.com:443/"))
+        .collect();
+    assert!(matches!(
+        s.add_grants(grant_set("net", None, GrantKind::Http, &many))
+            .await,
+        Err(StoreError::InvalidArgument(_))
+    ));
+    assert_eq!(s.list_grants(Some("net")).await.unwrap().len(), 3);
+
+    // Removal is per scope; revoke-all per scope or everywhere.
+    assert_eq!(
+        s.remove_grants(grant_set("net", None, GrantKind::Http, &mail))
+            .await
+            .unwrap(),
+        0,
+        "those are in queue mail"
+    );
+    assert_eq!(
+        s.remove_grants(grant_set("net", Some("mail"), GrantKind::Http, &mail[..1]))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(s.revoke_all_grants("net", Some("mail")).await.unwrap(), 1);
+    assert_eq!(s.list_grants(Some("net")).await.unwrap().len(), 1);
+
+    // Deleting one version keeps the name's grants; the last one takes them.
+    s.delete_module("net", Some("1"), false).await.unwrap();
+    assert_eq!(s.list_grants(Some("net")).await.unwrap().len(), 1);
+    s.delete_module("net", None, false).await.unwrap();
+    assert!(s.list_grants(Some("net")).await.unwrap().is_empty());
+    push(&s, "net", "net-v3").await;
+    assert!(s.list_grants(Some("net")).await.unwrap().is_empty());
+}
+
+async fn secrets_are_kept_sealed_and_take_their_grants_with_them(h: Harness) {
+    let s = h.store().await;
+    let sealed = |name: &str, byte: u8| StoredSecret {
+        name: name.to_string(),
+        key_id: "00112233aabbccdd".to_string(),
+        nonce: vec![byte; 12],
+        ciphertext: vec![byte, 0, 255, byte],
+    };
+    assert!(s.put_secret(&sealed("api-token", 1)).await.unwrap(), "new");
+    assert!(
+        !s.put_secret(&sealed("api-token", 2)).await.unwrap(),
+        "replaced"
+    );
+    assert!(s.put_secret(&sealed("db.password", 3)).await.unwrap());
+    assert!(matches!(
+        s.put_secret(&sealed("bad name", 4)).await,
+        Err(StoreError::InvalidArgument(_))
+    ));
+    let listed: Vec<String> = s
+        .list_secrets()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.name)
+        .collect();
+    assert_eq!(listed, ["api-token", "db.password"]);
+    let got = s
+        .sealed_secrets(&strings(&["db.password", "api-token", "nope"]))
+        .await
+        .unwrap();
+    assert_eq!(got, [sealed("api-token", 2), sealed("db.password", 3)]);
+    assert!(s.sealed_secrets(&[]).await.unwrap().is_empty());
+
+    push(&s, "mailer", "mailer-v1").await;
+    let names = strings(&["api-token"]);
+    assert_eq!(
+        s.add_grants(grant_set("mailer", None, GrantKind::Secret, &names))
+            .await
+            .unwrap(),
+        1
+    );
+    // A grant of a secret that is not stored, or of a bad name, is refused.
+    for missing in [strings(&["nope"]), strings(&["has space"])] {
+        assert!(
+            s.add_grants(grant_set("mailer", None, GrantKind::Secret, &missing))
+                .await
+                .is_err()
+        );
+    }
+    let g = s.list_grants(Some("mailer")).await.unwrap();
+    assert_eq!((g.len(), g[0].kind), (1, GrantKind::Secret));
+
+    s.delete_secret("api-token").await.unwrap();
+    assert!(s.list_grants(Some("mailer")).await.unwrap().is_empty());
+    assert!(matches!(
+        s.delete_secret("api-token").await,
+        Err(StoreError::NotFound { .. })
+    ));
 }

@@ -151,6 +151,7 @@ fn config(lease: Duration) -> WorkerConfig {
 }
 
 fn executor(store: AnyStore) -> Executor {
+    let grants = Arc::new(wasmq::worker::Grants::from_env(store.clone(), None).unwrap());
     Executor {
         runtime: Arc::new(
             Runtime::new(RuntimeConfig {
@@ -168,6 +169,7 @@ fn executor(store: AnyStore) -> Executor {
             ..RetryPolicy::default()
         },
         cluster: None,
+        grants,
     }
 }
 

@@ -4,8 +4,8 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// What a route answers.
 #[derive(Clone)]
@@ -38,6 +38,8 @@ type Routes = Arc<dyn Fn(&str) -> Reply + Send + Sync>;
 pub struct Server {
     pub port: u16,
     accepted: Arc<AtomicUsize>,
+    /// The head (request line and headers) of every request answered.
+    heads: Arc<Mutex<Vec<String>>>,
 }
 
 impl Server {
@@ -80,18 +82,28 @@ impl Server {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let accepted = Arc::new(AtomicUsize::new(0));
-        let count = accepted.clone();
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let (count, seen) = (accepted.clone(), heads.clone());
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(conn) = conn else { continue };
                 count.fetch_add(1, Ordering::SeqCst);
-                let (tls, routes) = (tls.clone(), routes.clone());
+                let (tls, routes, seen) = (tls.clone(), routes.clone(), seen.clone());
                 std::thread::spawn(move || {
-                    let _ = serve(conn, tls, &*routes);
+                    let _ = serve(conn, tls, &*routes, &seen);
                 });
             }
         });
-        Server { port, accepted }
+        Server {
+            port,
+            accepted,
+            heads,
+        }
+    }
+
+    /// The heads of the requests answered so far.
+    pub fn heads(&self) -> Vec<String> {
+        self.heads.lock().unwrap().clone()
     }
 
     /// Connections accepted so far.
@@ -108,13 +120,14 @@ fn serve(
     tcp: TcpStream,
     tls: Option<Arc<rustls::ServerConfig>>,
     routes: &(dyn Fn(&str) -> Reply + Send + Sync),
+    heads: &Mutex<Vec<String>>,
 ) -> std::io::Result<()> {
     tcp.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
     match tls {
-        None => answer(tcp, routes),
+        None => answer(tcp, routes, heads),
         Some(config) => {
             let conn = rustls::ServerConnection::new(config).map_err(std::io::Error::other)?;
-            answer(rustls::StreamOwned::new(conn, tcp), routes)
+            answer(rustls::StreamOwned::new(conn, tcp), routes, heads)
         }
     }
 }
@@ -122,6 +135,7 @@ fn serve(
 fn answer(
     mut s: impl Read + Write,
     routes: &(dyn Fn(&str) -> Reply + Send + Sync),
+    heads: &Mutex<Vec<String>>,
 ) -> std::io::Result<()> {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
@@ -132,6 +146,7 @@ fn answer(
         head.push(byte[0]);
     }
     let head = String::from_utf8_lossy(&head);
+    heads.lock().unwrap().push(head.to_string());
     let path = head.split(' ').nth(1).unwrap_or("/").to_string();
     let reply = routes(&path);
     let mut out = format!(

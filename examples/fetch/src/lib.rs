@@ -1,6 +1,7 @@
 //! `{"url": …}` → `{"url", "status", "bytes", "redirects"}`: one HTTP GET
 //! through `wasi:http`, following redirects itself (each one a new request,
-//! checked by the host like the first).
+//! checked by the host like the first). With `"bearer_secret": "NAME"` it
+//! sends the granted secret NAME as `Authorization: Bearer …`.
 
 use serde::{Deserialize, Serialize};
 use wasip2::http::outgoing_handler;
@@ -13,6 +14,13 @@ struct Input {
     url: String,
     #[serde(default = "default_redirects")]
     max_redirects: u32,
+    /// A secret the operator granted this module, sent as a bearer token.
+    #[serde(default)]
+    bearer_secret: Option<String>,
+    /// Misbehave on purpose: also log the token and put it in the output
+    /// (the host's redaction is tested with it).
+    #[serde(default)]
+    leak_token: bool,
 }
 
 fn default_redirects() -> u32 {
@@ -25,6 +33,8 @@ struct Output {
     status: u16,
     bytes: u64,
     redirects: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    leaked: Option<String>,
 }
 
 struct Url {
@@ -73,8 +83,14 @@ fn resolve(base: &Url, location: &str) -> String {
 }
 
 /// One GET: the status, the `Location` header and the body's length.
-fn get(url: &Url) -> Result<(u16, Option<String>, u64), String> {
-    let request = OutgoingRequest::new(Fields::new());
+fn get(url: &Url, token: Option<&str>) -> Result<(u16, Option<String>, u64), String> {
+    let headers = Fields::new();
+    if let Some(token) = token {
+        headers
+            .append("authorization", format!("Bearer {token}").as_bytes())
+            .map_err(|e| format!("authorization header: {e:?}"))?;
+    }
+    let request = OutgoingRequest::new(headers);
     request.set_method(&Method::Get).map_err(|()| "method")?;
     let scheme = if url.https {
         Scheme::Https
@@ -118,12 +134,27 @@ fn get(url: &Url) -> Result<(u16, Option<String>, u64), String> {
 }
 
 fn run(ctx: &Context, input: Input) -> Result<Output, TaskError> {
+    let token = match &input.bearer_secret {
+        Some(name) => Some(ctx.config(name).ok_or_else(|| {
+            TaskError::permanent(format!(
+                "secret {name} is not granted to this module (wasmq module grant --secret)"
+            ))
+        })?),
+        None => None,
+    };
+    let leaked = token.clone().filter(|_| input.leak_token);
+    if let Some(t) = &leaked {
+        ctx.log_info(format!("using token {t}"));
+    }
+    // The token goes to the first URL's host only, not where it redirects.
+    let origin = parse(&input.url)?.authority;
     let mut current = input.url;
     let mut redirects = 0;
     loop {
         let url = parse(&current)?;
-        let (status, location, bytes) =
-            get(&url).map_err(|e| TaskError::permanent(format!("GET {current}: {e}")))?;
+        let token = token.as_deref().filter(|_| url.authority == origin);
+        let (status, location, bytes) = get(&url, token)
+            .map_err(|e| TaskError::permanent(format!("GET {current}: {e}")))?;
         match location {
             Some(location) if (300..400).contains(&status) => {
                 if redirects == input.max_redirects {
@@ -143,6 +174,7 @@ fn run(ctx: &Context, input: Input) -> Result<Output, TaskError> {
                     status,
                     bytes,
                     redirects,
+                    leaked,
                 });
             }
         }

@@ -125,6 +125,8 @@ impl From<ClientError> for ApiError {
             ClientError::Unavailable(m) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", m)
             }
+            // The API sets no secrets; whatever failed here names no value.
+            ClientError::Secret(_) => ApiError::internal(e),
         }
     }
 }

@@ -5,9 +5,9 @@ use super::limits::LimitArgs;
 use super::table::{Table, clip};
 use super::term;
 use crate::client::{Client, ClientError, EnqueueRequest};
-use crate::runtime::{Runtime, parse_duration};
+use crate::runtime::{HttpGrant, Runtime, parse_duration};
 use crate::store::{
-    CancelOutcome, FamilyUsage, Store, TaskFilter, TaskRecord, TaskState, TaskSummary,
+    CancelOutcome, FamilyUsage, ModuleGrant, Store, TaskFilter, TaskRecord, TaskState, TaskSummary,
 };
 use anyhow::Context;
 use chrono::{DateTime, Utc};
@@ -56,8 +56,47 @@ pub enum ModuleCommand {
         /// Default: the next integer version for this name.
         #[arg(long)]
         version: Option<String>,
+        /// Also grant the module's tasks HTTP requests under this URL
+        /// prefix, in every queue (as `module grant`; repeatable).
+        #[arg(long = "allow-http", value_name = "URL")]
+        allow_http: Vec<HttpGrant>,
         #[arg(long)]
         json: bool,
+    },
+    /// Let the tasks of a module (every version of NAME) make HTTP requests
+    /// under URL prefixes, scheme://host[:port][/path-prefix] (host may be
+    /// `*.example.com` or an IP address; private and loopback addresses are
+    /// refused unless the grant names the address itself), or read secrets.
+    /// Workers apply a change within WASMQ_GRANT_TTL (5s).
+    Grant {
+        name: String,
+        #[arg(
+            long = "allow-http",
+            value_name = "URL",
+            required_unless_present = "secret"
+        )]
+        allow_http: Vec<HttpGrant>,
+        /// Let the tasks read this secret (`wasmq secret set`) through
+        /// wasi:config/store, under its name (repeatable).
+        #[arg(long, value_name = "NAME")]
+        secret: Vec<String>,
+        /// Only for the module's tasks in this queue [default: every queue].
+        #[arg(long)]
+        queue: Option<String>,
+    },
+    /// Take grants back from a module.
+    Revoke {
+        name: String,
+        #[arg(long = "allow-http", value_name = "URL", required_unless_present_any = ["all", "secret"])]
+        allow_http: Vec<HttpGrant>,
+        #[arg(long, value_name = "NAME")]
+        secret: Vec<String>,
+        /// Every grant of the module (in --queue only, when given).
+        #[arg(long, conflicts_with_all = ["allow_http", "secret"])]
+        all: bool,
+        /// The scope the grants were given in [default: every queue].
+        #[arg(long)]
+        queue: Option<String>,
     },
     /// List stored modules.
     List {
@@ -96,6 +135,7 @@ pub async fn module(db: &str, cmd: ModuleCommand) -> anyhow::Result<()> {
             file,
             name,
             version,
+            allow_http,
             json,
         } => {
             let limit = max_module_bytes()?;
@@ -127,13 +167,86 @@ pub async fn module(db: &str, cmd: ModuleCommand) -> anyhow::Result<()> {
                 }
                 Err(e) => return Err(fail(e)),
             };
+            if !allow_http.is_empty() {
+                client
+                    .grant_http(&m.name, None, &allow_http)
+                    .await
+                    .map_err(fail)?;
+            }
             if json {
                 print_json(&m)?;
             } else {
                 let note = if m.created { "" } else { " (already stored)" };
                 let reference = format!("{}@{}", m.name, m.version);
                 println!("{} sha256:{}{note}", term::line(&reference), m.sha256);
+                for g in &allow_http {
+                    println!("granted http {g}");
+                }
             }
+        }
+        ModuleCommand::Grant {
+            name,
+            allow_http,
+            secret,
+            queue,
+        } => {
+            let mut added = 0;
+            if !allow_http.is_empty() {
+                added += client
+                    .grant_http(&name, queue.as_deref(), &allow_http)
+                    .await
+                    .map_err(fail)?;
+            }
+            if !secret.is_empty() {
+                added += client
+                    .grant_secrets(&name, queue.as_deref(), &secret)
+                    .await
+                    .map_err(fail)?;
+            }
+            println!(
+                "{added} new grant(s) for {} in {}",
+                term::line(&name),
+                scope(queue.as_deref())
+            );
+        }
+        ModuleCommand::Revoke {
+            name,
+            allow_http,
+            secret,
+            all,
+            queue,
+        } => {
+            let removed = if all {
+                client
+                    .store()
+                    .revoke_all_grants(&name, queue.as_deref())
+                    .await
+                    .map_err(|e| fail(e.into()))?
+            } else {
+                let mut removed = 0;
+                if !allow_http.is_empty() {
+                    removed += client
+                        .revoke_http(&name, queue.as_deref(), &allow_http)
+                        .await
+                        .map_err(fail)?;
+                }
+                if !secret.is_empty() {
+                    removed += client
+                        .revoke_secrets(&name, queue.as_deref(), &secret)
+                        .await
+                        .map_err(fail)?;
+                }
+                removed
+            };
+            let of = if all && queue.is_none() {
+                "every scope".to_string()
+            } else {
+                scope(queue.as_deref())
+            };
+            println!(
+                "{removed} grant(s) of {} revoked in {of}",
+                term::line(&name)
+            );
         }
         ModuleCommand::List { json } => {
             let ms = client
@@ -162,8 +275,15 @@ pub async fn module(db: &str, cmd: ModuleCommand) -> anyhow::Result<()> {
                 .resolve_module(name, version)
                 .await
                 .map_err(|e| fail(e.into()))?;
+            let grants = client
+                .store()
+                .list_grants(Some(name))
+                .await
+                .map_err(|e| fail(e.into()))?;
             if json {
-                return print_json(&m);
+                let mut v = serde_json::to_value(&m)?;
+                v["grants"] = serde_json::to_value(&grants)?;
+                return print_json(&v);
             }
             println!(
                 "module   {}",
@@ -172,6 +292,7 @@ pub async fn module(db: &str, cmd: ModuleCommand) -> anyhow::Result<()> {
             println!("sha256   {}", m.sha256);
             println!("size     {} bytes", m.size);
             println!("created  {}", ts(Some(m.created_at)));
+            print_grants(&grants);
         }
         ModuleCommand::Rm { reference, force } => {
             let (name, version) = crate::client::parse_reference(&reference).map_err(fail)?;
@@ -184,6 +305,32 @@ pub async fn module(db: &str, cmd: ModuleCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `every queue` or `queue Q`.
+fn scope(queue: Option<&str>) -> String {
+    match queue {
+        Some(q) => format!("queue {}", term::line(q)),
+        None => "every queue".to_string(),
+    }
+}
+
+/// The `grants` lines of `module show`: what the module's tasks may use
+/// beyond clocks and randomness, and in which queues.
+fn print_grants(grants: &[ModuleGrant]) {
+    if grants.is_empty() {
+        println!("grants   none (no network, no files)");
+        return;
+    }
+    for (i, g) in grants.iter().enumerate() {
+        let head = if i == 0 { "grants" } else { "" };
+        println!(
+            "{head:<8} {} {} ({})",
+            g.kind.as_str(),
+            term::line(&g.value),
+            scope(g.queue.as_deref())
+        );
+    }
 }
 
 // ---- tasks -------------------------------------------------------------------

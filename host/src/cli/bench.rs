@@ -231,6 +231,7 @@ async fn once(
                 progress: None,
                 subtasks: None,
                 http: None,
+                config: None,
             },
         )
         .await;

@@ -178,6 +178,9 @@ async fn measure(
             maxima: crate::runtime::Maxima::default(),
             policy: RetryPolicy::default(),
             cluster: None,
+            grants: Arc::new(
+                crate::worker::Grants::from_env(store.clone(), None).map_err(anyhow::Error::msg)?,
+            ),
         },
         cfg,
     );

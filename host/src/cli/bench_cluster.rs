@@ -102,7 +102,7 @@ pub async fn run(mut b: ClusterBench) -> anyhow::Result<()> {
     store.enqueue_batch(&tasks).await?;
     let mut cfg = config(Some(b.in_flight));
     cfg.exit_when_idle = true;
-    let stats = worker(&store, &runtime, Some(&cluster), cfg)
+    let stats = worker(&store, &runtime, Some(&cluster), cfg)?
         .run(std::future::pending())
         .await?;
     let secs = t.elapsed().as_secs_f64();
@@ -134,7 +134,7 @@ async fn latencies(
     n: usize,
 ) -> anyhow::Result<Samples> {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let w = worker(store, runtime, cluster, config(cluster.map(|_| 4)));
+    let w = worker(store, runtime, cluster, config(cluster.map(|_| 4)))?;
     let handle = tokio::spawn(w.run(async {
         let _ = stop_rx.await;
     }));
@@ -207,8 +207,8 @@ fn worker(
     runtime: &Arc<Runtime>,
     cluster: Option<&Arc<Cluster>>,
     cfg: WorkerConfig,
-) -> crate::worker::Worker {
-    crate::worker::Worker::new(
+) -> anyhow::Result<crate::worker::Worker> {
+    Ok(crate::worker::Worker::new(
         crate::worker::Executor {
             runtime: runtime.clone(),
             store: store.clone(),
@@ -216,7 +216,10 @@ fn worker(
             maxima: crate::runtime::Maxima::default(),
             policy: crate::worker::RetryPolicy::default(),
             cluster: cluster.cloned(),
+            grants: Arc::new(
+                crate::worker::Grants::from_env(store.clone(), None).map_err(anyhow::Error::msg)?,
+            ),
         },
         cfg,
-    )
+    ))
 }

@@ -104,6 +104,7 @@ pub async fn run(b: ColdBench) -> anyhow::Result<()> {
                     progress: None,
                     subtasks: None,
                     http: None,
+                    config: None,
                 },
             )
             .await;

@@ -209,6 +209,10 @@ pub async fn run(a: DevArgs) -> anyhow::Result<u8> {
             maxima: runtime::Maxima::from_env()?,
             policy: RetryPolicy::from_env().map_err(anyhow::Error::msg)?,
             cluster: None,
+            grants: Arc::new(
+                worker::Grants::from_env(client.store().clone(), None)
+                    .map_err(anyhow::Error::msg)?,
+            ),
         },
         WorkerConfig::new(worker::Mode::Local),
     );

@@ -11,9 +11,11 @@
 use super::exit::Exit;
 use crate::runtime::subtasks::SubtaskPlan;
 use crate::runtime::{
-    Allocator, CancelToken, Limits, LoadError, Maxima, Outcome, RunReport, RunRequest, Runtime,
-    TaskInfo, sha256_hex,
+    Allocator, CancelToken, HttpGrant, HttpLimits, HttpPolicy, Limits, LoadError, Maxima, Outcome,
+    RunConfig, RunReport, RunRequest, Runtime, TaskInfo, sha256_hex, tls_config, tls_config_pem,
 };
+use crate::secrets::{Sealed, SecretError, SecretKey};
+use crate::worker::cluster::ShippedSecret;
 use crate::worker::envelope::Envelope;
 use crate::worker::shipping::MODULE_FILE;
 use anyhow::Context;
@@ -22,6 +24,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use clap::Args;
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 #[derive(Debug, Args)]
@@ -65,21 +68,119 @@ pub struct ExecArgs {
     /// The subtask plan from this file instead (a long ledger).
     #[arg(long, env = "WASMQ_EXEC_SUBTASKS_FILE")]
     pub subtasks_file: Option<PathBuf>,
+    /// The module's HTTP grants, one per line, base64-encoded; the limits
+    /// come from the `WASMQ_HTTP_*` variables.
+    #[arg(long, env = "WASMQ_EXEC_ALLOW_HTTP_B64")]
+    pub allow_http_b64: Option<String>,
+    /// Extra CA certificates (PEM) for HTTPS, base64-encoded.
+    #[arg(
+        long,
+        env = "WASMQ_EXEC_HTTP_CA_B64",
+        requires = "allow_http_b64",
+        conflicts_with = "http_ca_file"
+    )]
+    pub http_ca_b64: Option<String>,
+    /// Extra CA certificates (PEM) for HTTPS, from this file instead.
+    #[arg(long, env = "WASMQ_EXEC_HTTP_CA_FILE", requires = "allow_http_b64")]
+    pub http_ca_file: Option<PathBuf>,
+    /// The module's granted secrets, sealed (JSON, base64-encoded); opened
+    /// with the key in WASMQ_SECRET_KEY_FILE.
+    #[arg(
+        long,
+        env = "WASMQ_EXEC_SECRETS_B64",
+        hide_env_values = true,
+        conflicts_with = "secrets_file"
+    )]
+    pub secrets_b64: Option<String>,
+    /// The sealed secrets from this file instead.
+    #[arg(long, env = "WASMQ_EXEC_SECRETS_FILE")]
+    pub secrets_file: Option<PathBuf>,
+}
+
+/// The secrets the cluster worker shipped, opened with this node's key.
+fn run_config(args: &ExecArgs) -> anyhow::Result<Option<Arc<RunConfig>>> {
+    let Some(json) = b64_or_file(
+        "WASMQ_EXEC_SECRETS_B64",
+        &args.secrets_b64,
+        &args.secrets_file,
+        "the sealed secrets",
+    )?
+    else {
+        return Ok(None);
+    };
+    let shipped: Vec<ShippedSecret> =
+        serde_json::from_str(&json).context("the sealed secrets are not valid")?;
+    let key = SecretKey::from_env()?.ok_or(SecretError::NoKey)?;
+    let mut values = Vec::with_capacity(shipped.len());
+    for s in shipped {
+        let sealed = Sealed {
+            key_id: s.key_id,
+            nonce: B64.decode(&s.nonce).context("a sealed secret's nonce")?,
+            ciphertext: B64
+                .decode(&s.ciphertext)
+                .context("a sealed secret's ciphertext")?,
+        };
+        let value = key.open(&s.name, &sealed)?;
+        values.push((s.name, value));
+    }
+    Ok(Some(Arc::new(RunConfig::new(values))))
+}
+
+/// The outbound HTTP the cluster worker granted this run, if any.
+fn http_policy(args: &ExecArgs) -> anyhow::Result<Option<Arc<HttpPolicy>>> {
+    let Some(b64) = &args.allow_http_b64 else {
+        return Ok(None);
+    };
+    let grants = decode_b64("WASMQ_EXEC_ALLOW_HTTP_B64", b64)?
+        .lines()
+        .map(|g| g.parse::<HttpGrant>().map_err(|e| Exit::usage(e).into()))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let tls = match (&args.http_ca_b64, &args.http_ca_file) {
+        (Some(b64), _) => {
+            let pem = decode_b64("WASMQ_EXEC_HTTP_CA_B64", b64)?;
+            tls_config_pem(Some((pem.as_bytes(), "WASMQ_EXEC_HTTP_CA_B64")))
+        }
+        (None, path) => tls_config(path.as_deref()),
+    }
+    .map_err(Exit::usage)?;
+    let limits = HttpLimits::from_env().map_err(Exit::usage)?;
+    let policy = HttpPolicy::with_tls(grants, tls, limits).map_err(Exit::usage)?;
+    Ok(Some(Arc::new(policy)))
 }
 
 /// The subtask plan the cluster worker sent, if any; its child limits are
 /// checked against this process's maxima (the `WASMQ_MAX_*` it was given).
 fn subtask_plan(args: &ExecArgs) -> anyhow::Result<Option<SubtaskPlan>> {
-    let json = match (&args.subtasks_b64, &args.subtasks_file) {
-        (Some(b64), _) => decode_b64("WASMQ_EXEC_SUBTASKS_B64", b64)?,
-        (None, Some(path)) => std::fs::read_to_string(path)
-            .with_context(|| format!("reading the subtask plan {}", path.display()))?,
-        (None, None) => return Ok(None),
+    let Some(json) = b64_or_file(
+        "WASMQ_EXEC_SUBTASKS_B64",
+        &args.subtasks_b64,
+        &args.subtasks_file,
+        "the subtask plan",
+    )?
+    else {
+        return Ok(None);
     };
     let mut plan: SubtaskPlan =
         serde_json::from_str(&json).context("the subtask plan is not valid")?;
     plan.maxima = Maxima::from_env().map_err(|e| Exit::usage(e.to_string()))?;
     Ok(Some(plan))
+}
+
+/// A value the cluster worker sent in a `…_B64` variable, or in a file of
+/// the package when it was too long for the environment.
+fn b64_or_file(
+    variable: &str,
+    b64: &Option<String>,
+    file: &Option<PathBuf>,
+    what: &str,
+) -> anyhow::Result<Option<String>> {
+    match (b64, file) {
+        (Some(b64), _) => decode_b64(variable, b64).map(Some),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .with_context(|| format!("reading {what} {}", path.display()))
+            .map(Some),
+        (None, None) => Ok(None),
+    }
 }
 
 /// Decodes one of the `…_B64` values into the text it carries.
@@ -95,6 +196,8 @@ pub fn decode_b64(what: &str, value: &str) -> anyhow::Result<String> {
 pub async fn run(args: ExecArgs) -> anyhow::Result<u8> {
     let started = Instant::now();
     let subtasks = subtask_plan(&args)?;
+    let http = http_policy(&args)?;
+    let granted_config = run_config(&args)?;
     let input = match &args.input_b64 {
         Some(b64) => decode_b64("WASMQ_EXEC_INPUT_B64", b64)?,
         None => super::run::read_input(args.input.as_deref(), args.input_file.as_deref())?,
@@ -142,7 +245,8 @@ pub async fn run(args: ExecArgs) -> anyhow::Result<u8> {
                         dirs: &[],
                         progress: None,
                         subtasks,
-                        http: None,
+                        http,
+                        config: granted_config,
                     },
                 )
                 .await

@@ -19,6 +19,7 @@ mod limits;
 mod logging;
 mod new;
 mod run;
+mod secret;
 mod serve;
 mod table;
 mod term;
@@ -89,6 +90,9 @@ pub enum Command {
     /// Enqueue, inspect and steer tasks.
     #[command(subcommand)]
     Task(admin::TaskCommand),
+    /// Store secrets for modules granted them (sealed; values never shown).
+    #[command(subcommand)]
+    Secret(secret::SecretCommand),
     /// Lease tasks from the database and run them.
     Worker(Box<worker::WorkerArgs>),
     /// Run one task module as a Ray job's entrypoint (used by `worker --cluster`).
@@ -175,6 +179,7 @@ pub fn main() -> ExitCode {
             Command::Migrate => ok(admin::migrate(&db).await),
             Command::Module(cmd) => ok(admin::module(&db, cmd).await),
             Command::Task(cmd) => admin::task(&db, cmd).await,
+            Command::Secret(cmd) => ok(secret::run(&db, cmd).await),
             Command::Worker(args) => ok(worker::run(&db, *args).await),
             Command::Exec(args) => exec::run(args).await,
             Command::Workers { json } => ok(admin::workers(&db, json).await),

@@ -107,6 +107,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
                 progress: None,
                 subtasks: None,
                 http,
+                config: None,
             },
         )
         .await;

@@ -5,7 +5,7 @@ use super::exit::Exit;
 use super::limits::{LimitArgs, MaximaArgs};
 use crate::runtime::{Runtime, parse_duration};
 use crate::store::QueueSelector;
-use crate::worker::{Executor, Mode, Prefetch, RetryPolicy, Worker, WorkerConfig};
+use crate::worker::{Executor, Grants, Mode, Prefetch, RetryPolicy, Worker, WorkerConfig};
 use clap::Args;
 use std::sync::Arc;
 use std::time::Duration;
@@ -82,6 +82,10 @@ pub struct WorkerArgs {
     /// File holding the bearer token of --metrics-listen (else WASMQ_API_TOKEN).
     #[arg(long, requires = "metrics_listen")]
     pub api_token_file: Option<std::path::PathBuf>,
+    /// Also trust the CA certificates in this PEM file for the HTTPS
+    /// requests of tasks granted outbound HTTP (`wasmq module grant`).
+    #[arg(long, value_name = "PEM", env = "WASMQ_HTTP_CA_FILE")]
+    pub http_ca_file: Option<std::path::PathBuf>,
 }
 
 impl WorkerArgs {
@@ -168,6 +172,8 @@ pub async fn run(db: &str, a: WorkerArgs) -> anyhow::Result<()> {
     let runtime = Arc::new(Runtime::new(
         super::runtime_config()?.sized_for(local_runs),
     )?);
+    let grants =
+        Grants::from_env(client.store().clone(), a.http_ca_file.as_deref()).map_err(Exit::usage)?;
     let worker = Worker::new(
         Executor {
             runtime,
@@ -176,6 +182,7 @@ pub async fn run(db: &str, a: WorkerArgs) -> anyhow::Result<()> {
             maxima,
             policy,
             cluster,
+            grants: Arc::new(grants),
         },
         cfg,
     );

@@ -332,8 +332,53 @@ fn forbidden_v4(ip: Ipv4Addr) -> Option<&'static str> {
     }
 }
 
+/// The TLS client configuration of outbound HTTP: the Mozilla roots of
+/// `webpki-roots`, plus the certificates of `extra_ca` (PEM) if given.
+pub fn tls_config(extra_ca: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, String> {
+    match extra_ca {
+        None => tls_config_pem(None),
+        Some(path) => {
+            let pem = std::fs::read(path)
+                .map_err(|e| format!("cannot read --http-ca-file {}: {e}", path.display()))?;
+            tls_config_pem(Some((&pem, &format!("--http-ca-file {}", path.display()))))
+        }
+    }
+}
+
+/// [`tls_config`] with the extra certificates given as PEM text, and where
+/// they came from (for error messages).
+pub fn tls_config_pem(
+    extra_ca: Option<(&[u8], &str)>,
+) -> Result<Arc<rustls::ClientConfig>, String> {
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    if let Some((pem, origin)) = extra_ca {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        let mut added = 0;
+        for cert in CertificateDer::pem_slice_iter(pem) {
+            let cert = cert.map_err(|e| format!("{origin}: not a PEM certificate: {e}"))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("{origin}: unusable certificate: {e}"))?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err(format!("{origin}: no PEM certificate in it"));
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS configuration: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(tls))
+}
+
 /// What a run may reach over HTTP: its grants, the TLS roots, the limits.
-/// Built once (from `wasmq run`'s flags) and shared by its runs.
+/// Built once per set of grants and shared by the runs it applies to.
 pub struct HttpPolicy {
     grants: Vec<HttpGrant>,
     tls: Arc<rustls::ClientConfig>,
@@ -357,49 +402,22 @@ impl HttpPolicy {
         extra_ca: Option<&Path>,
         limits: HttpLimits,
     ) -> Result<HttpPolicy, String> {
+        HttpPolicy::with_tls(grants, tls_config(extra_ca)?, limits)
+    }
+
+    /// A policy over a TLS configuration made once by [`tls_config`] and
+    /// shared (a worker makes one policy per set of grants).
+    pub fn with_tls(
+        grants: Vec<HttpGrant>,
+        tls: Arc<rustls::ClientConfig>,
+        limits: HttpLimits,
+    ) -> Result<HttpPolicy, String> {
         if grants.is_empty() {
             return Err("an HTTP policy needs at least one grant".into());
         }
-        let mut roots = rustls::RootCertStore {
-            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-        };
-        if let Some(path) = extra_ca {
-            use rustls::pki_types::CertificateDer;
-            use rustls::pki_types::pem::PemObject;
-            let mut added = 0;
-            for cert in CertificateDer::pem_file_iter(path)
-                .map_err(|e| format!("cannot read --http-ca-file {}: {e}", path.display()))?
-            {
-                let cert = cert.map_err(|e| {
-                    format!(
-                        "--http-ca-file {}: not a PEM certificate: {e}",
-                        path.display()
-                    )
-                })?;
-                roots.add(cert).map_err(|e| {
-                    format!(
-                        "--http-ca-file {}: unusable certificate: {e}",
-                        path.display()
-                    )
-                })?;
-                added += 1;
-            }
-            if added == 0 {
-                return Err(format!(
-                    "--http-ca-file {}: no PEM certificate in it",
-                    path.display()
-                ));
-            }
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| format!("TLS configuration: {e}"))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
         Ok(HttpPolicy {
             grants,
-            tls: Arc::new(tls),
+            tls,
             limits,
         })
     }

@@ -10,6 +10,7 @@ mod cache;
 mod cancel;
 mod capture;
 mod compiler;
+mod config;
 mod engine;
 mod http;
 mod limits;
@@ -25,13 +26,14 @@ pub use compiler::{
     CompileBudget, Compiler, DEFAULT_COMPILE_CONCURRENCY, DEFAULT_COMPILE_MEMORY_BYTES,
     DEFAULT_COMPILE_TIMEOUT, compile_module_main,
 };
+pub use config::RunConfig;
 pub use engine::{
     Allocator, DEFAULT_POOL_INSTANCES, DEFAULT_POOL_MAX_MEMORY, EPOCH_TICK, RuntimeConfig,
     compile_engine,
 };
 pub use http::{
     DEFAULT_HTTP_MAX_REQUESTS, DEFAULT_HTTP_MAX_RESPONSE_BYTES, DEFAULT_HTTP_TIMEOUT, GrantHost,
-    HttpGrant, HttpLimits, HttpPolicy, forbidden_range,
+    HttpGrant, HttpLimits, HttpPolicy, forbidden_range, tls_config, tls_config_pem,
 };
 pub use limits::{
     DEFAULT_FUEL, DEFAULT_MAX_CAPTURE_BYTES, DEFAULT_MAX_LOG_BYTES, DEFAULT_MAX_OUTPUT_BYTES,
@@ -67,6 +69,7 @@ fn task_linker(engine: &Engine, http: bool) -> anyhow::Result<Linker<HostState>>
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
     }
     state::Task::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
+    config::add_to_linker(&mut linker)?;
     Ok(linker)
 }
 
@@ -172,16 +175,9 @@ impl Runtime {
             )?,
             None => self.compile_and_link(sha256.clone(), bytes).await?,
         };
-        // Queued tasks cannot be granted outbound HTTP yet: a module that
-        // needs it could never run from the queue.
-        if !loaded.http_imports().is_empty() {
-            return Err(ModuleError::UnsupportedImport(format!(
-                "{}: outbound HTTP is granted only to `wasmq run --allow-http` so far, \
-                 not to queued tasks",
-                loaded.http_imports_named()
-            ))
-            .into());
-        }
+        // A component importing `wasi:http` is stored like any other (its
+        // imports were checked against the host's as it was linked); its
+        // tasks run once the operator grants it hosts (`module grant`).
         Ok(loaded.sha256.clone())
     }
 

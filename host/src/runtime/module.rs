@@ -90,7 +90,8 @@ impl LoadedModule {
             None => self.pre.as_ref().ok_or_else(|| {
                 format!(
                     "the component imports {} (outbound HTTP), which this run is not granted; \
-                     the operator grants it host by host with `wasmq run --allow-http URL`",
+                     the operator grants it host by host, with `wasmq module grant NAME \
+                     --allow-http URL` for queued tasks or `wasmq run --allow-http URL`",
                     self.http_imports_named()
                 )
             }),

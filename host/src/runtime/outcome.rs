@@ -135,6 +135,30 @@ impl Outcome {
 }
 
 impl Outcome {
+    /// Every text of this outcome: the message, and a task error's details
+    /// or a trap's backtrace.
+    pub fn texts_mut(&mut self) -> Vec<&mut String> {
+        match self {
+            Outcome::Success => Vec::new(),
+            Outcome::TaskError {
+                message, details, ..
+            } => std::iter::once(message).chain(details.as_mut()).collect(),
+            Outcome::Trap { message, backtrace } => {
+                std::iter::once(message).chain(backtrace.as_mut()).collect()
+            }
+            Outcome::OutOfFuel { message }
+            | Outcome::OutOfMemory { message }
+            | Outcome::Timeout { message }
+            | Outcome::Cancelled { message }
+            | Outcome::InvalidModule { message }
+            | Outcome::InvalidOutput { message }
+            | Outcome::HostError { message }
+            | Outcome::Waiting { message } => vec![message],
+        }
+    }
+}
+
+impl Outcome {
     /// This outcome with every text in it storable and bounded: the message
     /// ([`MAX_ERROR_MESSAGE_BYTES`]), a task error's details
     /// ([`MAX_ERROR_DETAILS_BYTES`]) and a trap's backtrace

@@ -4,6 +4,7 @@
 use super::Runtime;
 use super::cancel::CancelToken;
 use super::capture::CapturePipe;
+use super::config::{RunConfig, redact_report};
 use super::http::{HttpPolicy, HttpRun};
 use super::limits::Limits;
 use super::module::{LoadedModule, ModuleError, is_instance_limit};
@@ -53,6 +54,9 @@ pub struct RunRequest<'a> {
     pub subtasks: Option<SubtaskPlan>,
     /// Outbound HTTP the run may make; `None` links no `wasi:http` at all.
     pub http: Option<Arc<HttpPolicy>>,
+    /// What the guest reads through `wasi:config/store` (granted secrets,
+    /// which are also redacted from the report); `None`: nothing.
+    pub config: Option<Arc<RunConfig>>,
 }
 
 /// Raised from the epoch callback to stop a running guest.
@@ -171,6 +175,7 @@ impl Runtime {
             req.progress,
             req.subtasks.map(Subtasks::new),
             HttpRun::new(req.http, deadline),
+            req.config.clone(),
         );
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -247,6 +252,9 @@ impl Runtime {
         report.spawns = spawns;
         if let (Outcome::Waiting { .. }, Some(s)) = (&report.outcome, suspension) {
             report.suspension = Some(s);
+        }
+        if let Some(config) = &req.config {
+            redact_report(&mut report, config.redactor());
         }
         report
     }

@@ -2,6 +2,7 @@
 //! interface every task imports.
 
 use super::cancel::CancelToken;
+use super::config::RunConfig;
 use super::http::HttpRun;
 use super::limits::{
     LOG_RECORD_OVERHEAD_BYTES, MAX_LOG_MESSAGE_BYTES, MAX_LOG_RECORDS, MAX_PROGRESS_MESSAGE_BYTES,
@@ -77,6 +78,8 @@ pub struct HostState {
     /// Outbound HTTP: linked only for runs with a grant; without one every
     /// request is refused anyway.
     http: HttpRun,
+    /// What `wasi:config/store` answers (granted secrets); `None`: nothing.
+    config: Option<Arc<RunConfig>>,
 }
 
 impl HostState {
@@ -92,6 +95,7 @@ impl HostState {
         progress_sink: Option<ProgressSink>,
         subtasks: Option<Subtasks>,
         http: HttpRun,
+        config: Option<Arc<RunConfig>>,
     ) -> Self {
         HostState {
             wasi,
@@ -107,7 +111,22 @@ impl HostState {
             progress_sink,
             subtasks,
             http,
+            config,
         }
+    }
+}
+
+impl HostState {
+    pub(super) fn config(&self) -> Option<&RunConfig> {
+        self.config.as_deref()
+    }
+
+    /// Guest text with the run's secret values taken out.
+    fn redacted(&self, mut text: String) -> String {
+        if let Some(c) = &self.config {
+            c.redactor().redact_string(&mut text);
+        }
+        text
     }
 }
 
@@ -135,11 +154,13 @@ impl self::wasmq::task::types::Host for HostState {}
 impl self::wasmq::task::host::Host for HostState {
     fn log(&mut self, level: LogLevel, message: String) {
         let at_ms = self.started.elapsed().as_millis() as u64;
+        let message = self.redacted(message);
         self.logs.push(level_name(level), message, at_ms);
     }
 
-    fn progress(&mut self, percent: u8, mut message: String) {
+    fn progress(&mut self, percent: u8, message: String) {
         let percent = percent.min(100);
+        let mut message = self.redacted(message);
         make_storable(&mut message, MAX_PROGRESS_MESSAGE_BYTES);
         if let Some(sink) = &self.progress_sink {
             sink(percent, &message);

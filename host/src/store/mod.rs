@@ -67,8 +67,8 @@ pub use model::*;
 pub use notify::Listener;
 pub use postgres::PgStore;
 pub use shared::{
-    MAX_STORED_ERROR, MAX_STORED_LOGS, MAX_STORED_PROGRESS_MESSAGE, unstorable_completion,
-    validate_new_task,
+    MAX_GRANT_VALUE_LEN, MAX_GRANTS_PER_MODULE, MAX_STORED_ERROR, MAX_STORED_LOGS,
+    MAX_STORED_PROGRESS_MESSAGE, unstorable_completion, validate_new_task, validate_secret_name,
 };
 pub use sqlite::SqliteStore;
 
@@ -139,6 +139,55 @@ pub trait Store: Clone + Send + Sync + 'static {
         version: Option<&str>,
         force: bool,
     ) -> impl Future<Output = Result<u64>> + Send;
+
+    // ---- grants ----------------------------------------------------------
+
+    /// Grants `set.values` to the tasks of module `set.module` (of every
+    /// version) in `set.queue`, or in every queue. At least one version of
+    /// the module must be stored, and for secrets the secrets themselves
+    /// ([`StoreError::NotFound`] otherwise); the name may hold at most
+    /// [`MAX_GRANTS_PER_MODULE`] grants. Returns
+    /// how many were new. Deleting the last version of a name deletes its
+    /// grants: a later module of that name starts with none.
+    fn add_grants(&self, set: GrantSet<'_>) -> impl Future<Output = Result<u64>> + Send;
+
+    /// Removes `set.values` from the scope `set.queue` names (the
+    /// every-queue scope when `None`); returns how many were removed.
+    fn remove_grants(&self, set: GrantSet<'_>) -> impl Future<Output = Result<u64>> + Send;
+
+    /// Removes every grant of `module` in `queue`, or in every scope when
+    /// `None`; returns how many were removed.
+    fn revoke_all_grants(
+        &self,
+        module: &str,
+        queue: Option<&str>,
+    ) -> impl Future<Output = Result<u64>> + Send;
+
+    /// The grants of `module`, or of every module, by module, queue, kind
+    /// and value.
+    fn list_grants(
+        &self,
+        module: Option<&str>,
+    ) -> impl Future<Output = Result<Vec<ModuleGrant>>> + Send;
+
+    // ---- secrets ---------------------------------------------------------
+
+    /// Stores a sealed secret under `secret.name`, replacing the one there;
+    /// returns whether it is new.
+    fn put_secret(&self, secret: &StoredSecret) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Every secret's name and key id, by name.
+    fn list_secrets(&self) -> impl Future<Output = Result<Vec<SecretInfo>>> + Send;
+
+    /// Deletes a secret and every grant of it ([`StoreError::NotFound`] when
+    /// there is none).
+    fn delete_secret(&self, name: &str) -> impl Future<Output = Result<()>> + Send;
+
+    /// The sealed secrets of these names that exist, by name.
+    fn sealed_secrets(
+        &self,
+        names: &[String],
+    ) -> impl Future<Output = Result<Vec<StoredSecret>>> + Send;
 
     // ---- enqueue -------------------------------------------------------
 
@@ -455,6 +504,38 @@ impl Store for AnyStore {
 
     async fn delete_module(&self, name: &str, version: Option<&str>, force: bool) -> Result<u64> {
         dispatch!(self, s => s.delete_module(name, version, force).await)
+    }
+
+    async fn add_grants(&self, set: GrantSet<'_>) -> Result<u64> {
+        dispatch!(self, s => s.add_grants(set).await)
+    }
+
+    async fn remove_grants(&self, set: GrantSet<'_>) -> Result<u64> {
+        dispatch!(self, s => s.remove_grants(set).await)
+    }
+
+    async fn revoke_all_grants(&self, module: &str, queue: Option<&str>) -> Result<u64> {
+        dispatch!(self, s => s.revoke_all_grants(module, queue).await)
+    }
+
+    async fn list_grants(&self, module: Option<&str>) -> Result<Vec<ModuleGrant>> {
+        dispatch!(self, s => s.list_grants(module).await)
+    }
+
+    async fn put_secret(&self, secret: &StoredSecret) -> Result<bool> {
+        dispatch!(self, s => s.put_secret(secret).await)
+    }
+
+    async fn list_secrets(&self) -> Result<Vec<SecretInfo>> {
+        dispatch!(self, s => s.list_secrets().await)
+    }
+
+    async fn delete_secret(&self, name: &str) -> Result<()> {
+        dispatch!(self, s => s.delete_secret(name).await)
+    }
+
+    async fn sealed_secrets(&self, names: &[String]) -> Result<Vec<StoredSecret>> {
+        dispatch!(self, s => s.sealed_secrets(names).await)
     }
 
     async fn enqueue(&self, task: NewTask) -> Result<EnqueueOutcome> {

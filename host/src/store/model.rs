@@ -201,6 +201,87 @@ impl ModuleRecord {
     }
 }
 
+/// What a [`ModuleGrant`] gives a module's tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GrantKind {
+    /// Outbound HTTP under a URL prefix (`scheme://host:port/path-prefix`).
+    Http,
+    /// A stored secret, by name, readable through `wasi:config/store`.
+    Secret,
+}
+
+impl GrantKind {
+    pub const ALL: [GrantKind; 2] = [GrantKind::Http, GrantKind::Secret];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GrantKind::Http => "http",
+            GrantKind::Secret => "secret",
+        }
+    }
+}
+
+impl std::str::FromStr for GrantKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        GrantKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| format!("unknown grant kind {s:?}"))
+    }
+}
+
+/// One thing the operator granted the tasks of a module (every version of
+/// the name), in one queue or in all of them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ModuleGrant {
+    pub module: String,
+    /// `None`: tasks of every queue.
+    pub queue: Option<String>,
+    pub kind: GrantKind,
+    /// The grant's canonical text (the store does not interpret it).
+    pub value: String,
+    pub created_at: DateTime<Utc>,
+}
+
+impl ModuleGrant {
+    /// Whether the grant applies to a task of `queue`.
+    pub fn covers(&self, queue: &str) -> bool {
+        self.queue.as_deref().is_none_or(|q| q == queue)
+    }
+}
+
+/// Grants to add or remove: `values` of `kind` for module `module`, in one
+/// queue or (`queue: None`) for every queue.
+#[derive(Debug, Clone, Copy)]
+pub struct GrantSet<'a> {
+    pub module: &'a str,
+    pub queue: Option<&'a str>,
+    pub kind: GrantKind,
+    pub values: &'a [String],
+}
+
+/// A secret as the store keeps it: sealed by the client, never in clear.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSecret {
+    pub name: String,
+    /// Which key sealed it (a hash of the key).
+    pub key_id: String,
+    pub nonce: Vec<u8>,
+    pub ciphertext: Vec<u8>,
+}
+
+/// What `secret list` shows of a secret: never its value, sealed or not.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SecretInfo {
+    pub name: String,
+    pub key_id: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
 /// Per-task resource limits; `None` means "the worker's default".
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct TaskLimits {

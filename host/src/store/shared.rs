@@ -54,6 +54,103 @@ pub(crate) fn validate_queue(queue: &str) -> Result<()> {
     Ok(())
 }
 
+/// Most grants one module name may hold, over all scopes and kinds.
+pub const MAX_GRANTS_PER_MODULE: usize = 256;
+/// Longest grant value (an HTTP grant is a URL prefix).
+pub const MAX_GRANT_VALUE_LEN: usize = 2048;
+
+/// A set of grants to add or remove: a valid module name and queue, and
+/// values that are non-empty, short and free of control characters.
+pub(crate) fn validate_grant_set(set: &GrantSet<'_>) -> Result<()> {
+    validate_module_ref(set.module, None)?;
+    if let Some(queue) = set.queue {
+        validate_queue(queue)?;
+    }
+    if set.values.len() > MAX_GRANTS_PER_MODULE {
+        return Err(StoreError::invalid(format!(
+            "{} grants at once; a module holds at most {MAX_GRANTS_PER_MODULE}",
+            set.values.len()
+        )));
+    }
+    for value in set.values {
+        if set.kind == GrantKind::Secret {
+            validate_secret_name(value)?;
+        }
+        if value.is_empty() || value.len() > MAX_GRANT_VALUE_LEN {
+            return Err(StoreError::invalid(format!(
+                "a grant must have 1 to {MAX_GRANT_VALUE_LEN} bytes"
+            )));
+        }
+        if value.chars().any(char::is_control) {
+            return Err(StoreError::invalid(format!(
+                "grant {:?} must not contain control characters",
+                value.escape_default().to_string()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A grant row's columns as a [`ModuleGrant`]; `None` (with a warning)
+/// for a kind this version of wasmq does not know, which a newer one wrote:
+/// an older worker then runs without that grant rather than not at all.
+pub(crate) fn grant_from_columns(
+    module: String,
+    queue: String,
+    kind: &str,
+    value: String,
+    created_at: DateTime<Utc>,
+) -> Option<ModuleGrant> {
+    let Ok(kind) = kind.parse() else {
+        tracing::warn!(%module, kind, "ignoring a grant of a kind this wasmq does not know");
+        return None;
+    };
+    Some(ModuleGrant {
+        module,
+        queue: (!queue.is_empty()).then_some(queue),
+        kind,
+        value,
+        created_at,
+    })
+}
+
+/// The error of a grant to a name no version of which is stored.
+pub(crate) fn no_module_to_grant(module: &str) -> StoreError {
+    StoreError::not_found(format!(
+        "module {module} (push it before granting it anything)"
+    ))
+}
+
+/// The error of a grant that would take a name over its bound.
+pub(crate) fn too_many_grants(module: &str, held: i64) -> StoreError {
+    StoreError::invalid(format!(
+        "module {module} would hold {held} grants; at most {MAX_GRANTS_PER_MODULE} are allowed"
+    ))
+}
+
+/// Secret names are what a guest asks `wasi:config/store` for, and appear
+/// in redactions (`[redacted:NAME]`): letters, digits, `_`, `-` and `.`.
+pub fn validate_secret_name(name: &str) -> Result<()> {
+    validate_name("secret name", name)?;
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    {
+        return Err(StoreError::invalid(format!(
+            "secret name {:?} may hold only letters, digits, `_`, `-` and `.`",
+            name.escape_default().to_string()
+        )));
+    }
+    Ok(())
+}
+
+/// The error of a grant of a secret that is not stored.
+pub(crate) fn no_secret(name: &str) -> StoreError {
+    StoreError::not_found(format!(
+        "secret {name} (set it with `wasmq secret set {name}`)"
+    ))
+}
+
 /// `@` separates name and version on the command line.
 pub(crate) fn validate_module_ref(name: &str, version: Option<&str>) -> Result<()> {
     for (kind, value) in [("module name", Some(name)), ("module version", version)] {

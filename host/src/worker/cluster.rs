@@ -45,7 +45,10 @@
 
 use super::envelope::Envelope;
 use super::executor::Executor;
-use super::shipping::{DEFAULT_INPUT_ENV_MAX, INPUT_FILE, Runner, SUBTASKS_FILE};
+use super::grants::{TaskGrants, sealed_of};
+use super::shipping::{
+    DEFAULT_INPUT_ENV_MAX, HTTP_CA_FILE, INPUT_FILE, Runner, SECRETS_FILE, SUBTASKS_FILE,
+};
 use crate::kinds::OutcomeKind;
 use crate::ray::{
     JobDetails, JobStatus, RUNTIME_ENV_SETUP_FAILURE, RayClient, RayError, RuntimeEnv,
@@ -59,6 +62,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use chrono::{DateTime, Utc};
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
@@ -392,6 +396,23 @@ impl Cluster {
                 ))));
             }
         };
+        // The runner has no database either: the module's grants travel
+        // with the job. HTTP grants are not secret (the guest cannot read
+        // them); secrets travel sealed, and the runner opens them with the
+        // key file the operator put on the Ray nodes.
+        let granted = match exec.grants_for(task).await {
+            Ok(g) => g.map(|g| Shipment {
+                grants: g,
+                ca_pem: exec.grants.ca_pem(),
+                key_file: exec.grants.key_file().map(Path::to_path_buf),
+            }),
+            Err(refused) => {
+                return Ok(End::Report(Box::new(RunReport::not_run(
+                    refused,
+                    task.module_sha256.clone(),
+                ))));
+            }
+        };
         let job_id = match self
             .orphan_of_previous_attempt(store, task, shutdown)
             .await?
@@ -407,7 +428,7 @@ impl Cluster {
                 let submitted = tokio::select! {
                     biased;
                     () = shutdown.cancelled() => return Err(Halt::Interrupted),
-                    r = self.submit(store, task, id, &limits, &plan) => r,
+                    r = self.submit(store, task, id, &limits, &plan, granted.as_ref()) => r,
                 };
                 match submitted {
                     Ok(()) => debug!("job submitted"),
@@ -521,6 +542,7 @@ impl Cluster {
         id: &str,
         limits: &Limits,
         plan: &SubtaskPlan,
+        granted: Option<&Shipment>,
     ) -> Result<(), Submitted> {
         let module = store
             .module_bytes(&task.module_sha256)
@@ -547,6 +569,26 @@ impl Cluster {
             files.push((SUBTASKS_FILE, &plan));
         } else {
             env.insert("WASMQ_EXEC_SUBTASKS_B64".into(), B64.encode(&plan));
+        }
+        let secrets = granted.and_then(shipped_secrets);
+        if let Some(granted) = granted {
+            granted_env(&mut env, granted).map_err(Submitted::Host)?;
+            if let Some(json) = &secrets {
+                if json.len() > self.config.input_env_max {
+                    env.insert("WASMQ_EXEC_SECRETS_FILE".into(), SECRETS_FILE.into());
+                    files.push((SECRETS_FILE, json));
+                } else {
+                    env.insert("WASMQ_EXEC_SECRETS_B64".into(), B64.encode(json));
+                }
+            }
+            if let (Some(pem), Some(_)) = (&granted.ca_pem, &granted.grants.http) {
+                if pem.len() > self.config.input_env_max {
+                    env.insert("WASMQ_EXEC_HTTP_CA_FILE".into(), HTTP_CA_FILE.into());
+                    files.push((HTTP_CA_FILE, &**pem));
+                } else {
+                    env.insert("WASMQ_EXEC_HTTP_CA_B64".into(), B64.encode(&**pem));
+                }
+            }
         }
         let big;
         let package = if files.is_empty() {
@@ -1019,6 +1061,92 @@ fn exec_env(task: &ClaimedTask, limits: &Limits) -> BTreeMap<String, String> {
         // The runner's own log lines would only clutter the job's logs.
         ("WASMQ_LOG".into(), "warn".into()),
     ])
+}
+
+/// What a granted task's runner needs.
+struct Shipment {
+    grants: Arc<TaskGrants>,
+    /// The worker's `--http-ca-file`, PEM.
+    ca_pem: Option<Arc<str>>,
+    /// The worker's `WASMQ_SECRET_KEY_FILE`, which must hold the same key
+    /// on the Ray nodes.
+    key_file: Option<PathBuf>,
+}
+
+/// The grants in the runner's environment: the HTTP grants (canonical text,
+/// one per line) with the worker's HTTP limits, and the secrets sealed as
+/// stored, with the path of the key file that opens them. No secret value
+/// is in it: `ray job list` shows this environment.
+fn granted_env(env: &mut BTreeMap<String, String>, granted: &Shipment) -> Result<(), String> {
+    if let Some(policy) = &granted.grants.http {
+        let grants: Vec<String> = policy.grants().iter().map(|g| g.to_string()).collect();
+        let limits = policy.limits();
+        env.extend([
+            (
+                "WASMQ_EXEC_ALLOW_HTTP_B64".into(),
+                B64.encode(grants.join("\n")),
+            ),
+            (
+                "WASMQ_HTTP_MAX_REQUESTS".into(),
+                limits.max_requests.to_string(),
+            ),
+            (
+                "WASMQ_HTTP_MAX_RESPONSE_BYTES".into(),
+                limits.max_response_bytes.to_string(),
+            ),
+            (
+                "WASMQ_HTTP_TIMEOUT".into(),
+                format!("{}ms", limits.timeout.as_millis()),
+            ),
+        ]);
+    }
+    if !granted.grants.sealed.is_empty() {
+        let Some(key_file) = &granted.key_file else {
+            return Err(format!(
+                "the module is granted secrets, and this worker has no key file to name \
+                 to its Ray jobs: {}",
+                crate::secrets::SecretError::NoKey
+            ));
+        };
+        env.insert(
+            crate::secrets::KEY_FILE_ENV.into(),
+            key_file.display().to_string(),
+        );
+    }
+    Ok(())
+}
+
+/// The granted secrets, sealed, as JSON for the runner
+/// ([`ShippedSecret`]s); `None` when there are none.
+fn shipped_secrets(granted: &Shipment) -> Option<String> {
+    if granted.grants.sealed.is_empty() {
+        return None;
+    }
+    let shipped: Vec<ShippedSecret> = granted
+        .grants
+        .sealed
+        .iter()
+        .map(|s| {
+            let sealed = sealed_of(s);
+            ShippedSecret {
+                name: s.name.clone(),
+                key_id: sealed.key_id,
+                nonce: B64.encode(sealed.nonce),
+                ciphertext: B64.encode(sealed.ciphertext),
+            }
+        })
+        .collect();
+    Some(serde_json::to_string(&shipped).expect("plain data serializes"))
+}
+
+/// A sealed secret as it travels to a runner: what the store holds, the
+/// bytes in base64.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct ShippedSecret {
+    pub name: String,
+    pub key_id: String,
+    pub nonce: String,
+    pub ciphertext: String,
 }
 
 /// Metadata shown by `ray job list` and the Ray dashboard, and checked

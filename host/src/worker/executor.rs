@@ -1,12 +1,13 @@
 //! Runs one claimed task in-process and turns the report into a completion.
 
+use super::grants::TaskGrants;
 use super::retry::RetryPolicy;
 use super::spawning;
 use crate::kinds::OutcomeKind;
 use crate::runtime::subtasks::SubtaskPlan;
 use crate::runtime::{
-    CacheSource, CancelToken, Limits, LoadError, Maxima, Outcome, ProgressSink, RunReport,
-    RunRequest, Runtime, TaskInfo,
+    CacheSource, CancelToken, HttpPolicy, Limits, LoadError, Maxima, Outcome, ProgressSink,
+    RunConfig, RunReport, RunRequest, Runtime, TaskInfo,
 };
 use crate::store::{
     AnyStore, AttemptReport, ClaimedTask, Completion, Lease, NewTask, Store, Transition,
@@ -32,6 +33,12 @@ pub const PROGRESS_MIN_INTERVAL: Duration = Duration::from_millis(250);
 /// written before completing the task without it.
 pub const PROGRESS_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// What a run is granted beyond clocks and randomness.
+struct Granted {
+    http: Option<Arc<HttpPolicy>>,
+    config: Option<Arc<RunConfig>>,
+}
+
 /// What the executor needs, shared by every task of a worker.
 pub struct Executor {
     pub runtime: Arc<Runtime>,
@@ -43,6 +50,8 @@ pub struct Executor {
     pub policy: RetryPolicy,
     /// Set in cluster mode: tasks run as Ray jobs instead of in-process.
     pub cluster: Option<Arc<super::Cluster>>,
+    /// What the operator granted each module (`wasmq module grant`).
+    pub grants: Arc<super::Grants>,
 }
 
 impl Executor {
@@ -70,12 +79,17 @@ impl Executor {
             metrics.queue_waited(&task.queue, wait);
         }
         let plan = spawning::plan_for(&self.store, task, self.maxima).await;
-        let report = match (self.limits_for(task), plan) {
-            (Ok(limits), Ok(plan)) => {
-                self.load_and_run(worker_id, task, &limits, cancel, plan)
+        let granted = self.grants_for(task).await.and_then(|g| match g {
+            None => Ok((None, None)),
+            Some(g) => Ok((g.http.clone(), g.config()?)),
+        });
+        let report = match (self.limits_for(task), plan, granted) {
+            (Ok(limits), Ok(plan), Ok((http, config))) => {
+                let granted = Granted { http, config };
+                self.load_and_run(worker_id, task, &limits, cancel, plan, granted)
                     .await
             }
-            (Err(refused), _) | (_, Err(refused)) => {
+            (Err(refused), _, _) | (_, Err(refused), _) | (_, _, Err(refused)) => {
                 RunReport::not_run(refused, task.module_sha256.clone())
             }
         };
@@ -116,6 +130,7 @@ impl Executor {
         limits: &Limits,
         cancel: CancelToken,
         subtasks: SubtaskPlan,
+        granted: Granted,
     ) -> RunReport {
         let progress = self.progress_sink(worker_id, task);
         let store = self.store.clone();
@@ -173,7 +188,8 @@ impl Executor {
                             dirs: &[],
                             progress: Some(progress.sink()),
                             subtasks: Some(subtasks),
-                            http: None,
+                            http: granted.http,
+                            config: granted.config,
                         },
                     )
                     .await
@@ -204,6 +220,18 @@ impl Executor {
         // The task's span, so that a line about storing progress carries
         // the task's fields like every other line about it.
         ProgressWriter::new(write, PROGRESS_MIN_INTERVAL, tracing::Span::current())
+    }
+
+    /// What the operator granted the task's module in its queue; an
+    /// unreadable grant table is a host error (retried), never a run
+    /// without the grants.
+    pub async fn grants_for(&self, task: &ClaimedTask) -> Result<Option<Arc<TaskGrants>>, Outcome> {
+        self.grants
+            .for_task(&task.module_name, &task.queue)
+            .await
+            .map_err(|e| Outcome::HostError {
+                message: format!("could not read the module's grants: {e}"),
+            })
     }
 
     /// The worker's default limits with the task's own applied, or the

@@ -20,6 +20,7 @@ pub mod cluster;
 mod config;
 pub mod envelope;
 mod executor;
+mod grants;
 mod pace;
 mod retry;
 mod run;
@@ -33,5 +34,6 @@ pub use config::{
     DEFAULT_REAPER_INTERVAL, MAX_AUTO_PREFETCH, Mode, Prefetch, WorkerConfig,
 };
 pub use executor::{Executor, MAX_STORED_LOGS};
+pub use grants::{DEFAULT_GRANT_TTL, Grants, TaskGrants, sealed_of};
 pub use retry::{DEFAULT_BACKOFF_BASE, DEFAULT_BACKOFF_CAP, DEFAULT_RETRY_ON, RetryPolicy};
 pub use run::{Worker, WorkerStats};

@@ -19,6 +19,11 @@ pub const MODULE_FILE: &str = "task.wasm";
 pub const INPUT_FILE: &str = "input.json";
 /// Where a job's subtask plan is when it is too large for the environment.
 pub const SUBTASKS_FILE: &str = "subtasks.json";
+/// The worker's extra CA certificates for outbound HTTP, when too long
+/// for the environment.
+pub const HTTP_CA_FILE: &str = "http-ca.pem";
+/// The sealed secrets of a job, when too long for the environment.
+pub const SECRETS_FILE: &str = "secrets.json";
 /// Inputs up to this many bytes travel in `WASMQ_EXEC_INPUT_B64` (4/3 as
 /// many bytes once encoded); larger ones in a per-task package (Linux caps
 /// one environment string at 128 KiB, and Ray repeats the runtime_env inside

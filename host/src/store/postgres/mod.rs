@@ -323,7 +323,7 @@ impl Store for PgStore {
         let size = to_i64(bytes.len() as u64, "module size")?;
         let mut tx = self.pool.begin().await?;
         // Serialises pushes of one name, so "next version" cannot be taken twice.
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('wasmq.module:' || $1, 0))")
+        sqlx::query(LOCK_MODULE_NAME)
             .bind(name)
             .execute(&mut *tx)
             .await?;
@@ -440,7 +440,7 @@ impl Store for PgStore {
     async fn delete_module(&self, name: &str, version: Option<&str>, force: bool) -> Result<u64> {
         validate_module_ref(name, version)?;
         let mut tx = self.pool.begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('wasmq.module:' || $1, 0))")
+        sqlx::query(LOCK_MODULE_NAME)
             .bind(name)
             .execute(&mut *tx)
             .await?;
@@ -479,9 +479,176 @@ impl Store for PgStore {
                 module_ref(name, version)
             )));
         }
+        sqlx::query(DELETE_ORPHAN_GRANTS)
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query(GC_BLOBS).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(deleted)
+    }
+
+    async fn add_grants(&self, set: GrantSet<'_>) -> Result<u64> {
+        validate_grant_set(&set)?;
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(LOCK_MODULE_NAME)
+            .bind(set.module)
+            .execute(&mut *tx)
+            .await?;
+        let exists: Option<i32> = sqlx::query_scalar(MODULE_EXISTS)
+            .bind(set.module)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if exists.is_none() {
+            return Err(no_module_to_grant(set.module));
+        }
+        if set.kind == GrantKind::Secret {
+            for name in set.values {
+                let found: Option<i32> = sqlx::query_scalar(SECRET_EXISTS)
+                    .bind(name)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                if found.is_none() {
+                    return Err(no_secret(name));
+                }
+            }
+        }
+        let mut added = 0;
+        for value in set.values {
+            added += sqlx::query(INSERT_GRANT)
+                .bind(set.module)
+                .bind(set.queue.unwrap_or_default())
+                .bind(set.kind.as_str())
+                .bind(value)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        }
+        let held: i64 = sqlx::query_scalar(COUNT_GRANTS)
+            .bind(set.module)
+            .fetch_one(&mut *tx)
+            .await?;
+        if held > MAX_GRANTS_PER_MODULE as i64 {
+            return Err(too_many_grants(set.module, held));
+        }
+        tx.commit().await?;
+        Ok(added)
+    }
+
+    async fn remove_grants(&self, set: GrantSet<'_>) -> Result<u64> {
+        validate_grant_set(&set)?;
+        let mut tx = self.pool.begin().await?;
+        let mut removed = 0;
+        for value in set.values {
+            removed += sqlx::query(DELETE_GRANT)
+                .bind(set.module)
+                .bind(set.queue.unwrap_or_default())
+                .bind(set.kind.as_str())
+                .bind(value)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        }
+        tx.commit().await?;
+        Ok(removed)
+    }
+
+    async fn revoke_all_grants(&self, module: &str, queue: Option<&str>) -> Result<u64> {
+        validate_grant_set(&GrantSet {
+            module,
+            queue,
+            kind: GrantKind::Http,
+            values: &[],
+        })?;
+        Ok(sqlx::query(DELETE_GRANTS_OF)
+            .bind(module)
+            .bind(queue)
+            .execute(&self.pool)
+            .await?
+            .rows_affected())
+    }
+
+    async fn list_grants(&self, module: Option<&str>) -> Result<Vec<ModuleGrant>> {
+        let rows = sqlx::query(LIST_GRANTS)
+            .bind(module)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut grants = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let kind: String = row.try_get("kind")?;
+            grants.extend(grant_from_columns(
+                row.try_get("module_name")?,
+                row.try_get("queue")?,
+                &kind,
+                row.try_get("value")?,
+                row.try_get("created_at")?,
+            ));
+        }
+        Ok(grants)
+    }
+
+    async fn put_secret(&self, secret: &StoredSecret) -> Result<bool> {
+        validate_secret_name(&secret.name)?;
+        Ok(sqlx::query_scalar(UPSERT_SECRET)
+            .bind(&secret.name)
+            .bind(&secret.key_id)
+            .bind(&secret.nonce)
+            .bind(&secret.ciphertext)
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    async fn list_secrets(&self) -> Result<Vec<SecretInfo>> {
+        let rows = sqlx::query(LIST_SECRETS).fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|row| {
+                Ok(SecretInfo {
+                    name: row.try_get("name")?,
+                    key_id: row.try_get("key_id")?,
+                    created_at: row.try_get("created_at")?,
+                    updated_at: row.try_get("updated_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn delete_secret(&self, name: &str) -> Result<()> {
+        validate_secret_name(name)?;
+        let mut tx = self.pool.begin().await?;
+        let deleted = sqlx::query(DELETE_SECRET)
+            .bind(name)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if deleted == 0 {
+            return Err(StoreError::not_found(format!("secret {name}")));
+        }
+        sqlx::query(DELETE_SECRET_GRANTS)
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn sealed_secrets(&self, names: &[String]) -> Result<Vec<StoredSecret>> {
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(SEALED_SECRETS)
+            .bind(names)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(StoredSecret {
+                    name: row.try_get("name")?,
+                    key_id: row.try_get("key_id")?,
+                    nonce: row.try_get("nonce")?,
+                    ciphertext: row.try_get("ciphertext")?,
+                })
+            })
+            .collect()
     }
 
     async fn enqueue(&self, task: NewTask) -> Result<EnqueueOutcome> {

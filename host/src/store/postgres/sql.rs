@@ -253,3 +253,56 @@ pub(super) const RETRY_TASK: &str = concat!(
      RETURNING ",
     task_columns!()
 );
+
+// ---- grants ------------------------------------------------------------------
+
+pub(super) const MODULE_EXISTS: &str = "SELECT 1 FROM modules WHERE name = $1 LIMIT 1";
+
+/// Serialises grant changes and pushes of one name (the same lock as
+/// `push_module`), so the per-name bound holds under concurrent grants.
+pub(super) const LOCK_MODULE_NAME: &str =
+    "SELECT pg_advisory_xact_lock(hashtextextended('wasmq.module:' || $1, 0))";
+
+pub(super) const INSERT_GRANT: &str = "INSERT INTO module_grants \
+     (module_name, queue, kind, value) VALUES ($1, $2, $3, $4) \
+     ON CONFLICT DO NOTHING";
+
+pub(super) const COUNT_GRANTS: &str = "SELECT count(*) FROM module_grants WHERE module_name = $1";
+
+pub(super) const DELETE_GRANT: &str = "DELETE FROM module_grants \
+     WHERE module_name = $1 AND queue = $2 AND kind = $3 AND value = $4";
+
+/// `$2` NULL: every scope.
+pub(super) const DELETE_GRANTS_OF: &str = "DELETE FROM module_grants \
+     WHERE module_name = $1 AND ($2::text IS NULL OR queue = $2)";
+
+/// Grants of a name none of whose versions is left.
+pub(super) const DELETE_ORPHAN_GRANTS: &str = "DELETE FROM module_grants \
+     WHERE module_name = $1 AND NOT EXISTS (SELECT 1 FROM modules WHERE name = $1)";
+
+/// `$1` NULL: every module.
+pub(super) const LIST_GRANTS: &str = "SELECT module_name, queue, kind, value, created_at \
+     FROM module_grants WHERE $1::text IS NULL OR module_name = $1 \
+     ORDER BY module_name, queue, kind, value";
+
+// ---- secrets -----------------------------------------------------------------
+
+pub(super) const SECRET_EXISTS: &str = "SELECT 1 FROM secrets WHERE name = $1";
+
+/// `created`: whether the row is new (`xmax = 0` on an inserted row).
+pub(super) const UPSERT_SECRET: &str = "INSERT INTO secrets (name, key_id, nonce, ciphertext) \
+     VALUES ($1, $2, $3, $4) \
+     ON CONFLICT (name) DO UPDATE SET key_id = excluded.key_id, nonce = excluded.nonce, \
+     ciphertext = excluded.ciphertext, updated_at = now() \
+     RETURNING (xmax = 0) AS created";
+
+pub(super) const LIST_SECRETS: &str =
+    "SELECT name, key_id, created_at, updated_at FROM secrets ORDER BY name";
+
+pub(super) const DELETE_SECRET: &str = "DELETE FROM secrets WHERE name = $1";
+
+pub(super) const DELETE_SECRET_GRANTS: &str =
+    "DELETE FROM module_grants WHERE kind = 'secret' AND value = $1";
+
+pub(super) const SEALED_SECRETS: &str = "SELECT name, key_id, nonce, ciphertext FROM secrets \
+     WHERE name = ANY($1) ORDER BY name";

@@ -473,9 +473,191 @@ impl Store for SqliteStore {
                 module_ref(name, version)
             )));
         }
+        sqlx::query(DELETE_ORPHAN_GRANTS)
+            .bind(name)
+            .execute(&mut *w.tx)
+            .await?;
         sqlx::query(GC_BLOBS).execute(&mut *w.tx).await?;
         w.commit().await?;
         Ok(deleted)
+    }
+
+    async fn add_grants(&self, set: GrantSet<'_>) -> Result<u64> {
+        validate_grant_set(&set)?;
+        let mut w = self.begin_write().await?;
+        let exists: Option<i64> = sqlx::query_scalar(MODULE_EXISTS)
+            .bind(set.module)
+            .fetch_optional(&mut *w.tx)
+            .await?;
+        if exists.is_none() {
+            return Err(no_module_to_grant(set.module));
+        }
+        if set.kind == GrantKind::Secret {
+            for name in set.values {
+                let found: Option<i64> = sqlx::query_scalar(SECRET_EXISTS)
+                    .bind(name)
+                    .fetch_optional(&mut *w.tx)
+                    .await?;
+                if found.is_none() {
+                    return Err(no_secret(name));
+                }
+            }
+        }
+        let now = us(Utc::now());
+        let mut added = 0;
+        for value in set.values {
+            added += sqlx::query(INSERT_GRANT)
+                .bind(set.module)
+                .bind(set.queue.unwrap_or_default())
+                .bind(set.kind.as_str())
+                .bind(value)
+                .bind(now)
+                .execute(&mut *w.tx)
+                .await?
+                .rows_affected();
+        }
+        let held: i64 = sqlx::query_scalar(COUNT_GRANTS)
+            .bind(set.module)
+            .fetch_one(&mut *w.tx)
+            .await?;
+        if held > MAX_GRANTS_PER_MODULE as i64 {
+            return Err(too_many_grants(set.module, held));
+        }
+        w.commit().await?;
+        Ok(added)
+    }
+
+    async fn remove_grants(&self, set: GrantSet<'_>) -> Result<u64> {
+        validate_grant_set(&set)?;
+        let mut w = self.begin_write().await?;
+        let mut removed = 0;
+        for value in set.values {
+            removed += sqlx::query(DELETE_GRANT)
+                .bind(set.module)
+                .bind(set.queue.unwrap_or_default())
+                .bind(set.kind.as_str())
+                .bind(value)
+                .execute(&mut *w.tx)
+                .await?
+                .rows_affected();
+        }
+        w.commit().await?;
+        Ok(removed)
+    }
+
+    async fn revoke_all_grants(&self, module: &str, queue: Option<&str>) -> Result<u64> {
+        validate_grant_set(&GrantSet {
+            module,
+            queue,
+            kind: GrantKind::Http,
+            values: &[],
+        })?;
+        let mut w = self.begin_write().await?;
+        let removed = sqlx::query(DELETE_GRANTS_OF)
+            .bind(module)
+            .bind(queue)
+            .execute(&mut *w.tx)
+            .await?
+            .rows_affected();
+        w.commit().await?;
+        Ok(removed)
+    }
+
+    async fn list_grants(&self, module: Option<&str>) -> Result<Vec<ModuleGrant>> {
+        let rows = sqlx::query(LIST_GRANTS)
+            .bind(module)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut grants = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let kind: String = row.try_get("kind")?;
+            grants.extend(grant_from_columns(
+                row.try_get("module_name")?,
+                row.try_get("queue")?,
+                &kind,
+                row.try_get("value")?,
+                ts(row.try_get("created_at")?)?,
+            ));
+        }
+        Ok(grants)
+    }
+
+    async fn put_secret(&self, secret: &StoredSecret) -> Result<bool> {
+        validate_secret_name(&secret.name)?;
+        let now = us(Utc::now());
+        let mut w = self.begin_write().await?;
+        let exists: Option<i64> = sqlx::query_scalar(SECRET_EXISTS)
+            .bind(&secret.name)
+            .fetch_optional(&mut *w.tx)
+            .await?;
+        let sql = if exists.is_some() {
+            UPDATE_SECRET
+        } else {
+            INSERT_SECRET
+        };
+        sqlx::query(sql)
+            .bind(&secret.name)
+            .bind(&secret.key_id)
+            .bind(&secret.nonce)
+            .bind(&secret.ciphertext)
+            .bind(now)
+            .execute(&mut *w.tx)
+            .await?;
+        w.commit().await?;
+        Ok(exists.is_none())
+    }
+
+    async fn list_secrets(&self) -> Result<Vec<SecretInfo>> {
+        let rows = sqlx::query(LIST_SECRETS).fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|row| {
+                Ok(SecretInfo {
+                    name: row.try_get("name")?,
+                    key_id: row.try_get("key_id")?,
+                    created_at: ts(row.try_get("created_at")?)?,
+                    updated_at: ts(row.try_get("updated_at")?)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn delete_secret(&self, name: &str) -> Result<()> {
+        validate_secret_name(name)?;
+        let mut w = self.begin_write().await?;
+        let deleted = sqlx::query(DELETE_SECRET)
+            .bind(name)
+            .execute(&mut *w.tx)
+            .await?
+            .rows_affected();
+        if deleted == 0 {
+            return Err(StoreError::not_found(format!("secret {name}")));
+        }
+        sqlx::query(DELETE_SECRET_GRANTS)
+            .bind(name)
+            .execute(&mut *w.tx)
+            .await?;
+        w.commit().await?;
+        Ok(())
+    }
+
+    async fn sealed_secrets(&self, names: &[String]) -> Result<Vec<StoredSecret>> {
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(SEALED_SECRETS)
+            .bind(to_json(&names))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(StoredSecret {
+                    name: row.try_get("name")?,
+                    key_id: row.try_get("key_id")?,
+                    nonce: row.try_get("nonce")?,
+                    ciphertext: row.try_get("ciphertext")?,
+                })
+            })
+            .collect()
     }
 
     async fn enqueue(&self, task: NewTask) -> Result<EnqueueOutcome> {

@@ -314,3 +314,51 @@ pub(super) const RETRY_TASK: &str = concat!(
      RETURNING ",
     task_columns!()
 );
+
+// ---- grants ------------------------------------------------------------------
+
+pub(super) const MODULE_EXISTS: &str = "SELECT 1 FROM modules WHERE name = ?1 LIMIT 1";
+
+pub(super) const INSERT_GRANT: &str = "INSERT INTO module_grants \
+     (module_name, queue, kind, value, created_at) VALUES (?1, ?2, ?3, ?4, ?5) \
+     ON CONFLICT DO NOTHING";
+
+pub(super) const COUNT_GRANTS: &str = "SELECT count(*) FROM module_grants WHERE module_name = ?1";
+
+pub(super) const DELETE_GRANT: &str = "DELETE FROM module_grants \
+     WHERE module_name = ?1 AND queue = ?2 AND kind = ?3 AND value = ?4";
+
+/// `?2` NULL: every scope.
+pub(super) const DELETE_GRANTS_OF: &str = "DELETE FROM module_grants \
+     WHERE module_name = ?1 AND (?2 IS NULL OR queue = ?2)";
+
+/// Grants of a name none of whose versions is left.
+pub(super) const DELETE_ORPHAN_GRANTS: &str = "DELETE FROM module_grants \
+     WHERE module_name = ?1 AND NOT EXISTS (SELECT 1 FROM modules WHERE name = ?1)";
+
+/// `?1` NULL: every module.
+pub(super) const LIST_GRANTS: &str = "SELECT module_name, queue, kind, value, created_at \
+     FROM module_grants WHERE ?1 IS NULL OR module_name = ?1 \
+     ORDER BY module_name, queue, kind, value";
+
+// ---- secrets -----------------------------------------------------------------
+
+pub(super) const SECRET_EXISTS: &str = "SELECT 1 FROM secrets WHERE name = ?1";
+
+pub(super) const INSERT_SECRET: &str = "INSERT INTO secrets \
+     (name, key_id, nonce, ciphertext, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?5)";
+
+pub(super) const UPDATE_SECRET: &str = "UPDATE secrets \
+     SET key_id = ?2, nonce = ?3, ciphertext = ?4, updated_at = ?5 WHERE name = ?1";
+
+pub(super) const LIST_SECRETS: &str =
+    "SELECT name, key_id, created_at, updated_at FROM secrets ORDER BY name";
+
+pub(super) const DELETE_SECRET: &str = "DELETE FROM secrets WHERE name = ?1";
+
+pub(super) const DELETE_SECRET_GRANTS: &str =
+    "DELETE FROM module_grants WHERE kind = 'secret' AND value = ?1";
+
+/// `?1`: a JSON array of names.
+pub(super) const SEALED_SECRETS: &str = "SELECT name, key_id, nonce, ciphertext FROM secrets \
+     WHERE name IN (SELECT value FROM json_each(?1)) ORDER BY name";
