@@ -1842,3 +1842,100 @@ fn cli_output_is_safe_quiet_and_survives_a_closed_pipe() {
 fn libc_sigpipe() -> i32 {
     13
 }
+
+/// A secret granted to a module reaches its task, and its value is in no
+/// API answer, no `/metrics` (the server's and the worker's), and no log
+/// line of the server or the worker, even from a guest that leaks it.
+#[test]
+fn a_granted_secret_is_in_no_api_answer_metrics_or_log() {
+    use common::httpd::{Reply, Server as Httpd};
+    const CANARY: &str = "canary-api-9e4b71c2";
+    let mut env = Env::new(Backend::Sqlite).unwrap();
+    let upstream = Httpd::http(|_: &str| Reply::ok("{}"));
+    let key = env.dir.path().join("secret.key");
+    let value = env.dir.path().join("value.txt");
+    std::fs::write(&value, CANARY).unwrap();
+    let key_path = key.to_str().unwrap().to_string();
+    let with_key = [("WASMQ_SECRET_KEY_FILE", key_path.as_str())];
+    for args in [
+        vec!["secret", "new-key", &key_path],
+        vec![
+            "module",
+            "push",
+            example("fetch").to_str().unwrap(),
+            "--name",
+            "fetch",
+        ],
+    ] {
+        let out = env.run(&args);
+        assert!(out.status.success(), "{args:?}: {out:?}");
+    }
+    let out = env
+        .cmd(&[
+            "secret",
+            "set",
+            "api-token",
+            "--from-file",
+            value.to_str().unwrap(),
+        ])
+        .envs(with_key)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let grant = upstream.url("http", "");
+    let out = env.run(&[
+        "module",
+        "grant",
+        "fetch",
+        "--secret",
+        "api-token",
+        "--allow-http",
+        &grant,
+    ]);
+    assert!(out.status.success(), "{out:?}");
+
+    let s = env.serve(&[]);
+    let (worker, worker_metrics) = env.worker(&[], &[with_key[0], ("WASMQ_LOG", "debug")]);
+    let id = s.enqueue(json!({
+        "module": "fetch",
+        "input": {
+            "url": upstream.url("http", "/items"),
+            "bearer_secret": "api-token",
+            "leak_token": true,
+        },
+    }));
+    let task = s.wait_task(&id, "succeeded", |t| t["state"] == "succeeded");
+    assert!(
+        upstream.heads().iter().any(|h| h.contains(CANARY)),
+        "the upstream got the token"
+    );
+    let mut seen = vec![task.to_string()];
+    for path in [
+        format!("/api/v1/tasks/{id}"),
+        format!("/api/v1/tasks/{id}/attempts"),
+        format!("/api/v1/tasks/{id}/logs"),
+        "/api/v1/tasks".to_string(),
+        "/metrics".to_string(),
+    ] {
+        let r = s.get(&path);
+        assert_eq!(r.status, 200, "{path}: {r:?}");
+        seen.push(r.body.to_string());
+    }
+    assert!(
+        seen.iter().any(|t| t.contains("[redacted:api-token]")),
+        "the guest's leak, redacted: {seen:?}"
+    );
+    let http = Http::new();
+    seen.push(
+        http.get(format!("{worker_metrics}/metrics"))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap(),
+    );
+    seen.push(s.proc.stdout() + &s.proc.stderr());
+    seen.push(worker.stdout() + &worker.stderr());
+    for text in &seen {
+        assert!(!text.contains(CANARY), "the secret leaked: {text}");
+    }
+}

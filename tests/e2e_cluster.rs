@@ -499,7 +499,15 @@ fn granted_http_reaches_the_runner(ray: &RayHead) {
             .to_string()
     };
     let granted = env.enqueue("fetch", &input(s.url("https", "/slow")), &[]);
-    let refused = env.enqueue("fetch", &input(other.url("http", "/hello")), &[]);
+    // The ungranted URL comes from a config value: the refusal (rather than
+    // "not set") shows that config values reach the runner too.
+    env.ok(&[
+        "module",
+        "config",
+        "fetch",
+        &format!("other.url={}", other.url("http", "/hello")),
+    ]);
+    let refused = env.enqueue("fetch", r#"{"url_config": "other.url"}"#, &[]);
     let mut w = env.worker(
         &[
             "--exit-when-idle",

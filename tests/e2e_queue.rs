@@ -1545,14 +1545,42 @@ fn module_grants_let_queued_tasks_reach_granted_hosts_only(env: &mut Env) {
     assert_eq!(a.accepted(), 1, "only the granted task connected");
     assert_eq!(b.accepted(), 0, "a refused request opens no connection");
 
+    // Config values per scope, read through wasi:config: a queue's own
+    // value of a key wins over every queue's.
+    let everywhere = format!("api.url={}", a.url("http", "/elsewhere"));
+    let in_net = format!("api.url={}", a.url("http", "/hello"));
+    let out = env.ok(&["module", "config", "fetch", &everywhere, "other=1"]);
+    assert!(out.starts_with("2 config value(s) set, 0 removed"), "{out}");
+    env.ok(&["module", "config", "fetch", &in_net, "--queue", "net"]);
+    let out = env.ok(&["module", "config", "fetch", "--unset", "other"]);
+    assert!(out.starts_with("0 config value(s) set, 1 removed"), "{out}");
+    let shown = env.ok(&["module", "show", "fetch"]);
+    assert!(
+        shown.contains(&format!("config {in_net} (queue net)")),
+        "{shown}"
+    );
+    let out = env.run(&["module", "config", "fetch", "no-equals-sign"]);
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    let by_config = r#"{"url_config": "api.url"}"#;
+    let configured = env.enqueue("fetch", by_config, &["--queue", "net"]);
+    let unset = env.enqueue("fetch", r#"{"url_config": "nope"}"#, &["--queue", "net"]);
+    let mut w = env.worker(&["--queues", "net", "--exit-when-idle"], &[]);
+    w.wait_success(Duration::from_secs(60));
+    let (state, status) = fetch_outcome(&env.task(configured));
+    assert_eq!((state, status.as_str()), (TaskState::Succeeded, "200"));
+    let (state, message) = fetch_outcome(&env.task(unset));
+    assert_eq!(state, TaskState::Failed);
+    assert!(message.contains("config key nope is not set"), "{message}");
+    assert_eq!(a.accepted(), 2);
+
     // Revoked: the next worker runs the module without the network.
     let out = env.ok(&["module", "revoke", "fetch", "--all"]);
-    assert!(out.starts_with("1 grant(s) of fetch revoked"), "{out}");
+    assert!(out.starts_with("3 grant(s) of fetch revoked"), "{out}");
     let again = env.enqueue("fetch", &input(&a), &["--queue", "net"]);
     let mut w = env.worker(&["--queues", "net", "--exit-when-idle"], &[]);
     w.wait_success(Duration::from_secs(60));
     assert_eq!(fetch_outcome(&env.task(again)).0, TaskState::Failed);
-    assert_eq!(a.accepted(), 1);
+    assert_eq!(a.accepted(), 2);
 
     // Grants go with the last version of their name.
     let file = example("fetch");

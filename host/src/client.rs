@@ -229,6 +229,36 @@ impl Client {
             .await
     }
 
+    /// Sets plain config values (`KEY=VALUE`, one value per key and scope)
+    /// that the tasks of module `name` read through `wasi:config/store`;
+    /// returns how many were new or changed.
+    pub async fn set_config(
+        &self,
+        name: &str,
+        queue: Option<&str>,
+        entries: &[String],
+    ) -> Result<u64, ClientError> {
+        if let Some(bad) = entries.iter().find(|e| !e.contains('=')) {
+            return Err(StoreError::InvalidArgument(format!(
+                "config entry {bad:?} is not KEY=VALUE"
+            ))
+            .into());
+        }
+        self.change_grants(true, name, queue, GrantKind::Config, entries)
+            .await
+    }
+
+    /// Removes config keys from a scope; returns how many were removed.
+    pub async fn unset_config(
+        &self,
+        name: &str,
+        queue: Option<&str>,
+        keys: &[String],
+    ) -> Result<u64, ClientError> {
+        self.change_grants(false, name, queue, GrantKind::Config, keys)
+            .await
+    }
+
     async fn change_grants(
         &self,
         add: bool,

@@ -3590,8 +3590,82 @@ async fn secrets_are_kept_sealed_and_take_their_grants_with_them(h: Harness) {
     let g = s.list_grants(Some("mailer")).await.unwrap();
     assert_eq!((g.len(), g[0].kind), (1, GrantKind::Secret));
 
+    // Config: one value per key and scope; a new value replaces the old.
+    let config = |values: &[&str]| strings(values);
+    let add = |queue, values: Vec<String>| {
+        let s = s.clone();
+        async move {
+            s.add_grants(grant_set("mailer", queue, GrantKind::Config, &values))
+                .await
+        }
+    };
+    assert_eq!(
+        add(None, config(&["smtp.host=a", "from=x@y"]))
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(add(None, config(&["smtp.host=b"])).await.unwrap(), 1);
+    assert_eq!(
+        add(None, config(&["smtp.host=b"])).await.unwrap(),
+        0,
+        "unchanged"
+    );
+    assert_eq!(add(Some("eu"), config(&["smtp.host=eu"])).await.unwrap(), 1);
+    assert!(add(None, config(&["bad key=1"])).await.is_err());
+    let values = |g: Vec<ModuleGrant>| -> Vec<(Option<String>, String)> {
+        g.into_iter()
+            .filter(|g| g.kind == GrantKind::Config)
+            .map(|g| (g.queue, g.value))
+            .collect()
+    };
+    assert_eq!(
+        values(s.list_grants(Some("mailer")).await.unwrap()),
+        [
+            (None, "from=x@y".to_string()),
+            (None, "smtp.host=b".to_string()),
+            (Some("eu".to_string()), "smtp.host=eu".to_string()),
+        ]
+    );
+    // Removed by key, in its scope only.
+    let keys = strings(&["smtp.host"]);
+    assert_eq!(
+        s.remove_grants(grant_set("mailer", None, GrantKind::Config, &keys))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        values(s.list_grants(Some("mailer")).await.unwrap()),
+        [
+            (None, "from=x@y".to_string()),
+            (Some("eu".to_string()), "smtp.host=eu".to_string()),
+        ]
+    );
+    // A key that starts another is not removed with it.
+    assert_eq!(
+        add(None, config(&["smtp=1", "smtp.port=25"]))
+            .await
+            .unwrap(),
+        2
+    );
+    let keys = strings(&["smtp"]);
+    s.remove_grants(grant_set("mailer", None, GrantKind::Config, &keys))
+        .await
+        .unwrap();
+    assert!(
+        values(s.list_grants(Some("mailer")).await.unwrap())
+            .contains(&(None, "smtp.port=25".to_string()))
+    );
+
     s.delete_secret("api-token").await.unwrap();
-    assert!(s.list_grants(Some("mailer")).await.unwrap().is_empty());
+    assert!(
+        s.list_grants(Some("mailer"))
+            .await
+            .unwrap()
+            .iter()
+            .all(|g| g.kind != GrantKind::Secret)
+    );
     assert!(matches!(
         s.delete_secret("api-token").await,
         Err(StoreError::NotFound { .. })

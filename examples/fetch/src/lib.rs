@@ -1,7 +1,9 @@
 //! `{"url": …}` → `{"url", "status", "bytes", "redirects"}`: one HTTP GET
 //! through `wasi:http`, following redirects itself (each one a new request,
 //! checked by the host like the first). With `"bearer_secret": "NAME"` it
-//! sends the granted secret NAME as `Authorization: Bearer …`.
+//! sends the granted secret NAME as `Authorization: Bearer …`; with
+//! `"url_config": "KEY"` instead of `url` it GETs the URL the operator set
+//! as config value KEY (`wasmq module config fetch KEY=URL`).
 
 use serde::{Deserialize, Serialize};
 use wasip2::http::outgoing_handler;
@@ -11,7 +13,11 @@ use wasmq_guest::{Context, TaskError};
 
 #[derive(Deserialize)]
 struct Input {
-    url: String,
+    /// The URL to GET, or (`url_config`) the config key that holds it.
+    #[serde(default)]
+    url: Option<String>,
+    #[serde(default)]
+    url_config: Option<String>,
     #[serde(default = "default_redirects")]
     max_redirects: u32,
     /// A secret the operator granted this module, sent as a bearer token.
@@ -146,9 +152,22 @@ fn run(ctx: &Context, input: Input) -> Result<Output, TaskError> {
     if let Some(t) = &leaked {
         ctx.log_info(format!("using token {t}"));
     }
+    let first = match (input.url, &input.url_config) {
+        (Some(url), None) => url,
+        (None, Some(key)) => ctx.config(key).ok_or_else(|| {
+            TaskError::permanent(format!(
+                "config key {key} is not set for this module (wasmq module config)"
+            ))
+        })?,
+        _ => {
+            return Err(TaskError::invalid_input(
+                "give exactly one of `url` and `url_config`",
+            ));
+        }
+    };
     // The token goes to the first URL's host only, not where it redirects.
-    let origin = parse(&input.url)?.authority;
-    let mut current = input.url;
+    let origin = parse(&first)?.authority;
+    let mut current = first;
     let mut redirects = 0;
     loop {
         let url = parse(&current)?;

@@ -84,6 +84,20 @@ pub enum ModuleCommand {
         #[arg(long)]
         queue: Option<String>,
     },
+    /// Set plain (not secret) config values that the tasks of a module read
+    /// through wasi:config/store, KEY=VALUE (one value per key and scope),
+    /// or remove them with --unset KEY. A secret of the same name wins.
+    Config {
+        name: String,
+        #[arg(value_name = "KEY=VALUE", required_unless_present = "unset")]
+        entries: Vec<String>,
+        #[arg(long, value_name = "KEY")]
+        unset: Vec<String>,
+        /// Only for the module's tasks in this queue [default: every queue];
+        /// a queue's own value of a key wins over every queue's.
+        #[arg(long)]
+        queue: Option<String>,
+    },
     /// Take grants back from a module.
     Revoke {
         name: String,
@@ -205,6 +219,32 @@ pub async fn module(db: &str, cmd: ModuleCommand) -> anyhow::Result<()> {
             }
             println!(
                 "{added} new grant(s) for {} in {}",
+                term::line(&name),
+                scope(queue.as_deref())
+            );
+        }
+        ModuleCommand::Config {
+            name,
+            entries,
+            unset,
+            queue,
+        } => {
+            let mut set = 0;
+            if !entries.is_empty() {
+                set = client
+                    .set_config(&name, queue.as_deref(), &entries)
+                    .await
+                    .map_err(fail)?;
+            }
+            let mut removed = 0;
+            if !unset.is_empty() {
+                removed = client
+                    .unset_config(&name, queue.as_deref(), &unset)
+                    .await
+                    .map_err(fail)?;
+            }
+            println!(
+                "{set} config value(s) set, {removed} removed for {} in {}",
                 term::line(&name),
                 scope(queue.as_deref())
             );

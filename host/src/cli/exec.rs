@@ -95,10 +95,20 @@ pub struct ExecArgs {
     /// The sealed secrets from this file instead.
     #[arg(long, env = "WASMQ_EXEC_SECRETS_FILE")]
     pub secrets_file: Option<PathBuf>,
+    /// The module's plain config values, `[[key, value], …]` JSON,
+    /// base64-encoded.
+    #[arg(long, env = "WASMQ_EXEC_CONFIG_B64")]
+    pub config_b64: Option<String>,
 }
 
-/// The secrets the cluster worker shipped, opened with this node's key.
+/// The config values and secrets the cluster worker shipped, the secrets
+/// opened with this node's key.
 fn run_config(args: &ExecArgs) -> anyhow::Result<Option<Arc<RunConfig>>> {
+    let plain: Vec<(String, String)> = match &args.config_b64 {
+        Some(b64) => serde_json::from_str(&decode_b64("WASMQ_EXEC_CONFIG_B64", b64)?)
+            .context("the config values are not valid")?,
+        None => Vec::new(),
+    };
     let Some(json) = b64_or_file(
         "WASMQ_EXEC_SECRETS_B64",
         &args.secrets_b64,
@@ -106,7 +116,7 @@ fn run_config(args: &ExecArgs) -> anyhow::Result<Option<Arc<RunConfig>>> {
         "the sealed secrets",
     )?
     else {
-        return Ok(None);
+        return Ok((!plain.is_empty()).then(|| Arc::new(RunConfig::new(plain, Vec::new()))));
     };
     let shipped: Vec<ShippedSecret> =
         serde_json::from_str(&json).context("the sealed secrets are not valid")?;
@@ -123,7 +133,7 @@ fn run_config(args: &ExecArgs) -> anyhow::Result<Option<Arc<RunConfig>>> {
         let value = key.open(&s.name, &sealed)?;
         values.push((s.name, value));
     }
-    Ok(Some(Arc::new(RunConfig::new(values))))
+    Ok(Some(Arc::new(RunConfig::new(plain, values))))
 }
 
 /// The outbound HTTP the cluster worker granted this run, if any.

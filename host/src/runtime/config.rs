@@ -1,5 +1,6 @@
 //! `wasi:config/store` for tasks: the values granted to a run (its module's
-//! secrets), and their removal from whatever the guest hands back.
+//! config values and secrets), and the secrets' removal from whatever the
+//! guest hands back.
 //!
 //! The interface is linked into every run; a run granted nothing reads an
 //! empty store. Values are never copied into the store data: every run of a
@@ -23,26 +24,41 @@ use bindings::wasi::config::store;
 /// What a run may read through `wasi:config/store`.
 #[derive(Debug, Default)]
 pub struct RunConfig {
-    values: BTreeMap<String, SecretValue>,
+    values: BTreeMap<String, Value>,
     redactor: Redactor,
 }
 
-impl RunConfig {
-    /// Secrets by name; each value is also redacted from the run's report.
-    pub fn new(secrets: Vec<(String, SecretValue)>) -> RunConfig {
-        RunConfig {
-            redactor: Redactor::new(&secrets),
-            values: secrets.into_iter().collect(),
+#[derive(Debug)]
+enum Value {
+    Plain(String),
+    Secret(SecretValue),
+}
+
+impl Value {
+    fn as_str(&self) -> &str {
+        match self {
+            Value::Plain(v) => v,
+            Value::Secret(v) => v.expose(),
         }
+    }
+}
+
+impl RunConfig {
+    /// Plain config values and secrets by key; a secret shadows a config
+    /// value of the same key. Secret values are also redacted from the
+    /// run's report.
+    pub fn new(plain: Vec<(String, String)>, secrets: Vec<(String, SecretValue)>) -> RunConfig {
+        let redactor = Redactor::new(&secrets);
+        let mut values: BTreeMap<String, Value> = plain
+            .into_iter()
+            .map(|(k, v)| (k, Value::Plain(v)))
+            .collect();
+        values.extend(secrets.into_iter().map(|(k, v)| (k, Value::Secret(v))));
+        RunConfig { values, redactor }
     }
 
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.values.get(key).map(SecretValue::expose)
-    }
-
-    /// The names a run can read.
-    pub fn keys(&self) -> impl Iterator<Item = &str> {
-        self.values.keys().map(String::as_str)
+        self.values.get(key).map(Value::as_str)
     }
 
     pub fn redactor(&self) -> &Redactor {
@@ -66,7 +82,7 @@ impl store::Host for HostState {
             .map(|c| {
                 c.values
                     .iter()
-                    .map(|(k, v)| (k.clone(), v.expose().to_owned()))
+                    .map(|(k, v)| (k.clone(), v.as_str().to_owned()))
                     .collect()
             })
             .unwrap_or_default())

@@ -209,17 +209,26 @@ pub enum GrantKind {
     Http,
     /// A stored secret, by name, readable through `wasi:config/store`.
     Secret,
+    /// A plain configuration value, `KEY=VALUE`, readable through
+    /// `wasi:config/store` as `KEY`. One value per key and scope.
+    Config,
 }
 
 impl GrantKind {
-    pub const ALL: [GrantKind; 2] = [GrantKind::Http, GrantKind::Secret];
+    pub const ALL: [GrantKind; 3] = [GrantKind::Http, GrantKind::Secret, GrantKind::Config];
 
     pub fn as_str(self) -> &'static str {
         match self {
             GrantKind::Http => "http",
             GrantKind::Secret => "secret",
+            GrantKind::Config => "config",
         }
     }
+}
+
+/// A config grant's `KEY=VALUE` split in two; `None` without a `=`.
+pub fn config_entry(value: &str) -> Option<(&str, &str)> {
+    value.split_once('=')
 }
 
 impl std::str::FromStr for GrantKind {
@@ -254,7 +263,8 @@ impl ModuleGrant {
 }
 
 /// Grants to add or remove: `values` of `kind` for module `module`, in one
-/// queue or (`queue: None`) for every queue.
+/// queue or (`queue: None`) for every queue. Config values are `KEY=VALUE`
+/// to add, `KEY` (or `KEY=…`, the value ignored) to remove.
 #[derive(Debug, Clone, Copy)]
 pub struct GrantSet<'a> {
     pub module: &'a str,

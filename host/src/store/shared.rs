@@ -73,8 +73,13 @@ pub(crate) fn validate_grant_set(set: &GrantSet<'_>) -> Result<()> {
         )));
     }
     for value in set.values {
-        if set.kind == GrantKind::Secret {
-            validate_secret_name(value)?;
+        match set.kind {
+            GrantKind::Secret => validate_secret_name(value)?,
+            GrantKind::Config => {
+                let key = config_entry(value).map_or(value.as_str(), |(k, _)| k);
+                validate_key("config key", key)?;
+            }
+            GrantKind::Http => {}
         }
         if value.is_empty() || value.len() > MAX_GRANT_VALUE_LEN {
             return Err(StoreError::invalid(format!(
@@ -131,17 +136,29 @@ pub(crate) fn too_many_grants(module: &str, held: i64) -> StoreError {
 /// Secret names are what a guest asks `wasi:config/store` for, and appear
 /// in redactions (`[redacted:NAME]`): letters, digits, `_`, `-` and `.`.
 pub fn validate_secret_name(name: &str) -> Result<()> {
-    validate_name("secret name", name)?;
+    validate_key("secret name", name)
+}
+
+/// A key of `wasi:config/store` (a secret's name, a config key).
+fn validate_key(what: &str, name: &str) -> Result<()> {
+    validate_name(what, name)?;
     if !name
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
     {
         return Err(StoreError::invalid(format!(
-            "secret name {:?} may hold only letters, digits, `_`, `-` and `.`",
+            "{what} {:?} may hold only letters, digits, `_`, `-` and `.`",
             name.escape_default().to_string()
         )));
     }
     Ok(())
+}
+
+/// The prefix every stored value of a config grant's key starts with:
+/// `KEY=`.
+pub(crate) fn config_prefix(value: &str) -> String {
+    let key = config_entry(value).map_or(value, |(k, _)| k);
+    format!("{key}=")
 }
 
 /// The error of a grant of a secret that is not stored.

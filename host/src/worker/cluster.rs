@@ -1074,9 +1074,10 @@ struct Shipment {
 }
 
 /// The grants in the runner's environment: the HTTP grants (canonical text,
-/// one per line) with the worker's HTTP limits, and the secrets sealed as
-/// stored, with the path of the key file that opens them. No secret value
-/// is in it: `ray job list` shows this environment.
+/// one per line) with the worker's HTTP limits, the plain config values,
+/// and the path of the key file that opens the secrets (which travel sealed,
+/// [`shipped_secrets`]). No secret value is in it: `ray job list` shows
+/// this environment.
 fn granted_env(env: &mut BTreeMap<String, String>, granted: &Shipment) -> Result<(), String> {
     if let Some(policy) = &granted.grants.http {
         let grants: Vec<String> = policy.grants().iter().map(|g| g.to_string()).collect();
@@ -1099,6 +1100,10 @@ fn granted_env(env: &mut BTreeMap<String, String>, granted: &Shipment) -> Result
                 format!("{}ms", limits.timeout.as_millis()),
             ),
         ]);
+    }
+    if !granted.grants.plain.is_empty() {
+        let json = serde_json::to_string(&granted.grants.plain).expect("plain data serializes");
+        env.insert("WASMQ_EXEC_CONFIG_B64".into(), B64.encode(json));
     }
     if !granted.grants.sealed.is_empty() {
         let Some(key_file) = &granted.key_file else {

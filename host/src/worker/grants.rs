@@ -13,7 +13,9 @@
 
 use crate::runtime::{HttpGrant, HttpLimits, HttpPolicy, Outcome, RunConfig};
 use crate::secrets::{Sealed, SecretKey};
-use crate::store::{AnyStore, GrantKind, ModuleGrant, Store, StoreError, StoredSecret};
+use crate::store::{
+    AnyStore, GrantKind, ModuleGrant, Store, StoreError, StoredSecret, config_entry,
+};
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -43,6 +45,8 @@ pub struct TaskGrants {
     pub http: Option<Arc<HttpPolicy>>,
     /// The granted secrets, sealed, by name (what a Ray job's runner gets).
     pub sealed: Vec<StoredSecret>,
+    /// The plain config values by key, a queue's own over every queue's.
+    pub plain: Vec<(String, String)>,
     /// The granted secrets opened, for an in-process run; `Err` when this
     /// worker cannot open them (no key, another key), which fails the task.
     pub config: Result<Option<Arc<RunConfig>>, String>,
@@ -64,6 +68,8 @@ struct Snapshot {
 struct ModuleGrants {
     http: Vec<(Option<String>, HttpGrant)>,
     secrets: Vec<(Option<String>, String)>,
+    /// (queue, key, value)
+    config: Vec<(Option<String>, String, String)>,
     per_queue: HashMap<String, Option<Arc<TaskGrants>>>,
 }
 
@@ -202,7 +208,17 @@ impl Grants {
             .filter(|(q, _)| applies(q))
             .map(|(_, n)| n.as_str())
             .collect();
-        if http.is_empty() && names.is_empty() {
+        // Every queue's values first, so that the queue's own replace them.
+        let mut plain: Vec<&(Option<String>, String, String)> =
+            m.config.iter().filter(|(q, _, _)| applies(q)).collect();
+        plain.sort_by_key(|(q, _, _)| q.is_some());
+        let plain: Vec<(String, String)> = plain
+            .into_iter()
+            .map(|(_, k, v)| (k.clone(), v.clone()))
+            .collect::<std::collections::BTreeMap<_, _>>()
+            .into_iter()
+            .collect();
+        if http.is_empty() && names.is_empty() && plain.is_empty() {
             return None;
         }
         let http = (!http.is_empty())
@@ -214,17 +230,24 @@ impl Grants {
             .iter()
             .filter_map(|n| sealed.get(*n).cloned())
             .collect();
-        let config = self.open(&sealed);
+        let config = self.open(&plain, &sealed);
         Some(TaskGrants {
             http,
             sealed,
+            plain,
             config,
         })
     }
 
-    fn open(&self, sealed: &[StoredSecret]) -> Result<Option<Arc<RunConfig>>, String> {
+    fn open(
+        &self,
+        plain: &[(String, String)],
+        sealed: &[StoredSecret],
+    ) -> Result<Option<Arc<RunConfig>>, String> {
         if sealed.is_empty() {
-            return Ok(None);
+            return Ok(
+                (!plain.is_empty()).then(|| Arc::new(RunConfig::new(plain.to_vec(), Vec::new())))
+            );
         }
         let Some((key, _)) = &self.key else {
             return Err(format!(
@@ -241,7 +264,7 @@ impl Grants {
                 Ok((s.name.clone(), value))
             })
             .collect::<Result<Vec<_>, String>>()?;
-        Ok(Some(Arc::new(RunConfig::new(values))))
+        Ok(Some(Arc::new(RunConfig::new(plain.to_vec(), values))))
     }
 }
 
@@ -280,6 +303,13 @@ fn by_module(rows: Vec<ModuleGrant>) -> HashMap<String, ModuleGrants> {
                 ),
             },
             GrantKind::Secret => entry.secrets.push((row.queue, row.value)),
+            GrantKind::Config => match config_entry(&row.value) {
+                Some((k, v)) => entry.config.push((row.queue, k.to_string(), v.to_string())),
+                None => tracing::warn!(
+                    module = %row.module,
+                    "ignoring a stored config grant without `=`"
+                ),
+            },
         }
     }
     out

@@ -515,6 +515,15 @@ impl Store for PgStore {
         }
         let mut added = 0;
         for value in set.values {
+            if set.kind == GrantKind::Config {
+                sqlx::query(DELETE_OTHER_CONFIG_VALUE)
+                    .bind(set.module)
+                    .bind(set.queue.unwrap_or_default())
+                    .bind(config_prefix(value))
+                    .bind(value)
+                    .execute(&mut *tx)
+                    .await?;
+            }
             added += sqlx::query(INSERT_GRANT)
                 .bind(set.module)
                 .bind(set.queue.unwrap_or_default())
@@ -540,11 +549,16 @@ impl Store for PgStore {
         let mut tx = self.pool.begin().await?;
         let mut removed = 0;
         for value in set.values {
+            let key = match set.kind {
+                GrantKind::Config => config_prefix(value),
+                GrantKind::Http | GrantKind::Secret => String::new(),
+            };
             removed += sqlx::query(DELETE_GRANT)
                 .bind(set.module)
                 .bind(set.queue.unwrap_or_default())
                 .bind(set.kind.as_str())
                 .bind(value)
+                .bind(key)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();

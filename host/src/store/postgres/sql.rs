@@ -269,8 +269,17 @@ pub(super) const INSERT_GRANT: &str = "INSERT INTO module_grants \
 
 pub(super) const COUNT_GRANTS: &str = "SELECT count(*) FROM module_grants WHERE module_name = $1";
 
+/// `$5`: for a config grant, `KEY=`, which removes the key whatever its
+/// value.
 pub(super) const DELETE_GRANT: &str = "DELETE FROM module_grants \
-     WHERE module_name = $1 AND queue = $2 AND kind = $3 AND value = $4";
+     WHERE module_name = $1 AND queue = $2 AND kind = $3 \
+       AND (value = $4 OR (kind = 'config' AND substr(value, 1, length($5)) = $5))";
+
+/// The other value of a config key in this scope, which a new one replaces
+/// (`$3`: `KEY=`, `$4`: the new `KEY=VALUE`).
+pub(super) const DELETE_OTHER_CONFIG_VALUE: &str = "DELETE FROM module_grants \
+     WHERE module_name = $1 AND queue = $2 AND kind = 'config' \
+       AND substr(value, 1, length($3)) = $3 AND value <> $4";
 
 /// `$2` NULL: every scope.
 pub(super) const DELETE_GRANTS_OF: &str = "DELETE FROM module_grants \

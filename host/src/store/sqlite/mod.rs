@@ -506,6 +506,15 @@ impl Store for SqliteStore {
         let now = us(Utc::now());
         let mut added = 0;
         for value in set.values {
+            if set.kind == GrantKind::Config {
+                sqlx::query(DELETE_OTHER_CONFIG_VALUE)
+                    .bind(set.module)
+                    .bind(set.queue.unwrap_or_default())
+                    .bind(config_prefix(value))
+                    .bind(value)
+                    .execute(&mut *w.tx)
+                    .await?;
+            }
             added += sqlx::query(INSERT_GRANT)
                 .bind(set.module)
                 .bind(set.queue.unwrap_or_default())
@@ -532,11 +541,16 @@ impl Store for SqliteStore {
         let mut w = self.begin_write().await?;
         let mut removed = 0;
         for value in set.values {
+            let key = match set.kind {
+                GrantKind::Config => config_prefix(value),
+                GrantKind::Http | GrantKind::Secret => String::new(),
+            };
             removed += sqlx::query(DELETE_GRANT)
                 .bind(set.module)
                 .bind(set.queue.unwrap_or_default())
                 .bind(set.kind.as_str())
                 .bind(value)
+                .bind(key)
                 .execute(&mut *w.tx)
                 .await?
                 .rows_affected();
