@@ -1618,12 +1618,14 @@ fn everything_stored(env: &Env) -> Vec<u8> {
                 .collect()
         }
         AnyStore::Postgres(s) => env.rt.block_on(async {
+            // Each column's value as it is stored (a row's text form
+            // would escape quotes and backslashes).
             let text: String = sqlx::query_scalar(
-                "SELECT coalesce(string_agg(x, ' '), '') FROM ( \
-                   SELECT t::text AS x FROM tasks t UNION ALL \
-                   SELECT a::text FROM attempts a UNION ALL \
-                   SELECT s::text FROM secrets s UNION ALL \
-                   SELECT g::text FROM module_grants g) q",
+                "SELECT coalesce(string_agg(kv.value, ' '), '') FROM ( \
+                   SELECT to_jsonb(t) AS j FROM tasks t UNION ALL \
+                   SELECT to_jsonb(a) FROM attempts a UNION ALL \
+                   SELECT to_jsonb(s) FROM secrets s UNION ALL \
+                   SELECT to_jsonb(g) FROM module_grants g) q, jsonb_each_text(q.j) kv",
             )
             .fetch_one(s.pool())
             .await
@@ -1647,7 +1649,10 @@ fn contains(haystack: &[u8], needle: &str) -> bool {
 /// fails the task as a host error that says so.
 fn granted_secrets_reach_the_guest_and_no_row_or_log(env: &mut Env) {
     use common::httpd::{Reply, Server};
-    const CANARY: &str = "canary-7f3a9c1e-d00d";
+    // A quote and a backslash: in JSON text the value is escaped, and must
+    // be found there too.
+    const CANARY: &str = r#"canary-7f3a"9c1e\d00d"#;
+    const CANARY_IN_JSON: &str = r#"canary-7f3a\"9c1e\\d00d"#;
     let a = Server::http(|_: &str| Reply::ok("{}"));
     let key = env.dir.path().join("secret.key");
     let key_path = key.to_str().unwrap().to_string();
@@ -1763,12 +1768,15 @@ fn granted_secrets_reach_the_guest_and_no_row_or_log(env: &mut Env) {
     assert!(message.contains("WASMQ_SECRET_KEY_FILE"), "{message}");
 
     // Nowhere in clear: rows, files, logs.
-    assert!(
-        !contains(&everything_stored(env), CANARY),
-        "the canary is stored in clear"
-    );
-    for w in [&w, &w2] {
-        assert!(!w.logs().contains(CANARY), "{}", w.logs());
+    let stored = everything_stored(env);
+    for canary in [CANARY, CANARY_IN_JSON] {
+        assert!(
+            !contains(&stored, canary),
+            "the canary is stored in clear: {canary}"
+        );
+        for w in [&w, &w2] {
+            assert!(!w.logs().contains(canary), "{}", w.logs());
+        }
     }
 
     // Deleting the secret takes its grants with it.

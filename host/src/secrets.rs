@@ -224,12 +224,64 @@ impl std::fmt::Debug for Redactor {
     }
 }
 
+/// The ways a value can appear in guest text: as it is, and inside a JSON
+/// string as encoders write it (a value holding `"`, `\` or a control
+/// character is escaped; Python's `json.dumps` also writes every non-ASCII
+/// character as `\uXXXX`). A guest that returns its token in a JSON
+/// field must not get it past the redaction by the escaping alone.
+fn spellings(value: &SecretValue) -> Vec<SecretValue> {
+    use std::fmt::Write as _;
+    let raw = value.expose();
+    let mut json = Zeroizing::new(String::with_capacity(raw.len() + 8));
+    let mut ascii = Zeroizing::new(String::with_capacity(raw.len() + 8));
+    for c in raw.chars() {
+        let short = match c {
+            '"' => Some("\\\""),
+            '\\' => Some("\\\\"),
+            '\n' => Some("\\n"),
+            '\r' => Some("\\r"),
+            '\t' => Some("\\t"),
+            '\u{8}' => Some("\\b"),
+            '\u{c}' => Some("\\f"),
+            _ => None,
+        };
+        match short {
+            Some(s) => {
+                json.push_str(s);
+                ascii.push_str(s);
+            }
+            None if c < ' ' => {
+                let _ = write!(json, "\\u{:04x}", c as u32);
+                let _ = write!(ascii, "\\u{:04x}", c as u32);
+            }
+            None if c.is_ascii() => {
+                json.push(c);
+                ascii.push(c);
+            }
+            None => {
+                json.push(c);
+                let mut units = [0u16; 2];
+                for unit in c.encode_utf16(&mut units) {
+                    let _ = write!(ascii, "\\u{unit:04x}");
+                }
+            }
+        }
+    }
+    let mut out = vec![value.clone()];
+    for spelled in [json, ascii] {
+        if out.iter().all(|v| v.expose() != spelled.as_str()) {
+            out.push(SecretValue(spelled));
+        }
+    }
+    out
+}
+
 impl Redactor {
     pub fn new(secrets: &[(String, SecretValue)]) -> Redactor {
         let mut values: Vec<(SecretValue, String)> = secrets
             .iter()
             .filter(|(_, v)| v.expose().len() >= MIN_REDACTED_LEN)
-            .map(|(n, v)| (v.clone(), n.clone()))
+            .flat_map(|(n, v)| spellings(v).into_iter().map(move |s| (s, n.clone())))
             .collect();
         values.sort_by_key(|(v, _)| std::cmp::Reverse(v.expose().len()));
         Redactor {
@@ -361,5 +413,21 @@ mod tests {
         assert_eq!(r.redact("out: tok-12"), "out: [redacted:long]");
         assert_eq!(r.redact("out: tok"), "out: tok", "shorter than the minimum");
         assert_eq!(format!("{:?}", v("tok-123")), "[secret]");
+    }
+
+    #[test]
+    fn redaction_finds_values_escaped_inside_json_strings() {
+        let v = |s: &str| SecretValue(Zeroizing::new(s.to_string()));
+        let token = "p\"a\\ss\n\u{1}wörd";
+        let r = Redactor::new(&[("pw".into(), v(token))]);
+        // As serde_json, JSON.stringify and Python's json.dumps write it.
+        let rust = serde_json::to_string(&serde_json::json!({ "t": token })).unwrap();
+        assert_eq!(r.redact(&rust), r#"{"t":"[redacted:pw]"}"#);
+        let python = r#"{"t": "p\"a\\ss\n\u0001w\u00f6rd"}"#;
+        assert_eq!(r.redact(python), r#"{"t": "[redacted:pw]"}"#);
+        assert_eq!(r.redact(token), "[redacted:pw]");
+        // Outside the Basic Multilingual Plane: a surrogate pair.
+        let r = Redactor::new(&[("e".into(), v("key-\u{1F511}"))]);
+        assert_eq!(r.redact(r#""key-\ud83d\udd11""#), r#""[redacted:e]""#);
     }
 }
