@@ -3,7 +3,9 @@
 //! checked by the host like the first). With `"bearer_secret": "NAME"` it
 //! sends the granted secret NAME as `Authorization: Bearer …`; with
 //! `"url_config": "KEY"` instead of `url` it GETs the URL the operator set
-//! as config value KEY (`wasmq module config fetch KEY=URL`).
+//! as config value KEY (`wasmq module config fetch KEY=URL`). With
+//! `"json": true` it parses the final response's body as JSON and returns it
+//! as `json` (a JSON API call: the body is kept up to 1 MiB).
 
 use serde::{Deserialize, Serialize};
 use wasip2::http::outgoing_handler;
@@ -27,7 +29,13 @@ struct Input {
     /// (the host's redaction is tested with it).
     #[serde(default)]
     leak_token: bool,
+    /// Parse the final body as JSON and return it.
+    #[serde(default)]
+    json: bool,
 }
+
+/// The most body a `json` call keeps.
+const MAX_JSON_BODY: usize = 1024 * 1024;
 
 fn default_redirects() -> u32 {
     5
@@ -41,6 +49,8 @@ struct Output {
     redirects: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     leaked: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    json: Option<serde_json::Value>,
 }
 
 struct Url {
@@ -88,8 +98,18 @@ fn resolve(base: &Url, location: &str) -> String {
     }
 }
 
-/// One GET: the status, the `Location` header and the body's length.
-fn get(url: &Url, token: Option<&str>) -> Result<(u16, Option<String>, u64), String> {
+/// What one GET brought back.
+struct Response {
+    status: u16,
+    location: Option<String>,
+    /// The body's length.
+    bytes: u64,
+    /// The body, when asked to keep it.
+    body: Option<Vec<u8>>,
+}
+
+/// One GET; with `keep`, the body is kept (at most [`MAX_JSON_BODY`]).
+fn get(url: &Url, token: Option<&str>, keep: bool) -> Result<Response, String> {
     let headers = Fields::new();
     if let Some(token) = token {
         headers
@@ -127,16 +147,30 @@ fn get(url: &Url, token: Option<&str>) -> Result<(u16, Option<String>, u64), Str
     let body = response.consume().map_err(|()| "body taken twice")?;
     let stream = body.stream().map_err(|()| "body stream taken twice")?;
     let mut bytes = 0u64;
+    let mut body = keep.then(Vec::new);
     loop {
         match stream.blocking_read(64 * 1024) {
-            Ok(chunk) => bytes += chunk.len() as u64,
+            Ok(chunk) => {
+                bytes += chunk.len() as u64;
+                if let Some(body) = &mut body {
+                    if body.len() + chunk.len() > MAX_JSON_BODY {
+                        return Err(format!("the body is over {MAX_JSON_BODY} bytes"));
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+            }
             Err(StreamError::Closed) => break,
             Err(StreamError::LastOperationFailed(e)) => {
                 return Err(format!("reading the body: {}", e.to_debug_string()));
             }
         }
     }
-    Ok((status, location, bytes))
+    Ok(Response {
+        status,
+        location,
+        bytes,
+        body,
+    })
 }
 
 fn run(ctx: &Context, input: Input) -> Result<Output, TaskError> {
@@ -172,7 +206,12 @@ fn run(ctx: &Context, input: Input) -> Result<Output, TaskError> {
     loop {
         let url = parse(&current)?;
         let token = token.as_deref().filter(|_| url.authority == origin);
-        let (status, location, bytes) = get(&url, token)
+        let Response {
+            status,
+            location,
+            bytes,
+            body,
+        } = get(&url, token, input.json)
             .map_err(|e| TaskError::permanent(format!("GET {current}: {e}")))?;
         match location {
             Some(location) if (300..400).contains(&status) => {
@@ -188,12 +227,30 @@ fn run(ctx: &Context, input: Input) -> Result<Output, TaskError> {
                 current = next;
             }
             _ => {
+                let json = match body {
+                    // A server error or a rate limit may pass; a client error will not.
+                    Some(_) if status >= 500 || status == 429 => {
+                        return Err(TaskError::retryable(format!(
+                            "GET {current}: status {status}"
+                        )));
+                    }
+                    Some(_) if !(200..300).contains(&status) => {
+                        return Err(TaskError::permanent(format!(
+                            "GET {current}: status {status}"
+                        )));
+                    }
+                    Some(body) => Some(serde_json::from_slice(&body).map_err(|e| {
+                        TaskError::permanent(format!("GET {current}: the body is not JSON: {e}"))
+                    })?),
+                    None => None,
+                };
                 return Ok(Output {
                     url: current,
                     status,
                     bytes,
                     redirects,
                     leaked,
+                    json,
                 });
             }
         }

@@ -37,6 +37,9 @@ pub enum BenchCommand {
     /// The cost of checking one outbound HTTP request against `--allow-http`
     /// grants and of the address check of an IP literal (no connection).
     HttpGrants(HttpGrantsBench),
+    /// Requests/s through one real worker: tasks that each call a JSON API
+    /// on a loopback server, against `hello` tasks, and the grant check.
+    Http(super::bench_http::HttpBench),
 }
 
 #[derive(Debug, Args)]
@@ -87,47 +90,23 @@ pub async fn run(cmd: BenchCommand, _db: &str) -> anyhow::Result<()> {
         BenchCommand::Fanout(b) => super::bench_fanout::run(b).await,
         BenchCommand::History(b) => super::bench_history::run(b).await,
         BenchCommand::HttpGrants(b) => http_grants_bench(b),
+        BenchCommand::Http(b) => super::bench_http::run(b).await,
     }
 }
 
 fn http_grants_bench(b: HttpGrantsBench) -> anyhow::Result<()> {
-    use crate::runtime::{HttpGrant, HttpLimits, HttpPolicy, forbidden_range};
+    use crate::runtime::forbidden_range;
     if b.grants == 0 || b.iterations == 0 {
         bail!("--grants and --iterations must be at least 1");
     }
-    let grants = (0..b.grants)
-        .map(|i| format!("https://api{i}.example.com/v{i}/").parse::<HttpGrant>())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(anyhow::Error::msg)?;
-    let policy =
-        HttpPolicy::new(grants, None, HttpLimits::default()).map_err(anyhow::Error::msg)?;
-    let last = b.grants - 1;
-    let cases: [(&str, http::Uri, bool); 2] = [
-        (
-            "granted (last grant)",
-            format!("https://api{last}.example.com/v{last}/items?page=2").parse()?,
-            true,
-        ),
-        (
-            "refused (no grant)",
-            "https://other.example.net/v1/items".parse()?,
-            false,
-        ),
-    ];
     println!("{} grants, {} checks per case", b.grants, b.iterations);
-    for (name, uri, expected) in &cases {
-        let start = Instant::now();
-        let mut allowed = false;
-        for _ in 0..b.iterations {
-            allowed = policy.allows(std::hint::black_box(uri));
-        }
-        let elapsed = start.elapsed();
-        if allowed != *expected {
-            bail!("{name}: the check gave {allowed}");
-        }
+    for (name, granted) in [
+        ("granted (last grant)", true),
+        ("refused (no grant)", false),
+    ] {
         println!(
             "  grant check, {name:<22} {:>8.1} ns/request",
-            elapsed.as_nanos() as f64 / f64::from(b.iterations)
+            grant_check_ns(b.grants, b.iterations, granted)?
         );
     }
     let ips: [std::net::IpAddr; 2] = ["93.184.215.14".parse()?, "::ffff:10.1.2.3".parse()?];
@@ -142,6 +121,33 @@ fn http_grants_bench(b: HttpGrantsBench) -> anyhow::Result<()> {
         start.elapsed().as_nanos() as f64 / f64::from(b.iterations) / ips.len() as f64
     );
     Ok(())
+}
+
+/// Nanoseconds per check of one URL against a policy of `grants` grants:
+/// one that only the last grant allows (`granted`), or one none allows.
+pub(super) fn grant_check_ns(grants: u32, iterations: u32, granted: bool) -> anyhow::Result<f64> {
+    use crate::runtime::{HttpGrant, HttpLimits, HttpPolicy};
+    let list = (0..grants)
+        .map(|i| format!("https://api{i}.example.com/v{i}/").parse::<HttpGrant>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(anyhow::Error::msg)?;
+    let policy = HttpPolicy::new(list, None, HttpLimits::default()).map_err(anyhow::Error::msg)?;
+    let last = grants.saturating_sub(1);
+    let uri: http::Uri = if granted {
+        format!("https://api{last}.example.com/v{last}/items?page=2").parse()?
+    } else {
+        "https://other.example.net/v1/items".parse()?
+    };
+    let start = Instant::now();
+    let mut allowed = !granted;
+    for _ in 0..iterations {
+        allowed = policy.allows(std::hint::black_box(&uri));
+    }
+    let elapsed = start.elapsed();
+    if allowed != granted {
+        bail!("the check of {uri} gave {allowed}");
+    }
+    Ok(elapsed.as_nanos() as f64 / f64::from(iterations.max(1)))
 }
 
 async fn runtime_bench(b: RuntimeBench) -> anyhow::Result<()> {

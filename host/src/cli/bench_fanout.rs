@@ -6,13 +6,14 @@
 //! resume latency: the last child's finish to the parent's finish (the
 //! requeue, the claim and the replay over N recorded children).
 
-use super::bench_queue::{Backends, Db, Workspace, pct, start_worker, terminate, wait_registered};
+use super::bench_queue::{
+    Db, RealWorker, Workspace, pct, start_worker, terminate, wait_registered,
+};
 use crate::client::{Client, EnqueueRequest};
 use crate::store::{AnyStore, NewTask, Store, TaskState};
 use anyhow::{Context, ensure};
 use chrono::{DateTime, Utc};
 use clap::Args;
-use std::path::PathBuf;
 
 #[derive(Debug, Args)]
 pub struct FanoutBench {
@@ -23,16 +24,7 @@ pub struct FanoutBench {
     #[arg(long, default_value_t = 5)]
     pub runs: usize,
     #[command(flatten)]
-    pub backends: Backends,
-    /// Where the `add` and `fanout` examples were built.
-    #[arg(long, default_value = "examples/target/wasm32-wasip2/release")]
-    pub modules: PathBuf,
-    /// The wasmq binary whose worker is measured [default: this one].
-    #[arg(long)]
-    pub bin: Option<PathBuf>,
-    /// Extra worker flags [default: none, the defaults are measured].
-    #[arg(long, allow_hyphen_values = true, default_value = "")]
-    pub flags: String,
+    pub worker: RealWorker,
 }
 
 /// One parent's figures, in milliseconds.
@@ -56,30 +48,21 @@ pub async fn run(b: FanoutBench) -> anyhow::Result<()> {
         b.runs > 0 && b.children > 0,
         "--runs and --children must be at least 1"
     );
-    let read = |name: &str| {
-        let path = b.modules.join(format!("{name}.wasm"));
-        std::fs::read(&path)
-            .with_context(|| format!("reading {} (build the examples first)", path.display()))
-    };
-    let (add, fanout) = (read("add")?, read("fanout")?);
+    let (add, fanout) = (b.worker.module("add")?, b.worker.module("fanout")?);
     let Workspace {
         work,
         cache,
         logs,
         runtime,
         bin,
-    } = Workspace::new(b.bin.as_deref())?;
-    let flags: Vec<String> = b.flags.split_whitespace().map(str::to_owned).collect();
+    } = Workspace::new(b.worker.bin.as_deref())?;
+    let flags = b.worker.flags();
     println!(
         "wasmq bench fanout: `fanout` maps `add` over {} children, {} parents per backend, \
          one `wasmq worker` process ({}); baseline: {} plain `add` tasks",
         b.children,
         b.runs,
-        if flags.is_empty() {
-            "default flags".to_string()
-        } else {
-            b.flags.clone()
-        },
+        b.worker.flags_label(),
         b.children,
     );
     println!(
@@ -93,8 +76,8 @@ pub async fn run(b: FanoutBench) -> anyhow::Result<()> {
         "→ start p50",
         "replay p50"
     );
-    for backend in b.backends.selected() {
-        let db = Db::create(backend, &b.backends.postgres_url, work.path(), 0).await?;
+    for backend in b.worker.backends.selected() {
+        let db = Db::create(backend, &b.worker.backends.postgres_url, work.path(), 0).await?;
         let result = async {
             let store = AnyStore::connect(&db.url).await?;
             store.migrate().await?;

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use tokio::process::{Child, Command};
 
 /// Queue the bench's tasks go to (the workers serve every queue).
-const QUEUE: &str = "bench";
+pub(super) const QUEUE: &str = "bench";
 /// Rows per `enqueue_batch` when filling the table.
 const ENQUEUE_CHUNK: usize = 5_000;
 
@@ -86,6 +86,45 @@ impl Backends {
             v.push("postgres");
         }
         v
+    }
+}
+
+/// The `wasmq worker` process a bench starts (its binary and extra flags),
+/// the databases it runs on, and where the example modules were built.
+#[derive(Debug, Args)]
+pub struct RealWorker {
+    #[command(flatten)]
+    pub backends: Backends,
+    /// Where the examples the bench uses were built.
+    #[arg(long, default_value = "examples/target/wasm32-wasip2/release")]
+    pub modules: PathBuf,
+    /// The wasmq binary whose worker is measured [default: this one].
+    #[arg(long)]
+    pub bin: Option<PathBuf>,
+    /// Extra worker flags [default: none, the defaults are measured].
+    #[arg(long, allow_hyphen_values = true, default_value = "")]
+    pub flags: String,
+}
+
+impl RealWorker {
+    /// The bytes of example module `name`.
+    pub(super) fn module(&self, name: &str) -> anyhow::Result<Vec<u8>> {
+        let path = self.modules.join(format!("{name}.wasm"));
+        std::fs::read(&path)
+            .with_context(|| format!("reading {} (build the examples first)", path.display()))
+    }
+
+    pub(super) fn flags(&self) -> Vec<String> {
+        shell_words(&self.flags)
+    }
+
+    /// The flags as the bench's heading names them.
+    pub(super) fn flags_label(&self) -> String {
+        if self.flags.trim().is_empty() {
+            "default flags".to_string()
+        } else {
+            self.flags.clone()
+        }
     }
 }
 
@@ -505,7 +544,7 @@ impl Db {
 
     /// Succeeded tasks of the drain, and the time from the first start to
     /// the last finish.
-    async fn drain_window(&self, store: &AnyStore) -> anyhow::Result<(i64, Duration)> {
+    pub(super) async fn drain_window(&self, store: &AnyStore) -> anyhow::Result<(i64, Duration)> {
         let (n, micros): (i64, Option<f64>) = match store {
             AnyStore::Postgres(pg) => {
                 sqlx::query_as(

@@ -9,6 +9,7 @@ mod bench_cold;
 mod bench_cpu;
 mod bench_fanout;
 mod bench_history;
+mod bench_http;
 mod bench_queue;
 mod bench_soak;
 mod cluster;
