@@ -61,22 +61,46 @@ stamp() { echo "$stamp_next" >"$1.inputs"; }
 
 report() { printf '%8s  %s%s\n' "$(wc -c <"$1")" "$1" "${2:-}"; }
 
+# The world an example is built with (wit/task.wit, wit/granted.wit): `task`,
+# unless it uses what the operator grants its module. Python's `fetch` needs
+# `http-task` (wasi:config for its secret, wasi:http for wasmq.http);
+# JavaScript's `granted-task` (wasi:config), since componentize-js brings
+# the wasi:http imports of its own `fetch`.
+world_of() {
+    case "$1/$2" in
+        python/fetch) echo http-task ;;
+        js/fetch) echo granted-task ;;
+        *) echo task ;;
+    esac
+}
+
+# The componentize-js features a JavaScript example leaves out: `http`
+# (StarlingMonkey's fetch, on wasi:http imports) and `fetch-event` (an
+# incoming-handler export) for all but `fetch`, which keeps `http`.
+js_disabled() {
+    case "$1" in
+        fetch) echo fetch-event ;;
+        *) echo http fetch-event ;;
+    esac
+}
+
 # Python tasks: examples/python/NAME/app.py with the SDK in guest-sdk/python.
 build_python() {
     local cpy="$VENV/bin/componentize-py"
     [ -x "$cpy" ] || { echo "build-examples: $cpy missing: run scripts/setup.sh" >&2; return 1; }
-    local version dir name output
+    local version dir name output world
     version=$("$cpy" --version)
     for dir in examples/python/*/; do
         name=$(basename "$dir")
         output="$OUT/python-$name.wasm"
-        if up_to_date "$output" "$version" "$dir" guest-sdk/python wit; then
+        world=$(world_of python "$name")
+        if up_to_date "$output" "$version; world $world" "$dir" guest-sdk/python wit; then
             report "$output" "  (unchanged)"
             continue
         fi
         # componentize-py imports the app at build time to snapshot it; keep
         # its bytecode out of the source tree.
-        PYTHONDONTWRITEBYTECODE=1 "$cpy" -d wit -w task componentize app \
+        PYTHONDONTWRITEBYTECODE=1 "$cpy" -d wit -w "$world" componentize app \
             -p "$dir" -p guest-sdk/python -o "$output.tmp" >/dev/null
         mv "$output.tmp" "$output"
         stamp "$output"
@@ -101,23 +125,27 @@ build_python() {
 }
 
 # JavaScript tasks: examples/js/NAME/task.js with the SDK in guest-sdk/js.
-# `-d http fetch-event` keeps wasi:http out of the component's imports, since
-# the host does not link it (and tasks get no network).
+# `-d http fetch-event` keeps wasi:http out of the component's imports (the
+# host links it only into runs granted outbound HTTP, and refuses a module
+# that imports it any other run); only `fetch` keeps `http` (js_disabled).
 build_js() {
     local cjs=examples/js/node_modules/@bytecodealliance/componentize-js/src/cli.js
     [ -f "$cjs" ] || { echo "build-examples: $cjs missing: run scripts/setup.sh" >&2; return 1; }
-    local version dir name output
+    local version dir name output world disabled
     version=$(node "$cjs" --version)
     for dir in examples/js/*/; do
         [ -f "$dir/task.js" ] || continue
         name=$(basename "$dir")
         output="$OUT/js-$name.wasm"
-        if up_to_date "$output" "$version" "$dir" guest-sdk/js wit; then
+        world=$(world_of js "$name")
+        disabled=$(js_disabled "$name")
+        if up_to_date "$output" "$version; world $world; -d $disabled" "$dir" guest-sdk/js wit; then
             report "$output" "  (unchanged)"
             continue
         fi
-        node "$cjs" "$dir/task.js" --wit wit --world-name task \
-            -d http fetch-event -o "$output.tmp" >/dev/null
+        # shellcheck disable=SC2086 # $disabled: one feature per word
+        node "$cjs" "$dir/task.js" --wit wit --world-name "$world" \
+            -d $disabled -o "$output.tmp" >/dev/null
         mv "$output.tmp" "$output"
         stamp "$output"
         report "$output"

@@ -10,7 +10,10 @@
 //! - Python and JavaScript components load from the precompiled disk cache in
 //!   a new process, under both instance allocators;
 //! - Python's and JavaScript's `fanout` spawn children running the Rust `add`
-//!   through the queue, wait for them, and resume with their results.
+//!   through the queue, wait for them, and resume with their results;
+//! - Python's and JavaScript's `fetch` call a JSON API on a loopback server
+//!   through the queue, with a granted secret as their bearer token, and are
+//!   refused a URL their grant does not cover.
 //!
 //! Python and JavaScript components take about 10 s each to compile with
 //! Cranelift, so every test here shares one module cache (under cargo's
@@ -54,6 +57,12 @@ fn lang_example(lang: &str, name: &str) -> PathBuf {
 /// `lang_example`, compiled into the shared cache before it is returned, so
 /// that tests running in parallel do not each compile it.
 fn module(lang: &str, name: &str) -> PathBuf {
+    module_run_with(lang, name, &[])
+}
+
+/// `module` for a module that needs `EXTRA` arguments to `wasmq run` (a
+/// grant, for one that imports `wasi:http`).
+fn module_run_with(lang: &str, name: &str, extra: &[&str]) -> PathBuf {
     static COMPILED: Mutex<Option<HashSet<PathBuf>>> = Mutex::new(None);
     let path = lang_example(lang, name);
     let mut compiled = COMPILED.lock().unwrap_or_else(|e| e.into_inner());
@@ -62,6 +71,7 @@ fn module(lang: &str, name: &str) -> PathBuf {
             .arg("run")
             .arg(&path)
             .args(["--input", "{}", "--json"])
+            .args(extra)
             .output()
             .unwrap();
         let report = json(&out);
@@ -350,16 +360,25 @@ fn admin(db: &Db, args: &[&str]) -> String {
 /// Runs one worker with two slots until the queue is idle; it must exit
 /// cleanly within two minutes.
 fn drain(db: &Db) {
+    drain_with(db, &[]);
+}
+
+/// `drain` with more environment for the worker; returns its output.
+fn drain_with(db: &Db, env: &[(&str, &Path)]) -> Output {
     let t = Instant::now();
-    let worker = wasmq(&cache())
+    let mut worker = wasmq(&cache());
+    worker
         .arg("--database-url")
         .arg(&db.url)
         .args(["worker", "--exit-when-idle", "--concurrency", "2"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+        .stdin(Stdio::null());
+    for (k, v) in env {
+        worker.env(k, v);
+    }
+    let worker = worker.output().unwrap();
     assert_eq!(code(&worker), 0, "worker: {}", stderr(&worker));
     assert!(t.elapsed() < Duration::from_secs(120));
+    worker
 }
 
 /// The task of `task show ID --json`.
@@ -482,5 +501,191 @@ fn fanout_through_the_queue_on_sqlite() {
 fn fanout_through_the_queue_on_postgres() {
     if let Some(db) = Db::postgres() {
         fanout_through_the_queue(&db);
+    }
+}
+
+/// Python's and JavaScript's `fetch` through the queue, against a loopback
+/// JSON API: a secret set from stdin and granted with the API's URL reaches
+/// the server as the bearer token, never the task's record; the parsed body
+/// is the result; a status outside 2xx and a body that is not JSON fail with
+/// messages that say so; and a URL outside the grant is refused before any
+/// connection (Python's task error carries the host's reason; JavaScript's
+/// `fetch` reports a NetworkError, and the worker's log the reason).
+fn fetch_through_the_queue(db: &Db) {
+    use common::httpd::{Reply, Server};
+    use std::io::Write;
+    const CANARY: &str = "canary-lang-fetch-5e1f9b2c";
+    let api = Server::http(|path: &str| match path {
+        "/items" => Reply {
+            status: 200,
+            headers: vec![("Content-Type".into(), "application/json".into())],
+            body: r#"{"items": [1, 2, {"x": null}], "name": "Zoë"}"#.into(),
+        },
+        "/html" => Reply::ok("<html>not json</html>"),
+        _ => Reply {
+            status: 404,
+            headers: vec![],
+            body: b"not found".to_vec(),
+        },
+    });
+    let other = Server::http(|_: &str| Reply::ok("{}"));
+
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("secret.key");
+    admin(db, &["secret", "new-key", key.to_str().unwrap()]);
+    let mut set = wasmq(&cache())
+        .arg("--database-url")
+        .arg(&db.url)
+        .args(["secret", "set", "api-token"])
+        .env("WASMQ_SECRET_KEY_FILE", &key)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(set.stdin.take().unwrap(), "{CANARY}").unwrap();
+    let out = set.wait_with_output().unwrap();
+    assert_eq!(code(&out), 0, "secret set: {}", stderr(&out));
+
+    let grant = api.url("http", "/");
+    let input = |url: String, secret: bool| {
+        let mut v = serde_json::json!({ "url": url });
+        if secret {
+            v["bearer_secret"] = "api-token".into();
+        }
+        v.to_string()
+    };
+    let cases = [
+        ("ok", input(api.url("http", "/items"), true)),
+        ("missing", input(api.url("http", "/missing"), true)),
+        ("not-json", input(api.url("http", "/html"), false)),
+        ("refused", input(other.url("http", "/items"), false)),
+    ];
+    let mut tasks = Vec::new(); // (lang, case, id)
+    for lang in ["python", "js"] {
+        // A run needs a grant to link wasi:http; `{}` fails as invalid input.
+        let m = module_run_with(lang, "fetch", &["--allow-http", &grant]);
+        let name = format!("fetch-{lang}");
+        admin(
+            db,
+            &["module", "push", m.to_str().unwrap(), "--name", &name],
+        );
+        admin(
+            db,
+            &[
+                "module",
+                "grant",
+                &name,
+                "--allow-http",
+                &grant,
+                "--secret",
+                "api-token",
+            ],
+        );
+        for (case, input) in &cases {
+            let id = admin(db, &["task", "enqueue", &name, "--input", input]);
+            tasks.push((lang, *case, id.trim().to_string()));
+        }
+    }
+    let worker = drain_with(db, &[("WASMQ_SECRET_KEY_FILE", &key)]);
+    let logs = stderr(&worker);
+
+    for (lang, case, id) in &tasks {
+        let shown = admin(db, &["task", "show", id, "--json"]);
+        assert!(!shown.contains(CANARY), "{lang} {case}: {shown}");
+        let t: serde_json::Value = serde_json::from_str(&shown).unwrap();
+        let t = &t["task"];
+        let message = t["error_message"].as_str().unwrap_or_default();
+        match *case {
+            "ok" => {
+                assert_eq!(t["state"], "succeeded", "{lang}: {t}");
+                let result: serde_json::Value =
+                    serde_json::from_str(t["result"].as_str().unwrap()).unwrap();
+                assert_eq!(
+                    result,
+                    serde_json::json!({
+                        "status": 200,
+                        "json": {"items": [1, 2, {"x": null}], "name": "Zoë"},
+                    }),
+                    "{lang}: {t}"
+                );
+            }
+            "missing" => {
+                assert_eq!(t["state"], "failed", "{lang}: {t}");
+                assert_eq!(t["error_kind"], "permanent", "{lang}: {t}");
+                assert!(message.ends_with("/missing: status 404"), "{lang}: {t}");
+            }
+            "not-json" => {
+                assert_eq!(t["state"], "failed", "{lang}: {t}");
+                assert_eq!(t["error_kind"], "permanent", "{lang}: {t}");
+                assert!(message.contains("the response is not JSON"), "{lang}: {t}");
+            }
+            _ => {
+                assert_eq!(t["state"], "failed", "{lang}: {t}");
+                assert_eq!(t["error_kind"], "permanent", "{lang}: {t}");
+                assert_eq!(t["attempt"], 1, "{lang}: {t}");
+                let url = other.url("http", "/items");
+                assert!(message.starts_with(&format!("GET {url}: ")), "{lang}: {t}");
+                if *lang == "python" {
+                    // The host's refusal, word for word.
+                    assert!(
+                        message.contains(&format!("wasmq: {url} is not granted to this run")),
+                        "{t}"
+                    );
+                } else {
+                    assert!(message.contains("NetworkError"), "{t}");
+                }
+            }
+        }
+    }
+    // The refusals, one per language, in the worker's log; no connection to
+    // the other server.
+    let refused = format!(
+        "wasmq: {} is not granted to this run",
+        other.url("http", "/items")
+    );
+    let refusals = logs
+        .lines()
+        .filter(|l| l.contains("refused an outbound HTTP request") && l.contains(&refused))
+        .count();
+    assert_eq!(refusals, 2, "{logs}");
+    assert_eq!(other.accepted(), 0, "a refused request opens no connection");
+    assert!(!logs.contains(CANARY), "{logs}");
+
+    // The server saw the token on the requests that asked for it, and only
+    // there: one `ok` and one `missing` per language.
+    let heads = api.heads();
+    assert_eq!(heads.len(), 6, "{heads:?}");
+    let bearer = format!("authorization: bearer {}", CANARY.to_ascii_lowercase());
+    let with_token: Vec<_> = heads
+        .iter()
+        .filter(|h| h.to_ascii_lowercase().contains(&bearer))
+        .map(|h| h.split(' ').nth(1).unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(
+        with_token.iter().filter(|p| *p == "/items").count(),
+        2,
+        "{heads:?}"
+    );
+    assert_eq!(with_token.len(), 4, "{heads:?}");
+    assert!(
+        heads
+            .iter()
+            .filter(|h| h.contains("/html"))
+            .all(|h| !h.to_ascii_lowercase().contains("authorization")),
+        "{heads:?}"
+    );
+}
+
+#[test]
+fn fetch_through_the_queue_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    fetch_through_the_queue(&Db::sqlite(dir.path()));
+}
+
+#[test]
+fn fetch_through_the_queue_on_postgres() {
+    if let Some(db) = Db::postgres() {
+        fetch_through_the_queue(&db);
     }
 }

@@ -18,12 +18,27 @@
 //       assert.equal(new TestContext({ attempt: 2 }).runJson(run, "nope").error().kind, "invalid-input");
 //     });
 //
-// `run` may be the `task(...)` export or the plain function it wraps.
+// `run` may be the `task(...)` export or the plain function it wraps. For an
+// async task, `run` and `runJson` return a promise of the TestRun: `await` it.
 //
-// wasmq.js imports the host's interfaces (`wasmq:task/host@0.1.1`, ...),
-// which only exist inside a component. Loading this module first registers a
-// Node.js module hook that resolves them, when nothing else does, to a
-// stand-in with no host behind it: hence `--import ./wasmq-testing.js`, so
+// What the operator would grant comes from the TestContext: `config` gives the
+// values ctx.config returns (task.js must import wasmq-config.js, as in the
+// component), and `fetch` answers the task's fetch calls during the run:
+//
+//     const run = await new TestContext({
+//       config: { "api-token": "t0k3n" },
+//       fetch: async (request) => Response.json({ id: 7 }),
+//     }).run(task, { url: "https://api.example.com/", bearer_secret: "api-token" });
+//     assert.equal(run.requests[0].headers.get("authorization"), "Bearer t0k3n");
+//
+// During a run the global `fetch` is the TestContext's (without `fetch`, one
+// that throws): a unit test never reaches the network.
+//
+// wasmq.js imports the host's interfaces (`wasmq:task/host@0.1.1`, ...), and
+// wasmq-config.js `wasi:config/store`, which only exist inside a component.
+// Loading this module first registers a Node.js module hook that resolves
+// them, when nothing else does, to a stand-in with no host behind it: hence
+// `--import ./wasmq-testing.js`, so
 // that it is loaded before task.js. (Without the flag, import task.js
 // dynamically after this module: `const { run } = await import("./task.js")`.)
 // Subtasks (ctx.spawn, wait, map) need the host: under a TestContext they
@@ -38,12 +53,15 @@ const none = () => {
 };
 export const context = none, log = none, progress = none, isCancelled = none;
 export const spawn = none, spawnMany = none, wait = none, map = none;
+export const get = none, getAll = none;
 `;
 
 const HOOK = `
 const stub = ${JSON.stringify("data:text/javascript," + encodeURIComponent(NO_HOST))};
 export async function resolve(specifier, context, next) {
-  if (!specifier.startsWith("wasmq:task/")) return next(specifier, context);
+  if (!specifier.startsWith("wasmq:task/") && !specifier.startsWith("wasi:config/")) {
+    return next(specifier, context);
+  }
   let resolved;
   try {
     resolved = await next(specifier, context);
@@ -51,7 +69,7 @@ export async function resolve(specifier, context, next) {
     return { url: stub, shortCircuit: true };
   }
   // Node resolves the specifier to itself, then cannot load it: no host.
-  return resolved.url.startsWith("wasmq:") ? { url: stub, shortCircuit: true } : resolved;
+  return /^(wasmq|wasi):/.test(resolved.url) ? { url: stub, shortCircuit: true } : resolved;
 }
 `;
 
@@ -61,7 +79,7 @@ const { __private, TaskError } = await import("./wasmq.js");
 
 /** What one run of a task under a TestContext did. */
 export class TestRun {
-  constructor(result, logs, progress, cancelChecks) {
+  constructor(result, logs, progress, cancelChecks, requests) {
     /** What the task returned (for `runJson`, the JSON text), or the
      * TaskError it failed with. */
     this.result = result;
@@ -72,6 +90,8 @@ export class TestRun {
     this.progress = progress;
     /** How many times it asked `ctx.isCancelled()`. */
     this.cancelChecks = cancelChecks;
+    /** The requests it fetched, in order, as `Request` objects. */
+    this.requests = requests;
   }
 
   /** True when the task succeeded. */
@@ -97,18 +117,25 @@ export class TestRun {
 /**
  * The attempt a test runs a task as. Options, with their defaults: `taskId`
  * ("test"), `attempt` (1), `maxAttempts` (3), `queue` ("default"),
- * `timeoutMs` (none: a deadline that far from the start of each run) and
+ * `timeoutMs` (none: a deadline that far from the start of each run),
  * `cancelledAfter` (never: cancellation is requested once the task has
- * checked `ctx.isCancelled()` that many times; 0: from the start).
+ * checked `ctx.isCancelled()` that many times; 0: from the start), `config`
+ * (none: an object of the values ctx.config returns, config values and
+ * secrets alike) and `fetch` (none: the function that answers the task's
+ * fetch calls: it gets a `Request` and returns a `Response` or its promise).
  */
 export class TestContext {
-  constructor({ taskId = "test", attempt = 1, maxAttempts = 3, queue = "default", timeoutMs, cancelledAfter } = {}) {
-    Object.assign(this, { taskId, attempt, maxAttempts, queue, timeoutMs, cancelledAfter });
+  constructor({ taskId = "test", attempt = 1, maxAttempts = 3, queue = "default", timeoutMs, cancelledAfter, config = {}, fetch } = {}) {
+    for (const [key, value] of Object.entries(config ?? {})) {
+      if (typeof value !== "string") throw new TypeError(`config ${JSON.stringify(key)}: the value must be a string`);
+    }
+    config = { ...config };
+    Object.assign(this, { taskId, attempt, maxAttempts, queue, timeoutMs, cancelledAfter, config, fetch });
   }
 
   /** Runs `task(ctx, input)` with `input` as a JavaScript value. A TaskError
    * it throws is the run's `result`; anything else is rethrown, so the test
-   * shows it. */
+   * shows it. An async task's run is a promise of the TestRun. */
   run(task, input) {
     const fn = __private.taskFunction(task);
     return this.#record((ctx) => fn(ctx, input));
@@ -126,8 +153,10 @@ export class TestContext {
   #record(f) {
     const logs = [];
     const progress = [];
+    const requests = [];
     let cancelChecks = 0;
     const cancelledAfter = this.cancelledAfter;
+    const config = this.config;
     const recorder = {
       log: (level, message) => void logs.push({ level, message }),
       progress: (percent, message) => void progress.push({ percent, message }),
@@ -135,6 +164,7 @@ export class TestContext {
         const checked = cancelChecks++;
         return cancelledAfter !== undefined && cancelledAfter !== null && checked >= cancelledAfter;
       },
+      config: (key) => (Object.hasOwn(config, key) ? config[key] : undefined),
     };
     const info = {
       taskId: this.taskId,
@@ -144,14 +174,45 @@ export class TestContext {
       deadlineUnixMs: this.timeoutMs === undefined ? undefined : BigInt(Date.now() + this.timeoutMs),
     };
     const ctx = __private.nativeContext(info, recorder);
-    let result;
+    const answer = this.fetch;
+    const realFetch = globalThis.fetch;
+    globalThis.fetch = async (resource, init) => {
+      const request = new Request(resource, init);
+      requests.push(request);
+      if (answer === undefined || answer === null) {
+        throw new TypeError(
+          `fetch ${request.url}: no network in a unit test: give TestContext({ fetch }) a function that answers requests`,
+        );
+      }
+      return answer(request.clone());
+    };
+    const restore = () => {
+      globalThis.fetch = realFetch;
+    };
+    const finish = (result) => new TestRun(result, logs, progress, cancelChecks, requests);
+    let out;
     try {
-      result = f(ctx);
+      out = f(ctx);
     } catch (e) {
+      restore();
       if (!(e instanceof TaskError)) throw e;
-      result = e;
+      return finish(e);
     }
-    return new TestRun(result, logs, progress, cancelChecks);
+    if (!__private.isThenable(out)) {
+      restore();
+      return finish(out);
+    }
+    return Promise.resolve(out).then(
+      (result) => {
+        restore();
+        return finish(result);
+      },
+      (e) => {
+        restore();
+        if (!(e instanceof TaskError)) throw e;
+        return finish(e);
+      },
+    );
   }
 }
 

@@ -29,6 +29,12 @@
 //   a normal failure of the task.
 // - Host services: the Context gives the task's id, attempt, queue and
 //   deadline, sends logs and progress to the host, and reports cancellation.
+// - Async: the function may be `async` (or return a promise): componentize-js
+//   runs the event loop until it settles, so a task can `await fetch(...)`
+//   (built without `-d http`, see guest-sdk/js/README.md).
+// - Grants: ctx.config(key) reads the module's config values and granted
+//   secrets through wasi:config/store, once task.js imports wasmq-config.js
+//   and the component is built with the world `granted-task`.
 // - Subtasks: ctx.spawn, spawnMany, wait and map fan work out to child tasks
 //   and collect their results. A wait whose results are not there yet ends
 //   the run, and the task runs again *from the start* once they are: all it
@@ -44,6 +50,15 @@ const TASK_FNS = new WeakMap();
 
 const KINDS = ["permanent", "retryable", "invalid-input"];
 const LEVELS = ["trace", "debug", "info", "warn", "error"];
+
+// wasi:config/store, as wasmq-config.js hands it over. This module cannot
+// import it: a component built with the world `task` has no such import,
+// and componentize-js refuses a source that imports what its world lacks.
+let configStore;
+
+const NO_CONFIG =
+  "ctx.config() needs wasi:config/store: import the SDK's wasmq-config.js (`import \"wasmq-guest/config\"`) " +
+  "in task.js and build the component with the world granted-task (componentize-js --world-name granted-task)";
 
 /** A task failure: a kind that drives the retry policy, a message, and
  * optional machine-readable details (any JSON-serialisable value). */
@@ -182,6 +197,34 @@ export class Context {
   isCancelled() {
     if (this.#recorder !== undefined) return this.#recorder.isCancelled();
     return host.isCancelled();
+  }
+
+  /**
+   * The config value or granted secret `key` of this task's module, read
+   * through wasi:config/store; undefined when nothing of that name is set or
+   * granted. The operator sets values with `wasmq module config NAME
+   * KEY=VALUE` and grants secrets with `wasmq secret set KEY` and `wasmq
+   * module grant NAME --secret KEY`; a secret wins over a config value of the
+   * same name. The host takes granted secrets back out of the task's output,
+   * logs and errors, but a task should not print them.
+   *
+   * Needs `import "wasmq-guest/config"` (wasmq-config.js) in task.js and the
+   * world `granted-task`; without the import it throws a `permanent`
+   * TaskError that says so.
+   */
+  config(key) {
+    if (typeof key !== "string") throw new TypeError(`config key must be a string, not ${safeStringify(key)}`);
+    if (configStore === undefined) throw TaskError.permanent(NO_CONFIG);
+    if (this.#recorder !== undefined) return this.#recorder.config(key);
+    let value;
+    try {
+      value = configStore.get(key);
+    } catch (e) {
+      // store.error: { tag: "upstream" | "io", val: message }.
+      const why = e?.payload?.val ?? e?.payload ?? e;
+      throw TaskError.retryable(`reading config key ${JSON.stringify(key)}: ${why}`);
+    }
+    return value ?? undefined;
   }
 
   // Subtasks.
@@ -386,8 +429,14 @@ function safeStringify(value) {
   }
 }
 
+function isThenable(value) {
+  return value !== null && (typeof value === "object" || typeof value === "function") && typeof value.then === "function";
+}
+
 // What the exported `run` does, with its errors thrown as TaskErrors: also
-// what wasmq-testing.js's TestContext#runJson runs natively.
+// what wasmq-testing.js's TestContext#runJson runs natively. For a function
+// that returns a promise, a promise of the JSON text that rejects with a
+// TaskError.
 function runJson(fn, ctx, text) {
   let input;
   try {
@@ -401,6 +450,15 @@ function runJson(fn, ctx, text) {
   } catch (e) {
     throw e instanceof TaskError ? e : uncaught(e);
   }
+  if (isThenable(output)) {
+    return Promise.resolve(output).then(serialize, (e) => {
+      throw e instanceof TaskError ? e : uncaught(e);
+    });
+  }
+  return serialize(output);
+}
+
+function serialize(output) {
   let json;
   try {
     json = JSON.stringify(output);
@@ -413,14 +471,22 @@ function runJson(fn, ctx, text) {
   return json;
 }
 
-/** Wraps `fn(ctx, input)` as the task's `run` export: `export const run = task(fn)`. */
+/** Wraps `fn(ctx, input)` as the task's `run` export: `export const run = task(fn)`.
+ * `fn` may be async: componentize-js settles the promise `run` returns. */
 export function task(fn) {
   const run = function run(text) {
+    let out;
     try {
-      return runJson(fn, new Context(), text);
+      out = runJson(fn, new Context(), text);
     } catch (e) {
       throw e.toWit();
     }
+    if (isThenable(out)) {
+      return out.then(undefined, (e) => {
+        throw e.toWit();
+      });
+    }
+    return out;
   };
   TASK_FNS.set(run, fn);
   return run;
@@ -429,6 +495,11 @@ export function task(fn) {
 /** For wasmq-testing.js only; not part of the SDK's API. */
 export const __private = {
   runJson,
+  isThenable,
+  // wasmq-config.js: the wasi:config/store bindings.
+  useConfigStore: (store) => {
+    configStore = store;
+  },
   nativeContext: (info, recorder) => Context[NATIVE](info, recorder),
   taskFunction: (f) => TASK_FNS.get(f) ?? f,
 };

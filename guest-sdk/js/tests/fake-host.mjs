@@ -29,3 +29,6 @@ export const log = () => {};
 export const progress = () => {};
 export const context = () => ({ taskId: "t", attempt: 1, maxAttempts: 3, queue: "default" });
 export const isCancelled = () => false;
+// wasi:config/store.
+export const get = (key) => answer("get", key);
+export const getAll = () => answer("getAll");

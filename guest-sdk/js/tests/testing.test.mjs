@@ -105,3 +105,62 @@ test("output() and error() check the outcome", () => {
   // Anything but a TaskError thrown by the function reaches the test.
   assert.throws(() => new TestContext().run(() => null.x, null), TypeError);
 });
+
+test("config comes from the TestContext, once wasmq-config.js is imported as in the component", async () => {
+  const read = (ctx, key) => ctx.config(key) ?? null;
+  // Without the import, as in a component built without it.
+  const err = new TestContext({ config: { k: "v" } }).run(read, "k").error();
+  assert.equal(err.kind, "permanent");
+  assert.match(err.message, /wasmq-config\.js.*granted-task/);
+  await import("../wasmq-config.js");
+  const ctx = new TestContext({ config: { "api-token": "t0k3n" } });
+  assert.equal(ctx.run(read, "api-token").output(), "t0k3n");
+  assert.equal(ctx.run(read, "other").output(), null);
+  assert.equal(ctx.run(read, "toString").output(), null);
+  assert.equal(new TestContext().run(read, "api-token").output(), null);
+  assert.throws(() => new TestContext({ config: { n: 1 } }), TypeError);
+});
+
+const fetchJson = task(async (ctx, input) => {
+  const headers = { authorization: `Bearer ${ctx.config(input.secret)}` };
+  const response = await fetch(input.url, { headers });
+  if (!response.ok) throw TaskError.permanent(`status ${response.status}`);
+  ctx.logInfo("fetched");
+  return { status: response.status, json: await response.json() };
+});
+
+test("an async task under a TestContext: fetch answered by the test, requests recorded", async () => {
+  await import("../wasmq-config.js");
+  const realFetch = globalThis.fetch;
+  const tc = new TestContext({
+    config: { token: "t0k3n" },
+    fetch: async (request) => {
+      assert.equal(request.headers.get("authorization"), "Bearer t0k3n");
+      return request.url.endsWith("/missing") ? new Response("no", { status: 404 }) : Response.json({ id: 7 });
+    },
+  });
+  const pending = tc.run(fetchJson, { url: "https://api.example.com/items", secret: "token" });
+  assert.ok(pending instanceof Promise);
+  const run = await pending;
+  assert.deepEqual(run.output(), { status: 200, json: { id: 7 } });
+  assert.deepEqual(run.logs, [{ level: "info", message: "fetched" }]);
+  assert.deepEqual(
+    run.requests.map((r) => [r.method, r.url]),
+    [["GET", "https://api.example.com/items"]],
+  );
+  assert.equal(globalThis.fetch, realFetch, "the global fetch is restored after the run");
+
+  const missing = await tc.run(fetchJson, { url: "https://api.example.com/missing", secret: "token" });
+  assert.equal(missing.error().message, "status 404");
+  const text = await tc.runJson(fetchJson, '{"url": "https://api.example.com/x", "secret": "token"}');
+  assert.equal(text.output(), '{"status":200,"json":{"id":7}}');
+
+  // Without `fetch`, no network: the task's fetch throws.
+  const offline = await new TestContext({ config: { token: "t" } }).runJson(fetchJson, '{"url": "https://example.com/", "secret": "token"}');
+  assert.equal(offline.error().kind, "permanent");
+  assert.match(offline.error().message, /^TypeError: fetch https:\/\/example\.com\/: no network in a unit test/);
+  assert.equal(globalThis.fetch, realFetch);
+  // Anything but a TaskError thrown by an async function reaches the test.
+  await assert.rejects(new TestContext().run(async () => null.x, null), TypeError);
+  assert.equal(globalThis.fetch, realFetch);
+});

@@ -136,3 +136,57 @@ test("a child's error thrown by the task reaches the host as it came", () => {
     return true;
   });
 });
+
+test("an async task's run returns a promise of its JSON, or rejects with the WIT error", async () => {
+  const run = task(async (c, input) => {
+    await new Promise((resolve) => setTimeout(resolve, 1));
+    if (input.fail === "task") throw TaskError.retryable("try later", { after: 5 });
+    if (input.fail === "other") throw new RangeError("too far");
+    if (input.fail === "output") return undefined;
+    return { got: input.n * 2 };
+  });
+  const ok = run('{"n": 21}');
+  assert.ok(ok instanceof Promise);
+  assert.equal(await ok, '{"got":42}');
+  await assert.rejects(run('{"fail": "task"}'), (e) => {
+    assert.deepEqual(e, { kind: "retryable", message: "try later", details: '{"after":5}' });
+    return true;
+  });
+  await assert.rejects(run('{"fail": "other"}'), (e) => {
+    assert.equal(e.kind, "permanent");
+    assert.equal(e.message, "RangeError: too far");
+    assert.match(JSON.parse(e.details).stack, /too far/);
+    return true;
+  });
+  await assert.rejects(run('{"fail": "output"}'), (e) => e.kind === "permanent" && /could not be serialized/.test(e.message));
+  // Input that does not parse fails before the function, synchronously.
+  assert.throws(() => run("nope"), (e) => e.kind === "invalid-input");
+});
+
+test("ctx.config without wasmq-config.js says how to get it", () => {
+  assert.throws(
+    () => ctx.config("api-token"),
+    (e) =>
+      e instanceof TaskError &&
+      e.kind === "permanent" &&
+      e.message.includes("wasmq-config.js") &&
+      e.message.includes("granted-task"),
+  );
+  // A task that calls it fails with that error, not a trap.
+  const run = task((c) => c.config("api-token"));
+  assert.throws(() => run("null"), (e) => e.kind === "permanent" && e.message.includes("granted-task"));
+  assert.deepEqual(fake.calls, []);
+});
+
+test("ctx.config reads wasi:config/store once wasmq-config.js is imported", async () => {
+  await import("../wasmq-config.js");
+  fake.replies = ["t0k3n", undefined, new ComponentError({ tag: "io", val: "the store is gone" })];
+  assert.equal(ctx.config("api-token"), "t0k3n");
+  assert.equal(ctx.config("nope"), undefined);
+  assert.throws(
+    () => ctx.config("broken"),
+    (e) => e instanceof TaskError && e.kind === "retryable" && e.message === 'reading config key "broken": the store is gone',
+  );
+  assert.deepEqual(fake.calls, [["get", "api-token"], ["get", "nope"], ["get", "broken"]]);
+  assert.throws(() => ctx.config(7), TypeError);
+});

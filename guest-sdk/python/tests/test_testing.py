@@ -32,6 +32,7 @@ def _import_native():
 wasmq, testing = _import_native()
 TaskError, LogLevel = wasmq.TaskError, wasmq.LogLevel
 TestContext, LogLine, Progress = testing.TestContext, testing.LogLine, testing.Progress
+http = testing._http  # wasmq.http, as testing imported it
 
 
 def work(ctx, input):
@@ -130,6 +131,70 @@ class TestContextTest(unittest.TestCase):
             TestContext().run(flaky, 1).output()
         with self.assertRaisesRegex(AssertionError, "the task succeeded"):
             TestContext(attempt=2).run(flaky, 1).error()
+
+
+def fetch(ctx, input):
+    token = ctx.config("api-token")
+    headers = {"authorization": f"Bearer {token}"} if token is not None else {}
+    r = http.get(input["url"], headers=headers, max_bytes=input.get("max_bytes", http.DEFAULT_MAX_BYTES))
+    if not r.ok:
+        raise TaskError.permanent(f"status {r.status}")
+    return {"status": r.status, "json": r.json(), "type": r.headers.get("content-type")}
+
+
+class GrantsTest(unittest.TestCase):
+    def test_config_comes_from_the_test_context(self):
+        read = lambda ctx, key: ctx.config(key)  # noqa: E731
+        ctx = TestContext(config={"api-token": "t0k3n"})
+        self.assertEqual(ctx.run(read, "api-token").output(), "t0k3n")
+        self.assertIsNone(ctx.run(read, "other").output())
+        self.assertIsNone(TestContext().run(read, "api-token").output())
+        with self.assertRaises(TypeError):
+            TestContext(config={"n": 1})
+
+    def test_config_outside_a_test_context_has_no_host(self):
+        # Natively there is no wasi:config: the error says how to build.
+        with self.assertRaises(TaskError) as caught:
+            wasmq.Context().config("k")
+        self.assertIn("granted-task", caught.exception.message)
+
+    def test_http_requests_go_to_the_test_and_are_recorded(self):
+        def answer(request):
+            self.assertEqual(request.header("Authorization"), "Bearer t0k3n")
+            if request.url.endswith("/missing"):
+                return http.Response(404, body="no")
+            return http.Response(200, [("Content-Type", "application/json")], b'{"id": 7}')
+
+        ctx = TestContext(config={"api-token": "t0k3n"}, http=answer)
+        run = ctx.run(fetch, {"url": "https://api.example.com/items"})
+        self.assertEqual(run.output(), {"status": 200, "json": {"id": 7}, "type": "application/json"})
+        [request] = run.requests
+        self.assertEqual((request.method, request.url, request.body), ("GET", "https://api.example.com/items", None))
+        self.assertEqual(request.headers, (("authorization", "Bearer t0k3n"),))
+        self.assertEqual(ctx.run(fetch, {"url": "https://api.example.com/missing"}).error().message, "status 404")
+        # The bound applies to the test's answer too.
+        err = ctx.run(fetch, {"url": "https://api.example.com/items", "max_bytes": 3}).error()
+        self.assertEqual((err.kind, type(err).__name__), ("permanent", "HttpError"))
+        # The handler's own errors reach the task, e.g. a refusal.
+        refused = http.HttpError("permanent", "GET x: wasmq: x is not granted to this run", "internal-error")
+        run = TestContext(http=lambda r: (_ for _ in ()).throw(refused)).run_json(fetch, '{"url": "x"}')
+        self.assertEqual(run.error(), refused)
+
+    def test_without_a_handler_there_is_no_network(self):
+        run = TestContext().run(fetch, {"url": "https://example.com/"})
+        self.assertEqual(run.error().kind, "permanent")
+        self.assertIn("no network in a unit test", run.error().message)
+        self.assertEqual([r.url for r in run.requests], ["https://example.com/"])
+        # Outside any TestContext, and after one: no handler is left behind.
+        self.assertIsNone(http._handler)
+        with self.assertRaises(TaskError) as caught:
+            http.get("https://example.com/")
+        self.assertIn("outside a component", caught.exception.message)
+        with self.assertRaises(ZeroDivisionError):
+            TestContext(http=lambda r: 1 / 0).run(fetch, {"url": "https://example.com/"})
+        self.assertIsNone(http._handler)
+        with self.assertRaises(TypeError):
+            TestContext(http=lambda r: "not a response").run(fetch, {"url": "https://example.com/"})
 
 
 if __name__ == "__main__":

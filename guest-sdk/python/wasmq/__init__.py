@@ -41,6 +41,10 @@ What the SDK does for you:
 - **Host services**: the :class:`Context` gives the task's id, attempt
   number, queue and deadline, sends log lines and progress to the host, and
   tells whether cancellation was requested.
+- **Grants**: :meth:`Context.config` reads the config values and secrets the
+  operator granted the task's module (build with ``-w granted-task``), and
+  :mod:`wasmq.http` makes outbound HTTP requests to the URLs granted to it
+  (build with ``-w http-task``); see ``wit/granted.wit``.
 - **Subtasks**: :meth:`Context.spawn`, :meth:`Context.spawn_many`,
   :meth:`Context.wait` and :meth:`Context.map` fan work out to child tasks
   and collect their results. A wait whose results are not there yet ends the
@@ -68,13 +72,28 @@ from typing import Any, Callable, Dict, Iterable, List, Optional
 try:
     from componentize_py_types import Err
     from wit_world.imports import host, subtasks
-    from wit_world.imports import types as wit
 except ModuleNotFoundError as _e:
     # Natively (a unit test under wasmq.testing) there are no generated
     # bindings: stand-ins with the same shapes, and no host behind them.
     if (_e.name or "").split(".")[0] not in ("componentize_py_types", "wit_world"):
         raise
     from ._native import Err, host, subtasks, wit
+
+    _config_store: Any = None
+    _NATIVE = True
+else:
+    _NATIVE = False
+    try:
+        from wit_world.imports import types as wit
+    except ImportError:
+        # World http-task also imports wasi:http's `types`: componentize-py
+        # then names both interfaces after their packages.
+        from wit_world.imports import wasmq_task_types as wit
+    try:
+        # Only in the worlds granted-task and http-task (wit/granted.wit).
+        from wit_world.imports import store as _config_store
+    except ImportError:
+        _config_store = None
 
 __all__ = ["Child", "Context", "LogLevel", "TaskError", "function_task", "task"]
 
@@ -262,6 +281,33 @@ class Context:
             return self._recorder.is_cancelled()
         return host.is_cancelled()
 
+    def config(self, key: str) -> Optional[str]:
+        """The config value or granted secret ``key`` of this task's module,
+        read through ``wasi:config/store``; ``None`` when nothing of that name
+        is set or granted. The operator sets values with ``wasmq module config
+        NAME KEY=VALUE`` and grants secrets with ``wasmq secret set KEY`` and
+        ``wasmq module grant NAME --secret KEY``; a secret wins over a config
+        value of the same name. The host takes granted secrets back out of the
+        task's output, logs and errors, but a task should not print them.
+
+        The component must be built with the world ``granted-task`` (or
+        ``http-task``): ``componentize-py -d wit -w granted-task ...``. Built
+        with ``task``, which has no ``wasi:config``, this raises a
+        ``permanent`` :class:`TaskError` saying so.
+        """
+        if not isinstance(key, str):
+            raise TypeError(f"config key must be a str, not {type(key).__name__}")
+        if self._recorder is not None:
+            return self._recorder.config(key)
+        if _config_store is None:
+            raise TaskError.permanent(_NO_CONFIG)
+        try:
+            return _config_store.get(key)
+        except Err as e:
+            # store.error: upstream(message) or io(message).
+            why = getattr(e.value, "value", e.value)
+            raise TaskError.retryable(f"reading config key {key!r}: {why}") from None
+
     # Subtasks.
 
     def spawn(self, module: str, input: Any, **options: Any) -> "Child":
@@ -342,6 +388,12 @@ class Context:
 
 
 _KIND_NAMES = {wit_kind: name for name, wit_kind in TaskError.KINDS.items()}
+
+_NO_CONFIG = (
+    "ctx.config() needs wasi:config/store, which this component does not import: build it with "
+    "the world granted-task (or http-task, for wasmq.http) instead of task: "
+    "componentize-py -d wit -w granted-task componentize ..."
+)
 
 _U32 = 2**32 - 1
 _U64 = 2**64 - 1

@@ -24,15 +24,34 @@ logged and reported::
 ``run`` is the function ``@task`` marks (the decorator returns it unchanged).
 Subtasks (``ctx.spawn``, ``wait``, ``map``) need the host: under a test
 context they raise a ``permanent`` :class:`~wasmq.TaskError`.
+
+What the operator would grant comes from the test context too:
+``TestContext(config={"api-token": "t0k3n"})`` gives the values
+:meth:`Context.config` returns, and ``TestContext(http=answer)`` sends the
+task's :mod:`wasmq.http` requests to ``answer(request)``, which returns a
+:class:`wasmq.http.Response` (or raises, e.g. a :class:`wasmq.http.HttpError`)::
+
+    from wasmq.http import Response
+
+    def answer(request):
+        assert request.header("authorization") == "Bearer t0k3n"
+        return Response(200, {"content-type": "application/json"}, b'{"id": 7}')
+
+    run = TestContext(config={"api-token": "t0k3n"}, http=answer).run(fetch, {"url": "https://api.example.com/"})
+    assert run.requests[0].url == "https://api.example.com/"
+
+Without ``http=``, a request raises a ``permanent`` :class:`~wasmq.TaskError`:
+unit tests never reach the network.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, List, NamedTuple, Optional, Union
+from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Union
 
 from . import Context, LogLevel, TaskError, _run_json
+from . import http as _http
 
 __all__ = ["LogLevel", "LogLine", "Progress", "TestContext", "TestRun"]
 
@@ -66,6 +85,8 @@ class TestRun:
     progress: List[Progress] = field(default_factory=list)
     cancel_checks: int = 0
     """How many times it asked :meth:`Context.is_cancelled`."""
+    requests: List[_http.Request] = field(default_factory=list)
+    """The :mod:`wasmq.http` requests it made, in order."""
 
     @property
     def ok(self) -> bool:
@@ -94,11 +115,16 @@ class _Info(NamedTuple):
 
 
 class _Recorder:
-    def __init__(self, cancelled_after: Optional[int]) -> None:
+    def __init__(self, cancelled_after: Optional[int], config: Dict[str, str]) -> None:
         self.logs: List[LogLine] = []
         self.progress_: List[Progress] = []
         self.cancel_checks = 0
         self.cancelled_after = cancelled_after
+        self.config_ = config
+        self.requests: List[_http.Request] = []
+
+    def config(self, key: str) -> Optional[str]:
+        return self.config_.get(key)
 
     def log(self, level: Any, message: str) -> None:
         self.logs.append(LogLine(level, message))
@@ -119,6 +145,10 @@ class TestContext:
     ``timeout`` (seconds) sets a deadline that far from the start of each
     run; ``cancelled_after=n`` requests cancellation once the task has
     checked :meth:`Context.is_cancelled` ``n`` times (0: from the start).
+    ``config`` maps keys to the values :meth:`Context.config` returns (config
+    values and secrets alike; any other key is ``None``); ``http`` answers
+    the task's :mod:`wasmq.http` requests: a function of a
+    :class:`wasmq.http.Request` that returns a :class:`wasmq.http.Response`.
     """
 
     __test__ = False  # not a test case, for pytest
@@ -131,7 +161,15 @@ class TestContext:
         queue: str = "default",
         timeout: Optional[float] = None,
         cancelled_after: Optional[int] = None,
+        config: Optional[Mapping[str, str]] = None,
+        http: Optional[Callable[[_http.Request], _http.Response]] = None,
     ) -> None:
+        config = dict(config or {})
+        for key, value in config.items():
+            if not isinstance(key, str) or not isinstance(value, str):
+                raise TypeError(f"config must map str to str, not {key!r}: {value!r}")
+        self.config = config
+        self.http = http
         self.attempt = attempt
         self.max_attempts = max_attempts
         self.task_id = task_id
@@ -156,13 +194,27 @@ class TestContext:
         deadline = None
         if self.timeout is not None:
             deadline = int((time.time() + self.timeout) * 1000)
-        recorder = _Recorder(self.cancelled_after)
+        recorder = _Recorder(self.cancelled_after, self.config)
         ctx = Context()
         ctx._info = _Info(self.task_id, self.attempt, self.max_attempts, self.queue, deadline)
         ctx._recorder = recorder
+        answer = self.http
+
+        def handler(request: _http.Request) -> _http.Response:
+            recorder.requests.append(request)
+            if answer is None:
+                raise TaskError.permanent(
+                    f"{request.method} {request.url}: no network in a unit test: give "
+                    "TestContext(http=...) a function that answers requests"
+                )
+            return answer(request)
+
+        saved, _http._handler = _http._handler, handler
         try:
             result = f(ctx)
         except TaskError as e:
             result = e
-        return TestRun(result, recorder.logs, recorder.progress_, recorder.cancel_checks)
+        finally:
+            _http._handler = saved
+        return TestRun(result, recorder.logs, recorder.progress_, recorder.cancel_checks, recorder.requests)
 

@@ -51,11 +51,31 @@ use Source::{Sdk, Template};
 /// Every language's README ends with how to run the component.
 const RUN_MD: &str = include_str!("templates/run.md");
 
-/// The WIT package every component implements.
-const WIT: (&str, Source) = ("wit/task.wit", Sdk("wit/task.wit"));
+/// The WIT package every component implements: the `task` world, and the
+/// worlds that add what an operator grants (wit/granted.wit: `granted-task`
+/// for config and secrets, `http-task` for outbound HTTP) with the WASI
+/// packages they import.
+const WIT: [(&str, Source); 7] = [
+    ("wit/task.wit", Sdk("wit/task.wit")),
+    ("wit/granted.wit", Sdk("wit/granted.wit")),
+    (
+        "wit/deps/config/store.wit",
+        Sdk("wit/deps/config/store.wit"),
+    ),
+    (
+        "wit/deps/config/world.wit",
+        Sdk("wit/deps/config/world.wit"),
+    ),
+    ("wit/deps/http/http.wit", Sdk("wit/deps/http/http.wit")),
+    ("wit/deps/io/io.wit", Sdk("wit/deps/io/io.wit")),
+    (
+        "wit/deps/clocks/clocks.wit",
+        Sdk("wit/deps/clocks/clocks.wit"),
+    ),
+];
 
 fn files(lang: Lang) -> Vec<(&'static str, Source)> {
-    match lang {
+    let mut files = match lang {
         Lang::Rust => vec![
             (
                 "Cargo.toml",
@@ -94,7 +114,6 @@ fn files(lang: Lang) -> Vec<(&'static str, Source)> {
                 ".gitignore",
                 Template(include_str!("templates/python/gitignore")),
             ),
-            WIT,
         ],
         Lang::Js => vec![
             ("task.js", Template(include_str!("templates/js/task.js"))),
@@ -117,7 +136,6 @@ fn files(lang: Lang) -> Vec<(&'static str, Source)> {
             // componentize-js, rolldown and their dependencies, as the
             // examples pin them.
             ("package-lock.json", Sdk("examples/js/package-lock.json")),
-            WIT,
         ],
         Lang::C => vec![
             ("task.c", Template(include_str!("templates/c/task.c"))),
@@ -138,9 +156,13 @@ fn files(lang: Lang) -> Vec<(&'static str, Source)> {
             ("adapter/Cargo.toml", Sdk("examples/c/adapter/Cargo.toml")),
             ("adapter/Cargo.lock", Sdk("examples/c/adapter/Cargo.lock")),
             ("adapter/src/lib.rs", Sdk("examples/c/adapter/src/lib.rs")),
-            WIT,
         ],
+    };
+    // The Rust SDK carries its WIT; the other languages' tools read it here.
+    if !matches!(lang, Lang::Rust) {
+        files.extend(WIT);
     }
+    files
 }
 
 /// Where the component lands, relative to the project.
