@@ -348,3 +348,53 @@ mod subtasks {
         assert!(message.contains("subtasks are not available"), "{message}");
     }
 }
+
+/// Redaction can lengthen a guest's output (`[redacted:NAME]` for a
+/// 4-byte value): the output cap holds for what would be stored, after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_output_cap_holds_after_redaction() {
+    use wasmq::runtime::RunConfig;
+    use wasmq::secrets::SecretKey;
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("key");
+    std::fs::write(&key_file, [9u8; 32]).unwrap();
+    let key = SecretKey::from_file(&key_file).unwrap();
+    let value = key.open("t", &key.seal("t", "abcd").unwrap()).unwrap();
+    let config = Arc::new(RunConfig::new(Vec::new(), vec![("t".into(), value)]));
+
+    let rt = runtime();
+    let (m, cache) = rt.load_bytes(example("hello")).await.unwrap();
+    let limits = Limits {
+        max_output_bytes: 1_000,
+        ..Limits::default()
+    };
+    let go = |name: String| {
+        let (rt, m, limits, config) = (rt.clone(), m.clone(), limits.clone(), config.clone());
+        async move {
+            let input = serde_json::json!({ "name": name }).to_string();
+            let mut req = request(&input, &limits, TaskInfo::local(), CancelToken::new());
+            req.config = Some(config);
+            rt.run(&m, cache, req).await
+        }
+    };
+    // 200 values: 830 bytes as the guest wrote them, 2,430 redacted.
+    let r = go("abcd".repeat(200)).await;
+    assert_eq!(r.outcome.kind(), "invalid-output", "{:?}", r.outcome);
+    assert!(
+        r.outcome
+            .message()
+            .unwrap()
+            .contains("over the cap of 1000 bytes"),
+        "{:?}",
+        r.outcome
+    );
+    assert_eq!(r.output, None);
+    // Under the cap once redacted: the output is stored redacted.
+    let r = go("abcd".repeat(20)).await;
+    assert!(r.outcome.is_success(), "{:?}", r.outcome);
+    let out = r.output.unwrap();
+    assert!(
+        !out.contains("abcd") && out.contains("[redacted:t]"),
+        "{out}"
+    );
+}

@@ -116,7 +116,7 @@ fn run_config(args: &ExecArgs) -> anyhow::Result<Option<Arc<RunConfig>>> {
         "the sealed secrets",
     )?
     else {
-        return Ok((!plain.is_empty()).then(|| Arc::new(RunConfig::new(plain, Vec::new()))));
+        return Ok(RunConfig::shared(plain, Vec::new()));
     };
     let shipped: Vec<ShippedSecret> =
         serde_json::from_str(&json).context("the sealed secrets are not valid")?;
@@ -133,7 +133,7 @@ fn run_config(args: &ExecArgs) -> anyhow::Result<Option<Arc<RunConfig>>> {
         let value = key.open(&s.name, &sealed)?;
         values.push((s.name, value));
     }
-    Ok(Some(Arc::new(RunConfig::new(plain, values))))
+    Ok(RunConfig::shared(plain, values))
 }
 
 /// The outbound HTTP the cluster worker granted this run, if any.

@@ -10,6 +10,7 @@ use super::outcome::RunReport;
 use super::state::HostState;
 use crate::secrets::{Redactor, SecretValue};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use wasmtime::component::{HasSelf, Linker};
 
 mod bindings {
@@ -57,6 +58,15 @@ impl RunConfig {
         RunConfig { values, redactor }
     }
 
+    /// [`RunConfig::new`] as a run takes it; `None` when there is nothing
+    /// to read (the store is then empty, and nothing is redacted).
+    pub fn shared(
+        plain: Vec<(String, String)>,
+        secrets: Vec<(String, SecretValue)>,
+    ) -> Option<Arc<RunConfig>> {
+        (!plain.is_empty() || !secrets.is_empty()).then(|| Arc::new(RunConfig::new(plain, secrets)))
+    }
+
     pub fn get(&self, key: &str) -> Option<&str> {
         self.values.get(key).map(Value::as_str)
     }
@@ -91,13 +101,11 @@ impl store::Host for HostState {
 
 /// Takes the run's secret values out of everything in `report` that the
 /// guest wrote (before it is bounded, so that a cut cannot leave half of a
-/// value behind).
+/// value behind). The output is not here: it is redacted before its size
+/// and JSON are checked.
 pub(super) fn redact_report(report: &mut RunReport, r: &Redactor) {
     if r.is_empty() {
         return;
-    }
-    if let Some(output) = &mut report.output {
-        r.redact_string(output);
     }
     r.redact_string(&mut report.stdout);
     r.redact_string(&mut report.stderr);

@@ -228,7 +228,12 @@ impl Runtime {
         report.outcome = match result {
             Err(Interrupted::Timeout) => timeout(limits),
             Err(Interrupted::Cancelled) => cancelled(),
-            Ok(Ok(Ok(output))) => {
+            Ok(Ok(Ok(mut output))) => {
+                // Redacted before the check: `[redacted:NAME]` can be longer
+                // than the value it replaces, and the cap is on what is stored.
+                if let Some(config) = &req.config {
+                    config.redactor().redact_string(&mut output);
+                }
                 let checked = check_output(&output, limits.max_output_bytes);
                 if checked.is_success() {
                     report.output = Some(output);

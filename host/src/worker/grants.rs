@@ -245,9 +245,7 @@ impl Grants {
         sealed: &[StoredSecret],
     ) -> Result<Option<Arc<RunConfig>>, String> {
         if sealed.is_empty() {
-            return Ok(
-                (!plain.is_empty()).then(|| Arc::new(RunConfig::new(plain.to_vec(), Vec::new())))
-            );
+            return Ok(RunConfig::shared(plain.to_vec(), Vec::new()));
         }
         let Some((key, _)) = &self.key else {
             return Err(format!(
@@ -264,7 +262,7 @@ impl Grants {
                 Ok((s.name.clone(), value))
             })
             .collect::<Result<Vec<_>, String>>()?;
-        Ok(Some(Arc::new(RunConfig::new(plain.to_vec(), values))))
+        Ok(RunConfig::shared(plain.to_vec(), values))
     }
 }
 
