@@ -58,10 +58,19 @@ pub(super) const INSERT_CHILDREN: &str = insert_tasks!("ON CONFLICT DO NOTHING")
 
 /// $1 parent, $2 spawn numbers: the children a wait names are awaited;
 /// then the number of the parent's awaited children that are unfinished.
-/// The rows are locked child first, parent later (by the completion), as
-/// the resume trigger locks them.
-pub(super) const MARK_AWAITED: &str = "UPDATE tasks SET awaited = true \
-     WHERE parent_id = $1 AND spawn_seq = ANY($2)";
+/// Every named child is locked, child first, parent later (by the
+/// completion), as the resume trigger locks them: a child ending
+/// concurrently then either commits first (and is counted finished) or
+/// waits for the parent to be parked (and counts it down). Only the rows
+/// not awaited yet are written: children spawned by the run that waits for
+/// them are stored awaited, and rewriting a row PostgreSQL cannot update
+/// in place (every index gets a new entry) cost about 37 µs a child.
+pub(super) const MARK_AWAITED: &str = "WITH named AS ( \
+         SELECT id, awaited FROM tasks WHERE parent_id = $1 AND spawn_seq = ANY($2) \
+         FOR UPDATE \
+     ) \
+     UPDATE tasks t SET awaited = true FROM named \
+     WHERE t.id = named.id AND NOT named.awaited";
 
 pub(super) const COUNT_AWAITED: &str = concat!(
     "SELECT count(*) FROM tasks WHERE parent_id = $1 AND awaited AND state NOT IN ",

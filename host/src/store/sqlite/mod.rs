@@ -231,17 +231,11 @@ async fn store_children(
             at: now,
         })
         .collect();
-    let held: Vec<String> = sqlx::query_scalar(concat!(
-        "SELECT tasks.id FROM tasks \
-         JOIN (SELECT value ->> 'id' AS id, value ->> 'epoch' AS epoch \
-               FROM json_each(?1)) AS l ON tasks.id = l.id \
-         WHERE ",
-        fenced!("tasks", "?2", "l.epoch")
-    ))
-    .bind(to_json(&named))
-    .bind(worker_id)
-    .fetch_all(&mut *w.tx)
-    .await?;
+    let held: Vec<String> = sqlx::query_scalar(HELD_LEASES)
+        .bind(to_json(&named))
+        .bind(worker_id)
+        .fetch_all(&mut *w.tx)
+        .await?;
     let held: HashSet<Uuid> = held.iter().map(|id| uuid(id)).collect::<Result<_>>()?;
     let rows = completions
         .iter()
@@ -1052,7 +1046,8 @@ impl Store for SqliteStore {
             .await?;
         let mut applied_ids = HashSet::with_capacity(updated.len());
         let mut requeued = BTreeSet::new();
-        let mut parents = Vec::new();
+        // A batch of one parent's children names it once per child.
+        let mut parents = BTreeSet::new();
         for row in &updated {
             applied_ids.insert(uuid(row.try_get("id")?)?);
             let state: &str = row.try_get("state")?;
@@ -1061,7 +1056,7 @@ impl Store for SqliteStore {
                 requeued.insert(row.try_get::<String, _>("queue")?);
             }
             if let Some(parent) = row.try_get::<Option<String>, _>("parent_id")? {
-                parents.push(parent);
+                parents.insert(parent);
             }
         }
         if !applied_ids.is_empty() {
@@ -1130,21 +1125,12 @@ impl Store for SqliteStore {
         let rows: Vec<(String, bool)> = if leases.is_empty() {
             Vec::new()
         } else {
-            sqlx::query_as(concat!(
-                "UPDATE tasks SET lease_expires_at = ?1 \
-                 FROM (SELECT value ->> 'id' AS id, value ->> 'epoch' AS epoch \
-                       FROM json_each(?3)) AS l \
-                 WHERE tasks.id = l.id AND tasks.lease_epoch = l.epoch \
-                   AND +tasks.state IN ",
-                live_states!(),
-                " AND +tasks.lease_owner = ?2 \
-                 RETURNING tasks.id, tasks.cancel_requested"
-            ))
-            .bind(now.saturating_add(lease))
-            .bind(worker_id)
-            .bind(to_json(&named))
-            .fetch_all(&mut *w.tx)
-            .await?
+            sqlx::query_as(EXTEND_LEASES)
+                .bind(now.saturating_add(lease))
+                .bind(worker_id)
+                .bind(to_json(&named))
+                .fetch_all(&mut *w.tx)
+                .await?
         };
         w.commit().await?;
         let extended = rows

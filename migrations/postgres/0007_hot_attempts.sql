@@ -1,0 +1,12 @@
+-- Every attempt row is written twice: inserted when its run is claimed and
+-- updated when the run ends (outcome, logs, usage). None of the updated
+-- columns is indexed, so that update can be a HOT update (the new version
+-- on the same page, no index entry written) when the page has room for
+-- it. Densely filled pages have none: measured on 3,000 `add` tasks, about
+-- 38% of those updates were HOT at the default fill factor, 55% at 60, all
+-- of them at 40, and the completion statement took about a quarter less
+-- time. The cost is space: new pages of attempts are filled to 40% on
+-- insert, and the ends of the runs fill them up.
+--
+-- SQLite has no fill factor; its migration 0007 changes something else.
+ALTER TABLE attempts SET (fillfactor = 40);
