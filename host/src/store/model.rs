@@ -42,10 +42,11 @@
 //! completion, whatever its outcome, so a retried or resumed parent finds
 //! them. A run that waits on unfinished children ends `waiting` (a free
 //! run, like a release): its awaited children are marked, and `waiting_on`
-//! counts those that must still end. A trigger (migration 0005) counts it
-//! down as each awaited child reaches a terminal state, by whatever arrow,
-//! and queues the parent again when it reaches zero, in the child's own
-//! transaction. The parent then runs again from the start and replays (see
+//! counts those that must still end. Triggers (migration 0005, and 0007 on
+//! SQLite) count it down as each awaited child reaches a terminal state, by
+//! whatever arrow, and queue the parent again when it reaches zero, in the
+//! child's own transaction. The parent then runs again from the start and
+//! replays (see
 //! [`crate::runtime::subtasks`]). Cancelling a task cancels its unfinished
 //! descendants in the same transaction: queued and waiting ones at once,
 //! live ones by request.
