@@ -46,10 +46,9 @@
 //! SQLite) count it down as each awaited child reaches a terminal state, by
 //! whatever arrow, and queue the parent again when it reaches zero, in the
 //! child's own transaction. The parent then runs again from the start and
-//! replays (see
-//! [`crate::runtime::subtasks`]). Cancelling a task cancels its unfinished
-//! descendants in the same transaction: queued and waiting ones at once,
-//! live ones by request.
+//! replays (see [`crate::runtime::subtasks`]). Cancelling a task cancels
+//! its unfinished descendants in the same transaction: queued and waiting
+//! ones at once, live ones by request.
 //!
 //! `leased` and `running` are the *live* states: the task holds a lease
 //! (`lease_owner`, `lease_expires_at`, `lease_epoch`). A claim leases a task

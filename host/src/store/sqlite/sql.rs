@@ -33,14 +33,13 @@ macro_rules! json_row {
         $vis struct $name $(<$lt>)? { $($fvis $f: $t),* }
 
         impl $(<$lt>)? $name $(<$lt>)? {
-            #[cfg(test)]
             pub(super) const FIELDS: &'static [&'static str] = &[$(stringify!($f)),*];
         }
 
         impl $(<$lt>)? serde::Serialize for $name $(<$lt>)? {
             fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
                 use serde::ser::SerializeTuple;
-                let mut row = s.serialize_tuple([$(stringify!($f)),*].len())?;
+                let mut row = s.serialize_tuple(Self::FIELDS.len())?;
                 $(row.serialize_element(&self.$f)?;)*
                 row.end()
             }
@@ -60,14 +59,15 @@ macro_rules! insert_tasks {
                  module_sha256, queue, priority, input, state, run_after, max_attempts, fuel, \
                  memory_bytes, timeout_ms, unique_key, parent_id, spawn_seq, spawn_digest, \
                  depth, awaited, enqueued_at, updated_at) \
-             SELECT value ->> 0 AS id, value ->> 1 AS module_name, value ->> 2 AS module_version, \
-                 value ->> 3 AS module_sha256, value ->> 4 AS queue, value ->> 5 AS priority, \
-                 value ->> 6 AS input, 'queued', value ->> 7 AS run_after, \
-                 value ->> 8 AS max_attempts, value ->> 9 AS fuel, value ->> 10 AS memory_bytes, \
+             SELECT value ->> 0 AS id, value ->> 1 AS module_name, \
+                 value ->> 2 AS module_version, value ->> 3 AS module_sha256, \
+                 value ->> 4 AS queue, value ->> 5 AS priority, value ->> 6 AS input, \
+                 'queued', value ->> 7 AS run_after, value ->> 8 AS max_attempts, \
+                 value ->> 9 AS fuel, value ->> 10 AS memory_bytes, \
                  value ->> 11 AS timeout_ms, value ->> 12 AS unique_key, \
                  value ->> 13 AS parent_id, value ->> 14 AS spawn_seq, \
-                 value ->> 15 AS spawn_digest, value ->> 16 AS depth, value ->> 17 AS awaited, \
-                 ?2, ?2 \
+                 value ->> 15 AS spawn_digest, value ->> 16 AS depth, \
+                 value ->> 17 AS awaited, ?2, ?2 \
              FROM json_each(?1) WHERE true ORDER BY key ",
             $conflict,
             " RETURNING id"
@@ -89,7 +89,8 @@ pub(super) const INSERT_CHILDREN: &str = insert_tasks!("ON CONFLICT DO NOTHING")
 /// are awaited. (Children spawned by the run that waits for them are
 /// stored awaited already, and are not written again.)
 pub(super) const MARK_AWAITED: &str = "UPDATE tasks SET awaited = 1 \
-     WHERE parent_id = ?1 AND spawn_seq IN (SELECT value FROM json_each(?2)) AND NOT awaited";
+     WHERE parent_id = ?1 AND spawn_seq IN (SELECT value FROM json_each(?2)) \
+       AND NOT awaited";
 
 /// ?1 parent: its awaited children that are unfinished.
 pub(super) const COUNT_AWAITED: &str = concat!(
