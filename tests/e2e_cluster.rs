@@ -13,7 +13,7 @@ use common::pg::{PgEnv, drop_schema};
 use common::ray::RayHead;
 use common::{Backend, fresh_database};
 use common::{code, example, stderr, stdout, wasmq};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -218,17 +218,43 @@ impl<'a> Env<'a> {
         }
     }
 
-    /// The Ray jobs that carry `task`'s id in their metadata.
+    /// Whether `job` ended by a stop: STOPPED, or FAILED because its
+    /// supervisor went first (Ray 2.60 reports either after a stop).
+    fn stopped(&self, job: &str) -> bool {
+        match self.rt.block_on(self.client.job(job)) {
+            Ok(j) => {
+                j.status == JobStatus::Stopped
+                    || (j.status == JobStatus::Failed
+                        && j.error_type.as_deref() == Some("JOB_SUPERVISOR_ACTOR_DIED"))
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// The Ray jobs that carry `task`'s id in their metadata (a batch's job
+    /// lists all its tasks in `wasmq_tasks`).
     fn jobs_of(&self, task: Uuid) -> Vec<String> {
         let jobs = self.rt.block_on(self.client.list()).unwrap();
+        let id = task.to_string();
         jobs.into_iter()
             .filter(|j| {
-                j.metadata
-                    .as_ref()
-                    .is_some_and(|m| m.get("wasmq_task_id") == Some(&task.to_string()))
+                j.metadata.as_ref().is_some_and(|m| {
+                    m.get("wasmq_task_id") == Some(&id)
+                        || m.get("wasmq_tasks").is_some_and(|t| t.contains(&id))
+                })
             })
             .filter_map(|j| j.submission_id)
             .collect()
+    }
+
+    /// The Ray job recorded on `task`, once there is one.
+    fn job_of(&self, task: Uuid, w: &[&WorkerProc]) -> String {
+        let mut job = None;
+        self.wait("given a Ray job", Duration::from_secs(60), w, || {
+            job = self.task(task).ray_submission_id;
+            job.is_some()
+        });
+        job.unwrap()
     }
 }
 
@@ -264,6 +290,10 @@ fn cluster_mode_against_a_real_ray_head() {
     eprintln!("[{:?}] http grants: ok", t.elapsed());
     cancel_stops_the_ray_job(&ray);
     eprintln!("[{:?}] cancel: ok", t.elapsed());
+    batches_share_a_job_and_end_apart(&ray);
+    eprintln!("[{:?}] batches: ok", t.elapsed());
+    a_crashed_runner_retries_only_unfinished_tasks(&ray);
+    eprintln!("[{:?}] runner crash: ok", t.elapsed());
     killed_worker_is_replaced_and_tasks_run_once(&ray);
     eprintln!("[{:?}] kill -9: ok", t.elapsed());
     a_job_under_a_taken_id_is_not_trusted(&ray);
@@ -341,20 +371,29 @@ fn outputs_match_local_mode_and_limits_hold(ray: &RayHead) {
         );
         let local = local_output(&env, module, input);
         assert_eq!(t.result.as_deref(), Some(local.as_str()), "{module}");
-        let job = format!("wasmq-{id}-1");
-        assert_eq!(
-            t.ray_submission_id.as_deref(),
-            Some(job.as_str()),
+        // Tasks of one module and queue share a job, named after its first.
+        let job = t.ray_submission_id.clone().unwrap_or_default();
+        assert!(
+            job.starts_with("wasmq-") && job.ends_with("-1"),
             "{module} {input:.200}: {:#?}\n{}",
             env.attempts(*id),
             w.log()
         );
+        assert_eq!(env.jobs_of(*id), std::slice::from_ref(&job));
         assert_eq!(
             env.attempts(*id)[0].ray_submission_id.as_deref(),
             Some(job.as_str())
         );
         assert_eq!(env.job_status(&job), Some(JobStatus::Succeeded));
     }
+    // The three `hello` tasks of the second worker went in one job: inputs
+    // with `$` and one over the environment's limit (the batch travels as a
+    // file then).
+    let second: BTreeSet<String> = ids[first_batch..]
+        .iter()
+        .map(|id| env.task(*id).ray_submission_id.unwrap())
+        .collect();
+    assert_eq!(second.len(), 1, "{second:?}");
     let tricky = env.task(ids[4]).result.unwrap_or_default();
     for kept in [
         "$HOME",
@@ -388,10 +427,7 @@ fn outputs_match_local_mode_and_limits_hold(ray: &RayHead) {
     );
     let listed = ray.job_list();
     for id in ids.iter().chain([&spin]) {
-        assert!(
-            listed.contains(&format!("'wasmq_task_id': '{id}'")),
-            "{id} in:\n{listed}"
-        );
+        assert!(listed.contains(&id.to_string()), "{id} in:\n{listed}");
     }
     assert!(listed.contains("'wasmq_module': 'fib@1'"), "{listed}");
 }
@@ -583,13 +619,15 @@ fn cancel_stops_the_ray_job(ray: &RayHead) {
     );
     let id = env.enqueue("sleepy", r#"{"ms":60000}"#, &["--timeout", "120s"]);
     let done = env.enqueue("sleepy", r#"{"ms":10}"#, &[]);
-    let job = format!("wasmq-{id}-1");
+    let job = env.job_of(id, &[&w]);
     env.wait("running on Ray", Duration::from_secs(60), &[&w], || {
         env.job_status(&job) == Some(JobStatus::Running)
     });
     env.ok(&["task", "cancel", &id.to_string()]);
     env.wait_state(&[id], TaskState::Cancelled, Duration::from_secs(30), &[&w]);
-    assert_eq!(env.job_status(&job), Some(JobStatus::Stopped));
+    env.wait("job stopped", Duration::from_secs(30), &[&w], || {
+        env.stopped(&job)
+    });
     assert_eq!(env.attempts(id)[0].outcome_name(), Some("cancelled"));
     env.wait_state(
         &[done],
@@ -611,6 +649,145 @@ fn cancel_stops_the_ray_job(ray: &RayHead) {
     );
 }
 
+/// Tasks of one module claimed together run in one Ray job, each under its
+/// own limits, and each ends when its own run does: a short task's result
+/// does not wait for its batch mates. Cancelling one ends it at once while
+/// the job runs on for the others, and the job is stopped once no task
+/// wants what it still runs.
+fn batches_share_a_job_and_end_apart(ray: &RayHead) {
+    let mut env = Env::new(ray);
+    env.push(&["sleepy"]);
+    let fast: Vec<Uuid> = (0..3)
+        .map(|_| env.enqueue("sleepy", r#"{"ms":10}"#, &[]))
+        .collect();
+    let limited = env.enqueue("sleepy", r#"{"ms":30000}"#, &["--timeout", "1s"]);
+    let slow = env.enqueue("sleepy", r#"{"ms":15000}"#, &["--timeout", "60s"]);
+    let doomed = env.enqueue("sleepy", r#"{"ms":60000}"#, &["--timeout", "120s"]);
+    let mut w = env.worker(&["--exit-when-idle", "--ray-keep-jobs"], &[]);
+    let job = env.job_of(fast[0], &[&w]);
+    for id in fast.iter().chain([&limited, &slow, &doomed]) {
+        assert_eq!(env.job_of(*id, &[&w]), job, "one job for the batch");
+    }
+    env.wait_state(&fast, TaskState::Succeeded, Duration::from_secs(90), &[&w]);
+    env.wait_state(
+        &[limited],
+        TaskState::Failed,
+        Duration::from_secs(30),
+        &[&w],
+    );
+    assert_eq!(env.task(limited).error_kind.as_deref(), Some("timeout"));
+    assert_eq!(
+        env.job_status(&job),
+        Some(JobStatus::Running),
+        "the job still runs the slow tasks"
+    );
+    env.ok(&["task", "cancel", &doomed.to_string()]);
+    env.wait_state(
+        &[doomed],
+        TaskState::Cancelled,
+        Duration::from_secs(10),
+        &[&w],
+    );
+    let message = env.attempts(doomed)[0]
+        .error_message
+        .clone()
+        .unwrap_or_default();
+    assert!(message.contains("runs on for the other tasks"), "{message}");
+    assert_eq!(env.job_status(&job), Some(JobStatus::Running));
+    w.finish(Duration::from_secs(120));
+    let t = env.task(slow);
+    assert_eq!(t.state, TaskState::Succeeded, "{t:#?}\n{}", w.log());
+    // The doomed run was still going when the slow one ended.
+    env.wait("job stopped", Duration::from_secs(30), &[&w], || {
+        env.stopped(&job)
+    });
+    let slow_end = t.finished_at.unwrap();
+    for id in &fast {
+        let t = env.task(*id);
+        assert!(
+            t.finished_at.unwrap() + chrono::Duration::seconds(10) < slow_end,
+            "a fast task waited for its batch: {t:#?}"
+        );
+        assert_eq!(env.attempts(*id).len(), 1);
+    }
+}
+
+/// A runner killed in the middle of its batch: the tasks whose envelopes it
+/// had printed keep their results, the others are retried in a new job.
+fn a_crashed_runner_retries_only_unfinished_tasks(ray: &RayHead) {
+    let mut env = Env::new(ray);
+    env.push(&["sleepy"]);
+    let fast: Vec<Uuid> = (0..2)
+        .map(|_| env.enqueue("sleepy", r#"{"ms":10}"#, &[]))
+        .collect();
+    let slow: Vec<Uuid> = (0..2)
+        .map(|_| env.enqueue("sleepy", r#"{"ms":20000}"#, &["--timeout", "60s"]))
+        .collect();
+    let mut w = env.worker(
+        &[
+            "--exit-when-idle",
+            "--ray-keep-jobs",
+            "--backoff-base",
+            "100ms",
+        ],
+        &[],
+    );
+    let job = env.job_of(fast[0], &[&w]);
+    env.wait_state(&fast, TaskState::Succeeded, Duration::from_secs(90), &[&w]);
+    let killed = kill_runner_of(&job);
+    assert!(killed > 0, "no runner process of {job} found");
+    w.finish(Duration::from_secs(180));
+    for id in &fast {
+        assert_eq!(env.attempts(*id).len(), 1, "{:#?}", env.attempts(*id));
+    }
+    for id in &slow {
+        let t = env.task(*id);
+        assert_eq!(t.state, TaskState::Succeeded, "{t:#?}\n{}", w.log());
+        let attempts = env.attempts(*id);
+        let outcomes: Vec<_> = attempts.iter().map(|a| a.outcome_name()).collect();
+        assert_eq!(
+            outcomes,
+            [Some("host-error"), Some("success")],
+            "{attempts:#?}"
+        );
+        let message = attempts[0].error_message.clone().unwrap_or_default();
+        assert!(
+            message.contains("crashed before this task's run ended"),
+            "{message}"
+        );
+        assert_ne!(attempts[1].ray_submission_id.as_deref(), Some(job.as_str()));
+    }
+}
+
+/// SIGKILLs the runner process of Ray job `job`; how many were killed.
+fn kill_runner_of(job: &str) -> usize {
+    let marker = format!("WASMQ_EXEC_JOB={job}");
+    let mut killed = 0;
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        // The runner itself: not Ray's supervisor, which shares the
+        // job's environment.
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let runner = args.first().is_some_and(|a| a.ends_with(b"wasmq"))
+            && args.get(1) == Some(&&b"exec"[..]);
+        if runner
+            && environ
+                .split(|b| *b == 0)
+                .any(|var| var == marker.as_bytes())
+            && unsafe { libc::kill(pid, libc::SIGKILL) } == 0
+        {
+            killed += 1;
+        }
+    }
+    killed
+}
+
 fn killed_worker_is_replaced_and_tasks_run_once(ray: &RayHead) {
     let mut env = Env::new(ray);
     env.push(&["sleepy"]);
@@ -626,19 +803,19 @@ fn killed_worker_is_replaced_and_tasks_run_once(ray: &RayHead) {
         "--exit-when-idle",
     ];
     let mut first = env.worker(&args, &fast);
+    let jobs: Vec<String> = ids.iter().map(|id| env.job_of(*id, &[&first])).collect();
     env.wait("submitted", Duration::from_secs(60), &[&first], || {
-        ids.iter()
-            .all(|id| env.job_status(&format!("wasmq-{id}-1")).is_some())
+        jobs.iter().all(|job| env.job_status(job).is_some())
     });
     first.kill9();
 
     let mut second = env.worker(&[&args[..], &["--ray-keep-jobs"]].concat(), &fast);
     second.finish(Duration::from_secs(120));
-    for id in &ids {
+    for (id, first_job) in ids.iter().zip(&jobs) {
         let t = env.task(*id);
         assert_eq!(t.state, TaskState::Succeeded, "{t:#?}\n{}", second.log());
-        let first_job = format!("wasmq-{id}-1");
-        // One Ray job per task: the second worker attached to the first job.
+        let first_job = first_job.clone();
+        // One Ray job per run: the second worker attached to the first job.
         assert_eq!(env.jobs_of(*id), std::slice::from_ref(&first_job));
         let attempts = env.attempts(*id);
         let outcomes: Vec<_> = attempts.iter().map(|a| a.outcome_name()).collect();
@@ -671,9 +848,10 @@ fn ray_down_requeues_and_tasks_finish_after_restart(ray: &RayHead) {
         .map(|_| env.enqueue("sleepy", r#"{"ms":8000}"#, &[]))
         .collect();
     let mut w = env.worker(&["--exit-when-idle", "--ray-poll-interval", "100ms"], &[]);
+    let jobs: Vec<String> = ids.iter().map(|id| env.job_of(*id, &[&w])).collect();
     env.wait("running on Ray", Duration::from_secs(60), &[&w], || {
-        ids.iter()
-            .all(|id| env.job_status(&format!("wasmq-{id}-1")) == Some(JobStatus::Running))
+        jobs.iter()
+            .all(|job| env.job_status(job) == Some(JobStatus::Running))
     });
     ray.down();
     env.wait_state(&ids, TaskState::Queued, Duration::from_secs(60), &[&w]);
@@ -847,7 +1025,7 @@ fn shutdown_is_bounded_and_leaves_no_orphan(ray: &RayHead) {
     let t = env.task(id);
     assert_eq!(t.state, TaskState::Cancelled, "{t:#?}\n{}", w.log());
     env.wait("job stopped", Duration::from_secs(30), &[&w], || {
-        env.job_status(&job) == Some(JobStatus::Stopped)
+        env.stopped(&job)
     });
 
     // 3. Released at shutdown, then cancelled while queued: no worker will
@@ -866,7 +1044,7 @@ fn shutdown_is_bounded_and_leaves_no_orphan(ray: &RayHead) {
     let other = env.enqueue("sleepy", r#"{"ms":3000}"#, &[]);
     let mut w = env.worker(&["--exit-when-idle"], &[]);
     env.wait("orphan stopped", Duration::from_secs(60), &[&w], || {
-        env.job_status(&job) == Some(JobStatus::Stopped)
+        env.stopped(&job)
     });
     w.finish(Duration::from_secs(60));
     assert_eq!(env.task(other).state, TaskState::Succeeded);

@@ -687,7 +687,7 @@ fn median_sample(samples: &[Sample]) -> Sample {
 }
 
 /// Splits `--flags` on whitespace (no quoting: worker flags need none).
-fn shell_words(s: &str) -> Vec<String> {
+pub(super) fn shell_words(s: &str) -> Vec<String> {
     s.split_whitespace().map(str::to_owned).collect()
 }
 

@@ -4,8 +4,10 @@
 use super::exit::Exit;
 use crate::ray::{ClientConfig, RayClient, Token};
 use crate::runtime::{parse_duration, parse_size};
+use crate::worker::batching::{DEFAULT_RAY_BATCH, MAX_RAY_BATCH};
 use crate::worker::cluster::{Cluster, ClusterConfig, DEFAULT_RAY_PENDING_TIMEOUT};
 use crate::worker::shipping::{Runner, RunnerSource, check_executable};
+use crate::worker::wakeup::WakeAddress;
 use clap::Args;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -17,7 +19,8 @@ pub struct RayArgs {
     /// file in RAY_AUTH_TOKEN_PATH, else ~/.ray/auth_token].
     #[arg(long, value_name = "PATH")]
     pub ray_token_file: Option<PathBuf>,
-    /// Ship this `wasmq` executable to the nodes [default: the running binary].
+    /// Ship this `wasmq` executable to the nodes [default: `wasmq-runner`
+    /// next to the running binary, else the running binary].
     #[arg(long, value_name = "PATH", conflicts_with = "ray_runner_installed")]
     pub ray_runner: Option<PathBuf>,
     /// The nodes have `wasmq` installed at this absolute path: ship only the module.
@@ -41,6 +44,21 @@ pub struct RayArgs {
     /// Memory Ray reserves for each job (`entrypoint_memory`), e.g. 512MiB.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub ray_memory: Option<u64>,
+    /// Most tasks of one module and queue packed into one Ray job; each
+    /// still has its own limits, attempt and result. 1: a process per task.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_RAY_BATCH, env = "WASMQ_RAY_BATCH",
+          value_parser = clap::value_parser!(u32).range(1..=MAX_RAY_BATCH as i64))]
+    pub ray_batch: u32,
+    /// Where runners tell this worker that a run ended, so that it reads
+    /// the result at once: `auto` (the local address of the route to the
+    /// Ray dashboard, any port), `off` (status polls only), IP or IP:PORT.
+    #[arg(
+        long,
+        value_name = "ADDR",
+        default_value = "auto",
+        env = "WASMQ_RAY_WAKE"
+    )]
+    pub ray_wake: WakeAddress,
     /// A custom resource each job needs, NAME=AMOUNT (repeatable).
     #[arg(long = "ray-resource", value_name = "NAME=AMOUNT", value_parser = parse_resource)]
     pub ray_resources: Vec<(String, f64)>,
@@ -61,8 +79,9 @@ fn parse_resource(s: &str) -> Result<(String, f64), String> {
 
 impl RayArgs {
     /// Connects to the cluster at `address` (checking the token with
-    /// `/api/version`) and prepares the runner.
-    pub async fn cluster(&self, address: &str) -> anyhow::Result<Cluster> {
+    /// `/api/version`) and prepares the runner; `max_jobs` Ray jobs run at
+    /// once.
+    pub async fn cluster(&self, address: &str, max_jobs: u32) -> anyhow::Result<Cluster> {
         let token = Token::discover(self.ray_token_file.as_deref())
             .map_err(|e| Exit::usage(e.to_string()))?;
         let client = RayClient::new(address, token, ClientConfig::default())
@@ -76,7 +95,7 @@ impl RayArgs {
                 check_executable(path).map_err(|e| Exit::usage(e.to_string()))?;
                 RunnerSource::Ship(path.clone())
             }
-            (None, None) => RunnerSource::Ship(Runner::current_exe()?),
+            (None, None) => RunnerSource::Ship(Runner::default_exe()?),
         };
         // Read and hash the runner once (it is tens of MB), off the async threads.
         let runner = tokio::task::spawn_blocking(move || Runner::new(source))
@@ -95,6 +114,9 @@ impl RayArgs {
                 .iter()
                 .cloned()
                 .collect::<BTreeMap<_, _>>(),
+            batch: self.ray_batch,
+            max_jobs,
+            wake: self.ray_wake.clone(),
             ..ClusterConfig::default()
         };
         Ok(Cluster::new(client, runner, config))

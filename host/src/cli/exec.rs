@@ -17,7 +17,8 @@ use crate::runtime::{
 use crate::secrets::{Sealed, SecretError, SecretKey};
 use crate::worker::cluster::ShippedSecret;
 use crate::worker::envelope::Envelope;
-use crate::worker::shipping::MODULE_FILE;
+use crate::worker::shipping::{ARTIFACT_DIR, BatchItem, MODULE_FILE};
+use crate::worker::wakeup::Waker;
 use anyhow::Context;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -99,6 +100,28 @@ pub struct ExecArgs {
     /// base64-encoded.
     #[arg(long, env = "WASMQ_EXEC_CONFIG_B64")]
     pub config_b64: Option<String>,
+    /// A batch of tasks of this module (JSON list of `BatchItem`s,
+    /// base64-encoded): each runs under its own limits and reports its own
+    /// envelope. Replaces the single task's variables above.
+    #[arg(
+        long,
+        env = "WASMQ_EXEC_BATCH_B64",
+        hide_env_values = true,
+        conflicts_with = "batch_file"
+    )]
+    pub batch_b64: Option<String>,
+    /// The batch from this file instead.
+    #[arg(long, env = "WASMQ_EXEC_BATCH_FILE")]
+    pub batch_file: Option<PathBuf>,
+    /// Tasks of a batch run at once [default: the node's cores].
+    #[arg(long, env = "WASMQ_EXEC_CONCURRENCY")]
+    pub concurrency: Option<usize>,
+    /// Where to send a wake-up after each envelope (the cluster worker's
+    /// UDP address), and the job's submission id it names.
+    #[arg(long, env = "WASMQ_EXEC_WAKE", requires = "job")]
+    pub wake: Option<String>,
+    #[arg(long, env = "WASMQ_EXEC_JOB")]
+    pub job: Option<String>,
 }
 
 /// The config values and secrets the cluster worker shipped, the secrets
@@ -201,23 +224,56 @@ pub fn decode_b64(what: &str, value: &str) -> anyhow::Result<String> {
     String::from_utf8(bytes).with_context(|| format!("{what} is not UTF-8 text"))
 }
 
-/// Exit 0 whenever an envelope was printed, whatever the task's outcome;
-/// an error here (exit ≠ 0) means the runner itself broke.
-pub async fn run(args: ExecArgs) -> anyhow::Result<u8> {
-    let started = Instant::now();
-    let subtasks = subtask_plan(&args)?;
-    let http = http_policy(&args)?;
-    let granted_config = run_config(&args)?;
+/// The tasks to run: the batch the cluster worker sent, or the one task
+/// of the single-task variables.
+fn tasks(args: &ExecArgs) -> anyhow::Result<(Vec<BatchItem>, bool)> {
+    if let Some(json) = b64_or_file(
+        "WASMQ_EXEC_BATCH_B64",
+        &args.batch_b64,
+        &args.batch_file,
+        "the batch",
+    )? {
+        let mut items: Vec<BatchItem> =
+            serde_json::from_str(&json).context("the batch is not valid")?;
+        let maxima = Maxima::from_env().map_err(|e| Exit::usage(e.to_string()))?;
+        for plan in items.iter_mut().filter_map(|i| i.subtasks.as_mut()) {
+            plan.maxima = maxima;
+        }
+        return Ok((items, true));
+    }
     let input = match &args.input_b64 {
         Some(b64) => decode_b64("WASMQ_EXEC_INPUT_B64", b64)?,
         None => super::run::read_input(args.input.as_deref(), args.input_file.as_deref())?,
     };
     let queue = match &args.queue_b64 {
         Some(b64) => decode_b64("WASMQ_EXEC_QUEUE_B64", b64)?,
-        None => args.queue,
+        None => args.queue.clone(),
     };
     // The job's limits arrive as the WASMQ_DEFAULT_* variables.
     let limits = Limits::from_env().map_err(|e| Exit::usage(e.to_string()))?;
+    let item = BatchItem {
+        task_id: args.task_id.clone(),
+        attempt: args.attempt,
+        max_attempts: args.max_attempts,
+        queue,
+        input,
+        limits,
+        subtasks: None,
+    };
+    Ok((vec![item], false))
+}
+
+/// Exit 0 whenever an envelope was printed for every task, whatever their
+/// outcomes; an error here (exit ≠ 0) means the runner itself broke.
+pub async fn run(args: ExecArgs) -> anyhow::Result<u8> {
+    let started = Instant::now();
+    let subtasks = subtask_plan(&args)?;
+    let http = http_policy(&args)?;
+    let granted_config = run_config(&args)?;
+    let (mut items, batch) = tasks(&args)?;
+    if !batch {
+        items[0].subtasks = subtasks;
+    }
     let bytes = std::fs::read(&args.module)
         .with_context(|| format!("reading the module {}", args.module.display()))?;
     if let Some(want) = &args.sha256 {
@@ -228,52 +284,98 @@ pub async fn run(args: ExecArgs) -> anyhow::Result<u8> {
             args.module.display()
         );
     }
-    let mut config = super::runtime_config()?.sized_for(1);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let at_once = args
+        .concurrency
+        .unwrap_or(cores)
+        .clamp(1, items.len().max(1));
+    let mut config = super::runtime_config()?.sized_for(at_once as u32);
     if std::env::var_os("WASMQ_ALLOCATOR").is_none() {
-        // One run per process: the pool's set-up would not pay for itself.
+        // A few runs per process: the pool's set-up would not pay for itself.
         config.allocator = Allocator::OnDemand;
     }
-    let runtime = Runtime::new(config).context("starting the runtime")?;
-    let report = match runtime.load_bytes(bytes).await {
-        // No SIGTERM handler: Ray stops a job by signalling its process
-        // group, and a runner that dies of it is what Ray reports as STOPPED.
-        Ok((module, cache)) => {
-            runtime
-                .run(
-                    &module,
-                    cache,
-                    RunRequest {
-                        input: &input,
-                        limits: &limits,
-                        task: TaskInfo {
-                            task_id: args.task_id,
-                            attempt: args.attempt,
-                            max_attempts: args.max_attempts,
-                            queue,
-                        },
-                        cancel: CancelToken::new(),
-                        dirs: &[],
-                        progress: None,
-                        subtasks,
-                        http,
-                        config: granted_config,
-                    },
-                )
-                .await
+    let runtime = Arc::new(Runtime::new(config).context("starting the runtime")?);
+    if let Some(sha256) = &args.sha256 {
+        // The worker's artifact, when this node's engine is the same: no
+        // compile here, and none for later jobs on this node.
+        if runtime.seed_disk_cache(sha256, std::path::Path::new(ARTIFACT_DIR)) {
+            tracing::debug!("using the shipped precompiled module");
         }
-        Err(LoadError::Module(e)) => RunReport::not_run(
-            Outcome::InvalidModule {
-                message: e.to_string(),
-            },
-            args.sha256.unwrap_or_default(),
-        ),
+    }
+    // No SIGTERM handler: Ray stops a job by signalling its process group,
+    // and a runner that dies of it is what Ray reports as STOPPED.
+    let loaded = match runtime.load_bytes(bytes).await {
+        Ok(loaded) => Ok(loaded),
+        Err(LoadError::Module(e)) => Err(e.to_string()),
         Err(e) => return Err(e.into()),
     };
-    let line = Envelope::from_report(&report, started.elapsed().as_millis() as u64).to_line();
+    let sha256 = args.sha256.clone().unwrap_or_default();
+    let waker = match (&args.wake, &args.job) {
+        (Some(to), Some(job)) => Waker::new(to, job).map(Arc::new),
+        _ => None,
+    };
+    let slots = Arc::new(tokio::sync::Semaphore::new(at_once));
+    let mut runs = tokio::task::JoinSet::new();
+    for item in items {
+        let (runtime, loaded, slots) = (runtime.clone(), loaded.clone(), slots.clone());
+        let (http, config, sha256) = (http.clone(), granted_config.clone(), sha256.clone());
+        let waker = waker.clone();
+        runs.spawn(async move {
+            let _slot = slots.acquire_owned().await.expect("never closed");
+            let report = match &loaded {
+                Ok((module, cache)) => {
+                    runtime
+                        .run(
+                            module,
+                            *cache,
+                            RunRequest {
+                                input: &item.input,
+                                limits: &item.limits,
+                                task: TaskInfo {
+                                    task_id: item.task_id.clone(),
+                                    attempt: item.attempt,
+                                    max_attempts: item.max_attempts,
+                                    queue: item.queue,
+                                },
+                                cancel: CancelToken::new(),
+                                dirs: &[],
+                                progress: None,
+                                subtasks: item.subtasks,
+                                http,
+                                config,
+                            },
+                        )
+                        .await
+                }
+                Err(message) => RunReport::not_run(
+                    Outcome::InvalidModule {
+                        message: message.clone(),
+                    },
+                    sha256,
+                ),
+            };
+            let mut envelope = Envelope::from_report(&report, started.elapsed().as_millis() as u64);
+            if batch {
+                envelope = envelope.for_task(&item.task_id);
+            }
+            print_line(&envelope.to_line())?;
+            if let Some(w) = &waker {
+                w.wake();
+            }
+            Ok::<_, std::io::Error>(())
+        });
+    }
+    while let Some(printed) = runs.join_next().await {
+        printed.context("a run of the batch panicked")??;
+    }
+    Ok(super::exit::SUCCESS)
+}
+
+/// One envelope line, written whole: the runs of a batch print as they end.
+fn print_line(line: &str) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(out, "\n{line}")?;
-    out.flush()?;
-    Ok(super::exit::SUCCESS)
+    out.flush()
 }
 
 #[cfg(test)]

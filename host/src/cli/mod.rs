@@ -98,7 +98,7 @@ pub enum Command {
     Worker(Box<worker::WorkerArgs>),
     /// Run one task module as a Ray job's entrypoint (used by `worker --cluster`).
     #[command(hide = true)]
-    Exec(exec::ExecArgs),
+    Exec(Box<exec::ExecArgs>),
     /// List workers with their heartbeat age.
     Workers {
         #[arg(long)]
@@ -139,27 +139,56 @@ fn die_quietly_on_closed_pipe() {
     }
 }
 
-pub fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+/// The commands of `wasmq-runner`, the binary a Ray job runs: only
+/// `wasmq exec` and the compile helper it spawns. Linked without the
+/// database, the HTTP server and the dashboard, it is the smaller package.
+#[derive(Debug, Parser)]
+#[command(
+    name = "wasmq-runner",
+    version,
+    about = "Runs wasmq tasks inside a Ray job (the `exec` command of wasmq)"
+)]
+struct RunnerCli {
+    #[command(subcommand)]
+    command: RunnerCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum RunnerCommand {
+    /// Run a task (or a batch of them) as `wasmq exec` does.
+    Exec(Box<exec::ExecArgs>),
+    #[command(hide = true)]
+    CompileModule,
+}
+
+/// `wasmq-runner`'s `main`.
+pub fn runner_main() -> ExitCode {
+    let cli: RunnerCli = match parse() {
         Ok(cli) => cli,
-        Err(e) => {
-            let _ = e.print();
-            return ExitCode::from(if e.use_stderr() {
-                exit::USAGE
-            } else {
-                exit::SUCCESS
-            });
-        }
+        Err(code) => return code,
     };
-    if matches!(cli.command, Command::CompileModule) {
+    let RunnerCommand::Exec(args) = cli.command else {
         return compile_module();
-    }
-    if cli.command.is_service() {
-        logging::init(cli.log_format, logging::SERVICE_DEFAULT);
-    } else {
-        die_quietly_on_closed_pipe();
-        logging::init(cli.log_format, logging::COMMAND_DEFAULT);
-    }
+    };
+    logging::init(logging::LogFormat::Text, logging::SERVICE_DEFAULT);
+    run_async(exec::run(*args))
+}
+
+/// The command line, or the exit code after clap printed its help,
+/// version or usage error.
+fn parse<P: Parser>() -> Result<P, ExitCode> {
+    P::try_parse().map_err(|e| {
+        let _ = e.print();
+        ExitCode::from(if e.use_stderr() {
+            exit::USAGE
+        } else {
+            exit::SUCCESS
+        })
+    })
+}
+
+/// Runs a command on a new async runtime; its error, if any, on one line.
+fn run_async(command: impl std::future::Future<Output = anyhow::Result<u8>>) -> ExitCode {
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -170,25 +199,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(exit::INTERNAL);
         }
     };
-    let db = cli.database_url.clone();
-    let result = rt.block_on(async {
-        let ok = |r: anyhow::Result<()>| r.map(|()| exit::SUCCESS);
-        match cli.command {
-            Command::Run(args) => run::run(args).await,
-            Command::New(args) => ok(new::run(args)),
-            Command::Dev(args) => dev::run(args).await,
-            Command::Migrate => ok(admin::migrate(&db).await),
-            Command::Module(cmd) => ok(admin::module(&db, cmd).await),
-            Command::Task(cmd) => admin::task(&db, cmd).await,
-            Command::Secret(cmd) => ok(secret::run(&db, cmd).await),
-            Command::Worker(args) => ok(worker::run(&db, *args).await),
-            Command::Exec(args) => exec::run(args).await,
-            Command::Workers { json } => ok(admin::workers(&db, json).await),
-            Command::Serve(args) => ok(serve::run(&db, args).await),
-            Command::Bench(cmd) => ok(bench::run(cmd, &db).await),
-            Command::CompileModule => unreachable!("handled before the async runtime starts"),
-        }
-    });
+    let result = rt.block_on(command);
     // Do not wait for blocked host calls of abandoned guests on the way out.
     rt.shutdown_background();
     match result {
@@ -199,4 +210,39 @@ pub fn main() -> ExitCode {
             exit::code_of(&e)
         }
     }
+}
+
+pub fn main() -> ExitCode {
+    let cli: Cli = match parse() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
+    if matches!(cli.command, Command::CompileModule) {
+        return compile_module();
+    }
+    if cli.command.is_service() {
+        logging::init(cli.log_format, logging::SERVICE_DEFAULT);
+    } else {
+        die_quietly_on_closed_pipe();
+        logging::init(cli.log_format, logging::COMMAND_DEFAULT);
+    }
+    let db = cli.database_url.clone();
+    run_async(async move {
+        let ok = |r: anyhow::Result<()>| r.map(|()| exit::SUCCESS);
+        match cli.command {
+            Command::Run(args) => run::run(args).await,
+            Command::New(args) => ok(new::run(args)),
+            Command::Dev(args) => dev::run(args).await,
+            Command::Migrate => ok(admin::migrate(&db).await),
+            Command::Module(cmd) => ok(admin::module(&db, cmd).await),
+            Command::Task(cmd) => admin::task(&db, cmd).await,
+            Command::Secret(cmd) => ok(secret::run(&db, cmd).await),
+            Command::Worker(args) => ok(worker::run(&db, *args).await),
+            Command::Exec(args) => exec::run(*args).await,
+            Command::Workers { json } => ok(admin::workers(&db, json).await),
+            Command::Serve(args) => ok(serve::run(&db, args).await),
+            Command::Bench(cmd) => ok(bench::run(cmd, &db).await),
+            Command::CompileModule => unreachable!("handled before the async runtime starts"),
+        }
+    })
 }

@@ -27,7 +27,8 @@ pub struct WorkerArgs {
         env = "WASMQ_RAY_ADDRESS"
     )]
     pub cluster: Option<String>,
-    /// Ray jobs in flight at once (cluster mode) [default: 16].
+    /// Ray jobs in flight at once (cluster mode; each runs up to
+    /// --ray-batch tasks) [default: 16].
     #[arg(
         long,
         value_name = "N",
@@ -159,9 +160,16 @@ pub async fn run(db: &str, a: WorkerArgs) -> anyhow::Result<()> {
     })?;
 
     let cluster = match &a.cluster {
-        Some(url) => Some(Arc::new(a.ray.cluster(url).await?)),
+        Some(url) => {
+            // `concurrency` counts Ray jobs here; each job runs a batch, and
+            // every task of it holds a slot of the worker.
+            let jobs = cfg.concurrency;
+            cfg.concurrency = jobs.saturating_mul(a.ray.ray_batch);
+            Some(Arc::new(a.ray.cluster(url, jobs).await?))
+        }
         None => None,
     };
+    let following = cluster.clone();
     // A cluster worker runs nothing itself; a local one at most
     // `concurrency` runs at once.
     let local_runs = if cluster.is_some() {
@@ -187,6 +195,9 @@ pub async fn run(db: &str, a: WorkerArgs) -> anyhow::Result<()> {
         cfg,
     );
     let stats = worker.run(shutdown_signal()).await?;
+    if let Some(cluster) = &following {
+        cluster.settle(crate::worker::cluster::SETTLE_AT_EXIT).await;
+    }
     if a.exit_when_idle {
         let secs = stats.elapsed.as_secs_f64();
         println!(

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum RayError {
     /// No answer: connection refused or reset, DNS, or a timeout, after the
     /// client's retries.

@@ -34,8 +34,31 @@ impl DiskCache {
         }
     }
 
+    /// The artifact's file name: the module and this engine's key.
+    pub(super) fn file_name(&self, sha256: &str) -> String {
+        format!("{sha256}-{}.cwasm", self.engine_key)
+    }
+
     fn path(&self, sha256: &str) -> PathBuf {
-        self.dir.join(format!("{sha256}-{}.cwasm", self.engine_key))
+        self.dir.join(self.file_name(sha256))
+    }
+
+    /// The artifact of `sha256` as stored, if there is one.
+    pub(super) fn read(&self, sha256: &str) -> Option<Vec<u8>> {
+        std::fs::read(self.path(sha256)).ok()
+    }
+
+    /// Adds `bytes`, an artifact of module `sha256` that came from
+    /// elsewhere (a Ray job's package, named by [`DiskCache::file_name`] so
+    /// that only this engine takes it), unless one is stored already. It is
+    /// checked like any stored artifact when it is loaded.
+    pub(super) fn seed(&self, sha256: &str, bytes: &[u8]) -> anyhow::Result<bool> {
+        if self.path(sha256).exists() {
+            return Ok(false);
+        }
+        unwrap_artifact(bytes, sha256).map_err(anyhow::Error::msg)?;
+        self.write(sha256, bytes)?;
+        Ok(true)
     }
 
     /// Loads a precompiled component if one exists for this engine and
@@ -81,12 +104,17 @@ impl DiskCache {
     }
 
     fn try_store(&self, sha256: &str, component: &Component) -> anyhow::Result<()> {
+        let payload = component.serialize()?;
+        self.write(sha256, &wrap_artifact(sha256, &payload))
+    }
+
+    /// Writes an artifact (header included) under its name, atomically.
+    fn write(&self, sha256: &str, artifact: &[u8]) -> anyhow::Result<()> {
         DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(&self.dir)?;
         trusted(&self.dir, true).map_err(anyhow::Error::msg)?;
-        let payload = component.serialize()?;
         let tmp = tempfile_in(&self.dir, sha256);
         let mut file = std::fs::OpenOptions::new()
             .write(true)
@@ -94,9 +122,7 @@ impl DiskCache {
             .mode(0o600)
             .open(&tmp)?;
         use std::io::Write as _;
-        let written = file
-            .write_all(&wrap_artifact(sha256, &payload))
-            .and_then(|()| file.sync_data());
+        let written = file.write_all(artifact).and_then(|()| file.sync_data());
         drop(file);
         written
             .and_then(|()| std::fs::rename(&tmp, self.path(sha256)))

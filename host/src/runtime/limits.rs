@@ -41,7 +41,7 @@ pub const MAX_ERROR_DETAILS_BYTES: usize = 64 * 1024;
 pub const MAX_BACKTRACE_BYTES: usize = 16 * 1024;
 
 /// Limits applied to one run of a task.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Limits {
     /// Fuel budget; `None` means unlimited (the wall-clock deadline still applies).
     pub fuel: Option<u64>,

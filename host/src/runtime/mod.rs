@@ -181,6 +181,45 @@ impl Runtime {
         Ok(loaded.sha256.clone())
     }
 
+    /// The precompiled artifact of module `bytes` for this engine, as the
+    /// disk cache stores it: its file name (which names the engine) and
+    /// contents, compiled first if the cache has none. `None` without a
+    /// disk cache. A Ray job's package carries it, so that a node whose
+    /// engine is the same does not compile.
+    pub async fn artifact(&self, bytes: Vec<u8>) -> Result<Option<(String, Vec<u8>)>, LoadError> {
+        let Some(disk) = self.disk.clone() else {
+            return Ok(None);
+        };
+        let sha256 = self.validate(bytes).await?;
+        let read = tokio::task::spawn_blocking({
+            let (disk, sha256) = (disk.clone(), sha256.clone());
+            move || disk.read(&sha256)
+        })
+        .await
+        .ok()
+        .flatten();
+        Ok(read.map(|artifact| (disk.file_name(&sha256), artifact)))
+    }
+
+    /// Adds the artifact of module `sha256` found at `dir/NAME`, where NAME
+    /// is this engine's file name for it (so another engine's is not
+    /// found), to the disk cache. True if one was added.
+    pub fn seed_disk_cache(&self, sha256: &str, dir: &std::path::Path) -> bool {
+        let Some(disk) = &self.disk else {
+            return false;
+        };
+        let Ok(bytes) = std::fs::read(dir.join(disk.file_name(sha256))) else {
+            return false;
+        };
+        match disk.seed(sha256, &bytes) {
+            Ok(added) => added,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "ignoring a shipped precompiled module");
+                false
+            }
+        }
+    }
+
     /// Loads a module from its bytes (as `wasmq run` does).
     pub async fn load_bytes(
         &self,

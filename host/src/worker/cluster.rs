@@ -1,71 +1,84 @@
-//! Cluster mode: each claimed task runs as a Ray job (`wasmq exec` on a Ray
-//! node), submitted through the Job Submission REST API.
+//! Cluster mode: claimed tasks run in Ray jobs (`wasmq exec` on a Ray node),
+//! submitted through the Job Submission REST API, up to `--ray-batch` tasks
+//! of one module and queue per job ([`super::batching`]).
 //!
 //! One attempt, start to end:
 //! 1. If the previous attempt's worker died (`lease-expired`) while its job
 //!    was still alive or finished unread, attach to that job instead of
 //!    submitting another: a task runs once per job. The job's metadata must
-//!    name this task and module and an earlier attempt.
-//! 2. Otherwise make sure the package is on the cluster (check, upload if
-//!    missing: Ray deletes unused packages), record the submission id
-//!    `wasmq-<task id>-<attempt>` on the task, and submit. "Already exists"
-//!    means this attempt was submitted before (a released task, a retried
-//!    POST): attach to it, but only if its metadata (task id, attempt,
-//!    module sha256) is what this worker would have submitted. Otherwise the
-//!    job is not ours: it is left alone (not stopped, not read) and the
-//!    attempt ends as a host error; the retry gets a new submission id.
-//! 3. Poll the job (every 250 ms, slower for long jobs) while the worker's
-//!    heartbeat keeps the lease; a cancel request stops the job. A job still
-//!    PENDING after `--ray-pending-timeout` is stopped and the attempt ends as
-//!    a (retried) host error.
-//! 4. At the end, read the logs, parse the envelope, finish the task through
-//!    [`Executor::complete`] like local mode, and delete the job — only the
-//!    job this attempt submitted, and only while the task is still ours at
-//!    this attempt: a job adopted by a later attempt is never deleted under it.
+//!    list this task at an earlier attempt, and name this module.
+//! 2. Otherwise join the open batch of the task's module and queue. The
+//!    batch's submitter waits for a free job slot (the batch fills up
+//!    meanwhile), records the job's submission id `wasmq-<first task's id>-
+//!    <attempt>` on every task, makes sure the package is on the cluster
+//!    (check, upload if missing: Ray deletes unused packages) and submits.
+//!    "Already exists" means this batch was submitted before (a retried
+//!    POST): attach to it, but only if its metadata lists every task at this
+//!    attempt and names this module. Otherwise the job is not ours: it is
+//!    left alone (not stopped, not read) and the attempts end as host
+//!    errors; the retries get new submission ids.
+//! 3. Follow the job through its [`Watch`], shared by its tasks: status
+//!    polls (every 250 ms, slower for long jobs), and a read of its logs
+//!    whenever the runner wakes the worker ([`super::wakeup`]) after a run.
+//!    The worker's heartbeat keeps the leases meanwhile. A task ends as soon
+//!    as its own envelope is in the logs. A cancel ends the task at once;
+//!    the job is stopped when none of its tasks wants it any more. A job
+//!    still PENDING after `--ray-pending-timeout` is stopped and its tasks'
+//!    attempts end as (retried) host errors.
+//! 4. Finish the task through [`Executor::finish`] like local mode. Once
+//!    every task of the job has read its result and the job has ended, the
+//!    job is deleted — only a job this worker submitted, and only while all
+//!    its tasks are still ours at their attempts: a job adopted by a later
+//!    attempt is never deleted under it.
 //!
 //! | Ray says                              | the attempt ends as                      |
 //! |---------------------------------------|------------------------------------------|
-//! | SUCCEEDED, envelope                   | the envelope's outcome                   |
-//! | SUCCEEDED without a readable envelope | host-error (retried)                     |
-//! | FAILED (the runner crashed)           | host-error (retried)                     |
+//! | the task's envelope, job running or ended | the envelope's outcome               |
+//! | SUCCEEDED without the task's envelope | host-error (retried)                     |
+//! | FAILED (the runner crashed) before the task's envelope | host-error (retried)    |
 //! | FAILED, RUNTIME_ENV_SETUP_FAILURE     | host-error (retried; the package is re-checked) |
-//! | STOPPED (or FAILED) after wasmq's stop | cancelled                                |
+//! | (a cancel from wasmq)                 | cancelled, at once                       |
 //! | STOPPED by someone else               | host-error (retried)                     |
 //! | PENDING past the pending timeout      | host-error (retried); the job is stopped |
 //! | "already exists" with other metadata  | host-error (retried); the job is left alone |
 //! | unreachable, 5xx, job vanished        | requeued with backoff as a free run, attempt not spent, until the task has [`DEFAULT_MAX_DEFERS`] free runs |
-//! | worker shutting down                  | released; the job keeps running and the next worker attaches (stopped instead if the task's cancellation is pending) |
+//! | worker shutting down                  | released; the job keeps running and the next worker attaches (stopped instead if no task of it is wanted) |
 //!
-//! Every Ray call watches the worker's interrupt token (the end of the grace
-//! period), so no request (30 s) or upload (300 s) holds the worker's exit.
-//! Jobs that must stop but whose stop failed are tried again by a sweep that
-//! runs every minute while the worker runs (it also stops the jobs of tasks
-//! that ended while nobody followed their job) and are logged when the
-//! worker stops.
+//! Every Ray call of a task's own path watches the worker's interrupt token
+//! (the end of the grace period), so no request (30 s) or upload (300 s)
+//! holds the worker's exit. Jobs that must stop but whose stop failed are
+//! tried again by a sweep that runs every minute while the worker runs (it
+//! also stops the jobs whose tasks all ended while nobody followed the job)
+//! and are logged when the worker stops.
 
+use super::batching::{
+    Afterwards, BATCH_LINGER, BatchKey, DEFAULT_RAY_BATCH, JobEnd, Joined, Leave, Member,
+    OpenBatch, Shipment, Watch,
+};
 use super::envelope::Envelope;
 use super::executor::Executor;
-use super::grants::{TaskGrants, sealed_of};
+use super::grants::sealed_of;
 use super::shipping::{
-    DEFAULT_INPUT_ENV_MAX, HTTP_CA_FILE, INPUT_FILE, Runner, SECRETS_FILE, SUBTASKS_FILE,
+    BATCH_FILE, BatchItem, DEFAULT_INPUT_ENV_MAX, HTTP_CA_FILE, Runner, SECRETS_FILE,
 };
+use super::wakeup::{self, WakeAddress};
 use crate::kinds::OutcomeKind;
 use crate::ray::{
     JobDetails, JobStatus, RUNTIME_ENV_SETUP_FAILURE, RayClient, RayError, RuntimeEnv,
     SubmitRequest,
 };
-use crate::runtime::subtasks::SubtaskPlan;
-use crate::runtime::{CancelToken, Limits, Outcome, RunReport};
+use crate::runtime::{CancelToken, Limits, Outcome, RunReport, Runtime};
 use crate::store::{AnyStore, ClaimedTask, Completion, Store, TaskRecord, TaskState, Transition};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use chrono::{DateTime, Utc};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
 use tracing::{Instrument, debug, info, info_span, warn};
 use uuid::Uuid;
 
@@ -98,10 +111,9 @@ const STOP_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Once the grace period is over, what is left to do for a job (read the
 /// task, stop the job) must not hold the worker's exit longer than this.
 const AT_EXIT_BUDGET: Duration = Duration::from_secs(5);
-/// After wasmq's stop, how long a job may stay PENDING or RUNNING before
-/// the attempt ends as cancelled anyway: Ray's stop is fire-and-forget, and
-/// a job whose supervisor was never scheduled stays PENDING regardless.
-const STOP_SETTLE: Duration = Duration::from_secs(30);
+/// How long a worker on its way out waits for the jobs whose results it has
+/// read to end, so that it can delete them.
+pub const SETTLE_AT_EXIT: Duration = Duration::from_secs(10);
 /// How often the sweep looks for jobs that must not keep running.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -120,6 +132,12 @@ pub struct ClusterConfig {
     pub pending_timeout: Duration,
     /// See [`DEFAULT_MAX_DEFERS`].
     pub max_defers: u32,
+    /// Most tasks in one job (`--ray-batch`).
+    pub batch: u32,
+    /// Jobs in flight at once (`--max-in-flight`).
+    pub max_jobs: u32,
+    /// Where runners' wake-ups arrive (`--ray-wake`).
+    pub wake: WakeAddress,
 }
 
 impl Default for ClusterConfig {
@@ -133,6 +151,9 @@ impl Default for ClusterConfig {
             input_env_max: DEFAULT_INPUT_ENV_MAX,
             pending_timeout: DEFAULT_RAY_PENDING_TIMEOUT,
             max_defers: DEFAULT_MAX_DEFERS,
+            batch: DEFAULT_RAY_BATCH,
+            max_jobs: crate::worker::DEFAULT_MAX_IN_FLIGHT,
+            wake: WakeAddress::Auto,
         }
     }
 }
@@ -152,6 +173,16 @@ pub struct Cluster {
     unstopped: Arc<Mutex<BTreeSet<String>>>,
     sweeps: Once,
     sweeper: Mutex<Option<tokio::task::AbortHandle>>,
+    listener: Mutex<Option<tokio::task::AbortHandle>>,
+    /// Job slots: a batch is submitted once it has one.
+    jobs: Arc<Semaphore>,
+    /// The batch still gathering tasks, per module and queue.
+    batches: Mutex<HashMap<BatchKey, Arc<OpenBatch>>>,
+    /// The jobs followed, by submission id.
+    watches: Arc<Mutex<HashMap<String, Arc<Watch>>>>,
+    /// The wake-up socket until its listener starts, and its address.
+    wake_socket: Mutex<Option<std::net::UdpSocket>>,
+    wake_address: Option<std::net::SocketAddr>,
 }
 
 /// How an attempt ended, before it is mapped onto the state machine.
@@ -210,17 +241,23 @@ enum AdoptAs {
 /// anyone pick any submission id, so the id alone proves nothing.
 fn check_adoptable(job: &JobDetails, task: &ClaimedTask, adopt: AdoptAs) -> Result<(), String> {
     let meta = job.metadata.as_ref().ok_or("it has no metadata")?;
-    for (key, want) in [
-        ("wasmq_task_id", task.id.to_string()),
-        ("wasmq_module_sha256", task.module_sha256.clone()),
-    ] {
-        match meta.get(key) {
-            Some(got) if *got == want => {}
-            got => return Err(format!("its {key} is {got:?}, expected {want:?}")),
+    let want = &task.module_sha256;
+    match meta.get("wasmq_module_sha256") {
+        Some(got) if got == want => {}
+        got => {
+            return Err(format!(
+                "its wasmq_module_sha256 is {got:?}, expected {want:?}"
+            ));
         }
     }
-    let got = meta.get("wasmq_attempt");
-    let attempt = got.and_then(|a| a.parse::<u32>().ok());
+    let Some(&(_, attempt)) = job_tasks(job).iter().find(|(id, _)| *id == task.id) else {
+        return Err(format!(
+            "its wasmq_task_id is {:?} and its wasmq_tasks {:?}: neither names task {}",
+            meta.get("wasmq_task_id"),
+            meta.get("wasmq_tasks"),
+            task.id
+        ));
+    };
     let ok = match adopt {
         AdoptAs::ThisAttempt => attempt == Some(task.attempt),
         AdoptAs::EarlierAttempt => attempt.is_some_and(|a| a >= 1 && a < task.attempt),
@@ -231,12 +268,12 @@ fn check_adoptable(job: &JobDetails, task: &ClaimedTask, adopt: AdoptAs) -> Resu
         Err(match adopt {
             AdoptAs::ThisAttempt => {
                 format!(
-                    "its wasmq_attempt is {got:?}, expected \"{}\"",
+                    "its wasmq_attempt for this task is {attempt:?}, expected {}",
                     task.attempt
                 )
             }
             AdoptAs::EarlierAttempt => format!(
-                "its wasmq_attempt is {got:?}, expected one before {}",
+                "its wasmq_attempt for this task is {attempt:?}, expected one before {}",
                 task.attempt
             ),
         })
@@ -258,6 +295,19 @@ pub fn defer_or_spend(
 
 impl Cluster {
     pub fn new(client: RayClient, runner: Runner, config: ClusterConfig) -> Cluster {
+        let jobs = Arc::new(Semaphore::new(config.max_jobs.max(1) as usize));
+        let wake_socket = match wakeup::bind(&config.wake, client.address()) {
+            Ok(socket) => socket,
+            Err(e) => {
+                warn!(error = %e, "no wake-ups from runners (--ray-wake): results arrive at \
+                      the status polls");
+                None
+            }
+        };
+        let wake_address = wake_socket.as_ref().and_then(|s| s.local_addr().ok());
+        if let Some(at) = wake_address {
+            info!(%at, "listening for runners' wake-ups");
+        }
         Cluster {
             client,
             runner,
@@ -267,12 +317,37 @@ impl Cluster {
             unstopped: Arc::new(Mutex::new(BTreeSet::new())),
             sweeps: Once::new(),
             sweeper: Mutex::new(None),
+            listener: Mutex::new(None),
+            jobs,
+            batches: Mutex::new(HashMap::new()),
+            watches: Arc::new(Mutex::new(HashMap::new())),
+            wake_socket: Mutex::new(wake_socket),
+            wake_address,
         }
     }
 
-    /// Runs one attempt of `task` as a Ray job; see the module documentation.
+    /// Waits, at most `within`, for the jobs this worker still follows to
+    /// end and be deleted: a task's result is read before its job ends, so
+    /// a worker exiting when idle would otherwise leave finished jobs
+    /// behind on the cluster.
+    pub async fn settle(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = self.watches.lock().unwrap().len();
+            if left == 0 {
+                return;
+            }
+            if Instant::now() > deadline {
+                info!(jobs = left, "leaving Ray jobs that have not ended yet");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Runs one attempt of `task` in a Ray job; see the module documentation.
     pub async fn execute(
-        &self,
+        self: &Arc<Self>,
         exec: &Executor,
         worker_id: &str,
         task: &ClaimedTask,
@@ -281,13 +356,9 @@ impl Cluster {
     ) -> Completion {
         self.start_sweeps(&exec.store);
         let started = Instant::now();
-        let id = submission_id(task);
-        let span = info_span!("ray_job", submission_id = %id);
+        let span = info_span!("ray_task");
         let end = async {
-            match self
-                .run_job(exec, worker_id, task, &id, &cancel, shutdown)
-                .await
-            {
+            match self.run_job(exec, worker_id, task, &cancel, shutdown).await {
                 Ok(end) => end,
                 Err(Halt::Interrupted) => End::Interrupted,
                 Err(Halt::Ray(e))
@@ -353,48 +424,41 @@ impl Cluster {
     }
 
     async fn run_job(
-        &self,
+        self: &Arc<Self>,
         exec: &Executor,
         worker_id: &str,
         task: &ClaimedTask,
-        id: &str,
         cancel: &CancelToken,
         shutdown: &CancelToken,
     ) -> Result<End, Halt> {
         let store = &exec.store;
+        let not_run = |outcome: Outcome| {
+            Ok(End::Report(Box::new(RunReport::not_run(
+                outcome,
+                task.module_sha256.clone(),
+            ))))
+        };
         if cancel.is_cancelled() && !shutdown.is_cancelled() {
             // This attempt may have submitted a job before its task was
             // released: with the task cancelled, nobody would follow it.
-            let note = match self.stop(id, shutdown).await {
+            let id = submission_id(task);
+            let note = match self.stop(&id, shutdown).await {
                 Ok(true) => format!("; stopped its Ray job {id}"),
                 Ok(false) => String::new(),
                 Err(e) => format!("; could not stop its Ray job {id}: {e}"),
             };
-            return Ok(End::Report(Box::new(RunReport::not_run(
-                Outcome::Cancelled {
-                    message: format!("cancelled before its Ray job was submitted{note}"),
-                },
-                task.module_sha256.clone(),
-            ))));
+            return not_run(Outcome::Cancelled {
+                message: format!("cancelled before its Ray job was submitted{note}"),
+            });
         }
         let limits = match exec.limits_for(task) {
             Ok(l) => l,
-            Err(refused) => {
-                return Ok(End::Report(Box::new(RunReport::not_run(
-                    refused,
-                    task.module_sha256.clone(),
-                ))));
-            }
+            Err(refused) => return not_run(refused),
         };
         // The runner has no database: its recorded children travel with it.
         let plan = match super::spawning::plan_for(store, task, exec.maxima).await {
             Ok(plan) => plan,
-            Err(refused) => {
-                return Ok(End::Report(Box::new(RunReport::not_run(
-                    refused,
-                    task.module_sha256.clone(),
-                ))));
-            }
+            Err(refused) => return not_run(refused),
         };
         // The runner has no database either: the module's grants travel
         // with the job. HTTP grants are not secret (the guest cannot read
@@ -406,14 +470,9 @@ impl Cluster {
                 ca_pem: exec.grants.ca_pem(),
                 key_file: exec.grants.key_file().map(Path::to_path_buf),
             }),
-            Err(refused) => {
-                return Ok(End::Report(Box::new(RunReport::not_run(
-                    refused,
-                    task.module_sha256.clone(),
-                ))));
-            }
+            Err(refused) => return not_run(refused),
         };
-        let job_id = match self
+        let watch = match self
             .orphan_of_previous_attempt(store, task, shutdown)
             .await?
         {
@@ -421,57 +480,408 @@ impl Cluster {
                 info!(previous = %prev,
                     "attaching to the job of the previous run, which ended without reading it");
                 record(store, worker_id, task, &prev).await;
-                prev
+                self.adopt(&prev)
             }
             None => {
-                record(store, worker_id, task, id).await;
-                let submitted = tokio::select! {
-                    biased;
-                    () = shutdown.cancelled() => return Err(Halt::Interrupted),
-                    r = self.submit(store, task, id, &limits, &plan, granted.as_ref()) => r,
+                let member = Member {
+                    task: task.clone(),
+                    limits: limits.clone(),
+                    plan,
                 };
-                match submitted {
-                    Ok(()) => debug!("job submitted"),
-                    Err(Submitted::Ray(RayError::AlreadyExists { .. })) => {
-                        let job = or_interrupt(shutdown, self.client.job(id)).await?;
-                        if let Err(why) = check_adoptable(&job, task, AdoptAs::ThisAttempt) {
-                            warn!(%why, "a Ray job with this attempt's submission id exists but \
-                                  was not submitted for it: not attaching");
-                            return Ok(End::Report(Box::new(host_error(
-                                task,
-                                format!(
-                                    "Ray job {id} already exists but is not this attempt's job \
-                                     ({why}): its result is not trusted and the job is left alone"
-                                ),
-                                None,
-                            ))));
+                let batch = self.join(exec, worker_id, member, granted);
+                let mut joined = batch.subscribe();
+                let mut withdrawn = false;
+                let joined = loop {
+                    tokio::select! {
+                        biased;
+                        r = joined.wait_for(Option::is_some) => {
+                            break r.expect("the batch outlives its tasks").clone()
+                                .expect("waited for it");
                         }
-                        info!("job already submitted: attaching to it");
+                        () = shutdown.cancelled() => {
+                            // Out of the batch, or in a job whose id is
+                            // recorded on the task: the next worker adopts it.
+                            batch.withdraw(task.id);
+                            return Err(Halt::Interrupted);
+                        }
+                        () = cancel.cancelled(), if !withdrawn => {
+                            if batch.withdraw(task.id) {
+                                return not_run(Outcome::Cancelled {
+                                    message: "cancelled before its Ray job was submitted".into(),
+                                });
+                            }
+                            // Submitted already: the job's watch hears of it.
+                            withdrawn = true;
+                        }
                     }
-                    Err(Submitted::Ray(e)) => return Err(e.into()),
-                    Err(Submitted::Host(message)) => {
+                };
+                match joined {
+                    Joined::Job(watch) => watch,
+                    Joined::Ray(e) => return Err(Halt::Ray(e)),
+                    Joined::Host(message) => {
                         return Ok(End::Report(Box::new(host_error(task, message, None))));
                     }
                 }
-                id.to_string()
             }
         };
-        let (end, ended) = self
-            .follow(store, task, &job_id, &limits, cancel, shutdown)
-            .await?;
-        // Only the job this attempt submitted, and only while the task is
-        // still ours at this attempt: a later attempt may have adopted it.
-        if !self.config.keep_jobs
-            && ended
-            && job_id == id
-            && still_ours(store, worker_id, task).await
-        {
-            match or_interrupt(shutdown, self.client.delete(&job_id)).await {
-                Ok(_) | Err(Halt::Interrupted) => {}
-                Err(Halt::Ray(e)) => warn!(error = %e, "could not delete the finished Ray job"),
+        let span = info_span!("ray_job", submission_id = %watch.job_id);
+        self.follow(store, worker_id, task, &watch, &limits, cancel, shutdown)
+            .instrument(span)
+            .await
+    }
+
+    /// Puts `member` in the open batch of its module and queue, or opens
+    /// one (and starts its submitter).
+    fn join(
+        self: &Arc<Self>,
+        exec: &Executor,
+        worker_id: &str,
+        member: Member,
+        granted: Option<Shipment>,
+    ) -> Arc<OpenBatch> {
+        let key = BatchKey::of(&member.task);
+        let mut batches = self.batches.lock().unwrap();
+        let member = match batches.get(&key) {
+            Some(open) => match open.try_join(
+                member,
+                self.config.batch as usize,
+                self.config.input_env_max,
+            ) {
+                Ok(()) => return open.clone(),
+                Err(member) => *member,
+            },
+            None => member,
+        };
+        let open = Arc::new(OpenBatch::new(member, granted));
+        batches.insert(key, open.clone());
+        let (this, store, runtime) = (self.clone(), exec.store.clone(), exec.runtime.clone());
+        tokio::spawn(
+            this.submit_batch(open.clone(), store, runtime, worker_id.to_string())
+                .instrument(info_span!("ray_batch")),
+        );
+        open
+    }
+
+    /// Gathers a batch until a job slot is free (and, briefly, until the
+    /// batch is full), then records its job's id on every task and submits
+    /// the job; announces the outcome to the batch's tasks.
+    async fn submit_batch(
+        self: Arc<Self>,
+        batch: Arc<OpenBatch>,
+        store: AnyStore,
+        runtime: Arc<Runtime>,
+        worker_id: String,
+    ) {
+        let slot = self.jobs.clone().acquire_owned();
+        tokio::pin!(slot);
+        let permit = loop {
+            tokio::select! {
+                p = &mut slot => break p.expect("the semaphore is never closed"),
+                () = batch.changed.notified() => {
+                    // Every task withdrew (cancelled, or the worker stops).
+                    if batch.close_if_empty() {
+                        self.forget(&batch);
+                        return;
+                    }
+                }
+            }
+        };
+        let full = self.config.batch as usize;
+        let linger = tokio::time::sleep(BATCH_LINGER);
+        tokio::pin!(linger);
+        while batch.len() < full {
+            tokio::select! {
+                () = &mut linger => break,
+                () = batch.changed.notified() => {}
             }
         }
-        Ok(end)
+        self.forget(&batch);
+        let members = batch.close();
+        if members.is_empty() {
+            return;
+        }
+        let id = submission_id(&members[0].task);
+        for m in &members {
+            record(&store, &worker_id, &m.task, &id).await;
+        }
+        let watch = Arc::new(Watch::submitted(id.clone(), members.len(), permit));
+        let joined = match self.submit(&store, &runtime, &batch, &id, &members).await {
+            Ok(()) => {
+                debug!(job = %id, tasks = members.len(), "job submitted");
+                Joined::Job(watch)
+            }
+            Err(Submitted::Ray(RayError::AlreadyExists { .. })) => {
+                match self.client.job(&id).await {
+                    Ok(job) => {
+                        let foreign = members.iter().find_map(|m| {
+                            check_adoptable(&job, &m.task, AdoptAs::ThisAttempt).err()
+                        });
+                        match foreign {
+                            None => {
+                                info!(job = %id, "job already submitted: attaching to it");
+                                Joined::Job(watch)
+                            }
+                            Some(why) => {
+                                warn!(job = %id, %why, "a Ray job with this batch's submission \
+                                      id exists but was not submitted for it: not attaching");
+                                Joined::Host(format!(
+                                    "Ray job {id} already exists but is not this attempt's job \
+                                     ({why}): its result is not trusted and the job is left alone"
+                                ))
+                            }
+                        }
+                    }
+                    Err(e) => Joined::Ray(e),
+                }
+            }
+            Err(Submitted::Ray(e)) => Joined::Ray(e),
+            Err(Submitted::Host(message)) => Joined::Host(message),
+        };
+        if let Joined::Job(watch) = &joined {
+            self.watches
+                .lock()
+                .unwrap()
+                .insert(watch.job_id.clone(), watch.clone());
+            tokio::spawn(self.clone().poll(watch.clone()));
+        }
+        batch.announce(joined);
+    }
+
+    /// Removes `batch` from the open batches, if it is still the one there.
+    fn forget(&self, batch: &Arc<OpenBatch>) {
+        let mut batches = self.batches.lock().unwrap();
+        if batches
+            .get(&batch.key)
+            .is_some_and(|b| Arc::ptr_eq(b, batch))
+        {
+            batches.remove(&batch.key);
+        }
+    }
+
+    /// Follows an earlier attempt's job, sharing its watch with other
+    /// adopters of the same job.
+    fn adopt(self: &Arc<Self>, job_id: &str) -> Arc<Watch> {
+        let mut watches = self.watches.lock().unwrap();
+        if let Some(w) = watches.get(job_id)
+            && w.follow()
+        {
+            return w.clone();
+        }
+        let w = Arc::new(Watch::adopted(job_id.to_string()));
+        watches.insert(job_id.to_string(), w.clone());
+        tokio::spawn(self.clone().poll(w.clone()));
+        w
+    }
+
+    /// Follows a job for its tasks: polls its status to its end and
+    /// publishes the end (with its logs when it ran), reads its logs
+    /// whenever a runner says a run ended, and stops a job still PENDING
+    /// past the pending timeout. Once every task has left it deletes the
+    /// job (when [`Watch::deletable`]) and frees the job's slot.
+    async fn poll(self: Arc<Self>, watch: Arc<Watch>) {
+        let id = watch.job_id.as_str();
+        let started = Instant::now();
+        let mut every = self.config.poll_interval;
+        let mut read_logs = false;
+        let end = loop {
+            if watch.is_abandoned() && !watch.deletable(self.config.keep_jobs) {
+                break None;
+            }
+            if read_logs {
+                read_logs = false;
+                match self.client.logs(id).await {
+                    // Decoded once here, not once per task.
+                    Ok(logs) => watch.publish_envelopes(Envelope::all_in(&logs)),
+                    Err(e) => debug!(job = id, error = %e, "could not read the running job's logs"),
+                }
+            }
+            let j = match self.client.job(id).await {
+                Ok(j) => j,
+                Err(e) => break Some(JobEnd::Lost(e)),
+            };
+            if j.status.is_terminal() {
+                let ran = match j.status {
+                    JobStatus::Succeeded => true,
+                    JobStatus::Failed => j.error_type.as_deref() != Some(RUNTIME_ENV_SETUP_FAILURE),
+                    _ => false,
+                };
+                let logs = if ran {
+                    Some(self.client.logs(id).await.map(Arc::from))
+                } else {
+                    None
+                };
+                break Some(JobEnd::Terminal {
+                    job: Box::new(j),
+                    logs,
+                });
+            }
+            if j.status == JobStatus::Pending && started.elapsed() > self.config.pending_timeout {
+                let timeout = self.config.pending_timeout;
+                warn!(
+                    job = id,
+                    ?timeout,
+                    "the Ray job is still PENDING: stopping it"
+                );
+                let stopped = match self.stop(id, &CancelToken::new()).await {
+                    // Ray's stop is fire-and-forget: a job whose supervisor
+                    // cannot be scheduled stays PENDING until Ray gives up.
+                    Ok(_) => "its stop was requested".to_string(),
+                    Err(e) => format!("stopping it failed ({e}); the worker keeps trying"),
+                };
+                let ray_says = j.message.as_deref().unwrap_or("").trim();
+                break Some(JobEnd::PendingTimeout(format!(
+                    "Ray job {id} was still PENDING after the pending timeout of \
+                     {timeout:?} (--ray-pending-timeout): the cluster may lack the resources \
+                     it asks for; {stopped}. Ray says: {}",
+                    first_line(ray_says)
+                )));
+            }
+            if started.elapsed() > POLL_BACKOFF_AFTER {
+                every = every.mul_f64(1.5).min(MAX_RAY_POLL);
+            }
+            tokio::select! {
+                () = tokio::time::sleep(every) => {}
+                () = watch.wake.notified() => {}
+                () = watch.logged.notified() => read_logs = true,
+            }
+        };
+        if let Some(end) = end {
+            let terminal = matches!(end, JobEnd::Terminal { .. });
+            watch.publish_end(end);
+            while !watch.is_abandoned() {
+                watch.wake.notified().await;
+            }
+            if terminal && watch.deletable(self.config.keep_jobs) {
+                match self.client.delete(id).await {
+                    Ok(_) => debug!(job = id, "deleted the finished Ray job"),
+                    Err(e) => warn!(job = id, error = %e, "could not delete the finished Ray job"),
+                }
+            }
+        }
+        watch.release();
+        self.forget_watch(&watch);
+    }
+
+    /// Waits for `task`'s result from `watch`'s job: its envelope in the
+    /// logs read while the job runs, or the job's end. A cancel ends the
+    /// task at once (the job is stopped once none of its tasks wants it),
+    /// and the worker's shutdown leaves the job to the next worker.
+    #[allow(clippy::too_many_arguments)]
+    async fn follow(
+        &self,
+        store: &AnyStore,
+        worker_id: &str,
+        task: &ClaimedTask,
+        watch: &Arc<Watch>,
+        limits: &Limits,
+        cancel: &CancelToken,
+        shutdown: &CancelToken,
+    ) -> Result<End, Halt> {
+        let task_id = task.id.to_string();
+        let mut seen = watch.subscribe();
+        let found = loop {
+            {
+                let s = seen.borrow_and_update();
+                if let Some(end) = &s.end {
+                    break Err(end.clone());
+                }
+                if let Some(envelope) = s.envelopes.get(&task_id) {
+                    break Ok(envelope.clone());
+                }
+            }
+            tokio::select! {
+                biased;
+                r = seen.changed() => r.expect("the watch outlives its tasks"),
+                () = shutdown.cancelled() => {
+                    return Ok(self.interrupted(store, task, watch, shutdown).await);
+                }
+                () = cancel.cancelled() => {
+                    info!("cancellation requested");
+                    let message = self.cancel_in(watch, "cancelled", shutdown).await;
+                    return Ok(End::Report(Box::new(cancelled(task, message))));
+                }
+            }
+        };
+        let read = match found {
+            Ok(envelope) => {
+                debug!(
+                    runner_ms = envelope.runner_ms,
+                    "run read from the running job's logs"
+                );
+                Ok(End::Report(Box::new(envelope.into_checked_report(limits))))
+            }
+            Err(end) => self.read_end(task, watch, &end, limits),
+        };
+        // Whether a later attempt may have adopted the job: it must not be
+        // deleted under it. Only asked when the job might be deleted.
+        let ours = matches!(read, Ok(End::Report(_)))
+            && (self.config.keep_jobs || still_ours(store, worker_id, task).await);
+        if watch.leave(Leave::Read { ours }) == Afterwards::Stop {
+            // The last task to read its result, with a cancelled one's run
+            // still going in the job.
+            if let Err(e) = self.stop(&watch.job_id, shutdown).await {
+                warn!(error = %e, "could not stop the Ray job of cancelled runs");
+            }
+        }
+        read
+    }
+
+    fn forget_watch(&self, watch: &Arc<Watch>) {
+        let mut watches = self.watches.lock().unwrap();
+        if watches
+            .get(&watch.job_id)
+            .is_some_and(|w| Arc::ptr_eq(w, watch))
+        {
+            watches.remove(&watch.job_id);
+        }
+    }
+
+    /// A task of `watch`'s job is cancelled: it leaves, and if none of the
+    /// job's tasks wants what it still runs, the job is stopped. The message
+    /// for the task's attempt starts with `what`.
+    async fn cancel_in(&self, watch: &Arc<Watch>, what: &str, shutdown: &CancelToken) -> String {
+        let id = &watch.job_id;
+        if watch.leave(Leave::Cancelled) != Afterwards::Stop {
+            return format!(
+                "{what}; Ray job {id} runs on for the other tasks of its batch, and this \
+                 task's result from it is ignored"
+            );
+        }
+        match self.stop(id, shutdown).await {
+            Ok(_) => format!("{what}: Ray job {id} stopped"),
+            Err(e) => format!(
+                "{what}; stopping Ray job {id} failed ({e}): it may still run, and the worker \
+                 keeps trying to stop it"
+            ),
+        }
+    }
+
+    /// The grace period is over while the job runs. Normally the job is left
+    /// running for the next worker, which attaches to it. But a task whose
+    /// cancellation is pending ends `cancelled` when released, and no worker
+    /// would ever look at its job again for it.
+    async fn interrupted(
+        &self,
+        store: &AnyStore,
+        task: &ClaimedTask,
+        watch: &Arc<Watch>,
+        shutdown: &CancelToken,
+    ) -> End {
+        let cancel_pending = tokio::time::timeout(AT_EXIT_BUDGET, store.get_task(task.id))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .is_some_and(|t| t.cancel_requested);
+        if !cancel_pending {
+            info!("worker shutting down: leaving the job running for the next worker");
+            watch.leave(Leave::Interrupted);
+            return End::Interrupted;
+        }
+        info!("worker shutting down with the task's cancellation pending");
+        let message = self
+            .cancel_in(watch, "cancelled while the worker shut down", shutdown)
+            .await;
+        End::Report(Box::new(cancelled(task, message)))
     }
 
     /// The previous run's job, if that run ended without reading it (its
@@ -534,42 +944,55 @@ impl Cluster {
         }
     }
 
-    /// Ships the package (checked before every submit) and submits the job.
+    /// Ships the package (checked before every submit) and submits the job
+    /// of `members`, the tasks of `batch`.
     async fn submit(
         &self,
         store: &AnyStore,
-        task: &ClaimedTask,
+        runtime: &Runtime,
+        batch: &OpenBatch,
         id: &str,
-        limits: &Limits,
-        plan: &SubtaskPlan,
-        granted: Option<&Shipment>,
+        members: &[Member],
     ) -> Result<(), Submitted> {
+        let sha256 = &batch.key.module_sha256;
         let module = store
-            .module_bytes(&task.module_sha256)
+            .module_bytes(sha256)
             .await
             .map_err(|e| Submitted::Host(format!("loading module bytes: {e}")))?;
         // Copies tens of MB the first time a module is seen: off the
         // async threads' hot path.
-        let base =
-            tokio::task::block_in_place(|| self.runner.package(&task.module_sha256, &module))
-                .map_err(|e| Submitted::Host(e.to_string()))?;
-        let mut env = exec_env(task, limits);
+        let base = match self.runner.built(sha256) {
+            Some(p) => p,
+            None => {
+                // Compiled here once (or read from this machine's cache), so
+                // that a node with the same engine does not compile it.
+                let artifact = match runtime.artifact(module.clone()).await {
+                    Ok(a) => a,
+                    Err(e) => {
+                        debug!(error = %e, "shipping the module without its artifact");
+                        None
+                    }
+                };
+                tokio::task::block_in_place(|| {
+                    self.runner.package(sha256, &module, artifact.as_ref())
+                })
+                .map_err(|e| Submitted::Host(e.to_string()))?
+            }
+        };
+        let wake = self.wake_address.map(|at| (at, id));
+        let mut env = job_env(sha256, self.config.num_cpus, wake);
         // Values too large for the environment go into the package, as
         // files next to the module.
-        let plan = serde_json::to_string(plan).expect("plain data serializes");
+        let items: Vec<BatchItem> = members.iter().map(batch_item).collect();
+        let items = serde_json::to_string(&items).expect("plain data serializes");
         let mut files: Vec<(&str, &str)> = Vec::new();
-        if task.input.len() > self.config.input_env_max {
-            env.insert("WASMQ_EXEC_INPUT_FILE".into(), INPUT_FILE.into());
-            files.push((INPUT_FILE, &task.input));
+        if items.len() > self.config.input_env_max {
+            env.insert("WASMQ_EXEC_BATCH_FILE".into(), BATCH_FILE.into());
+            files.push((BATCH_FILE, &items));
         } else {
-            env.insert("WASMQ_EXEC_INPUT_B64".into(), B64.encode(&task.input));
+            env.insert("WASMQ_EXEC_BATCH_B64".into(), B64.encode(&items));
         }
-        if plan.len() > self.config.input_env_max {
-            env.insert("WASMQ_EXEC_SUBTASKS_FILE".into(), SUBTASKS_FILE.into());
-            files.push((SUBTASKS_FILE, &plan));
-        } else {
-            env.insert("WASMQ_EXEC_SUBTASKS_B64".into(), B64.encode(&plan));
-        }
+        let granted = batch.granted.as_ref();
         let secrets = granted.and_then(shipped_secrets);
         if let Some(granted) = granted {
             granted_env(&mut env, granted).map_err(Submitted::Host)?;
@@ -615,139 +1038,13 @@ impl Cluster {
                 working_dir: Some(package.uri()),
                 env_vars: env,
             }),
-            metadata: metadata(task, &self.runner),
+            metadata: metadata(members, &self.runner),
             entrypoint_num_cpus: self.config.num_cpus,
             entrypoint_memory: self.config.memory,
             entrypoint_resources: self.config.resources.clone(),
         };
         self.client.submit(&req).await.map_err(Submitted::Ray)?;
         Ok(())
-    }
-
-    /// Polls the job to its end, stopping it on cancel or when it stays
-    /// PENDING too long, then reads it. True with the end if Ray reported
-    /// the job terminal (it can be deleted).
-    async fn follow(
-        &self,
-        store: &AnyStore,
-        task: &ClaimedTask,
-        job_id: &str,
-        limits: &Limits,
-        cancel: &CancelToken,
-        shutdown: &CancelToken,
-    ) -> Result<(End, bool), Halt> {
-        let started = Instant::now();
-        let mut every = self.config.poll_interval;
-        let mut stop_sent: Option<Instant> = None;
-        let job = loop {
-            let j = or_interrupt(shutdown, self.client.job(job_id)).await?;
-            if j.status.is_terminal() {
-                break j;
-            }
-            if started.elapsed() > POLL_BACKOFF_AFTER {
-                every = every.mul_f64(1.5).min(MAX_RAY_POLL);
-            }
-            if let Some(at) = stop_sent {
-                let unconfirmed = |why: &str| {
-                    End::Report(Box::new(cancelled(
-                        task,
-                        format!(
-                            "cancelled: Ray job {job_id} was asked to stop; {why} (Ray still says {})",
-                            j.status
-                        ),
-                    )))
-                };
-                if at.elapsed() > STOP_SETTLE {
-                    return Ok((
-                        unconfirmed(&format!("it had not stopped {STOP_SETTLE:?} later")),
-                        false,
-                    ));
-                }
-                tokio::select! {
-                    () = tokio::time::sleep(every) => {}
-                    () = shutdown.cancelled() => {
-                        return Ok((unconfirmed("the worker shut down before Ray confirmed it"), false));
-                    }
-                }
-                continue;
-            }
-            if j.status == JobStatus::Pending && started.elapsed() > self.config.pending_timeout {
-                let timeout = self.config.pending_timeout;
-                warn!(?timeout, "the Ray job is still PENDING: stopping it");
-                let stopped = match self.stop(job_id, shutdown).await {
-                    // Ray's stop is fire-and-forget: a job whose supervisor
-                    // cannot be scheduled stays PENDING until Ray gives up.
-                    Ok(_) => "its stop was requested".to_string(),
-                    Err(e) => format!("stopping it failed ({e}); the worker keeps trying"),
-                };
-                let ray_says = j.message.as_deref().unwrap_or("").trim();
-                let message = format!(
-                    "Ray job {job_id} was still PENDING after the pending timeout of \
-                     {timeout:?} (--ray-pending-timeout): the cluster may lack the resources \
-                     it asks for; {stopped}. Ray says: {}",
-                    first_line(ray_says)
-                );
-                return Ok((
-                    End::Report(Box::new(host_error(task, message, None))),
-                    false,
-                ));
-            }
-            tokio::select! {
-                () = tokio::time::sleep(every) => {}
-                () = shutdown.cancelled() => {
-                    return Ok((self.interrupted(store, task, job_id, shutdown).await, false));
-                }
-                () = cancel.cancelled() => {
-                    if shutdown.is_cancelled() {
-                        return Ok((self.interrupted(store, task, job_id, shutdown).await, false));
-                    }
-                    info!("cancellation requested: stopping the Ray job");
-                    if let Err(e) = self.stop(job_id, shutdown).await {
-                        let message = format!(
-                            "cancelled; stopping Ray job {job_id} failed ({e}): it may still \
-                             run, and the worker keeps trying to stop it"
-                        );
-                        return Ok((End::Report(Box::new(cancelled(task, message))), false));
-                    }
-                    stop_sent = Some(Instant::now());
-                }
-            }
-        };
-        let end = self
-            .read_end(task, &job, limits, stop_sent.is_some(), shutdown)
-            .await?;
-        Ok((end, true))
-    }
-
-    /// The grace period is over while the job runs. Normally the job is left
-    /// running for the next worker, which attaches to it. But a task whose
-    /// cancellation is pending ends `cancelled` when released, and no worker
-    /// would ever look at its job again: stop it.
-    async fn interrupted(
-        &self,
-        store: &AnyStore,
-        task: &ClaimedTask,
-        job_id: &str,
-        shutdown: &CancelToken,
-    ) -> End {
-        let cancel_pending = tokio::time::timeout(AT_EXIT_BUDGET, store.get_task(task.id))
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .is_some_and(|t| t.cancel_requested);
-        if !cancel_pending {
-            info!("worker shutting down: leaving the job running for the next worker");
-            return End::Interrupted;
-        }
-        let message = match self.stop(job_id, shutdown).await {
-            Ok(_) => format!("cancelled while the worker shut down: Ray job {job_id} stopped"),
-            Err(e) => format!(
-                "cancelled while the worker shut down; stopping Ray job {job_id} failed ({e}): \
-                 it may still run"
-            ),
-        };
-        info!("worker shutting down with the task's cancellation pending: stopped its Ray job");
-        End::Report(Box::new(cancelled(task, message)))
     }
 
     /// Stops `job_id` with a few tries; once the grace period is over, the
@@ -780,34 +1077,61 @@ impl Cluster {
         r
     }
 
-    async fn read_end(
+    /// `task`'s end, from what Ray said about its job.
+    fn read_end(
         &self,
         task: &ClaimedTask,
-        job: &JobDetails,
+        watch: &Watch,
+        end: &JobEnd,
         limits: &Limits,
-        stopped_by_us: bool,
-        shutdown: &CancelToken,
     ) -> Result<End, Halt> {
-        let id = job.submission_id.as_deref().unwrap_or("?");
+        let id = &watch.job_id;
+        let (job, logs) = match end {
+            JobEnd::Lost(e) => return Err(Halt::Ray(e.clone())),
+            JobEnd::PendingTimeout(message) => {
+                return Ok(End::Report(Box::new(host_error(
+                    task,
+                    message.clone(),
+                    None,
+                ))));
+            }
+            JobEnd::Terminal { job, logs } => (job, logs),
+        };
+        let logs = match logs {
+            Some(Ok(logs)) => Some(&**logs),
+            // Succeeded, and its logs could not be read: try again later.
+            Some(Err(e)) if job.status == JobStatus::Succeeded => return Err(Halt::Ray(e.clone())),
+            Some(Err(_)) | None => None,
+        };
+        let single = job_tasks(job).len() <= 1;
+        let envelope = logs.map(|logs| {
+            Envelope::find_for(logs, &task.id.to_string()).or_else(|e| {
+                // A job of one task from an older worker, whose runner did
+                // not name the task (its metadata was checked on adoption).
+                if single {
+                    Envelope::find_in(logs)
+                } else {
+                    Err(e)
+                }
+            })
+        });
         let ray_ms = job.ray_duration_ms();
         let message = job.message.as_deref().unwrap_or("").trim();
-        let report = match job.status {
-            JobStatus::Succeeded => {
-                let logs = or_interrupt(shutdown, self.client.logs(id)).await?;
-                match Envelope::find_in(&logs) {
-                    Ok(env) => {
-                        debug!(ray_ms, runner_ms = env.runner_ms, "job succeeded");
-                        env.into_checked_report(limits)
-                    }
-                    Err(e) => host_error(task, format!("Ray job {id}: {e}"), Some(&logs)),
-                }
+        let report = match (job.status, envelope) {
+            (JobStatus::Succeeded | JobStatus::Failed, Some(Ok(env))) => {
+                debug!(
+                    ray_ms,
+                    runner_ms = env.runner_ms,
+                    "run read from the job's logs"
+                );
+                env.into_checked_report(limits)
             }
-            // Stopped as asked; a runner that exits on the signal may also be
-            // reported FAILED.
-            JobStatus::Stopped | JobStatus::Failed if stopped_by_us => {
-                cancelled(task, format!("cancelled: Ray job {id} stopped"))
+            (JobStatus::Succeeded, Some(Err(e))) => {
+                host_error(task, format!("Ray job {id}: {e}"), logs)
             }
-            JobStatus::Failed if job.error_type.as_deref() == Some(RUNTIME_ENV_SETUP_FAILURE) => {
+            (JobStatus::Failed, _)
+                if job.error_type.as_deref() == Some(RUNTIME_ENV_SETUP_FAILURE) =>
+            {
                 host_error(
                     task,
                     format!(
@@ -817,31 +1141,29 @@ impl Cluster {
                     None,
                 )
             }
-            JobStatus::Failed => {
-                let logs = match or_interrupt(shutdown, self.client.logs(id)).await {
-                    Ok(logs) => logs,
-                    Err(Halt::Interrupted) => return Err(Halt::Interrupted),
-                    Err(Halt::Ray(_)) => String::new(),
-                };
+            (JobStatus::Failed, _) => {
                 let code = job
                     .driver_exit_code
                     .map_or("unknown".to_string(), |c| c.to_string());
                 host_error(
                     task,
                     format!(
-                        "Ray job {id}: the runner crashed (exit code {code}, {}): {}",
+                        "Ray job {id}: the runner crashed before this task's run ended (exit \
+                         code {code}, {}): {}",
                         job.error_type.as_deref().unwrap_or("no error type"),
                         first_line(message)
                     ),
-                    Some(&logs),
+                    logs,
                 )
             }
-            JobStatus::Stopped => host_error(
+            (JobStatus::Stopped, _) => host_error(
                 task,
                 format!("Ray job {id} was stopped outside wasmq: {message}"),
                 None,
             ),
-            JobStatus::Pending | JobStatus::Running => unreachable!("terminal states only"),
+            (JobStatus::Succeeded, None) | (JobStatus::Pending | JobStatus::Running, _) => {
+                unreachable!("a succeeded job's logs are read; terminal states only")
+            }
         };
         Ok(End::Report(Box::new(report)))
     }
@@ -863,14 +1185,30 @@ impl Cluster {
                 }
             });
             *self.sweeper.lock().unwrap() = Some(handle.abort_handle());
+            if let Some(socket) = self.wake_socket.lock().unwrap().take() {
+                let watches = self.watches.clone();
+                let handle = tokio::spawn(async move {
+                    let woken = |job: &str| {
+                        if let Some(w) = watches.lock().unwrap().get(job) {
+                            w.logged.notify_one();
+                        }
+                    };
+                    if let Err(e) = wakeup::listen(socket, woken).await {
+                        warn!(error = %e, "wake-ups from runners stopped");
+                    }
+                });
+                *self.listener.lock().unwrap() = Some(handle.abort_handle());
+            }
         });
     }
 }
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        if let Some(h) = self.sweeper.lock().unwrap().take() {
-            h.abort();
+        for task in [&self.sweeper, &self.listener] {
+            if let Some(h) = task.lock().unwrap().take() {
+                h.abort();
+            }
         }
         let left = self.unstopped.lock().unwrap();
         if !left.is_empty() {
@@ -911,13 +1249,18 @@ async fn sweep(
             continue;
         }
         let retry = unstopped.lock().unwrap().contains(id);
-        let orphan = match job_task(job) {
-            Some((task_id, attempt)) => match store.get_task(task_id).await {
+        // A batch's job is an orphan once every one of its tasks is.
+        let tasks = job_tasks(job);
+        let mut orphan = !tasks.is_empty();
+        for (task_id, attempt) in tasks {
+            orphan = match store.get_task(task_id).await {
                 Ok(t) => is_orphan(&t, id, attempt),
                 Err(_) => false,
-            },
-            None => false,
-        };
+            };
+            if !orphan {
+                break;
+            }
+        }
         if !(retry || orphan) {
             continue;
         }
@@ -937,11 +1280,28 @@ async fn sweep(
     Ok(stopped)
 }
 
-/// The task id and attempt wasmq put in a job's metadata.
-fn job_task(job: &JobDetails) -> Option<(Uuid, Option<u32>)> {
-    let meta = job.metadata.as_ref()?;
-    let id = Uuid::parse_str(meta.get("wasmq_task_id")?).ok()?;
-    Some((id, meta.get("wasmq_attempt").and_then(|a| a.parse().ok())))
+/// The tasks (ids and attempts) wasmq put in a job's metadata: the list
+/// of a batch's tasks, or the one task of a job from before batches.
+fn job_tasks(job: &JobDetails) -> Vec<(Uuid, Option<u32>)> {
+    let Some(meta) = job.metadata.as_ref() else {
+        return Vec::new();
+    };
+    if let Some(list) = meta.get("wasmq_tasks") {
+        return list
+            .split(',')
+            .filter_map(|t| {
+                let (id, attempt) = t.split_once(':')?;
+                Some((Uuid::parse_str(id).ok()?, attempt.parse().ok()))
+            })
+            .collect();
+    }
+    let Some(id) = meta
+        .get("wasmq_task_id")
+        .and_then(|id| Uuid::parse_str(id).ok())
+    else {
+        return Vec::new();
+    };
+    vec![(id, meta.get("wasmq_attempt").and_then(|a| a.parse().ok()))]
 }
 
 /// Whether a running job of `task` will never be read: the task has ended,
@@ -1025,52 +1385,44 @@ async fn record(store: &AnyStore, worker_id: &str, task: &ClaimedTask, id: &str)
     }
 }
 
-/// What `wasmq exec` reads (see `cli/exec.rs`), besides the input. The
-/// limits use the variables every wasmq command reads its defaults from.
-/// Ray expands `$VAR`/`${VAR}` in these values: user text (the queue name,
-/// the input) goes base64-encoded; everything else is digits, hex and
-/// fixed words.
-fn exec_env(task: &ClaimedTask, limits: &Limits) -> BTreeMap<String, String> {
-    BTreeMap::from([
-        (
-            "WASMQ_DEFAULT_FUEL".into(),
-            limits
-                .fuel
-                .map_or(crate::fuel::UNLIMITED.into(), |f| f.to_string()),
-        ),
-        (
-            "WASMQ_DEFAULT_MEMORY".into(),
-            limits.memory_bytes.to_string(),
-        ),
-        (
-            "WASMQ_DEFAULT_TIMEOUT".into(),
-            format!("{}ms", limits.timeout.as_millis()),
-        ),
-        (
-            "WASMQ_MAX_OUTPUT".into(),
-            limits.max_output_bytes.to_string(),
-        ),
-        ("WASMQ_EXEC_SHA256".into(), task.module_sha256.clone()),
-        ("WASMQ_EXEC_TASK_ID".into(), task.id.to_string()),
-        ("WASMQ_EXEC_ATTEMPT".into(), task.attempt.to_string()),
-        (
-            "WASMQ_EXEC_MAX_ATTEMPTS".into(),
-            task.max_attempts.to_string(),
-        ),
-        ("WASMQ_EXEC_QUEUE_B64".into(), B64.encode(&task.queue)),
+/// What `wasmq exec` reads (see `cli/exec.rs`) besides the batch and the
+/// grants. Ray expands `$VAR`/`${VAR}` in these values: user text (inputs,
+/// queue names) travels base64-encoded in the batch; everything here is
+/// digits, hex and fixed words.
+fn job_env(
+    module_sha256: &str,
+    num_cpus: Option<f64>,
+    wake: Option<(std::net::SocketAddr, &str)>,
+) -> BTreeMap<String, String> {
+    let mut env = BTreeMap::from([
+        ("WASMQ_EXEC_SHA256".into(), module_sha256.to_string()),
         // The runner's own log lines would only clutter the job's logs.
         ("WASMQ_LOG".into(), "warn".into()),
-    ])
+    ]);
+    if let Some((at, job)) = wake {
+        // An address and a submission id (`wasmq-UUID-N`): no `$`.
+        env.insert("WASMQ_EXEC_WAKE".into(), at.to_string());
+        env.insert("WASMQ_EXEC_JOB".into(), job.to_string());
+    }
+    if let Some(cpus) = num_cpus {
+        // The runs of a batch share the CPUs Ray reserved for the job.
+        let at_once = (cpus.ceil() as u64).max(1);
+        env.insert("WASMQ_EXEC_CONCURRENCY".into(), at_once.to_string());
+    }
+    env
 }
 
-/// What a granted task's runner needs.
-struct Shipment {
-    grants: Arc<TaskGrants>,
-    /// The worker's `--http-ca-file`, PEM.
-    ca_pem: Option<Arc<str>>,
-    /// The worker's `WASMQ_SECRET_KEY_FILE`, which must hold the same key
-    /// on the Ray nodes.
-    key_file: Option<PathBuf>,
+/// One task of a batch as the runner gets it.
+fn batch_item(m: &Member) -> BatchItem {
+    BatchItem {
+        task_id: m.task.id.to_string(),
+        attempt: m.task.attempt,
+        max_attempts: m.task.max_attempts,
+        queue: m.task.queue.clone(),
+        input: m.task.input.clone(),
+        limits: m.limits.clone(),
+        subtasks: Some(m.plan.clone()),
+    }
 }
 
 /// The grants in the runner's environment: the HTTP grants (canonical text,
@@ -1155,18 +1507,25 @@ pub struct ShippedSecret {
 }
 
 /// Metadata shown by `ray job list` and the Ray dashboard, and checked
-/// before a job is adopted. Ray stores these values as given (no `$`
+/// before a job is adopted: the first task's id and attempt, and every
+/// task's as `ID:ATTEMPT,…`. Ray stores these values as given (no `$`
 /// expansion: that happens to runtime_env values only).
-fn metadata(task: &ClaimedTask, runner: &Runner) -> BTreeMap<String, String> {
+fn metadata(members: &[Member], runner: &Runner) -> BTreeMap<String, String> {
+    let first = &members[0].task;
+    let tasks: Vec<String> = members
+        .iter()
+        .map(|m| format!("{}:{}", m.task.id, m.task.attempt))
+        .collect();
     BTreeMap::from([
-        ("wasmq_task_id".into(), task.id.to_string()),
+        ("wasmq_task_id".into(), first.id.to_string()),
         (
             "wasmq_module".into(),
-            format!("{}@{}", task.module_name, task.module_version),
+            format!("{}@{}", first.module_name, first.module_version),
         ),
-        ("wasmq_module_sha256".into(), task.module_sha256.clone()),
-        ("wasmq_attempt".into(), task.attempt.to_string()),
-        ("wasmq_queue".into(), task.queue.clone()),
+        ("wasmq_module_sha256".into(), first.module_sha256.clone()),
+        ("wasmq_attempt".into(), first.attempt.to_string()),
+        ("wasmq_tasks".into(), tasks.join(",")),
+        ("wasmq_queue".into(), first.queue.clone()),
         ("wasmq_runner".into(), runner.identity()),
     ])
 }
@@ -1224,17 +1583,19 @@ mod tests {
 
     #[test]
     fn no_runtime_env_value_holds_a_dollar() {
-        // Ray would expand it on the node (see exec_env).
+        // Ray would expand it on the node (see job_env): user text travels
+        // in the batch, base64-encoded.
         let t = task("q$HOME${NOPE}", 2);
-        let limits = Limits::default();
-        let env = exec_env(&t, &limits);
+        let at = "[::1]:4000".parse().unwrap();
+        let env = job_env(&t.module_sha256, Some(1.5), Some((at, "wasmq-x-1")));
         for (k, v) in &env {
             assert!(!v.contains('$'), "{k}={v}");
         }
-        let queue = B64.decode(&env["WASMQ_EXEC_QUEUE_B64"]).unwrap();
-        assert_eq!(queue, t.queue.as_bytes());
-        assert!(!env.contains_key("WASMQ_EXEC_QUEUE"));
-        assert!(!env.contains_key("WASMQ_EXEC_INPUT"));
+        assert_eq!(env["WASMQ_EXEC_CONCURRENCY"], "2");
+        assert_eq!(env["WASMQ_EXEC_WAKE"], "[::1]:4000");
+        let plain = job_env(&t.module_sha256, None, None);
+        assert!(!plain.contains_key("WASMQ_EXEC_CONCURRENCY"));
+        assert!(!plain.contains_key("WASMQ_EXEC_WAKE"));
     }
 
     fn job_with(meta: &[(&str, String)]) -> JobDetails {
@@ -1279,6 +1640,30 @@ mod tests {
         let bare: JobDetails =
             serde_json::from_str(r#"{"submission_id": "wasmq-x-2", "status": "RUNNING"}"#).unwrap();
         assert!(check_adoptable(&bare, &t, AdoptAs::ThisAttempt).is_err());
+
+        // A batch's job names its first task, and lists them all.
+        let lead = Uuid::new_v4();
+        let batch = |attempt: u32| {
+            job_with(&[
+                ("wasmq_task_id", lead.to_string()),
+                ("wasmq_attempt", "1".into()),
+                ("wasmq_module_sha256", t.module_sha256.clone()),
+                ("wasmq_tasks", format!("{lead}:1,{}:{attempt},junk,:", t.id)),
+            ])
+        };
+        assert!(check_adoptable(&batch(2), &t, AdoptAs::ThisAttempt).is_ok());
+        assert!(check_adoptable(&batch(1), &t, AdoptAs::EarlierAttempt).is_ok());
+        let e = check_adoptable(&batch(1), &t, AdoptAs::ThisAttempt).unwrap_err();
+        assert!(e.contains("wasmq_attempt"), "{e}");
+        assert_eq!(
+            job_tasks(&batch(2)).len(),
+            2,
+            "malformed entries are skipped"
+        );
+        let mut lead_task = t.clone();
+        lead_task.id = Uuid::new_v4();
+        let e = check_adoptable(&batch(2), &lead_task, AdoptAs::ThisAttempt).unwrap_err();
+        assert!(e.contains("wasmq_tasks"), "{e}");
     }
 
     #[test]

@@ -37,6 +37,10 @@ pub struct Envelope {
     /// Set when the run ended waiting for children.
     #[serde(default)]
     pub suspension: Option<Suspension>,
+    /// The task this run was of, in a job that ran a batch: its envelope is
+    /// one of several in the job's logs.
+    #[serde(default)]
+    pub task_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -85,7 +89,14 @@ impl Envelope {
             progress: r.progress.clone(),
             spawns: r.spawns.clone(),
             suspension: r.suspension.clone(),
+            task_id: None,
         }
+    }
+
+    /// This envelope, naming the task it reports on.
+    pub fn for_task(mut self, task_id: &str) -> Envelope {
+        self.task_id = Some(task_id.to_string());
+        self
     }
 
     /// The report the cluster worker completes the task with.
@@ -151,7 +162,44 @@ impl Envelope {
     /// Finds the last envelope line in a job's logs.
     pub fn find_in(logs: &str) -> Result<Envelope, EnvelopeError> {
         let at = logs.rfind(ENVELOPE_MARKER).ok_or(EnvelopeError::Missing)?;
-        let rest = &logs[at + ENVELOPE_MARKER.len()..];
+        Self::decode_at(&logs[at + ENVELOPE_MARKER.len()..])
+    }
+
+    /// Finds the last envelope of `task_id` in the logs of a batch's job.
+    /// Lines that do not decode are skipped (a guest may print the marker
+    /// on its own stdout, which the runner captures, but a node's own
+    /// output could carry anything); the error says whether any was seen.
+    pub fn find_for(logs: &str, task_id: &str) -> Result<Envelope, EnvelopeError> {
+        let mut corrupt = None;
+        let mut rest = logs;
+        while let Some(at) = rest.rfind(ENVELOPE_MARKER) {
+            match Self::decode_at(&rest[at + ENVELOPE_MARKER.len()..]) {
+                Ok(e) if e.task_id.as_deref() == Some(task_id) => return Ok(e),
+                Ok(_) => {}
+                Err(e) => corrupt = corrupt.or(Some(e)),
+            }
+            rest = &rest[..at];
+        }
+        Err(corrupt.unwrap_or(EnvelopeError::Missing))
+    }
+
+    /// Every envelope in a batch's logs that names its task, by task id
+    /// (the last one of each task); lines that do not decode are skipped
+    /// (a line still being written, say).
+    pub fn all_in(logs: &str) -> std::collections::HashMap<String, Envelope> {
+        let mut found = std::collections::HashMap::new();
+        for (at, _) in logs.match_indices(ENVELOPE_MARKER) {
+            if let Ok(e) = Self::decode_at(&logs[at + ENVELOPE_MARKER.len()..])
+                && let Some(id) = e.task_id.clone()
+            {
+                found.insert(id, e);
+            }
+        }
+        found
+    }
+
+    /// Decodes the base64 JSON that follows a marker, up to the line's end.
+    fn decode_at(rest: &str) -> Result<Envelope, EnvelopeError> {
         let b64 = rest.split(['\n', '\r']).next().unwrap_or("").trim();
         let json = B64
             .decode(b64)
@@ -199,6 +247,7 @@ mod tests {
             progress: Some((50, "half".into())),
             spawns: Vec::new(),
             suspension: None,
+            task_id: None,
         }
     }
 
@@ -217,6 +266,32 @@ mod tests {
         assert_eq!(r.outcome, e.outcome);
         assert_eq!(r.logs[0].level, "warn");
         assert_eq!(r.cache, CacheSource::Disk);
+    }
+
+    #[test]
+    fn a_batch_job_holds_one_envelope_per_task() {
+        let mut a = sample().for_task("a");
+        let b = sample().for_task("b");
+        let logs = format!(
+            "{}\n{ENVELOPE_MARKER}garbage\n{}\nRay's own line\n",
+            a.to_line(),
+            b.to_line()
+        );
+        assert_eq!(Envelope::find_for(&logs, "b").unwrap(), b);
+        assert_eq!(Envelope::find_for(&logs, "a").unwrap(), a);
+        // The last of a task's envelopes counts; one of another task never.
+        a.fuel_used = 7;
+        let logs = format!("{logs}{}\n", a.to_line());
+        assert_eq!(Envelope::find_for(&logs, "a").unwrap().fuel_used, 7);
+        let missing = Envelope::find_for(&format!("{}\n", b.to_line()), "a");
+        assert_eq!(missing, Err(EnvelopeError::Missing));
+        let all = Envelope::all_in(&logs);
+        assert_eq!((all.len(), all["a"].fuel_used), (2, 7));
+        let corrupt = Envelope::find_for(&format!("{ENVELOPE_MARKER}!!\n"), "a");
+        assert!(
+            matches!(corrupt, Err(EnvelopeError::Corrupt(_))),
+            "{corrupt:?}"
+        );
     }
 
     #[test]

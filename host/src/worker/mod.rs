@@ -13,9 +13,11 @@
 //!   silent workers stopped;
 //! - **listener**: turns database events into wake-ups and cancellations.
 //!
-//! In cluster mode (`wasmq worker --cluster`) each job loop submits its task
-//! to Ray and follows the Ray job instead of running it here ([`cluster`]).
+//! In cluster mode (`wasmq worker --cluster`) each job loop hands its task to
+//! a batch of its module, which runs as one Ray job, and follows that job
+//! instead of running the task here ([`cluster`], [`batching`]).
 
+pub mod batching;
 pub mod cluster;
 mod config;
 pub mod envelope;
@@ -26,6 +28,7 @@ mod retry;
 mod run;
 pub mod shipping;
 mod spawning;
+pub mod wakeup;
 
 pub use cluster::{Cluster, ClusterConfig};
 pub use config::{

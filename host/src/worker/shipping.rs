@@ -5,6 +5,8 @@
 //! base64-encoded: Ray expands `$VAR` in those values).
 
 use crate::ray::{Package, PackageEntry, PackageError};
+use crate::runtime::Limits;
+use crate::runtime::subtasks::SubtaskPlan;
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -13,6 +15,12 @@ use std::sync::{Arc, Mutex};
 
 /// The runner's file name inside the working dir.
 pub const RUNNER_FILE: &str = "wasmq";
+/// The small runner's file name, next to `wasmq` where it is built or
+/// installed.
+pub const SMALL_RUNNER: &str = "wasmq-runner";
+/// Where a package keeps the module's precompiled artifact, named as the
+/// runner's disk cache names it (which names the engine it is for).
+pub const ARTIFACT_DIR: &str = "precompiled";
 /// The module's file name inside the working dir.
 pub const MODULE_FILE: &str = "task.wasm";
 /// The input's file name when it does not fit in an environment variable.
@@ -24,6 +32,9 @@ pub const SUBTASKS_FILE: &str = "subtasks.json";
 pub const HTTP_CA_FILE: &str = "http-ca.pem";
 /// The sealed secrets of a job, when too long for the environment.
 pub const SECRETS_FILE: &str = "secrets.json";
+/// A job's batch (its tasks, [`BatchItem`]s), when too long for the
+/// environment.
+pub const BATCH_FILE: &str = "batch.json";
 /// Inputs up to this many bytes travel in `WASMQ_EXEC_INPUT_B64` (4/3 as
 /// many bytes once encoded); larger ones in a per-task package (Linux caps
 /// one environment string at 128 KiB, and Ray repeats the runtime_env inside
@@ -31,6 +42,22 @@ pub const SECRETS_FILE: &str = "secrets.json";
 pub const DEFAULT_INPUT_ENV_MAX: usize = 64 * 1024;
 /// Prefix of package names.
 const PACKAGE_PREFIX: &str = "wasmq";
+
+/// One task of a job's batch, as it travels to the runner: everything that
+/// differs between tasks of one module and queue. What they share (the
+/// module, its grants) travels once per job.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct BatchItem {
+    pub task_id: String,
+    pub attempt: u32,
+    pub max_attempts: u32,
+    pub queue: String,
+    pub input: String,
+    pub limits: Limits,
+    /// The task's recorded children and what a child inherits; `None`
+    /// refuses spawns.
+    pub subtasks: Option<SubtaskPlan>,
+}
 
 /// How the job's entrypoint finds `wasmq`.
 #[derive(Debug, Clone)]
@@ -71,6 +98,14 @@ impl Runner {
                     path: path.clone(),
                     message: e.to_string(),
                 })?;
+                let bytes = match without_debug_info(&bytes) {
+                    Some(stripped) => {
+                        tracing::info!(runner = %path.display(), bytes = bytes.len(),
+                            shipped = stripped.len(), "shipping the runner stripped of its debug info and symbols");
+                        stripped
+                    }
+                    None => bytes,
+                };
                 let hash = hex::encode(Sha256::digest(&bytes));
                 let package = Package::build(
                     PACKAGE_PREFIX,
@@ -96,6 +131,19 @@ impl Runner {
             source,
             shipped,
             packages: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// What a cluster worker ships by default: `wasmq-runner` from the
+    /// running binary's folder (the small runner: `wasmq exec` only), else
+    /// the running binary itself.
+    pub fn default_exe() -> Result<PathBuf, ShippingError> {
+        let exe = Self::current_exe()?;
+        let small = exe.with_file_name(SMALL_RUNNER);
+        Ok(if check_executable(&small).is_ok() {
+            small
+        } else {
+            exe
         })
     }
 
@@ -125,16 +173,35 @@ impl Runner {
         }
     }
 
-    /// The package of `module` (runner + module), built on first use.
-    pub fn package(&self, sha256: &str, module: &[u8]) -> Result<Arc<Package>, ShippingError> {
-        if let Some(p) = self.packages.lock().unwrap().get(sha256) {
-            return Ok(p.clone());
+    /// The package of module `sha256`, if built already.
+    pub fn built(&self, sha256: &str) -> Option<Arc<Package>> {
+        self.packages.lock().unwrap().get(sha256).cloned()
+    }
+
+    /// The package of `module` (runner + module, and the module's
+    /// precompiled `artifact` — file name and bytes — under
+    /// [`ARTIFACT_DIR`] when there is one), built on first use.
+    pub fn package(
+        &self,
+        sha256: &str,
+        module: &[u8],
+        artifact: Option<&(String, Vec<u8>)>,
+    ) -> Result<Arc<Package>, ShippingError> {
+        if let Some(p) = self.built(sha256) {
+            return Ok(p);
         }
-        let entry = [PackageEntry {
+        let mut entry = vec![PackageEntry {
             path: MODULE_FILE.into(),
             bytes: Bytes::copy_from_slice(module),
             mode: 0o644,
         }];
+        if let Some((name, bytes)) = artifact {
+            entry.push(PackageEntry {
+                path: format!("{ARTIFACT_DIR}/{name}"),
+                bytes: Bytes::copy_from_slice(bytes),
+                mode: 0o644,
+            });
+        }
         let p = Arc::new(match &self.shipped {
             Some((runner, _)) => runner.extended(PACKAGE_PREFIX, &entry)?,
             None => Package::build(PACKAGE_PREFIX, &entry)?,
@@ -162,6 +229,32 @@ impl Runner {
             .collect();
         Ok(base.extended("wasmq-input", &entries)?)
     }
+}
+
+/// `elf` stripped of its debug info and its static symbol table (what
+/// `strip` removes), or `None` when it has neither or is not an ELF file
+/// this can rewrite (then it ships as it is). Code, dynamic symbols and
+/// unwind tables stay.
+pub fn without_debug_info(elf: &[u8]) -> Option<Vec<u8>> {
+    let mut builder = object::build::elf::Builder::read(elf).ok()?;
+    let mut any = false;
+    for section in builder.sections.iter_mut() {
+        let name = section.name.as_slice();
+        if name.starts_with(b".debug_") || name == b".symtab" || name == b".strtab" {
+            section.delete = true;
+            any = true;
+        }
+    }
+    if !any {
+        return None;
+    }
+    for symbol in builder.symbols.iter_mut() {
+        symbol.delete = true;
+    }
+    builder.delete_orphans();
+    let mut out = Vec::new();
+    builder.write(&mut out).ok()?;
+    Some(out)
 }
 
 /// Whether `path` names an executable file (for a clear error at start-up).
@@ -198,15 +291,46 @@ mod tests {
     }
 
     #[test]
+    fn a_runner_without_debug_info_still_runs() {
+        use std::os::unix::fs::PermissionsExt;
+        // This test binary: a release build with line tables.
+        let exe = std::env::current_exe().unwrap();
+        let bytes = std::fs::read(&exe).unwrap();
+        let stripped = without_debug_info(&bytes).expect("it has debug info");
+        assert!(
+            stripped.len() < bytes.len(),
+            "{} ≥ {}",
+            stripped.len(),
+            bytes.len()
+        );
+        assert!(
+            without_debug_info(&stripped).is_none(),
+            "nothing left to strip"
+        );
+        assert!(without_debug_info(b"#!/bin/sh\n").is_none(), "not ELF");
+        let dir = tempfile::tempdir().unwrap();
+        let copy = dir.path().join("stripped");
+        std::fs::write(&copy, &stripped).unwrap();
+        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let out = std::process::Command::new(&copy)
+            .args(["--list", "a_runner_without_debug_info_still_runs"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("still_runs"));
+    }
+
+    #[test]
     fn one_package_per_module_with_the_runner_executable() {
         let dir = tempfile::tempdir().unwrap();
         let exe = dir.path().join("runner");
         std::fs::write(&exe, b"#!/bin/sh\necho hi\n").unwrap();
         let r = Runner::new(RunnerSource::Ship(exe)).unwrap();
         assert_eq!(r.entrypoint(), "./wasmq exec");
-        let a = r.package(&"a".repeat(64), b"module a").unwrap();
-        let a2 = r.package(&"a".repeat(64), b"module a").unwrap();
-        let b = r.package(&"b".repeat(64), b"module b").unwrap();
+        let art = ("x.cwasm".to_string(), b"artifact".to_vec());
+        let a = r.package(&"a".repeat(64), b"module a", Some(&art)).unwrap();
+        let a2 = r.package(&"a".repeat(64), b"module a", None).unwrap();
+        let b = r.package(&"b".repeat(64), b"module b", None).unwrap();
         assert!(Arc::ptr_eq(&a, &a2));
         assert_ne!(a.name, b.name);
         let with_input = Runner::package_with_files(&a, &[(INPUT_FILE, "{}")]).unwrap();
