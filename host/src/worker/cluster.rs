@@ -84,6 +84,9 @@ use uuid::Uuid;
 
 /// First status poll interval.
 pub const DEFAULT_RAY_POLL: Duration = Duration::from_millis(250);
+/// A running job's logs are also read every this many status polls, for
+/// the runs whose wake-ups did not arrive.
+pub const LOGS_EVERY_POLLS: u32 = 8;
 /// Polls slow down (×1.5 each) after a job has run this long …
 pub const POLL_BACKOFF_AFTER: Duration = Duration::from_secs(10);
 /// … up to this interval.
@@ -605,6 +608,12 @@ impl Cluster {
             record(&store, &worker_id, &m.task, &id).await;
         }
         let watch = Arc::new(Watch::submitted(id.clone(), members.len(), permit));
+        // Known before the submit: the runner's first wake-up can come
+        // before Ray answers it.
+        self.watches
+            .lock()
+            .unwrap()
+            .insert(id.clone(), watch.clone());
         let joined = match self.submit(&store, &runtime, &batch, &id, &members).await {
             Ok(()) => {
                 debug!(job = %id, tasks = members.len(), "job submitted");
@@ -637,12 +646,11 @@ impl Cluster {
             Err(Submitted::Ray(e)) => Joined::Ray(e),
             Err(Submitted::Host(message)) => Joined::Host(message),
         };
-        if let Joined::Job(watch) = &joined {
-            self.watches
-                .lock()
-                .unwrap()
-                .insert(watch.job_id.clone(), watch.clone());
-            tokio::spawn(self.clone().poll(watch.clone()));
+        match &joined {
+            Joined::Job(watch) => {
+                tokio::spawn(self.clone().poll(watch.clone()));
+            }
+            Joined::Ray(_) | Joined::Host(_) => self.forget_watch(&watch),
         }
         batch.announce(joined);
     }
@@ -683,6 +691,7 @@ impl Cluster {
         let started = Instant::now();
         let mut every = self.config.poll_interval;
         let mut read_logs = false;
+        let mut polls = 0u32;
         let end = loop {
             if watch.is_abandoned() && !watch.deletable(self.config.keep_jobs) {
                 break None;
@@ -738,6 +747,12 @@ impl Cluster {
             }
             if started.elapsed() > POLL_BACKOFF_AFTER {
                 every = every.mul_f64(1.5).min(MAX_RAY_POLL);
+            }
+            // Wake-ups may be lost (UDP) or blocked: runs that ended still
+            // come in within a few polls.
+            polls += 1;
+            if j.status == JobStatus::Running && polls % LOGS_EVERY_POLLS == 0 {
+                read_logs = true;
             }
             tokio::select! {
                 () = tokio::time::sleep(every) => {}
