@@ -617,7 +617,7 @@ impl Cluster {
         let joined = match self.submit(&store, &runtime, &batch, &id, &members).await {
             Ok(()) => {
                 debug!(job = %id, tasks = members.len(), "job submitted");
-                Joined::Job(watch)
+                Joined::Job(watch.clone())
             }
             Err(Submitted::Ray(RayError::AlreadyExists { .. })) => {
                 match self.client.job(&id).await {
@@ -628,7 +628,7 @@ impl Cluster {
                         match foreign {
                             None => {
                                 info!(job = %id, "job already submitted: attaching to it");
-                                Joined::Job(watch)
+                                Joined::Job(watch.clone())
                             }
                             Some(why) => {
                                 warn!(job = %id, %why, "a Ray job with this batch's submission \
@@ -751,7 +751,7 @@ impl Cluster {
             // Wake-ups may be lost (UDP) or blocked: runs that ended still
             // come in within a few polls.
             polls += 1;
-            if j.status == JobStatus::Running && polls % LOGS_EVERY_POLLS == 0 {
+            if j.status == JobStatus::Running && polls.is_multiple_of(LOGS_EVERY_POLLS) {
                 read_logs = true;
             }
             tokio::select! {
