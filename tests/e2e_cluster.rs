@@ -284,6 +284,8 @@ fn cluster_mode_against_a_real_ray_head() {
     let t = Instant::now();
     outputs_match_local_mode_and_limits_hold(&ray);
     eprintln!("[{:?}] outputs and limits: ok", t.elapsed());
+    the_shipped_artifact_spares_the_node_a_compile(&ray);
+    eprintln!("[{:?}] shipped artifact: ok", t.elapsed());
     subtasks_fan_out_through_ray_jobs(&ray);
     eprintln!("[{:?}] subtasks: ok", t.elapsed());
     granted_http_reaches_the_runner(&ray);
@@ -302,6 +304,8 @@ fn cluster_mode_against_a_real_ray_head() {
     eprintln!("[{:?}] pending deadline: ok", t.elapsed());
     shutdown_is_bounded_and_leaves_no_orphan(&ray);
     eprintln!("[{:?}] shutdown: ok", t.elapsed());
+    two_nodes_share_batches_and_a_lost_node_loses_nothing(&ray);
+    eprintln!("[{:?}] two nodes: ok", t.elapsed());
     ray_down_requeues_and_tasks_finish_after_restart(&ray);
     eprintln!("[{:?}] Ray restart: ok", t.elapsed());
 }
@@ -663,7 +667,10 @@ fn batches_share_a_job_and_end_apart(ray: &RayHead) {
     let limited = env.enqueue("sleepy", r#"{"ms":30000}"#, &["--timeout", "1s"]);
     let slow = env.enqueue("sleepy", r#"{"ms":25000}"#, &["--timeout", "60s"]);
     let doomed = env.enqueue("sleepy", r#"{"ms":60000}"#, &["--timeout", "120s"]);
-    let mut w = env.worker(&["--exit-when-idle", "--ray-keep-jobs"], &[]);
+    let mut w = env.worker(
+        &["--exit-when-idle", "--ray-keep-jobs"],
+        &[("WASMQ_LOG", "wasmq=debug")],
+    );
     let job = env.job_of(fast[0], &[&w]);
     for id in fast.iter().chain([&limited, &slow, &doomed]) {
         assert_eq!(env.job_of(*id, &[&w]), job, "one job for the batch");
@@ -708,7 +715,8 @@ fn batches_share_a_job_and_end_apart(ray: &RayHead) {
         let t = env.task(*id);
         assert!(
             t.finished_at.unwrap() + chrono::Duration::seconds(10) < slow_end,
-            "a fast task waited for its batch: {t:#?}"
+            "a fast task waited for its batch: {t:#?}\n{}",
+            w.log()
         );
         assert_eq!(env.attempts(*id).len(), 1);
     }
@@ -758,6 +766,173 @@ fn a_crashed_runner_retries_only_unfinished_tasks(ray: &RayHead) {
             "{message}"
         );
         assert_ne!(attempts[1].ray_submission_id.as_deref(), Some(job.as_str()));
+    }
+}
+
+/// The package carries the module precompiled for the runner's engine:
+/// on a node whose cache is empty, the runner loads it from there (the
+/// envelope says `disk`) instead of compiling (`compiled`), and leaves it
+/// in the node's cache for later jobs.
+fn the_shipped_artifact_spares_the_node_a_compile(ray: &RayHead) {
+    let cache = ray.node_cache().join("wasmq");
+    let _ = std::fs::remove_dir_all(&cache);
+    let mut env = Env::new(ray);
+    env.push(&["hello"]);
+    let id = env.enqueue("hello", r#"{"name":"artifact"}"#, &[]);
+    let mut w = env.worker(&["--exit-when-idle", "--ray-keep-jobs"], &[]);
+    w.finish(Duration::from_secs(120));
+    let t = env.task(id);
+    assert_eq!(t.state, TaskState::Succeeded, "{t:#?}\n{}", w.log());
+    let job = t.ray_submission_id.unwrap();
+    let logs = env.rt.block_on(env.client.logs(&job)).unwrap();
+    let envelopes = Envelope::all_in(&logs);
+    let envelope = &envelopes[&id.to_string()];
+    assert_eq!(envelope.cache, "disk", "the node compiled:\n{logs}");
+    let seeded = walk_files(&cache);
+    assert!(!seeded.is_empty(), "nothing left in {}", cache.display());
+}
+
+/// Every file under `dir`, recursively.
+fn walk_files(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            files.extend(walk_files(&p));
+        } else {
+            files.push(p);
+        }
+    }
+    files
+}
+
+/// A second node joins the cluster (loopback, ports of its own, the head's
+/// token). Jobs that ask for 3 CPUs fit one per node, so two batches run
+/// on both nodes at once: every attempt names its job's node, and the
+/// results are local mode's. Then the second node is lost (its raylet and
+/// every process under it killed) while its batch runs: the task it had
+/// finished keeps its one attempt, the unfinished ones are retried on the
+/// head and succeed, and nothing is lost.
+fn two_nodes_share_batches_and_a_lost_node_loses_nothing(ray: &RayHead) {
+    let node = ray.add_node(4);
+    let second = node.id();
+    let until = Instant::now() + Duration::from_secs(60);
+    while !ray.node_alive(&second) {
+        assert!(Instant::now() < until, "node {second} never listed ALIVE");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut env = Env::new(ray);
+    env.push(&["sleepy"]);
+    let flags = [
+        "--exit-when-idle",
+        "--ray-batch",
+        "3",
+        "--ray-num-cpus",
+        "3",
+        "--backoff-base",
+        "100ms",
+    ];
+
+    let input = r#"{"ms":3000}"#;
+    let ids: Vec<Uuid> = (0..6).map(|_| env.enqueue("sleepy", input, &[])).collect();
+    let mut w = env.worker(&flags, &[]);
+    w.finish(Duration::from_secs(180));
+    let expected = local_output(&env, "sleepy", input);
+    let mut node_of_job: BTreeMap<String, String> = BTreeMap::new();
+    for id in &ids {
+        let t = env.task(*id);
+        assert_eq!(t.state, TaskState::Succeeded, "{t:#?}\n{}", w.log());
+        assert_eq!(t.result.as_deref(), Some(expected.as_str()));
+        let a = &env.attempts(*id)[0];
+        let (job, node) = (a.ray_submission_id.clone(), a.ray_node_id.clone());
+        let (Some(job), Some(node)) = (job, node) else {
+            panic!("the attempt names no job or node: {a:#?}");
+        };
+        assert_eq!(
+            node_of_job.entry(job).or_insert(node.clone()),
+            &node,
+            "one node per job"
+        );
+    }
+    let nodes: BTreeSet<&String> = node_of_job.values().collect();
+    assert_eq!(nodes.len(), 2, "both nodes ran a batch: {node_of_job:?}");
+    assert!(nodes.contains(&second), "{node_of_job:?} lacks {second}");
+    let on_second = ids
+        .iter()
+        .find(|id| env.attempts(**id)[0].ray_node_id.as_deref() == Some(second.as_str()))
+        .unwrap();
+    let shown = env.ok(&["task", "show", &on_second.to_string()]);
+    assert!(shown.contains(&format!("on node {second}")), "{shown}");
+
+    // Each batch: one short task, two long ones.
+    let ids: Vec<(Uuid, bool)> = (0..6)
+        .map(|i| {
+            let short = i % 3 == 0;
+            let input = if short {
+                r#"{"ms":500}"#
+            } else {
+                r#"{"ms":30000}"#
+            };
+            (env.enqueue("sleepy", input, &["--timeout", "120s"]), short)
+        })
+        .collect();
+    let mut w = env.worker(&flags, &[]);
+    // The batch on the second node, once its short task has ended.
+    let mut lost_batch: Vec<Uuid> = Vec::new();
+    env.wait(
+        "a batch on the second node half done",
+        Duration::from_secs(120),
+        &[&w],
+        || {
+            let Some(job) = ids.iter().find_map(|(id, short)| {
+                let a = env.attempts(*id);
+                let first = a.first()?;
+                (*short
+                    && first.outcome_name() == Some("success")
+                    && first.ray_node_id.as_deref() == Some(second.as_str()))
+                .then(|| first.ray_submission_id.clone())
+                .flatten()
+            }) else {
+                return false;
+            };
+            lost_batch = ids
+                .iter()
+                .filter(|(id, _)| {
+                    env.attempts(*id)
+                        .first()
+                        .is_some_and(|a| a.ray_submission_id.as_deref() == Some(job.as_str()))
+                })
+                .map(|(id, _)| *id)
+                .collect();
+            true
+        },
+    );
+    assert_eq!(lost_batch.len(), 3, "a batch is 3 tasks");
+    node.lose();
+    w.finish(Duration::from_secs(300));
+    for (id, short) in &ids {
+        let t = env.task(*id);
+        assert_eq!(t.state, TaskState::Succeeded, "{t:#?}\n{}", w.log());
+        let attempts = env.attempts(*id);
+        let outcomes: Vec<_> = attempts.iter().map(|a| a.outcome_name()).collect();
+        if !lost_batch.contains(id) || *short {
+            assert_eq!(outcomes, [Some("success")], "{attempts:#?}");
+            continue;
+        }
+        // Unfinished when its node was lost: retried once, elsewhere.
+        assert_eq!(
+            outcomes,
+            [Some("host-error"), Some("success")],
+            "{attempts:#?}"
+        );
+        assert_eq!(attempts[0].ray_node_id.as_deref(), Some(second.as_str()));
+        assert!(
+            attempts[1]
+                .ray_node_id
+                .as_deref()
+                .is_some_and(|n| n != second),
+            "{attempts:#?}"
+        );
     }
 }
 

@@ -1935,12 +1935,18 @@ async fn ray_submission_is_recorded_and_fenced(h: Harness) {
         s.get_task(id).await.unwrap().ray_submission_id.as_deref(),
         Some("wasmq-x-1")
     );
+    // The job's node, on the attempt of this worker's live run only.
+    assert!(!s.set_ray_node("w2", t.lease(), "n2").await.unwrap());
+    assert!(!s.set_ray_node("w1", lease(2), "n2").await.unwrap());
+    assert!(s.set_ray_node("w1", t.lease(), "n1").await.unwrap());
     assert!(complete1(&s, "w1", &t, succeed()).await);
+    assert!(!s.set_ray_node("w1", t.lease(), "n9").await.unwrap());
     // Kept after the end, on the task and on its attempt.
     let r = s.get_task(id).await.unwrap();
     assert_eq!(r.ray_submission_id.as_deref(), Some("wasmq-x-1"));
     let a = s.list_attempts(id).await.unwrap();
     assert_eq!(a[0].ray_submission_id.as_deref(), Some("wasmq-x-1"));
+    assert_eq!(a[0].ray_node_id.as_deref(), Some("n1"));
     assert!(
         !s.set_ray_submission("w1", t.lease(), "wasmq-x-9")
             .await

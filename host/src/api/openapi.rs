@@ -217,7 +217,8 @@ fn schemas() -> Value {
                 "attempt": { "type": "integer" }, "worker_id": { "type": "string" },
                 "started_at": time, "finished_at": opt_time, "outcome": opt_str,
                 "error_message": opt_str, "logs": opt_str, "fuel_used": opt_int,
-                "peak_memory": opt_int, "duration_ms": opt_int, "ray_submission_id": opt_str
+                "peak_memory": opt_int, "duration_ms": opt_int, "ray_submission_id": opt_str,
+                "ray_node_id": opt_str
             }
         },
         "ChildList": { "type": "object", "properties": {

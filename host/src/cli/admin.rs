@@ -570,7 +570,15 @@ pub async fn task(db: &str, cmd: TaskCommand) -> anyhow::Result<u8> {
             table.print();
             for a in &attempts {
                 if let Some(job) = &a.ray_submission_id {
-                    println!("attempt {} ran as Ray job {}", a.attempt, term::line(job));
+                    let node = a
+                        .ray_node_id
+                        .as_deref()
+                        .map_or(String::new(), |n| format!(" on node {}", term::line(n)));
+                    println!(
+                        "attempt {} ran as Ray job {}{node}",
+                        a.attempt,
+                        term::line(job)
+                    );
                 }
             }
             // Each attempt's guest log() lines, then its stdout and stderr.

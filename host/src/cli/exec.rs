@@ -317,11 +317,15 @@ pub async fn run(args: ExecArgs) -> anyhow::Result<u8> {
     let slots = Arc::new(tokio::sync::Semaphore::new(at_once));
     let mut runs = tokio::task::JoinSet::new();
     for item in items {
-        let (runtime, loaded, slots) = (runtime.clone(), loaded.clone(), slots.clone());
+        // Runs start in the batch's order (the claim's: priority, then
+        // age): the slot is taken before the run is spawned, so that no
+        // later task of the batch overtakes an earlier one on a free slot.
+        let slot = slots.clone().acquire_owned().await.expect("never closed");
+        let (runtime, loaded) = (runtime.clone(), loaded.clone());
         let (http, config, sha256) = (http.clone(), granted_config.clone(), sha256.clone());
         let waker = waker.clone();
         runs.spawn(async move {
-            let _slot = slots.acquire_owned().await.expect("never closed");
+            let _slot = slot;
             let report = match &loaded {
                 Ok((module, cache)) => {
                     runtime

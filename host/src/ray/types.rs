@@ -111,9 +111,24 @@ pub struct JobDetails {
     pub metadata: Option<BTreeMap<String, String>>,
     #[serde(default)]
     pub driver_exit_code: Option<i32>,
+    /// The node the job's supervisor (and so its entrypoint) runs on; set
+    /// by Ray when the job starts running.
+    #[serde(default)]
+    pub driver_node_id: Option<String>,
 }
 
+/// Longest node id [`JobDetails::node_id`] accepts (Ray's are 56 hex digits).
+const MAX_NODE_ID_LEN: usize = 128;
+
 impl JobDetails {
+    /// The job's node id when Ray gave a plausible one (hex digits only, of
+    /// a bounded length): it is stored and shown, so nothing else passes.
+    pub fn node_id(&self) -> Option<&str> {
+        self.driver_node_id.as_deref().filter(|n| {
+            !n.is_empty() && n.len() <= MAX_NODE_ID_LEN && n.bytes().all(|b| b.is_ascii_hexdigit())
+        })
+    }
+
     /// Ray's own time for the job (start to end), in milliseconds.
     pub fn ray_duration_ms(&self) -> Option<u64> {
         Some(self.end_time?.saturating_sub(self.start_time?))
@@ -164,7 +179,20 @@ mod tests {
         .unwrap();
         assert_eq!(j.status, JobStatus::Succeeded);
         assert_eq!(j.ray_duration_ms(), Some(1673));
+        assert_eq!(j.node_id(), Some("dd14c7"));
         assert_eq!(j.metadata.unwrap()["owner"], "example");
+    }
+
+    #[test]
+    fn only_plausible_node_ids_are_taken() {
+        let with = |node: &str| JobDetails {
+            driver_node_id: Some(node.into()),
+            ..serde_json::from_str(r#"{"submission_id": "j", "status": "RUNNING"}"#).unwrap()
+        };
+        assert_eq!(with("0a1B").node_id(), Some("0a1B"));
+        for bad in ["", "node<script>", "dd 14", &"a".repeat(129)] {
+            assert_eq!(with(bad).node_id(), None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -327,6 +327,16 @@ pub trait Store: Clone + Send + Sync + 'static {
         submission_id: &str,
     ) -> impl Future<Output = Result<bool>> + Send;
 
+    /// Records the Ray node that runs the job of a live run `lease` on its
+    /// attempt row. Fenced by the attempt's worker and epoch; false once
+    /// the run has ended or is not this worker's.
+    fn set_ray_node(
+        &self,
+        worker_id: &str,
+        lease: Lease,
+        node_id: &str,
+    ) -> impl Future<Output = Result<bool>> + Send;
+
     // ---- operator actions ------------------------------------------------
 
     /// Cancels a queued or waiting task at once; asks the worker of a live
@@ -639,6 +649,10 @@ impl Store for AnyStore {
         submission_id: &str,
     ) -> Result<bool> {
         dispatch!(self, s => s.set_ray_submission(worker_id, lease, submission_id).await)
+    }
+
+    async fn set_ray_node(&self, worker_id: &str, lease: Lease, node_id: &str) -> Result<bool> {
+        dispatch!(self, s => s.set_ray_node(worker_id, lease, node_id).await)
     }
 
     async fn request_cancel(&self, id: Uuid) -> Result<CancelOutcome> {

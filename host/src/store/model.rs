@@ -561,6 +561,8 @@ pub struct AttemptRecord {
     pub peak_memory: Option<u64>,
     pub duration_ms: Option<u64>,
     pub ray_submission_id: Option<String>,
+    /// The Ray node its job ran on, once known (cluster runs only).
+    pub ray_node_id: Option<String>,
 }
 
 impl AttemptRecord {

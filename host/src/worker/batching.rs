@@ -208,6 +208,8 @@ pub enum JobEnd {
 pub struct Seen {
     pub envelopes: Arc<HashMap<String, Envelope>>,
     pub end: Option<Arc<JobEnd>>,
+    /// The Ray node the job runs on, once Ray has said.
+    pub node: Option<Arc<str>>,
 }
 
 /// How a task stopped following its job.
@@ -302,6 +304,21 @@ impl Watch {
     /// The envelopes in the job's logs, read while it runs.
     pub fn publish_envelopes(&self, envelopes: HashMap<String, Envelope>) {
         self.seen.send_modify(|s| s.envelopes = Arc::new(envelopes));
+    }
+
+    /// The job's node; followers are woken only when it is new.
+    pub fn publish_node(&self, node: &str) {
+        self.seen.send_if_modified(|s| {
+            if s.node.as_deref() == Some(node) {
+                return false;
+            }
+            s.node = Some(Arc::from(node));
+            true
+        });
+    }
+
+    pub fn node(&self) -> Option<Arc<str>> {
+        self.seen.borrow().node.clone()
     }
 
     pub fn publish_end(&self, end: JobEnd) {

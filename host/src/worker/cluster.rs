@@ -696,18 +696,24 @@ impl Cluster {
             if watch.is_abandoned() && !watch.deletable(self.config.keep_jobs) {
                 break None;
             }
-            if read_logs {
+            // The node is published before any envelope (a task records
+            // its node before its end): once it is known, the logs a
+            // runner woke us for come first.
+            if read_logs && watch.node().is_some() {
                 read_logs = false;
-                match self.client.logs(id).await {
-                    // Decoded once here, not once per task.
-                    Ok(logs) => watch.publish_envelopes(Envelope::all_in(&logs)),
-                    Err(e) => debug!(job = id, error = %e, "could not read the running job's logs"),
-                }
+                self.read_running_logs(&watch).await;
             }
             let j = match self.client.job(id).await {
                 Ok(j) => j,
                 Err(e) => break Some(JobEnd::Lost(e)),
             };
+            if let Some(node) = j.node_id() {
+                watch.publish_node(node);
+            }
+            if read_logs && !j.status.is_terminal() {
+                read_logs = false;
+                self.read_running_logs(&watch).await;
+            }
             if j.status.is_terminal() {
                 let ran = match j.status {
                     JobStatus::Succeeded => true,
@@ -777,6 +783,17 @@ impl Cluster {
         self.forget_watch(&watch);
     }
 
+    /// Publishes the envelopes in a running job's logs, decoded once here,
+    /// not once per task.
+    async fn read_running_logs(&self, watch: &Watch) {
+        match self.client.logs(&watch.job_id).await {
+            Ok(logs) => watch.publish_envelopes(Envelope::all_in(&logs)),
+            Err(e) => {
+                debug!(job = %watch.job_id, error = %e, "could not read the running job's logs")
+            }
+        }
+    }
+
     /// Waits for `task`'s result from `watch`'s job: its envelope in the
     /// logs read while the job runs, or the job's end. A cancel ends the
     /// task at once (the job is stopped once none of its tasks wants it),
@@ -794,15 +811,24 @@ impl Cluster {
     ) -> Result<End, Halt> {
         let task_id = task.id.to_string();
         let mut seen = watch.subscribe();
+        let mut node_recorded = false;
         let found = loop {
-            {
+            let (node, result) = {
                 let s = seen.borrow_and_update();
-                if let Some(end) = &s.end {
-                    break Err(end.clone());
-                }
-                if let Some(envelope) = s.envelopes.get(&task_id) {
-                    break Ok(envelope.clone());
-                }
+                let node = s.node.clone().filter(|_| !node_recorded);
+                let result = match &s.end {
+                    Some(end) => Some(Err(end.clone())),
+                    None => s.envelopes.get(&task_id).map(|e| Ok(e.clone())),
+                };
+                (node, result)
+            };
+            // Before the result: the attempt is still open to the write.
+            if let Some(node) = node {
+                node_recorded = true;
+                record_node(store, worker_id, task, &node).await;
+            }
+            if let Some(result) = result {
+                break result;
             }
             tokio::select! {
                 biased;
@@ -1388,6 +1414,16 @@ async fn still_ours(store: &AnyStore, worker_id: &str, task: &ClaimedTask) -> bo
 enum Submitted {
     Ray(RayError),
     Host(String),
+}
+
+/// Records the node that runs `task`'s job on its attempt; a failure only
+/// loses that fact, so it is logged and the run goes on.
+async fn record_node(store: &AnyStore, worker_id: &str, task: &ClaimedTask, node: &str) {
+    match store.set_ray_node(worker_id, task.lease(), node).await {
+        Ok(true) => debug!(node, "the Ray job runs on this node"),
+        Ok(false) => debug!(node, "the run ended before its node was recorded"),
+        Err(e) => warn!(node, error = %e, "could not record the Ray job's node"),
+    }
 }
 
 /// Records the job on the task and attempt, so `task show` names it and a

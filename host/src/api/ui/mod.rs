@@ -513,6 +513,7 @@ async fn task(
                 a.ray_submission_id
                     .as_deref()
                     .map_or(String::new(), ray_link),
+                esc(a.ray_node_id.as_deref().unwrap_or("")),
             ]
         })
         .collect();
@@ -558,7 +559,8 @@ async fn task(
                 "fuel",
                 "peak memory",
                 "error",
-                "Ray job"
+                "Ray job",
+                "Ray node"
             ],
             &attempt_rows
         )

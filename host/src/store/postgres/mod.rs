@@ -879,7 +879,7 @@ impl Store for PgStore {
         let rows = sqlx::query(
             "SELECT id, task_id, attempt, lease_epoch, worker_id, started_at, finished_at, \
                  outcome, error_message, logs, fuel_used, peak_memory, duration_ms, \
-                 ray_submission_id \
+                 ray_submission_id, ray_node_id \
              FROM attempts WHERE task_id = $1 ORDER BY id",
         )
         .bind(task_id)
@@ -1266,6 +1266,23 @@ impl Store for PgStore {
             .await?;
         }
         tx.commit().await?;
+        Ok(n == 1)
+    }
+
+    async fn set_ray_node(&self, worker_id: &str, lease: Lease, node_id: &str) -> Result<bool> {
+        let epoch = to_i64(lease.epoch, "epoch")?;
+        let n = sqlx::query(
+            "UPDATE attempts SET ray_node_id = $1 \
+             WHERE task_id = $2 AND lease_epoch = $3 AND worker_id = $4 \
+               AND finished_at IS NULL",
+        )
+        .bind(node_id)
+        .bind(lease.task_id)
+        .bind(epoch)
+        .bind(worker_id)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
         Ok(n == 1)
     }
 

@@ -49,6 +49,26 @@ static MIGRATOR: Migrator = sqlx::migrate!("../migrations/sqlite");
 /// transactions so that this is rarely reached.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long one purge transaction aims to hold the write lock: a heartbeat
+/// of another process waits about this long, not for the whole purge.
+const PURGE_HOLD: Duration = Duration::from_millis(100);
+
+/// Rows of the first purge transaction, before its time is known.
+const PURGE_FIRST_BATCH: u32 = 1_000;
+
+/// The pause between two purge transactions. It is longer than the longest
+/// sleep of SQLite's busy handler (100 ms), so every writer of another
+/// process that waits for the lock gets it before the next batch.
+const PURGE_PAUSE: Duration = Duration::from_millis(120);
+
+/// The next purge batch: as many rows as the last one deleted in
+/// [`PURGE_HOLD`], between 100 and [`PURGE_BATCH`].
+fn next_purge_batch(rows: u32, took: Duration) -> u32 {
+    let per_row = took.as_secs_f64() / f64::from(rows.max(1));
+    let fit = (PURGE_HOLD.as_secs_f64() / per_row.max(1e-9)) as u64;
+    fit.clamp(100, u64::from(PURGE_BATCH)) as u32
+}
+
 /// SQLite primary result codes (the low byte of extended codes).
 const SQLITE_BUSY: i32 = 5;
 const SQLITE_LOCKED: i32 = 6;
@@ -864,7 +884,7 @@ impl Store for SqliteStore {
         let rows = sqlx::query(
             "SELECT id, task_id, attempt, lease_epoch, worker_id, started_at, finished_at, \
                  outcome, error_message, logs, fuel_used, peak_memory, duration_ms, \
-                 ray_submission_id \
+                 ray_submission_id, ray_node_id \
              FROM attempts WHERE task_id = ?1 ORDER BY id",
         )
         .bind(task_id.to_string())
@@ -1278,9 +1298,13 @@ impl Store for SqliteStore {
     async fn purge(&self, state: TaskState, older_than: DateTime<Utc>) -> Result<u64> {
         validate_purge_state(state)?;
         let mut deleted = 0;
+        let mut batch = PURGE_FIRST_BATCH;
         loop {
-            // One short write transaction per batch: a worker of another
-            // process waits for the lock at most one batch, never the purge.
+            // One short write transaction per batch, sized to hold the lock
+            // about PURGE_HOLD, then a pause: SQLite's busy handler is not a
+            // queue, and a writer of another process that sleeps in it would
+            // otherwise keep missing the moments between two batches.
+            let t = Instant::now();
             let mut w = self.begin_write().await?;
             let n = sqlx::query(
                 "DELETE FROM tasks WHERE seq IN ( \
@@ -1288,15 +1312,17 @@ impl Store for SqliteStore {
             )
             .bind(state.as_str())
             .bind(us(older_than))
-            .bind(i64::from(PURGE_BATCH))
+            .bind(i64::from(batch))
             .execute(&mut *w.tx)
             .await?
             .rows_affected();
             w.commit().await?;
             deleted += n;
-            if n < u64::from(PURGE_BATCH) {
+            if n < u64::from(batch) {
                 break;
             }
+            batch = next_purge_batch(batch, t.elapsed());
+            tokio::time::sleep(PURGE_PAUSE).await;
         }
         if deleted > 0 {
             let mut w = self.begin_write().await?;
@@ -1396,6 +1422,25 @@ impl Store for SqliteStore {
         Ok(n == 1)
     }
 
+    async fn set_ray_node(&self, worker_id: &str, lease: Lease, node_id: &str) -> Result<bool> {
+        let epoch = to_i64(lease.epoch, "epoch")?;
+        let mut w = self.begin_write().await?;
+        let n = sqlx::query(
+            "UPDATE attempts SET ray_node_id = ?1 \
+             WHERE task_id = ?2 AND lease_epoch = ?3 AND worker_id = ?4 \
+               AND finished_at IS NULL",
+        )
+        .bind(node_id)
+        .bind(lease.task_id.to_string())
+        .bind(epoch)
+        .bind(worker_id)
+        .execute(&mut *w.tx)
+        .await?
+        .rows_affected();
+        w.commit().await?;
+        Ok(n == 1)
+    }
+
     async fn stop_worker(&self, id: &str) -> Result<()> {
         let mut w = self.begin_write().await?;
         let found =
@@ -1451,5 +1496,23 @@ impl Store for SqliteStore {
             None => None,
         };
         Ok(self.events.listener(watch))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn purge_batches_fit_the_hold_time() {
+        // 1,000 rows in 400 ms: 250 fit in 100 ms.
+        assert_eq!(next_purge_batch(1_000, Duration::from_millis(400)), 250);
+        // Fast deletes grow up to the cap, slow ones shrink to the floor.
+        assert_eq!(
+            next_purge_batch(1_000, Duration::from_micros(10)),
+            PURGE_BATCH
+        );
+        assert_eq!(next_purge_batch(1_000, Duration::from_secs(60)), 100);
+        assert_eq!(next_purge_batch(0, Duration::ZERO), PURGE_BATCH);
     }
 }

@@ -138,6 +138,7 @@ pub(super) fn attempt_from_row(row: &SqliteRow) -> Result<AttemptRecord> {
         peak_memory: from_i64_opt(row.try_get("peak_memory")?, "peak_memory")?,
         duration_ms: from_i64_opt(row.try_get("duration_ms")?, "duration_ms")?,
         ray_submission_id: row.try_get("ray_submission_id")?,
+        ray_node_id: row.try_get("ray_node_id")?,
     })
 }
 
