@@ -1193,7 +1193,9 @@ fn shutdown_is_bounded_and_leaves_no_orphan(ray: &RayHead) {
     // lease): released, the task would end cancelled with its job running.
     let id = env.enqueue("sleepy", r#"{"ms":60000}"#, &["--timeout", "120s"]);
     let job = format!("wasmq-{id}-1");
-    let mut w = env.worker(&["--grace", "1s", "--lease", "60s"], &[]);
+    // Kept once ended: the worker deletes a job it stopped once it has
+    // ended, which can be before the check below.
+    let mut w = env.worker(&["--grace", "1s", "--lease", "60s", "--ray-keep-jobs"], &[]);
     env.wait("running on Ray", Duration::from_secs(60), &[&w], || {
         env.job_status(&job) == Some(JobStatus::Running)
     });
