@@ -82,6 +82,7 @@ fn envelope(u: &mut Unstructured<'_>) -> Result<Envelope> {
         // envelope only carries them.
         spawns: Vec::new(),
         suspension: None,
+        task_id: u.arbitrary()?,
     })
 }
 
