@@ -310,21 +310,21 @@ pub struct RayNode {
 }
 
 impl RayNode {
-    /// The raylet's process id.
-    pub fn raylet_pid(&self) -> Option<i32> {
+    /// The raylet's process id and command line.
+    fn raylet(&self) -> Option<(i32, String)> {
         self.processes()
             .into_iter()
             .find(|(_, cmd)| cmd.contains("/raylet/raylet "))
-            .map(|(pid, _)| pid)
+    }
+
+    /// The raylet's process id.
+    pub fn raylet_pid(&self) -> Option<i32> {
+        self.raylet().map(|(pid, _)| pid)
     }
 
     /// The node's id, as Ray names it in `driver_node_id`.
     pub fn id(&self) -> String {
-        let (_, cmd) = self
-            .processes()
-            .into_iter()
-            .find(|(_, cmd)| cmd.contains("/raylet/raylet "))
-            .expect("the node has a raylet");
+        let (_, cmd) = self.raylet().expect("the node has a raylet");
         cmd.split(' ')
             .find_map(|a| a.strip_prefix("--node_id="))
             .expect("the raylet names its node id")
