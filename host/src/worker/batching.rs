@@ -169,11 +169,17 @@ impl OpenBatch {
         self.len() == 0
     }
 
-    /// Ends the gathering: the tasks that go into the job.
+    /// Ends the gathering: the tasks that go into the job, most urgent
+    /// first. Claimed tasks reach the batch from tasks of their own, in
+    /// whatever order the scheduler runs them; the runner starts runs in
+    /// the batch's order, so with fewer CPUs than tasks a late, long task
+    /// would otherwise hold up an earlier, short one.
     pub fn close(&self) -> Vec<Member> {
         let mut g = self.members.lock().unwrap();
         g.closed = true;
-        std::mem::take(&mut g.members)
+        let mut members = std::mem::take(&mut g.members);
+        members.sort_by_key(|m| (std::cmp::Reverse(m.task.priority), m.task.enqueued_at));
+        members
     }
 
     pub fn subscribe(&self) -> watch::Receiver<Option<Joined>> {
@@ -505,6 +511,24 @@ mod tests {
             limits: Limits::default(),
             plan,
         }
+    }
+
+    #[test]
+    fn a_batch_closes_in_claim_order_whatever_order_its_tasks_joined() {
+        let now = chrono::Utc::now();
+        let at = |id: Uuid, priority: i16, secs: i64| {
+            let mut m = member(id);
+            m.task.priority = priority;
+            m.task.enqueued_at = now + chrono::Duration::seconds(secs);
+            m
+        };
+        let ids: Vec<Uuid> = (0..4).map(|_| Uuid::new_v4()).collect();
+        let batch = OpenBatch::new(at(ids[3], 0, 3), None);
+        for m in [at(ids[1], 0, 1), at(ids[0], 5, 9), at(ids[2], 0, 2)] {
+            assert!(batch.try_join(m, 8, 1 << 20).is_ok());
+        }
+        let order: Vec<Uuid> = batch.close().iter().map(|m| m.task.id).collect();
+        assert_eq!(order, ids, "priority first, then the oldest");
     }
 
     #[test]
