@@ -312,9 +312,7 @@ pub struct RayNode {
 impl RayNode {
     /// The raylet's process id and command line.
     fn raylet(&self) -> Option<(i32, String)> {
-        self.processes()
-            .into_iter()
-            .find(|(_, cmd)| cmd.contains("/raylet/raylet "))
+        raylet_in(self.processes())
     }
 
     /// The raylet's process id.
@@ -335,10 +333,10 @@ impl RayNode {
     /// raylet first, then to every other process of it (the job's runner
     /// included).
     pub fn lose(&self) {
-        let all = pids_marked(&[self.dir.display().to_string()]);
-        let raylet = self.raylet_pid().expect("the node's raylet runs");
+        let all = self.processes();
+        let (raylet, _) = raylet_in(all.clone()).expect("the node's raylet runs");
         unsafe { libc::kill(raylet, libc::SIGKILL) };
-        for p in all {
+        for (p, _) in all {
             unsafe { libc::kill(p, libc::SIGKILL) };
         }
     }
@@ -353,6 +351,13 @@ impl RayNode {
             })
             .collect()
     }
+}
+
+/// The raylet among a node's processes (pid, command line).
+fn raylet_in(processes: Vec<(i32, String)>) -> Option<(i32, String)> {
+    processes
+        .into_iter()
+        .find(|(_, cmd)| cmd.contains("/raylet/raylet "))
 }
 
 impl Drop for RayNode {
