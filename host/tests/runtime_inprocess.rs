@@ -398,3 +398,36 @@ async fn the_output_cap_holds_after_redaction() {
         "{out}"
     );
 }
+
+/// Every run starts from the module's own memory image, whatever an earlier
+/// run in the same pooled slot wrote: its static data, its zeroed data, and
+/// more separate dirty pages than the pooling allocator's page scan reports
+/// at once (it resets those with memset and hands the rest back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_never_sees_what_an_earlier_run_left_in_memory() {
+    for allocator in [
+        wasmq::runtime::Allocator::Pooling,
+        wasmq::runtime::Allocator::OnDemand,
+    ] {
+        for keep_resident in [0, 64 << 10, wasmq::runtime::DEFAULT_POOL_KEEP_RESIDENT] {
+            let rt = Runtime::new(RuntimeConfig {
+                allocator,
+                // One slot: every run reuses the memory of the one before.
+                pool_instances: 1,
+                pool_keep_resident: keep_resident,
+                cache_dir: None,
+                ..RuntimeConfig::default()
+            })
+            .unwrap();
+            for i in 0..20 {
+                let r = run(&rt, "chaos", r#"{"leftovers":true}"#, &Limits::default()).await;
+                assert_eq!(
+                    r.output.as_deref(),
+                    Some(r#"{"leftovers":0}"#),
+                    "run {i}, {allocator:?}, keep_resident {keep_resident}: {:?}",
+                    r.outcome
+                );
+            }
+        }
+    }
+}

@@ -12,6 +12,7 @@
 use serde::Deserialize;
 use serde_json::Value;
 use std::io::Write;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use wasmq_guest::{Context, ErrorKind, TaskError};
 
 #[derive(Deserialize, Default)]
@@ -54,6 +55,36 @@ struct Input {
     panic_bytes: u64,
     /// Returned on success instead of `{"chaos": "survived"}`.
     output: Option<Value>,
+    /// Returns at once with `{"leftovers": N}`: N is how many of the marks
+    /// an earlier run left in this instance's memory are still there (every
+    /// run leaves them). A host that resets memory between runs always
+    /// reports 0.
+    leftovers: bool,
+}
+
+/// Host pages (4 KiB) of scratch memory in `.bss`; `leftovers` marks one
+/// byte on every other page, so that a memory reset must find many
+/// separate dirty regions (the pooling allocator's page scan reports at
+/// most 32 at a time, and must reset the rest another way).
+const SCRATCH_PAGES: usize = 256;
+static SCRATCH: [AtomicU8; SCRATCH_PAGES * 4096] =
+    [const { AtomicU8::new(0) }; SCRATCH_PAGES * 4096];
+/// Initialised data (`.data`, part of the memory image): a reset must put
+/// the image's value back, not zero.
+static IMAGE_MARK: AtomicU64 = AtomicU64::new(7);
+
+fn leftovers() -> Value {
+    let marked = (0..SCRATCH_PAGES).step_by(2).map(|p| &SCRATCH[p * 4096]);
+    let mut found = marked
+        .clone()
+        .filter(|b| b.load(Ordering::Relaxed) != 0)
+        .count();
+    found += usize::from(IMAGE_MARK.load(Ordering::Relaxed) != 7);
+    for b in marked {
+        b.store(0xab, Ordering::Relaxed);
+    }
+    IMAGE_MARK.store(99, Ordering::Relaxed);
+    serde_json::json!({ "leftovers": found })
 }
 
 /// `len` bytes of text, a NUL byte every 64 bytes, so that a cut anywhere
@@ -65,6 +96,9 @@ fn nul_text(len: u64) -> String {
 }
 
 fn run(ctx: &Context, input: Input) -> Result<Value, TaskError> {
+    if input.leftovers {
+        return Ok(leftovers());
+    }
     if input.nul_log {
         ctx.log_info("chaos: NUL here \0 and here \0 in a log line");
     }
@@ -145,3 +179,16 @@ fn run(ctx: &Context, input: Input) -> Result<Value, TaskError> {
 }
 
 wasmq_guest::export_task!(run);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the host's test relies on: a second run in memory that was not
+    /// reset finds every mark (128 pages and the image's value).
+    #[test]
+    fn leftovers_finds_every_mark_in_memory_that_was_not_reset() {
+        assert_eq!(leftovers(), serde_json::json!({ "leftovers": 0 }));
+        assert_eq!(leftovers(), serde_json::json!({ "leftovers": 129 }));
+    }
+}

@@ -28,8 +28,8 @@ pub use compiler::{
 };
 pub use config::RunConfig;
 pub use engine::{
-    Allocator, DEFAULT_POOL_INSTANCES, DEFAULT_POOL_MAX_MEMORY, EPOCH_TICK, RuntimeConfig,
-    compile_engine,
+    Allocator, DEFAULT_POOL_INSTANCES, DEFAULT_POOL_KEEP_RESIDENT, DEFAULT_POOL_MAX_MEMORY,
+    EPOCH_TICK, RuntimeConfig, compile_engine,
 };
 pub use http::{
     DEFAULT_HTTP_MAX_REQUESTS, DEFAULT_HTTP_MAX_RESPONSE_BYTES, DEFAULT_HTTP_TIMEOUT, GrantHost,
