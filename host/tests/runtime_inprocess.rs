@@ -405,29 +405,40 @@ async fn the_output_cap_holds_after_redaction() {
 /// at once (it resets those with memset and hands the rest back).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_never_sees_what_an_earlier_run_left_in_memory() {
-    for allocator in [
-        wasmq::runtime::Allocator::Pooling,
-        wasmq::runtime::Allocator::OnDemand,
-    ] {
-        for keep_resident in [0, 64 << 10, wasmq::runtime::DEFAULT_POOL_KEEP_RESIDENT] {
-            let rt = Runtime::new(RuntimeConfig {
-                allocator,
-                // One slot: every run reuses the memory of the one before.
-                pool_instances: 1,
-                pool_keep_resident: keep_resident,
-                cache_dir: None,
-                ..RuntimeConfig::default()
-            })
-            .unwrap();
-            for i in 0..20 {
-                let r = run(&rt, "chaos", r#"{"leftovers":true}"#, &Limits::default()).await;
-                assert_eq!(
-                    r.output.as_deref(),
-                    Some(r#"{"leftovers":0}"#),
-                    "run {i}, {allocator:?}, keep_resident {keep_resident}: {:?}",
-                    r.outcome
-                );
-            }
+    use wasmq::runtime::{Allocator, DEFAULT_POOL_KEEP_RESIDENT};
+    let configs = [
+        (Allocator::Pooling, 0),
+        (Allocator::Pooling, 64 << 10),
+        (Allocator::Pooling, DEFAULT_POOL_KEEP_RESIDENT),
+        (Allocator::OnDemand, DEFAULT_POOL_KEEP_RESIDENT),
+    ];
+    let chaos = example("chaos");
+    for (allocator, keep_resident) in configs {
+        let rt = Runtime::new(RuntimeConfig {
+            allocator,
+            // One slot: every run reuses the memory of the one before.
+            pool_instances: 1,
+            pool_keep_resident: keep_resident,
+            cache_dir: None,
+            ..RuntimeConfig::default()
+        })
+        .unwrap();
+        let (m, cache) = rt.load_bytes(chaos.clone()).await.unwrap();
+        let limits = Limits::default();
+        for i in 0..20 {
+            let req = request(
+                r#"{"leftovers":true}"#,
+                &limits,
+                TaskInfo::local(),
+                CancelToken::new(),
+            );
+            let r = rt.run(&m, cache, req).await;
+            assert_eq!(
+                r.output.as_deref(),
+                Some(r#"{"leftovers":0}"#),
+                "run {i}, {allocator:?}, keep_resident {keep_resident}: {:?}",
+                r.outcome
+            );
         }
     }
 }

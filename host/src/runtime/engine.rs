@@ -199,7 +199,16 @@ pub(super) fn build_engine(rc: &RuntimeConfig) -> anyhow::Result<(Engine, bool)>
         let mut config = base_config();
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling_config(rc)));
         match Engine::new(&config) {
-            Ok(engine) => return Ok((engine, true)),
+            Ok(engine) => {
+                if !PoolingAllocationConfig::is_pagemap_scan_available() {
+                    tracing::info!(
+                        keep_resident = rc.pool_keep_resident,
+                        "no PAGEMAP_SCAN (Linux before 6.7): each pooled memory is reset \
+                         by wiping its first keep_resident bytes, whatever a run touched"
+                    );
+                }
+                return Ok((engine, true));
+            }
             Err(e) if rc.allocator == Allocator::Auto => {
                 tracing::warn!(
                     error = %format!("{e:#}"),
