@@ -377,6 +377,7 @@ fn run_on(backend: Backend, test: fn(&mut Env)) {
 on_both_backends!(
     subtasks_give_exact_results_in_every_local_mode,
     killed_worker_mid_fanout_loses_no_child_and_makes_none_twice,
+    children_run_no_further_ahead_of_their_written_ends_than_the_backlog,
     cancelling_a_parent_cancels_its_descendants,
     a_replay_that_spawns_differently_fails_as_non_deterministic,
     four_workers_run_2000_tasks_exactly_once,
@@ -1330,6 +1331,56 @@ fn subtasks_give_exact_results_in_every_local_mode(env: &mut Env) {
                 .contains("children  50")
         );
     }
+}
+
+/// A child's run starts only while at most `WASMQ_CHILD_BACKLOG` other
+/// children's runs have started and not had their end written, with one
+/// runner: each run holds one of `concurrency` + backlog slots from before
+/// its start until its end is committed. The
+/// database's `finished_at` is when the end's transaction began, no later
+/// than the slot's release, so the overlap counted here is never more than
+/// the worker's. Without the bound, a worker runs `add` children hundreds
+/// ahead of their writes.
+fn children_run_no_further_ahead_of_their_written_ends_than_the_backlog(env: &mut Env) {
+    const BACKLOG: usize = 4;
+    push_subtask_examples(env);
+    let parent = env.enqueue("fanout", r#"{"count": 200}"#, &[]);
+    let backlog = BACKLOG.to_string();
+    let mut w = env.worker(
+        &[
+            "--exit-when-idle",
+            "--poll-interval",
+            "200ms",
+            "--concurrency",
+            "1",
+        ],
+        &[("WASMQ_CHILD_BACKLOG", &backlog)],
+    );
+    w.wait_success(Duration::from_secs(120));
+    let t = env.task(parent);
+    assert_eq!(t.state, TaskState::Succeeded, "{t:#?}\n{}", w.logs());
+    let result: serde_json::Value = serde_json::from_str(t.result.as_deref().unwrap()).unwrap();
+    assert_eq!(result, serde_json::json!({"children": 200, "sum": 39800}));
+    let kids = children_of(env, parent);
+    assert_eq!(kids.len(), 200);
+    let spans: Vec<_> = kids
+        .iter()
+        .map(|k| (k.started_at.unwrap(), k.finished_at.unwrap()))
+        .collect();
+    let ahead = spans
+        .iter()
+        .map(|&(start, _)| {
+            spans
+                .iter()
+                .filter(|&&(s, f)| s < start && f > start)
+                .count()
+        })
+        .max()
+        .unwrap();
+    assert!(
+        ahead <= BACKLOG,
+        "a child started while {ahead} earlier children's ends were unwritten (bound {BACKLOG})"
+    );
 }
 
 fn killed_worker_mid_fanout_loses_no_child_and_makes_none_twice(env: &mut Env) {

@@ -68,6 +68,15 @@ impl std::fmt::Display for Prefetch {
     }
 }
 
+/// Most ended runs of child tasks whose ends are not written yet, beyond
+/// the runs under way: a child's run waits for a slot. Without a bound, a
+/// worker runs short children faster than it writes their ends, and the
+/// parent, which only the last of those writes can queue again, waits for
+/// the whole backlog (hundreds of ends when `map` fans out over `add`).
+/// Plain tasks are not bound: for them a backlog only means larger, cheaper
+/// commits.
+pub const DEFAULT_CHILD_BACKLOG: u32 = 16;
+
 /// Ray jobs in flight per cluster worker (`--max-in-flight`).
 pub const DEFAULT_MAX_IN_FLIGHT: u32 = 16;
 
@@ -108,6 +117,9 @@ pub struct WorkerConfig {
     pub grace: Duration,
     pub claim_batch: u32,
     pub complete_batch: usize,
+    /// See [`DEFAULT_CHILD_BACKLOG`]; 0 lifts the bound. Cluster workers
+    /// never bound it: their children's ends arrive a job at a time.
+    pub child_backlog: u32,
     /// Exit once no task is queued or running on the worker's queues.
     pub exit_when_idle: bool,
 }
@@ -133,6 +145,10 @@ impl WorkerConfig {
             grace: env_duration("WASMQ_GRACE").unwrap_or(DEFAULT_GRACE),
             claim_batch: DEFAULT_CLAIM_BATCH,
             complete_batch: DEFAULT_COMPLETE_BATCH,
+            child_backlog: match mode {
+                Mode::Cluster => 0,
+                _ => env_u32("WASMQ_CHILD_BACKLOG").unwrap_or(DEFAULT_CHILD_BACKLOG),
+            },
             exit_when_idle: false,
         }
     }
@@ -150,6 +166,17 @@ impl WorkerConfig {
     /// A worker silent for this long is marked stopped.
     pub fn stale_after(&self) -> Duration {
         self.lease * 3
+    }
+}
+
+fn env_u32(name: &str) -> Option<u32> {
+    let v = std::env::var(name).ok()?;
+    match v.trim().parse() {
+        Ok(n) => Some(n),
+        Err(e) => {
+            tracing::warn!(variable = name, error = %e, "ignoring invalid setting");
+            None
+        }
     }
 }
 

@@ -53,6 +53,10 @@ struct Shared {
     /// One permit per task held (claimed and not yet completed), up to
     /// `concurrency` + the most the prefetch setting ever allows.
     claim_slots: Arc<Semaphore>,
+    /// One permit per child run under way or whose end is not written yet:
+    /// `concurrency` + `child_backlog` of them, when `child_backlog` bounds
+    /// them (see [`super::config::DEFAULT_CHILD_BACKLOG`]).
+    child_slots: Option<Arc<Semaphore>>,
     /// How fast runs finish: sizes an adaptive prefetch.
     pace: Pace,
     /// Claimed tasks whose run has not ended (buffered or running): while
@@ -83,7 +87,14 @@ struct InFlight {
 #[allow(clippy::large_enum_variant)]
 enum Report {
     Started(Started),
-    Done(Completion, Span, OwnedSemaphorePermit),
+    Done(Completion, Span, Permits),
+}
+
+/// What a completion holds until it is written: its claim slot and, for a
+/// child, its slot in the children's backlog.
+struct Permits {
+    _claim: OwnedSemaphorePermit,
+    _child: Option<OwnedSemaphorePermit>,
 }
 
 /// How a completion fared in the database.
@@ -161,6 +172,11 @@ impl Worker {
             interrupt: CancelToken::new(),
             wake: Notify::new(),
             claim_slots: Arc::new(Semaphore::new(cfg.max_held() as usize)),
+            child_slots: (cfg.child_backlog > 0).then(|| {
+                Arc::new(Semaphore::new(
+                    (cfg.concurrency + cfg.child_backlog) as usize,
+                ))
+            }),
             pace: Pace::default(),
             running: AtomicUsize::new(0),
             completed: AtomicU64::new(0),
@@ -366,6 +382,12 @@ async fn runner(
         let Some((task, tokens, span, claim_permit)) = next else {
             return;
         };
+        let child_permit = match &shared.child_slots {
+            Some(slots) if task.depth > 0 && !shared.shutdown.is_cancelled() => {
+                slots.clone().acquire_owned().await.ok()
+            }
+            _ => None,
+        };
         let completion = async {
             let c = if shared.shutdown.is_cancelled() {
                 release(&task)
@@ -401,7 +423,11 @@ async fn runner(
         }
         // The claim slot is freed, and the task forgotten, once the
         // completion is written.
-        let _ = done_tx.send(Report::Done(completion, span, claim_permit));
+        let permits = Permits {
+            _claim: claim_permit,
+            _child: child_permit,
+        };
+        let _ = done_tx.send(Report::Done(completion, span, permits));
         // After the send: the completer, seeing no run under way, must find
         // this completion already queued.
         shared.running.fetch_sub(1, Ordering::Release);
@@ -484,7 +510,7 @@ async fn completer(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Report>)
                 Ok(d) => batch.push(d),
                 Err(mpsc::error::TryRecvError::Disconnected) => break,
                 Err(mpsc::error::TryRecvError::Empty)
-                    if shared.running.load(Ordering::Acquire) == 0 =>
+                    if shared.running.load(Ordering::Acquire) == 0 || children_blocked(&shared) =>
                 {
                     break;
                 }
@@ -556,6 +582,15 @@ async fn completer(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Report>)
         drop(permits);
         shared.wake.notify_one();
     }
+}
+
+/// Every slot of the children's backlog is taken: the runners of children
+/// wait for this write, so lingering would only hold them up.
+fn children_blocked(shared: &Shared) -> bool {
+    shared
+        .child_slots
+        .as_ref()
+        .is_some_and(|s| s.available_permits() == 0)
 }
 
 fn fault(kind: FaultKind) {
