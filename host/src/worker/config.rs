@@ -169,10 +169,15 @@ impl WorkerConfig {
     }
 }
 
-fn env_u32(name: &str) -> Option<u32> {
+/// The setting `name` parsed by `parse`; unset is `None`, and so is a value
+/// that does not parse, with a warning that names it.
+pub(crate) fn env_setting<T, E: std::fmt::Display>(
+    name: &str,
+    parse: impl FnOnce(&str) -> Result<T, E>,
+) -> Option<T> {
     let v = std::env::var(name).ok()?;
-    match v.trim().parse() {
-        Ok(n) => Some(n),
+    match parse(v.trim()) {
+        Ok(value) => Some(value),
         Err(e) => {
             tracing::warn!(variable = name, error = %e, "ignoring invalid setting");
             None
@@ -180,13 +185,10 @@ fn env_u32(name: &str) -> Option<u32> {
     }
 }
 
+pub(crate) fn env_u32(name: &str) -> Option<u32> {
+    env_setting(name, str::parse)
+}
+
 pub(crate) fn env_duration(name: &str) -> Option<Duration> {
-    let v = std::env::var(name).ok()?;
-    match crate::runtime::parse_duration(&v) {
-        Ok(d) => Some(d),
-        Err(e) => {
-            tracing::warn!(variable = name, error = %e, "ignoring invalid setting");
-            None
-        }
-    }
+    env_setting(name, crate::runtime::parse_duration)
 }

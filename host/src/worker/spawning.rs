@@ -2,6 +2,7 @@
 //! the task recorded in earlier runs; after it, the children it spawned, as
 //! tasks to store with its completion.
 
+use super::config::env_u32;
 use crate::runtime::subtasks::{
     ChildDefaults, ChildEnd, DEFAULT_MAX_CHILDREN, DEFAULT_MAX_DEPTH, KnownChild,
     MAX_CHILD_INPUT_BYTES, MAX_SPAWN_BYTES_PER_RUN, Spawn, SubtaskPlan, child_id, spawn_digest,
@@ -23,15 +24,9 @@ pub const MAX_LEDGER_RESULT_BYTES: usize = 64 * 1024 * 1024;
 pub fn bounds() -> (u32, u32) {
     static BOUNDS: OnceLock<(u32, u32)> = OnceLock::new();
     *BOUNDS.get_or_init(|| {
-        let env = |name: &str, default: u32| {
-            std::env::var(name)
-                .ok()
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(default)
-        };
         (
-            env("WASMQ_MAX_CHILDREN", DEFAULT_MAX_CHILDREN),
-            env("WASMQ_MAX_DEPTH", DEFAULT_MAX_DEPTH),
+            env_u32("WASMQ_MAX_CHILDREN").unwrap_or(DEFAULT_MAX_CHILDREN),
+            env_u32("WASMQ_MAX_DEPTH").unwrap_or(DEFAULT_MAX_DEPTH),
         )
     })
 }

@@ -144,9 +144,11 @@ pub(super) const MARK_STARTED: &str = concat!(
 /// for each of them, forming each batch row anew every time: 65,280 row
 /// pairs for 256 tasks, 37 ms where the probes take 13 (`EXPLAIN ANALYZE`
 /// under both plan cache modes), and a third of the server's CPU in a
-/// `hello` drain (`perf`). $1 is
-/// the worker, $18 the task channel. `notified` wakes workers for tasks that are claimable again at
-/// once; a plain SELECT CTE only runs when referenced, hence the count.
+/// `hello` drain (`perf`).
+///
+/// $1 is the worker, $18 the task channel. `notified` wakes workers for
+/// tasks that are claimable again at once; a plain SELECT CTE only runs when
+/// referenced, hence the count.
 pub(super) const COMPLETE: &str = concat!(
     "WITH c AS ( \
          SELECT * FROM UNNEST($2::uuid[], $3::int8[], $4::text[], $5::text[], $6::bool[], \
